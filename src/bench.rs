@@ -1,0 +1,112 @@
+//! `gpu-train bench`: the time of training steps, warm-up excluded, as one JSON line.
+//!
+//! Steps run exactly as in training (gather, forward, loss, backward, optimizer, dropout on)
+//! on the real training images, without augmentation unless asked for, so the figure is
+//! comparable with `bench/pytorch_bench.py`, which does the same in PyTorch.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::Arch;
+use crate::network::{DeviceData, Network, StepArgs};
+use crate::rng;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub arch: String,
+    pub backend: String,
+    pub device: String,
+    pub batch: usize,
+    pub steps: usize,
+    pub warmup_steps: usize,
+    /// Allocation, upload and (GPU) pipeline creation.
+    pub setup_seconds: f64,
+    pub warmup_seconds: f64,
+    pub seconds_per_step: f64,
+    /// `seconds_per_step` times the steps of a 60,000-image epoch.
+    pub seconds_per_epoch: f64,
+    pub images_per_second: f64,
+    pub augment: bool,
+}
+
+pub const EPOCH_IMAGES: usize = 60_000;
+
+#[allow(clippy::too_many_arguments)]
+pub fn bench<B: Backend>(
+    b: &mut B,
+    backend: &str,
+    arch: Arch,
+    data: &Dataset,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    augment: bool,
+) -> Result<BenchResult> {
+    if batch == 0 || steps == 0 {
+        return Err(Error::Config("bench needs --batch and --steps of at least 1".into()));
+    }
+    if data.len() < batch {
+        return Err(Error::Config(format!(
+            "bench needs at least {batch} training images, found {}",
+            data.len()
+        )));
+    }
+    let t0 = Instant::now();
+    let recipe = arch.recipe().clone();
+    let (params, state) = arch.init(recipe.init, 1);
+    let name = arch.name().to_string();
+    let dev = DeviceData::upload(b, data)?;
+    let mut net = Network::new(b, arch, batch, &params, &state)?;
+    let batches = data.len() / batch;
+    let mut stats = b.alloc(2 * batches)?;
+    let mut perm = b.alloc_u32(data.len())?;
+    b.upload_u32(&mut perm, &rng::epoch_permutation(1, 0, data.len()))?;
+    let _ = b.download(&stats, 1)?;
+    let setup_seconds = t0.elapsed().as_secs_f64();
+
+    let mut run = |b: &mut B, count: usize, first: usize| -> Result<f64> {
+        let t = Instant::now();
+        for i in first..first + count {
+            let slot = i % batches;
+            let args = StepArgs {
+                start: slot * batch,
+                n: batch,
+                slot,
+                global_step: i as u32,
+                lr: recipe.optimizer.lr(),
+                seed: 1,
+                augment: if augment { recipe.augment } else { None },
+            };
+            net.train_step(b, &dev, &perm, &mut stats, &args);
+            if (i + 1) % 64 == 0 {
+                b.flush()?;
+            }
+        }
+        let s = b.download(&stats, 2)?;
+        if !s[0].is_finite() {
+            return Err(Error::Diverged("the loss became NaN during the benchmark".into()));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let warmup_seconds = run(b, warmup, 0)?;
+    let seconds = run(b, steps, warmup)?;
+    let per_step = seconds / steps as f64;
+    Ok(BenchResult {
+        arch: name,
+        backend: backend.to_string(),
+        device: b.name(),
+        batch,
+        steps,
+        warmup_steps: warmup,
+        setup_seconds,
+        warmup_seconds,
+        seconds_per_step: per_step,
+        seconds_per_epoch: per_step * EPOCH_IMAGES.div_ceil(batch) as f64,
+        images_per_second: batch as f64 / per_step,
+        augment,
+    })
+}

@@ -1,0 +1,168 @@
+//! 2-D convolution on the CPU: im2col per example, then one GEMM, examples in parallel.
+//!
+//! Shapes: inp (n, c_in, h_in, w_in), out (n, c_out, h_out, w_out), W (c_out, c_in, kh, kw),
+//! b (c_out). The column matrix of one example is (K = c_in*kh*kw, P = h_out*w_out), small
+//! enough to stay in cache, and its row order matches W's, so out = W (c_out x K) * col.
+
+use rayon::prelude::*;
+
+use super::activation::act_forward_slice;
+use super::gemm::{rows, sgemm, transposed};
+use super::scratch::with_scratch;
+use crate::model::{Act, Conv2d};
+
+/// col (K, P) of one example `x` (c_in, h_in, w_in); zero where the window hangs over the edge.
+pub fn im2col(col: &mut [f32], x: &[f32], l: &Conv2d) {
+    let p = l.h_out * l.w_out;
+    for ci in 0..l.c_in {
+        let plane = &x[ci * l.h_in * l.w_in..(ci + 1) * l.h_in * l.w_in];
+        for ky in 0..l.kh {
+            for kx in 0..l.kw {
+                let row = (ci * l.kh + ky) * l.kw + kx;
+                let dst = &mut col[row * p..(row + 1) * p];
+                for oy in 0..l.h_out {
+                    let iy = (oy * l.stride + ky) as isize - l.pad_h as isize;
+                    let d = &mut dst[oy * l.w_out..(oy + 1) * l.w_out];
+                    if iy < 0 || iy >= l.h_in as isize {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * l.w_in..(iy as usize + 1) * l.w_in];
+                    if l.stride == 1 {
+                        // Contiguous run: the valid ox are those with 0 <= ox + kx - pad < w_in.
+                        let lo = l.pad_w.saturating_sub(kx).min(l.w_out);
+                        let hi = (l.w_in + l.pad_w).saturating_sub(kx).min(l.w_out).max(lo);
+                        d[..lo].fill(0.0);
+                        d[hi..].fill(0.0);
+                        let start = lo + kx - l.pad_w;
+                        d[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
+                    } else {
+                        for (ox, v) in d.iter_mut().enumerate() {
+                            let ix = (ox * l.stride + kx) as isize - l.pad_w as isize;
+                            *v = if ix >= 0 && ix < l.w_in as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds col (K, P) back into the image dx (c_in, h_in, w_in): the adjoint of `im2col`.
+pub fn col2im(dx: &mut [f32], col: &[f32], l: &Conv2d) {
+    let p = l.h_out * l.w_out;
+    dx.fill(0.0);
+    for ci in 0..l.c_in {
+        let plane = &mut dx[ci * l.h_in * l.w_in..(ci + 1) * l.h_in * l.w_in];
+        for ky in 0..l.kh {
+            for kx in 0..l.kw {
+                let row = (ci * l.kh + ky) * l.kw + kx;
+                let src = &col[row * p..(row + 1) * p];
+                for oy in 0..l.h_out {
+                    let iy = (oy * l.stride + ky) as isize - l.pad_h as isize;
+                    if iy < 0 || iy >= l.h_in as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * l.w_in..(iy as usize + 1) * l.w_in];
+                    let s = &src[oy * l.w_out..(oy + 1) * l.w_out];
+                    for (ox, &v) in s.iter().enumerate() {
+                        let ix = (ox * l.stride + kx) as isize - l.pad_w as isize;
+                        if ix >= 0 && ix < l.w_in as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn k_len(l: &Conv2d) -> usize {
+    l.c_in * l.kh * l.kw
+}
+
+pub fn conv2d_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, act: Option<Act>) {
+    let (k, p) = (k_len(l), l.h_out * l.w_out);
+    let w = &params[l.w_off..l.w_off + l.c_out * k];
+    out[..n * l.out_len()]
+        .par_chunks_mut(l.out_len())
+        .zip(inp[..n * l.in_len()].par_chunks(l.in_len()))
+        .for_each(|(y, x)| {
+            with_scratch(k * p, |col| {
+                im2col(col, x, l);
+                sgemm(l.c_out, p, k, y, p, false, rows(w, k), rows(col, p), false);
+            });
+            for (co, plane) in y.chunks_mut(p).enumerate() {
+                let bias = l.b_off.map_or(0.0, |b| params[b + co]);
+                if bias != 0.0 {
+                    plane.iter_mut().for_each(|v| *v += bias);
+                }
+                if let Some(a) = act {
+                    act_forward_slice(plane, a);
+                }
+            }
+        });
+}
+
+pub fn conv2d_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Conv2d, n: usize) {
+    let (k, p) = (k_len(l), l.h_out * l.w_out);
+    let w = &params[l.w_off..l.w_off + l.c_out * k];
+    dinp[..n * l.in_len()]
+        .par_chunks_mut(l.in_len())
+        .zip(dout[..n * l.out_len()].par_chunks(l.out_len()))
+        .for_each(|(dx, dy)| {
+            with_scratch(k * p, |dcol| {
+                // dcol (K, P) = W^T (K, c_out) * dy (c_out, P)
+                sgemm(k, p, l.c_out, dcol, p, false, transposed(w, k), rows(dy, p), false);
+                col2im(dx, dcol, l);
+            });
+        });
+}
+
+/// Examples are split into at most this many fixed chunks, each summing its own partial
+/// gradient; the partials are then added in chunk order. The result does not depend on the
+/// number of threads, so training is bit-for-bit repeatable on any machine.
+pub const WEIGHT_GRAD_CHUNKS: usize = 8;
+
+pub fn conv2d_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, n: usize) {
+    let (k, p) = (k_len(l), l.h_out * l.w_out);
+    let wlen = l.c_out * k;
+    let chunk = n.div_ceil(WEIGHT_GRAD_CHUNKS).max(1);
+    // Each partial: dW (c_out, K) then db (c_out).
+    let partials: Vec<Vec<f32>> = (0..n.div_ceil(chunk))
+        .into_par_iter()
+        .map(|ci| {
+            let mut part = vec![0f32; wlen + l.c_out];
+            let (dw, db) = part.split_at_mut(wlen);
+            for s in ci * chunk..((ci + 1) * chunk).min(n) {
+                let x = &inp[s * l.in_len()..(s + 1) * l.in_len()];
+                let dy = &dout[s * l.out_len()..(s + 1) * l.out_len()];
+                with_scratch(k * p, |col| {
+                    im2col(col, x, l);
+                    // dW (c_out, K) += dy (c_out, P) * col^T (P, K)
+                    sgemm(l.c_out, k, p, dw, k, true, rows(dy, p), transposed(col, p), false);
+                });
+                for (co, plane) in dy.chunks(p).enumerate() {
+                    db[co] += plane.iter().sum::<f32>();
+                }
+            }
+            part
+        })
+        .collect();
+    let (dw, db) = (&mut grads[l.w_off..l.w_off + wlen], l.b_off);
+    dw.fill(0.0);
+    for part in &partials {
+        dw.iter_mut().zip(&part[..wlen]).for_each(|(g, v)| *g += v);
+    }
+    if let Some(b) = db {
+        let dbias = &mut grads[b..b + l.c_out];
+        dbias.fill(0.0);
+        for part in &partials {
+            dbias.iter_mut().zip(&part[wlen..]).for_each(|(g, v)| *g += v);
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Batch gathering on the CPU: bytes to normalised floats, with the batch's augmentation.
+
+use rayon::prelude::*;
+
+use crate::backend::Gather;
+use crate::data::augment::{batch_altered, image_transform, sample_image};
+
+/// Byte `i` of a buffer of bytes packed four to a u32, little-endian.
+#[inline]
+pub fn packed_byte(words: &[u32], i: usize) -> u8 {
+    (words[i / 4] >> ((i % 4) * 8)) as u8
+}
+
+pub fn gather_batch(x: &mut [f32], y: &mut [u32], images: &[u32], labels: &[u32], perm: &[u32], g: &Gather) {
+    let len = g.height * g.width;
+    let altered = g.augment.filter(|&(a, key)| batch_altered(key, a.chance));
+    x[..g.n * len].par_chunks_mut(len).enumerate().for_each(|(j, out)| {
+        let idx = perm[g.start + j] as usize;
+        let img: Vec<u8> = (idx * len..(idx + 1) * len).map(|i| packed_byte(images, i)).collect();
+        let tf = altered.map(|(a, key)| image_transform(key, j as u32, &a, g.height, g.width));
+        sample_image(out, &img, g.height, g.width, tf, g.mean, g.std);
+    });
+    for j in 0..g.n {
+        y[j] = labels[perm[g.start + j] as usize];
+    }
+}

@@ -1,0 +1,198 @@
+//! Seed B's data augmentation, as one affine resampling per image.
+//!
+//! Seed B alters a whole batch with probability `chance`; each image in it then gets a random
+//! zoom (about the centre), a rotation about the centre and a horizontal and vertical shift,
+//! sampled bilinearly with zero fill. We compose the three into one affine map and sample once
+//! (the seed interpolated after each step, blurring three times; one resampling keeps the
+//! digit sharper and costs a third). The draws come from `rng::draw`, so the CPU op and the
+//! WGSL `gather_batch` (shaders/data.wgsl, which mirrors this file) alter the same images the
+//! same way.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::draw;
+
+/// Augmentation settings of a recipe (`augment = { chance = 0.8 }` in a model file).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Augment {
+    /// Probability that a batch is altered at all.
+    pub chance: f32,
+    /// Zoom factor range (>1 enlarges the digit).
+    #[serde(default = "default_zoom")]
+    pub zoom: [f32; 2],
+    /// Largest rotation, degrees, either way.
+    #[serde(default = "default_rotate")]
+    pub rotate: f32,
+    /// Largest shift as a fraction of the width (x) and height (y), either way.
+    #[serde(default = "default_shift")]
+    pub shift: f32,
+}
+
+fn default_zoom() -> [f32; 2] {
+    [0.8, 1.2]
+}
+fn default_rotate() -> f32 {
+    25.0
+}
+fn default_shift() -> f32 {
+    0.2
+}
+
+impl Augment {
+    pub fn validate(&self) -> Result<(), String> {
+        let ok = (0.0..=1.0).contains(&self.chance)
+            && self.zoom[0] > 0.0
+            && self.zoom[0] <= self.zoom[1]
+            && self.zoom[1].is_finite()
+            && (0.0..=180.0).contains(&self.rotate)
+            && (0.0..=1.0).contains(&self.shift);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "augment needs 0 <= chance <= 1, 0 < zoom[0] <= zoom[1], 0 <= rotate <= 180, 0 <= shift <= 1; got {self:?}"
+            ))
+        }
+    }
+}
+
+/// Inverse map of one image: output pixel (x, y) samples the source at
+/// (cx + a*dx + b*dy, cy - b*dx + a*dy) with dx = x - cx - tx, dy = y - cy - ty.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transform {
+    pub a: f32,
+    pub b: f32,
+    pub tx: f32,
+    pub ty: f32,
+}
+
+/// Whether the batch drawn under `key` is altered.
+pub fn batch_altered(key: u32, chance: f32) -> bool {
+    draw(key, 0) < chance
+}
+
+/// The transform of image `j` of the batch drawn under `key`.
+pub fn image_transform(key: u32, j: u32, aug: &Augment, h: usize, w: usize) -> Transform {
+    let u = |k: u32| draw(key, 4 * j + k + 1);
+    let zoom = aug.zoom[0] + u(0) * (aug.zoom[1] - aug.zoom[0]);
+    let theta = (2.0 * u(1) - 1.0) * aug.rotate.to_radians();
+    let tx = (2.0 * u(2) - 1.0) * aug.shift * w as f32;
+    let ty = (2.0 * u(3) - 1.0) * aug.shift * h as f32;
+    Transform {
+        a: theta.cos() / zoom,
+        b: theta.sin() / zoom,
+        tx,
+        ty,
+    }
+}
+
+/// Writes one image as f32 `(pixel/255 - mean) / std`, resampled through `tf` if given.
+pub fn sample_image(out: &mut [f32], img: &[u8], h: usize, w: usize, tf: Option<Transform>, mean: f32, std: f32) {
+    let scale = 1.0 / (255.0 * std);
+    let shift = mean / std;
+    let Some(t) = tf else {
+        for (o, &p) in out.iter_mut().zip(img) {
+            *o = p as f32 * scale - shift;
+        }
+        return;
+    };
+    let cx = (w as f32 - 1.0) * 0.5;
+    let cy = (h as f32 - 1.0) * 0.5;
+    let px = |x: i32, y: i32| -> f32 {
+        if x < 0 || y < 0 || x >= w as i32 || y >= h as i32 {
+            0.0
+        } else {
+            img[y as usize * w + x as usize] as f32
+        }
+    };
+    for y in 0..h {
+        for x in 0..w {
+            let dx = x as f32 - cx - t.tx;
+            let dy = y as f32 - cy - t.ty;
+            let sx = cx + t.a * dx + t.b * dy;
+            let sy = cy - t.b * dx + t.a * dy;
+            let x0 = sx.floor();
+            let y0 = sy.floor();
+            let fx = sx - x0;
+            let fy = sy - y0;
+            let (x0, y0) = (x0 as i32, y0 as i32);
+            let top = px(x0, y0) * (1.0 - fx) + px(x0 + 1, y0) * fx;
+            let bottom = px(x0, y0 + 1) * (1.0 - fx) + px(x0 + 1, y0 + 1) * fx;
+            out[y * w + x] = (top * (1.0 - fy) + bottom * fy) * scale - shift;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_transform_reproduces_the_image() {
+        let img: Vec<u8> = (0..20).map(|i| (i * 13) as u8).collect();
+        let mut a = vec![0.0; 20];
+        let mut b = vec![0.0; 20];
+        let id = Transform {
+            a: 1.0,
+            b: 0.0,
+            tx: 0.0,
+            ty: 0.0,
+        };
+        sample_image(&mut a, &img, 4, 5, None, 0.0, 1.0);
+        sample_image(&mut b, &img, 4, 5, Some(id), 0.0, 1.0);
+        assert_eq!(a, b);
+        assert!((a[3] - 39.0 / 255.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn shift_by_one_pixel_moves_the_image() {
+        // 3x3 image with one lit pixel at the centre; shift right by 1 px.
+        let mut img = vec![0u8; 9];
+        img[4] = 255;
+        let mut out = vec![0.0; 9];
+        let t = Transform {
+            a: 1.0,
+            b: 0.0,
+            tx: 1.0,
+            ty: 0.0,
+        };
+        sample_image(&mut out, &img, 3, 3, Some(t), 0.0, 1.0);
+        assert_eq!(out, vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn rotation_by_90_degrees_about_the_centre() {
+        // Lit pixel right of centre in a 3x3 image; +90 degrees (y down) moves it below.
+        let mut img = vec![0u8; 9];
+        img[5] = 255;
+        let mut out = vec![0.0; 9];
+        let th = std::f32::consts::FRAC_PI_2;
+        let t = Transform {
+            a: th.cos(),
+            b: th.sin(),
+            tx: 0.0,
+            ty: 0.0,
+        };
+        sample_image(&mut out, &img, 3, 3, Some(t), 0.0, 1.0);
+        assert!((out[7] - 1.0).abs() < 1e-5, "{out:?}");
+        assert!(out.iter().sum::<f32>() - 1.0 < 1e-5);
+    }
+
+    #[test]
+    fn transforms_stay_in_range() {
+        let aug = Augment {
+            chance: 1.0,
+            zoom: [0.8, 1.2],
+            rotate: 25.0,
+            shift: 0.2,
+        };
+        for j in 0..1000 {
+            let t = image_transform(12345, j, &aug, 28, 28);
+            let zoom = 1.0 / (t.a * t.a + t.b * t.b).sqrt();
+            assert!((0.8 - 1e-5..=1.2 + 1e-5).contains(&zoom));
+            assert!(t.b.atan2(t.a).abs() <= 25f32.to_radians() + 1e-5);
+            assert!(t.tx.abs() <= 5.6 + 1e-5 && t.ty.abs() <= 5.6 + 1e-5);
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Evaluating saved models on a data set: accuracy, loss, confusion matrix, per-class
+//! accuracy, and ensembles (the average of several models' probabilities).
+
+use crate::backend::Backend;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::spec::Loss;
+use crate::modelfile::Loaded;
+use crate::network::{DeviceData, Network};
+use crate::train::EVAL_BATCH;
+
+/// Scores of every example under one model (or the ensemble average).
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub name: String,
+    /// (count, classes): probabilities for cross-entropy models, outputs for MSE ones.
+    pub scores: Vec<f32>,
+    pub classes: usize,
+    /// Mean loss as the model's own loss function defines it.
+    pub loss: f64,
+}
+
+impl Scored {
+    pub fn predictions(&self) -> Vec<usize> {
+        self.scores.chunks(self.classes).map(argmax).collect()
+    }
+
+    pub fn accuracy(&self, labels: &[u8]) -> f64 {
+        let hits = self
+            .predictions()
+            .iter()
+            .zip(labels)
+            .filter(|&(&p, &y)| p == y as usize)
+            .count();
+        hits as f64 / labels.len().max(1) as f64
+    }
+}
+
+/// Index of the first maximum.
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = j;
+        }
+    }
+    best
+}
+
+/// Runs one model over a data set on backend `b`.
+pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
+    let arch = model.arch.clone();
+    if [1, data.height, data.width] != arch.spec.input {
+        return Err(Error::Data(format!(
+            "images are 1x{}x{}, model {name} expects {:?}",
+            data.height, data.width, arch.spec.input
+        )));
+    }
+    let classes = arch.classes();
+    if let Some(m) = data.max_label().filter(|&m| m as usize >= classes) {
+        return Err(Error::Data(format!(
+            "label {m} is out of range for model {name} with {classes} outputs"
+        )));
+    }
+    let dev = DeviceData::upload(b, data)?;
+    let mut net = Network::new(b, arch, EVAL_BATCH, &model.params, &model.state)?;
+    let r = net.evaluate(b, &dev)?;
+    Ok(Scored {
+        name: name.to_string(),
+        scores: r.scores,
+        classes,
+        loss: r.loss,
+    })
+}
+
+/// The ensemble of several models: their scores averaged.
+pub fn ensemble(members: &[Scored], labels: &[u8]) -> Result<Scored> {
+    let classes = members[0].classes;
+    if members.iter().any(|m| m.classes != classes) {
+        return Err(Error::Config(
+            "ensemble members must have the same number of classes".into(),
+        ));
+    }
+    let mut scores = vec![0f32; members[0].scores.len()];
+    for m in members {
+        scores
+            .iter_mut()
+            .zip(&m.scores)
+            .for_each(|(a, &s)| *a += s / members.len() as f32);
+    }
+    let loss = scores
+        .chunks(classes)
+        .zip(labels)
+        .map(|(p, &y)| -(p[y as usize].max(1e-12) as f64).ln())
+        .sum::<f64>()
+        / labels.len().max(1) as f64;
+    Ok(Scored {
+        name: format!("ensemble of {}", members.len()),
+        scores,
+        classes,
+        loss,
+    })
+}
+
+/// counts[true][predicted]
+pub fn confusion(pred: &[usize], labels: &[u8], classes: usize) -> Vec<Vec<usize>> {
+    let mut m = vec![vec![0; classes]; classes];
+    for (&p, &y) in pred.iter().zip(labels) {
+        m[y as usize][p] += 1;
+    }
+    m
+}
+
+/// The confusion matrix and per-class accuracy as a text table.
+pub fn report(s: &Scored, labels: &[u8]) -> String {
+    let pred = s.predictions();
+    let m = confusion(&pred, labels, s.classes);
+    let mut out = String::from("confusion matrix (rows: true class, columns: predicted)\n      ");
+    for c in 0..s.classes {
+        out.push_str(&format!("{c:>6}"));
+    }
+    out.push_str("   acc\n");
+    for (c, row) in m.iter().enumerate() {
+        out.push_str(&format!("{c:>6}"));
+        for v in row {
+            out.push_str(&format!("{v:>6}"));
+        }
+        let total: usize = row.iter().sum();
+        let acc = if total == 0 {
+            0.0
+        } else {
+            100.0 * row[c] as f64 / total as f64
+        };
+        out.push_str(&format!("  {acc:>6.2}%\n"));
+    }
+    out
+}
+
+/// The loss name for a model's loss function.
+pub fn loss_name(loss: Loss) -> &'static str {
+    match loss {
+        Loss::CrossEntropy => "cross-entropy",
+        Loss::Mse => "mse",
+    }
+}

@@ -1,0 +1,496 @@
+//! Architectures resolved from their spec: every layer with its input and output shapes and
+//! its tensors' offsets in the flat parameter buffer.
+//!
+//! Parameters of all layers live in one flat f32 buffer (and gradients and optimizer state in
+//! buffers of the same layout), so one optimizer dispatch updates everything. Batch-norm
+//! running statistics, which are not trained, live in a second flat "state" buffer.
+
+pub mod presets;
+pub mod spec;
+
+use crate::error::{Error, Result};
+use crate::rng;
+pub use spec::{Init, LayerSpec, ModelSpec, Recipe};
+use spec::{Padding, PaddingName};
+
+/// Element-wise activation. The code is what the shaders see (0 = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Relu = 1,
+    Sigmoid = 2,
+    Tanh = 3,
+}
+
+/// Shape of one example's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Image { c: usize, h: usize, w: usize },
+    Flat(usize),
+}
+
+impl Shape {
+    pub fn len(self) -> usize {
+        match self {
+            Shape::Image { c, h, w } => c * h * w,
+            Shape::Flat(n) => n,
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Shape::Image { c, h, w } => write!(f, "{c}x{h}x{w}"),
+            Shape::Flat(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// 2-D convolution, NCHW, weight (c_out, c_in, kh, kw), bias (c_out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2d {
+    pub c_in: usize,
+    pub h_in: usize,
+    pub w_in: usize,
+    pub c_out: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad_h: usize,
+    pub pad_w: usize,
+    pub w_off: usize,
+    pub b_off: Option<usize>,
+}
+
+impl Conv2d {
+    pub fn in_len(&self) -> usize {
+        self.c_in * self.h_in * self.w_in
+    }
+    pub fn out_len(&self) -> usize {
+        self.c_out * self.h_out * self.w_out
+    }
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.c_in * self.kh * self.kw
+    }
+}
+
+/// Fully connected layer: weight (n_out, n_in) as in torch, bias (n_out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dense {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub w_off: usize,
+    pub b_off: Option<usize>,
+}
+
+/// Max pooling over `size x size` windows with `stride` (no padding, floor mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    pub c: usize,
+    pub h_in: usize,
+    pub w_in: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+    pub size: usize,
+    pub stride: usize,
+}
+
+impl Pool {
+    pub fn in_len(&self) -> usize {
+        self.c * self.h_in * self.w_in
+    }
+    pub fn out_len(&self) -> usize {
+        self.c * self.h_out * self.w_out
+    }
+}
+
+/// Batch normalisation over channels (after a conv: per channel over N, H, W; after a dense
+/// layer: per feature over N, with hw = 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNorm {
+    pub c: usize,
+    pub hw: usize,
+    pub eps: f32,
+    pub momentum: f32,
+    pub gamma_off: usize,
+    pub beta_off: usize,
+    pub mean_off: usize, // in the state buffer
+    pub var_off: usize,  // in the state buffer
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Layer {
+    Conv2d(Conv2d),
+    Dense(Dense),
+    MaxPool2d(Pool),
+    Flatten,
+    Dropout { p: f32 },
+    Act(Act),
+    BatchNorm(BatchNorm),
+}
+
+/// What a named tensor is, for loading and saving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    Weight,
+    Bias,
+    RunningMean,
+    RunningVar,
+}
+
+/// One named tensor inside a flat buffer, named like `torch.nn.Sequential` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub layer: usize,
+    pub kind: TensorKind,
+}
+
+impl TensorInfo {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// Tensors start at multiples of 64 floats (256 bytes): aligned vector loads on every
+/// backend, and a whole tensor can be bound at its offset on a GPU.
+pub const TENSOR_ALIGN: usize = 64;
+
+fn align(n: usize) -> usize {
+    n.div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN
+}
+
+#[derive(Default)]
+struct Table {
+    tensors: Vec<TensorInfo>,
+    len: usize,
+}
+
+impl Table {
+    fn add(&mut self, layer: usize, suffix: &str, kind: TensorKind, shape: Vec<usize>) -> usize {
+        let offset = self.len;
+        let info = TensorInfo {
+            name: format!("{layer}.{suffix}"),
+            shape,
+            offset,
+            layer,
+            kind,
+        };
+        self.len = align(offset + info.len());
+        self.tensors.push(info);
+        offset
+    }
+}
+
+/// A resolved architecture.
+#[derive(Debug, Clone)]
+pub struct Arch {
+    pub spec: ModelSpec,
+    pub layers: Vec<Layer>,
+    /// shapes[i] is the input of layer i; the last entry is the model's output.
+    pub shapes: Vec<Shape>,
+    pub params: Vec<TensorInfo>,
+    pub n_params: usize,
+    pub state: Vec<TensorInfo>,
+    pub n_state: usize,
+}
+
+impl Arch {
+    /// Infers every shape and lays out the parameters; errors say which layer is wrong.
+    pub fn new(spec: ModelSpec) -> Result<Arch> {
+        let name = spec.name.clone();
+        let err = |i: usize, msg: String| Error::arch(&name, format!("layer {i}: {msg}"));
+        let [c, h, w] = spec.input;
+        if c == 0 || h == 0 || w == 0 {
+            return Err(Error::arch(
+                &name,
+                format!("input shape {:?} has a zero dimension", spec.input),
+            ));
+        }
+        if spec.layers.is_empty() {
+            return Err(Error::arch(&name, "the layer list is empty"));
+        }
+        let mut shape = Shape::Image { c, h, w };
+        let mut shapes = vec![shape];
+        let mut layers = Vec::new();
+        let mut params = Table::default();
+        let mut state = Table::default();
+        for (i, ls) in spec.layers.iter().enumerate() {
+            let layer = match (*ls, shape) {
+                (
+                    LayerSpec::Conv2d {
+                        filters,
+                        kernel,
+                        stride,
+                        padding,
+                        bias,
+                    },
+                    Shape::Image { c, h, w },
+                ) => {
+                    let (kh, kw) = kernel.hw();
+                    if filters == 0 || kh == 0 || kw == 0 || stride == 0 {
+                        return Err(err(i, "conv2d needs filters, kernel and stride of at least 1".into()));
+                    }
+                    let (pad_h, pad_w) = match padding {
+                        Padding::Pixels(p) => (p, p),
+                        Padding::Rect([ph, pw]) => (ph, pw),
+                        Padding::Named(PaddingName::Valid) => (0, 0),
+                        Padding::Named(PaddingName::Same) => {
+                            if stride != 1 || kh % 2 == 0 || kw % 2 == 0 {
+                                return Err(err(i, "padding \"same\" needs stride 1 and an odd kernel".into()));
+                            }
+                            (kh / 2, kw / 2)
+                        }
+                    };
+                    if h + 2 * pad_h < kh || w + 2 * pad_w < kw {
+                        return Err(err(
+                            i,
+                            format!("{kh}x{kw} kernel is larger than the padded {h}x{w} input"),
+                        ));
+                    }
+                    let w_off = params.add(i, "weight", TensorKind::Weight, vec![filters, c, kh, kw]);
+                    let b_off = bias.then(|| params.add(i, "bias", TensorKind::Bias, vec![filters]));
+                    Layer::Conv2d(Conv2d {
+                        c_in: c,
+                        h_in: h,
+                        w_in: w,
+                        c_out: filters,
+                        h_out: (h + 2 * pad_h - kh) / stride + 1,
+                        w_out: (w + 2 * pad_w - kw) / stride + 1,
+                        kh,
+                        kw,
+                        stride,
+                        pad_h,
+                        pad_w,
+                        w_off,
+                        b_off,
+                    })
+                }
+                (LayerSpec::Conv2d { .. }, Shape::Flat(_)) => {
+                    return Err(err(i, "conv2d needs an image input, but its input is flat".into()));
+                }
+                (LayerSpec::Dense { units, bias }, Shape::Flat(n)) => {
+                    if units == 0 {
+                        return Err(err(i, "dense needs at least 1 unit".into()));
+                    }
+                    let w_off = params.add(i, "weight", TensorKind::Weight, vec![units, n]);
+                    let b_off = bias.then(|| params.add(i, "bias", TensorKind::Bias, vec![units]));
+                    Layer::Dense(Dense {
+                        n_in: n,
+                        n_out: units,
+                        w_off,
+                        b_off,
+                    })
+                }
+                (LayerSpec::Dense { .. }, Shape::Image { .. }) => {
+                    return Err(err(
+                        i,
+                        format!(
+                            "dense needs a flat input but gets an image ({shape}); add {{ type = \"flatten\" }} before it"
+                        ),
+                    ));
+                }
+                (LayerSpec::MaxPool2d { size, stride }, Shape::Image { c, h, w }) => {
+                    let stride = stride.unwrap_or(size);
+                    if size == 0 || stride == 0 || size > h || size > w {
+                        return Err(err(
+                            i,
+                            format!("max_pool2d size {size} / stride {stride} does not fit a {h}x{w} input"),
+                        ));
+                    }
+                    Layer::MaxPool2d(Pool {
+                        c,
+                        h_in: h,
+                        w_in: w,
+                        h_out: (h - size) / stride + 1,
+                        w_out: (w - size) / stride + 1,
+                        size,
+                        stride,
+                    })
+                }
+                (LayerSpec::MaxPool2d { .. }, Shape::Flat(_)) => {
+                    return Err(err(i, "max_pool2d needs an image input, but its input is flat".into()));
+                }
+                (LayerSpec::Flatten, _) => Layer::Flatten,
+                (LayerSpec::Dropout { p }, _) => {
+                    if !(0.0..1.0).contains(&p) {
+                        return Err(err(i, format!("dropout p must be in [0, 1), got {p}")));
+                    }
+                    Layer::Dropout { p }
+                }
+                (LayerSpec::Relu, _) => Layer::Act(Act::Relu),
+                (LayerSpec::Sigmoid, _) => Layer::Act(Act::Sigmoid),
+                (LayerSpec::Tanh, _) => Layer::Act(Act::Tanh),
+                (LayerSpec::BatchNorm { eps, momentum }, s) => {
+                    if !(eps > 0.0 && (0.0..=1.0).contains(&momentum)) {
+                        return Err(err(i, "batch_norm needs eps > 0 and 0 <= momentum <= 1".into()));
+                    }
+                    let (c, hw) = match s {
+                        Shape::Image { c, h, w } => (c, h * w),
+                        Shape::Flat(n) => (n, 1),
+                    };
+                    Layer::BatchNorm(BatchNorm {
+                        c,
+                        hw,
+                        eps,
+                        momentum,
+                        gamma_off: params.add(i, "weight", TensorKind::Weight, vec![c]),
+                        beta_off: params.add(i, "bias", TensorKind::Bias, vec![c]),
+                        mean_off: state.add(i, "running_mean", TensorKind::RunningMean, vec![c]),
+                        var_off: state.add(i, "running_var", TensorKind::RunningVar, vec![c]),
+                    })
+                }
+            };
+            shape = match layer {
+                Layer::Conv2d(c) => Shape::Image {
+                    c: c.c_out,
+                    h: c.h_out,
+                    w: c.w_out,
+                },
+                Layer::Dense(d) => Shape::Flat(d.n_out),
+                Layer::MaxPool2d(p) => Shape::Image {
+                    c: p.c,
+                    h: p.h_out,
+                    w: p.w_out,
+                },
+                Layer::Flatten => Shape::Flat(shape.len()),
+                _ => shape,
+            };
+            shapes.push(shape);
+            layers.push(layer);
+        }
+        if !layers.iter().any(|l| matches!(l, Layer::Conv2d(_) | Layer::Dense(_))) {
+            return Err(Error::arch(
+                &name,
+                "the layer list needs at least one conv2d or dense layer",
+            ));
+        }
+        match shape {
+            Shape::Flat(n) if n >= 2 => {}
+            _ => {
+                return Err(Error::arch(
+                    &name,
+                    format!("the last layer must give a flat vector of at least 2 class scores, got {shape}"),
+                ));
+            }
+        }
+        Ok(Arch {
+            spec,
+            layers,
+            shapes,
+            params: params.tensors,
+            n_params: params.len,
+            state: state.tensors,
+            n_state: state.len,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    pub fn recipe(&self) -> &Recipe {
+        &self.spec.train
+    }
+
+    pub fn classes(&self) -> usize {
+        self.output().len()
+    }
+
+    pub fn input(&self) -> Shape {
+        self.shapes[0]
+    }
+
+    pub fn output(&self) -> Shape {
+        self.shapes[self.shapes.len() - 1]
+    }
+
+    /// Number of trainable scalars (without alignment padding).
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|t| t.len()).sum()
+    }
+
+    /// Fresh parameters and state (flat), drawn from the run's seed.
+    pub fn init(&self, init: Init, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let mut p = vec![0f32; self.n_params];
+        let mut s = vec![0f32; self.n_state];
+        let mut r = rng::stream(seed, rng::STREAM_INIT, 0);
+        for layer in &self.layers {
+            // (weight offset, bias offset, weight length, bias length, fan in, fan out)
+            let (w_off, b_off, w_len, b_len, fan_in, fan_out) = match *layer {
+                Layer::Conv2d(c) => {
+                    let k = c.kh * c.kw;
+                    (c.w_off, c.b_off, c.weight_len(), c.c_out, c.c_in * k, c.c_out * k)
+                }
+                Layer::Dense(d) => (d.w_off, d.b_off, d.n_in * d.n_out, d.n_out, d.n_in, d.n_out),
+                Layer::BatchNorm(bn) => {
+                    p[bn.gamma_off..bn.gamma_off + bn.c].fill(1.0);
+                    s[bn.var_off..bn.var_off + bn.c].fill(1.0);
+                    continue;
+                }
+                _ => continue,
+            };
+            let w = &mut p[w_off..w_off + w_len];
+            match init {
+                Init::He => {
+                    let std = (2.0 / fan_in as f64).sqrt();
+                    w.iter_mut().for_each(|x| *x = (rng::normal(&mut r) * std) as f32);
+                }
+                Init::Xavier => {
+                    let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                    w.iter_mut()
+                        .for_each(|x| *x = ((2.0 * rng::unit_f64(&mut r) - 1.0) * a) as f32);
+                }
+                Init::Uniform => {
+                    w.iter_mut().for_each(|x| *x = (rng::unit_f64(&mut r) - 0.5) as f32);
+                    if let Some(b) = b_off {
+                        p[b..b + b_len]
+                            .iter_mut()
+                            .for_each(|x| *x = (rng::unit_f64(&mut r) - 0.5) as f32);
+                    }
+                }
+            }
+        }
+        (p, s)
+    }
+
+    /// A table of layers, output shapes and parameter counts, printed before training.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let n: usize = self.params.iter().filter(|t| t.layer == i).map(|t| t.len()).sum();
+            let what = match layer {
+                Layer::Conv2d(c) => format!(
+                    "conv2d {}x{} /{} pad {}, {} -> {}",
+                    c.kh, c.kw, c.stride, c.pad_h, c.c_in, c.c_out
+                ),
+                Layer::Dense(d) => format!("dense {} -> {}", d.n_in, d.n_out),
+                Layer::MaxPool2d(p) => format!("max_pool2d {}x{} /{}", p.size, p.size, p.stride),
+                Layer::Flatten => "flatten".into(),
+                Layer::Dropout { p } => format!("dropout {p}"),
+                Layer::Act(a) => format!("{a:?}").to_lowercase(),
+                Layer::BatchNorm(_) => "batch_norm".into(),
+            };
+            out.push_str(&format!(
+                "  {i:>2}  {what:<32} -> {:<10} {n:>9}\n",
+                self.shapes[i + 1].to_string()
+            ));
+        }
+        out.push_str(&format!("      {} parameters\n", self.param_count()));
+        out
+    }
+}

@@ -1,0 +1,422 @@
+//! The model file format (`models/*.toml`): an architecture (a layer list, as data) and a
+//! training recipe. Presets are these same files embedded in the binary.
+//!
+//! ```toml
+//! name = "cnn4"
+//! input = [1, 28, 28]
+//! layers = [
+//!   { type = "conv2d", filters = 16, kernel = 5, padding = 2 },
+//!   { type = "relu" },
+//!   ...
+//! ]
+//! [train]
+//! epochs = 150
+//! batch = 16
+//! optimizer = { type = "adam", lr = 0.001 }
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::Augment;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Input shape (channels, height, width); MNIST is [1, 28, 28].
+    #[serde(default = "default_input")]
+    pub input: [usize; 3],
+    pub layers: Vec<LayerSpec>,
+    #[serde(default)]
+    pub train: Recipe,
+}
+
+fn default_input() -> [usize; 3] {
+    [1, 28, 28]
+}
+
+/// One entry of the layer list. Each entry, parameterless ones included, takes the next index
+/// of a `torch.nn.Sequential`, which names its tensors (`{index}.weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSpec {
+    Conv2d {
+        filters: usize,
+        kernel: Size2,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: Padding,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    Dense {
+        units: usize,
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    #[serde(alias = "maxpool")]
+    MaxPool2d {
+        #[serde(default = "two")]
+        size: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    Flatten,
+    Dropout {
+        p: f32,
+    },
+    Relu,
+    Sigmoid,
+    Tanh,
+    BatchNorm {
+        #[serde(default = "bn_eps")]
+        eps: f32,
+        #[serde(default = "bn_momentum")]
+        momentum: f32,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> usize {
+    2
+}
+fn yes() -> bool {
+    true
+}
+fn bn_eps() -> f32 {
+    1e-5
+}
+fn bn_momentum() -> f32 {
+    0.1
+}
+
+/// A kernel size: `5` or `[5, 3]` (height, width).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size2 {
+    Square(usize),
+    Rect([usize; 2]),
+}
+
+impl Size2 {
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Size2::Square(k) => (k, k),
+            Size2::Rect([h, w]) => (h, w),
+        }
+    }
+}
+
+/// Zero padding: a number of pixels (`2`, or `[1, 2]` for height, width), `"valid"` (none) or
+/// `"same"` (output as large as the input; stride 1 and odd kernels only).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Padding {
+    Pixels(usize),
+    Rect([usize; 2]),
+    Named(PaddingName),
+}
+
+impl Default for Padding {
+    fn default() -> Self {
+        Padding::Pixels(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaddingName {
+    Valid,
+    Same,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Softmax + cross-entropy, fused (the final layer's outputs are logits).
+    #[default]
+    CrossEntropy,
+    /// Mean squared error against one-hot targets (seed B's first models).
+    Mse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// He (Kaiming) normal, std sqrt(2 / fan_in), zero bias.
+    #[default]
+    He,
+    /// Xavier (Glorot) uniform, limit sqrt(6 / (fan_in + fan_out)), zero bias.
+    Xavier,
+    /// Uniform in [-0.5, 0.5) for weights and biases (seed B's models 1-7).
+    Uniform,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Optimizer {
+    Adam {
+        lr: f32,
+        #[serde(default = "beta1")]
+        beta1: f32,
+        #[serde(default = "beta2")]
+        beta2: f32,
+        #[serde(default = "adam_eps")]
+        eps: f32,
+        /// Decoupled weight decay (AdamW); 0 = plain Adam.
+        #[serde(default)]
+        weight_decay: f32,
+    },
+    Sgd {
+        lr: f32,
+        #[serde(default)]
+        momentum: f32,
+    },
+}
+
+fn beta1() -> f32 {
+    0.9
+}
+fn beta2() -> f32 {
+    0.999
+}
+fn adam_eps() -> f32 {
+    1e-8
+}
+
+impl Default for Optimizer {
+    fn default() -> Self {
+        Optimizer::Adam {
+            lr: 0.001,
+            beta1: beta1(),
+            beta2: beta2(),
+            eps: adam_eps(),
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl Optimizer {
+    pub fn lr(&self) -> f32 {
+        match *self {
+            Optimizer::Adam { lr, .. } | Optimizer::Sgd { lr, .. } => lr,
+        }
+    }
+
+    pub fn set_lr(&mut self, new: f32) {
+        match self {
+            Optimizer::Adam { lr, .. } | Optimizer::Sgd { lr, .. } => *lr = new,
+        }
+    }
+}
+
+/// Learning-rate schedule, applied at the start of each epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    #[default]
+    Constant,
+    /// Multiply by `factor` every `every` epochs.
+    Step {
+        every: usize,
+        #[serde(default = "half")]
+        factor: f32,
+    },
+    /// Seed B's "tunable" schedule: for epochs 1..warmup, lr += lr / epoch (0.001 becomes
+    /// 0.002, 0.003, ...); then halve at every multiple of `halve_every` after the warm-up up
+    /// to epoch `halve_until`; after that, halve every `late_halve_every` epochs (if set).
+    Tunable {
+        #[serde(default = "five")]
+        warmup: usize,
+        #[serde(default)]
+        halve_every: Option<usize>,
+        #[serde(default)]
+        halve_until: Option<usize>,
+        #[serde(default)]
+        late_halve_every: Option<usize>,
+    },
+    /// Cosine annealing from the base rate to `min_lr` over the run, after an optional
+    /// linear warm-up.
+    Cosine {
+        #[serde(default)]
+        min_lr: f32,
+        #[serde(default)]
+        warmup: usize,
+    },
+}
+
+fn half() -> f32 {
+    0.5
+}
+fn five() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// Improvement needed, relative to the best value so far (0.005 = 0.5%).
+    #[serde(default)]
+    pub min_delta: f32,
+    /// Restore the best epoch's weights at the end.
+    #[serde(default = "yes")]
+    pub restore_best: bool,
+    #[serde(default)]
+    pub monitor: Monitor,
+}
+
+/// What early stopping watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    /// The epoch's mean training loss (seed B).
+    #[default]
+    TrainLoss,
+    /// Loss on the validation split (needs `validation > 0`).
+    ValLoss,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl Default for Normalize {
+    /// Plain pixel/255, as both seeds and our model files use.
+    fn default() -> Self {
+        Normalize { mean: 0.0, std: 1.0 }
+    }
+}
+
+/// How to train a model: everything the scheduler needs besides the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    #[serde(default = "ten")]
+    pub epochs: usize,
+    #[serde(default = "sixteen")]
+    pub batch: usize,
+    #[serde(default)]
+    pub loss: Loss,
+    #[serde(default)]
+    pub init: Init,
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+    /// Fraction of the training set held out for validation (the last examples).
+    #[serde(default)]
+    pub validation: f32,
+    #[serde(default)]
+    pub normalize: Normalize,
+}
+
+fn ten() -> usize {
+    10
+}
+fn sixteen() -> usize {
+    16
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Recipe {
+            epochs: ten(),
+            batch: sixteen(),
+            loss: Loss::default(),
+            init: Init::default(),
+            optimizer: Optimizer::default(),
+            schedule: Schedule::default(),
+            augment: None,
+            early_stopping: None,
+            validation: 0.0,
+            normalize: Normalize::default(),
+        }
+    }
+}
+
+impl Recipe {
+    /// Checks the settings a user can get wrong, with a message that says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch == 0 {
+            return Err("batch size must be at least 1".into());
+        }
+        if self.epochs == 0 {
+            return Err("epochs must be at least 1".into());
+        }
+        let lr = self.optimizer.lr();
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("learning rate must be a positive number, got {lr}"));
+        }
+        match self.optimizer {
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0 && weight_decay >= 0.0) {
+                    return Err("adam needs 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0".into());
+                }
+            }
+            Optimizer::Sgd { momentum, .. } => {
+                if !(0.0..1.0).contains(&momentum) {
+                    return Err(format!("sgd momentum must be in [0, 1), got {momentum}"));
+                }
+            }
+        }
+        match self.schedule {
+            Schedule::Step { every, factor } if every == 0 || !(factor > 0.0 && factor.is_finite()) => {
+                return Err("step schedule needs every >= 1 and factor > 0".into());
+            }
+            Schedule::Tunable {
+                halve_every: Some(0), ..
+            }
+            | Schedule::Tunable {
+                late_halve_every: Some(0),
+                ..
+            } => {
+                return Err("tunable schedule: halving intervals must be at least 1".into());
+            }
+            Schedule::Cosine { min_lr, .. } if !(min_lr >= 0.0 && min_lr.is_finite()) => {
+                return Err("cosine schedule needs min_lr >= 0".into());
+            }
+            _ => {}
+        }
+        if let Some(a) = &self.augment {
+            a.validate()?;
+        }
+        if let Some(es) = &self.early_stopping {
+            if es.patience == 0 || !(es.min_delta >= 0.0 && es.min_delta.is_finite()) {
+                return Err("early stopping needs patience >= 1 and min_delta >= 0".into());
+            }
+            if es.monitor == Monitor::ValLoss && self.validation <= 0.0 {
+                return Err("early stopping on val_loss needs a validation split (validation = 0.1, say)".into());
+            }
+        }
+        if !(0.0..1.0).contains(&self.validation) {
+            return Err(format!(
+                "validation must be a fraction in [0, 1), got {}",
+                self.validation
+            ));
+        }
+        if !(self.normalize.std > 0.0 && self.normalize.std.is_finite() && self.normalize.mean.is_finite()) {
+            return Err("normalize needs a finite mean and std > 0".into());
+        }
+        Ok(())
+    }
+}

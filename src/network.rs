@@ -1,0 +1,528 @@
+//! A model on a backend: its buffers, and the forward, backward and optimizer step as
+//! sequences of backend ops. Generic over `Backend`, so the CPU and GPU run the same plan.
+//!
+//! Buffers are indexed by layer boundary: `acts[k]` holds the input of layer k (acts[0] is the
+//! batch), `dacts[k]` its gradient. An activation right after a conv or dense layer is fused
+//! into it (written straight to the activation's output); its pre-activation buffer then only
+//! exists as a gradient. Flatten needs no buffer (NCHW is already C, H, W order), and in
+//! evaluation dropout is skipped, so a plan records which boundary each op reads.
+
+use crate::backend::{AdamStep, Backend, Gather, SgdStep};
+use crate::data::augment::Augment;
+use crate::error::{Error, Result};
+use crate::model::spec::{Loss, Normalize, Optimizer};
+use crate::model::{Act, Arch, Layer};
+use crate::rng;
+
+/// One op of a plan: layer `layer` reads boundary `inp` and writes boundary `out`; `fused`
+/// is an activation applied in the same op, whose pre-activation gradient goes to `out - 1`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Node {
+    layer: usize,
+    inp: usize,
+    out: usize,
+    fused: Option<Act>,
+}
+
+fn plan(arch: &Arch, train: bool) -> (Vec<Node>, usize) {
+    let layers = &arch.layers;
+    let mut nodes = Vec::new();
+    let mut cur = 0;
+    let mut i = 0;
+    while i < layers.len() {
+        match layers[i] {
+            Layer::Flatten => {}
+            Layer::Dropout { .. } if !train => {}
+            Layer::Conv2d(_) | Layer::Dense(_) => {
+                if let Some(&Layer::Act(a)) = layers.get(i + 1) {
+                    nodes.push(Node {
+                        layer: i,
+                        inp: cur,
+                        out: i + 2,
+                        fused: Some(a),
+                    });
+                    cur = i + 2;
+                    i += 2;
+                    continue;
+                }
+                nodes.push(Node {
+                    layer: i,
+                    inp: cur,
+                    out: i + 1,
+                    fused: None,
+                });
+                cur = i + 1;
+            }
+            _ => {
+                nodes.push(Node {
+                    layer: i,
+                    inp: cur,
+                    out: i + 1,
+                    fused: None,
+                });
+                cur = i + 1;
+            }
+        }
+        i += 1;
+    }
+    (nodes, cur)
+}
+
+/// `(&mut v[a], &v[b])` for a != b.
+fn split<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
+    assert_ne!(a, b, "an op cannot write the buffer it reads");
+    if a < b {
+        let (lo, hi) = v.split_at_mut(b);
+        (&mut lo[a], &hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(a);
+        (&mut hi[0], &lo[b])
+    }
+}
+
+/// The data set on the device: image bytes (packed), labels, and the identity order used
+/// for evaluation.
+pub struct DeviceData<B: Backend> {
+    pub images: B::IBuf,
+    pub labels: B::IBuf,
+    pub order: B::IBuf,
+    pub len: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl<B: Backend> DeviceData<B> {
+    /// Uploads a data set once; training then only uploads a permutation per epoch.
+    pub fn upload(b: &mut B, ds: &crate::data::Dataset) -> Result<Self> {
+        let packed: Vec<u32> = ds
+            .images
+            .chunks(4)
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i))
+            })
+            .collect();
+        let mut images = b.alloc_u32(packed.len().max(1))?;
+        b.upload_u32(&mut images, &packed)?;
+        let mut labels = b.alloc_u32(ds.len().max(1))?;
+        b.upload_u32(&mut labels, &ds.labels.iter().map(|&l| l as u32).collect::<Vec<_>>())?;
+        let mut order = b.alloc_u32(ds.len().max(1))?;
+        b.upload_u32(&mut order, &(0..ds.len() as u32).collect::<Vec<_>>())?;
+        Ok(DeviceData {
+            images,
+            labels,
+            order,
+            len: ds.len(),
+            height: ds.height,
+            width: ds.width,
+        })
+    }
+}
+
+/// What one training step needs besides the buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct StepArgs {
+    /// First position of this batch in the epoch's permutation.
+    pub start: usize,
+    pub n: usize,
+    /// Batch index within the epoch (its stats slot).
+    pub slot: usize,
+    /// Steps taken before this one in the whole run (drives Adam's t and the RNG keys).
+    pub global_step: u32,
+    pub lr: f32,
+    pub seed: u64,
+    pub augment: Option<Augment>,
+}
+
+/// Loss, accuracy and per-example scores of an evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub correct: usize,
+    pub count: usize,
+    /// (count, classes): softmax probabilities (cross-entropy) or raw outputs (MSE).
+    pub scores: Vec<f32>,
+}
+
+impl EvalResult {
+    pub fn accuracy(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.count as f64
+        }
+    }
+}
+
+pub struct Network<B: Backend> {
+    pub arch: Arch,
+    /// Largest batch the buffers hold.
+    pub cap: usize,
+    pub params: B::Buf,
+    pub grads: B::Buf,
+    pub state: B::Buf,
+    /// Adam's m and v, or SGD's velocity (in `opt_m`).
+    pub opt_m: B::Buf,
+    pub opt_v: B::Buf,
+    acts: Vec<B::Buf>,
+    dacts: Vec<B::Buf>,
+    argmax: Vec<B::IBuf>,
+    saved: Vec<B::Buf>,
+    labels: B::IBuf,
+    train_plan: Vec<Node>,
+    train_out: usize,
+    eval_plan: Vec<Node>,
+    eval_out: usize,
+    loss: Loss,
+    normalize: Normalize,
+    optimizer: Optimizer,
+}
+
+impl<B: Backend> Network<B> {
+    /// Allocates every buffer for batches of up to `cap` examples and uploads the parameters.
+    pub fn new(b: &mut B, arch: Arch, cap: usize, params: &[f32], state: &[f32]) -> Result<Self> {
+        if cap == 0 {
+            return Err(Error::Config("batch size must be at least 1".into()));
+        }
+        let (train_plan, train_out) = plan(&arch, true);
+        let (eval_plan, eval_out) = plan(&arch, false);
+        let nb = arch.layers.len() + 1;
+        let mut need_act = vec![false; nb];
+        let mut need_grad = vec![false; nb];
+        need_act[0] = true;
+        for node in train_plan.iter().chain(&eval_plan) {
+            need_act[node.inp] = true;
+            need_act[node.out] = true;
+        }
+        for node in &train_plan {
+            need_grad[node.out] = true;
+            if node.inp != 0 {
+                need_grad[node.inp] = true;
+            }
+            if node.fused.is_some() {
+                need_grad[node.out - 1] = true;
+            }
+        }
+        let mut acts = Vec::with_capacity(nb);
+        let mut dacts = Vec::with_capacity(nb);
+        for k in 0..nb {
+            let len = cap * arch.shapes[k].len();
+            acts.push(b.alloc(if need_act[k] { len } else { 0 })?);
+            dacts.push(b.alloc(if need_grad[k] { len } else { 0 })?);
+        }
+        let mut argmax = Vec::new();
+        let mut saved = Vec::new();
+        for layer in &arch.layers {
+            argmax.push(b.alloc_u32(match layer {
+                Layer::MaxPool2d(p) => cap * p.out_len(),
+                _ => 0,
+            })?);
+            saved.push(b.alloc(match layer {
+                Layer::BatchNorm(bn) => 2 * bn.c,
+                _ => 0,
+            })?);
+        }
+        let n_params = arch.n_params;
+        let recipe = arch.recipe().clone();
+        let with_v = matches!(recipe.optimizer, Optimizer::Adam { .. });
+        let with_m = with_v || matches!(recipe.optimizer, Optimizer::Sgd { momentum, .. } if momentum > 0.0);
+        let mut net = Network {
+            cap,
+            params: b.alloc(n_params)?,
+            grads: b.alloc(n_params)?,
+            state: b.alloc(arch.n_state.max(1))?,
+            opt_m: b.alloc(if with_m { n_params } else { 0 })?,
+            opt_v: b.alloc(if with_v { n_params } else { 0 })?,
+            acts,
+            dacts,
+            argmax,
+            saved,
+            labels: b.alloc_u32(cap)?,
+            train_plan,
+            train_out,
+            eval_plan,
+            eval_out,
+            loss: recipe.loss,
+            normalize: recipe.normalize,
+            optimizer: recipe.optimizer,
+            arch,
+        };
+        net.set_params(b, params, state)?;
+        Ok(net)
+    }
+
+    pub fn set_params(&mut self, b: &mut B, params: &[f32], state: &[f32]) -> Result<()> {
+        b.upload(&mut self.params, params)?;
+        if !state.is_empty() {
+            b.upload(&mut self.state, state)?;
+        }
+        Ok(())
+    }
+
+    pub fn get_params(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
+        let p = b.download(&self.params, self.arch.n_params)?;
+        let s = b.download(&self.state, self.arch.n_state)?;
+        Ok((p, s))
+    }
+
+    /// Optimizer state (m, v) as flat vectors (empty where the optimizer has none).
+    pub fn get_opt_state(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
+        let n = self.arch.n_params;
+        let m = if self.has_m() {
+            b.download(&self.opt_m, n)?
+        } else {
+            Vec::new()
+        };
+        let v = if self.has_v() {
+            b.download(&self.opt_v, n)?
+        } else {
+            Vec::new()
+        };
+        Ok((m, v))
+    }
+
+    pub fn set_opt_state(&mut self, b: &mut B, m: &[f32], v: &[f32]) -> Result<()> {
+        if self.has_m() {
+            b.upload(&mut self.opt_m, m)?;
+        }
+        if self.has_v() {
+            b.upload(&mut self.opt_v, v)?;
+        }
+        Ok(())
+    }
+
+    pub fn has_m(&self) -> bool {
+        match self.optimizer {
+            Optimizer::Adam { .. } => true,
+            Optimizer::Sgd { momentum, .. } => momentum > 0.0,
+        }
+    }
+
+    pub fn has_v(&self) -> bool {
+        matches!(self.optimizer, Optimizer::Adam { .. })
+    }
+
+    fn gather(&self, start: usize, n: usize, data: &DeviceData<B>, augment: Option<(Augment, u32)>) -> Gather {
+        Gather {
+            start,
+            n,
+            height: data.height,
+            width: data.width,
+            mean: self.normalize.mean,
+            std: self.normalize.std,
+            augment,
+        }
+    }
+
+    /// Runs the plan's forward ops on `n` examples already in acts[0].
+    fn forward(&mut self, b: &mut B, n: usize, train: bool, global_step: u32, seed: u64) {
+        let plan = if train { &self.train_plan } else { &self.eval_plan };
+        for node in plan {
+            let (out, inp) = split(&mut self.acts, node.out, node.inp);
+            let shape_len = self.arch.shapes[node.inp].len();
+            match self.arch.layers[node.layer] {
+                Layer::Conv2d(l) => b.conv2d_forward(out, inp, &self.params, &l, n, node.fused),
+                Layer::Dense(l) => b.dense_forward(out, inp, &self.params, &l, n, node.fused),
+                Layer::Act(a) => b.activation_forward(out, inp, n * shape_len, a),
+                Layer::MaxPool2d(l) => b.maxpool_forward(out, &mut self.argmax[node.layer], inp, &l, n),
+                Layer::Dropout { p } => {
+                    let key = rng::op_key(seed, rng::STREAM_DROPOUT + node.layer as u32, global_step);
+                    b.dropout_forward(out, inp, n * shape_len, p, key)
+                }
+                Layer::BatchNorm(l) => b.batchnorm_forward(
+                    out,
+                    &mut self.saved[node.layer],
+                    &mut self.state,
+                    inp,
+                    &self.params,
+                    &l,
+                    n,
+                    train,
+                ),
+                Layer::Flatten => unreachable!("flatten has no op"),
+            }
+        }
+    }
+
+    /// Backward through the training plan, from the loss gradient in dacts[train_out].
+    fn backward(&mut self, b: &mut B, n: usize, global_step: u32, seed: u64) {
+        for node in self.train_plan.iter().rev() {
+            // Gradient with respect to this op's pre-activation output.
+            let mut dy = node.out;
+            if let Some(a) = node.fused {
+                let (dpre, dpost) = split(&mut self.dacts, node.out - 1, node.out);
+                b.activation_backward(
+                    dpre,
+                    dpost,
+                    &self.acts[node.out],
+                    n * self.arch.shapes[node.out].len(),
+                    a,
+                );
+                dy = node.out - 1;
+            }
+            let need_dx = node.inp != 0;
+            let inp = &self.acts[node.inp];
+            let len = n * self.arch.shapes[node.inp].len();
+            match self.arch.layers[node.layer] {
+                Layer::Conv2d(l) => {
+                    b.conv2d_backward_weight(&mut self.grads, &self.dacts[dy], inp, &l, n);
+                    if need_dx {
+                        let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                        b.conv2d_backward_input(dx, dy, &self.params, &l, n);
+                    }
+                }
+                Layer::Dense(l) => {
+                    b.dense_backward_weight(&mut self.grads, &self.dacts[dy], inp, &l, n);
+                    if need_dx {
+                        let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                        b.dense_backward_input(dx, dy, &self.params, &l, n);
+                    }
+                }
+                _ if !need_dx => {}
+                Layer::Act(a) => {
+                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    b.activation_backward(dx, dy, &self.acts[node.out], len, a);
+                }
+                Layer::MaxPool2d(l) => {
+                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    b.maxpool_backward(dx, dy, &self.argmax[node.layer], &l, n);
+                }
+                Layer::Dropout { p } => {
+                    let key = rng::op_key(seed, rng::STREAM_DROPOUT + node.layer as u32, global_step);
+                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    b.dropout_backward(dx, dy, len, p, key);
+                }
+                Layer::BatchNorm(l) => {
+                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    b.batchnorm_backward(
+                        dx,
+                        &mut self.grads,
+                        dy,
+                        inp,
+                        &self.saved[node.layer],
+                        &self.params,
+                        &l,
+                        n,
+                    );
+                }
+                Layer::Flatten => unreachable!("flatten has no op"),
+            }
+        }
+    }
+
+    /// Forward and backward of one batch already gathered into acts[0] and labels: leaves the
+    /// gradients in `grads` and the batch's loss and correct count in `stats[slot]`.
+    pub fn forward_backward(
+        &mut self,
+        b: &mut B,
+        stats: &mut B::Buf,
+        n: usize,
+        slot: usize,
+        global_step: u32,
+        seed: u64,
+    ) {
+        self.forward(b, n, true, global_step, seed);
+        let classes = self.arch.classes();
+        let (out, scale) = (self.train_out, 1.0 / n as f32);
+        let (dlogits, logits) = (&mut self.dacts[out], &self.acts[out]);
+        match self.loss {
+            Loss::CrossEntropy => {
+                b.softmax_xent_forward_backward(dlogits, stats, slot, logits, &self.labels, n, classes, scale)
+            }
+            Loss::Mse => b.mse_forward_backward(dlogits, stats, slot, logits, &self.labels, n, classes, scale),
+        }
+        self.backward(b, n, global_step, seed);
+    }
+
+    /// One training step: gather, forward, loss, backward, optimizer update.
+    pub fn train_step(&mut self, b: &mut B, data: &DeviceData<B>, perm: &B::IBuf, stats: &mut B::Buf, s: &StepArgs) {
+        let augment = s
+            .augment
+            .map(|a| (a, rng::op_key(s.seed, rng::STREAM_AUGMENT, s.global_step)));
+        let g = self.gather(s.start, s.n, data, augment);
+        b.gather_batch(
+            &mut self.acts[0],
+            &mut self.labels,
+            &data.images,
+            &data.labels,
+            perm,
+            &g,
+        );
+        self.forward_backward(b, stats, s.n, s.slot, s.global_step, s.seed);
+        self.update(b, s.lr, s.global_step + 1);
+    }
+
+    /// Applies the optimizer to the gradients in `grads`; `t` counts steps from 1.
+    pub fn update(&mut self, b: &mut B, lr: f32, t: u32) {
+        let len = self.arch.n_params;
+        match self.optimizer {
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                let a = AdamStep {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    t,
+                };
+                b.adam_step(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, len, &a);
+            }
+            Optimizer::Sgd { momentum, .. } => {
+                b.sgd_step(
+                    &mut self.params,
+                    &self.grads,
+                    &mut self.opt_m,
+                    len,
+                    &SgdStep { lr, momentum },
+                );
+            }
+        }
+    }
+
+    /// Evaluates on a whole data set (no dropout, batch-norm running statistics), in batches
+    /// of the buffers' capacity, reading back once at the end.
+    pub fn evaluate(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
+        let classes = self.arch.classes();
+        let batches = data.len.div_ceil(self.cap);
+        let mut probs = b.alloc((data.len * classes).max(1))?;
+        let mut stats = b.alloc((2 * batches).max(1))?;
+        for i in 0..batches {
+            let start = i * self.cap;
+            let n = self.cap.min(data.len - start);
+            let g = self.gather(start, n, data, None);
+            b.gather_batch(
+                &mut self.acts[0],
+                &mut self.labels,
+                &data.images,
+                &data.labels,
+                &data.order,
+                &g,
+            );
+            self.forward(b, n, false, 0, 0);
+            let logits = &self.acts[self.eval_out];
+            match self.loss {
+                Loss::CrossEntropy => {
+                    b.softmax_xent_forward(&mut probs, start, &mut stats, i, logits, &self.labels, n, classes)
+                }
+                Loss::Mse => b.mse_forward(&mut probs, start, &mut stats, i, logits, &self.labels, n, classes),
+            }
+        }
+        let stats = b.download(&stats, 2 * batches)?;
+        let scores = b.download(&probs, data.len * classes)?;
+        let loss: f64 = stats.iter().step_by(2).map(|&v| v as f64).sum();
+        let correct: f64 = stats.iter().skip(1).step_by(2).map(|&v| v as f64).sum();
+        Ok(EvalResult {
+            loss: if data.len == 0 { 0.0 } else { loss / data.len as f64 },
+            correct: correct.round() as usize,
+            count: data.len,
+            scores,
+        })
+    }
+}

@@ -1,0 +1,86 @@
+//! Learning-rate schedules: the rate for epoch `e` (0-based) is a pure function of the epoch,
+//! so a resumed run picks up exactly where it stopped.
+
+use crate::model::spec::Schedule;
+
+pub fn lr_at(schedule: &Schedule, base: f32, epoch: usize, epochs: usize) -> f32 {
+    match *schedule {
+        Schedule::Constant => base,
+        Schedule::Step { every, factor } => base * factor.powi((epoch / every) as i32),
+        Schedule::Tunable {
+            warmup,
+            halve_every,
+            halve_until,
+            late_halve_every,
+        } => {
+            // Seed B's rule, replayed from epoch 0 (it updates the rate in place each epoch).
+            let mut lr = base as f64;
+            for e in 1..=epoch {
+                if e < warmup {
+                    lr += lr / e as f64;
+                } else if halve_until.is_none_or(|u| e <= u) {
+                    if halve_every.is_some_and(|k| e % k == 0 && e > warmup) {
+                        lr *= 0.5;
+                    }
+                } else if late_halve_every.is_some_and(|k| e % k == 0) {
+                    lr *= 0.5;
+                }
+            }
+            lr as f32
+        }
+        Schedule::Cosine { min_lr, warmup } => {
+            if epoch < warmup {
+                return base * (epoch + 1) as f32 / (warmup + 1) as f32;
+            }
+            let span = epochs.saturating_sub(warmup).max(1) as f64;
+            let t = (epoch - warmup) as f64 / span;
+            let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+            (min_lr as f64 + (base - min_lr) as f64 * cos) as f32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_b_tunable_schedule_matches_the_seed_code() {
+        // cnn4: e=0: lr0; 1<=e<5: lr += lr/e; e%5==0, e!=5, e<=20: halve; e>20, e%3==0: halve.
+        let s = Schedule::Tunable {
+            warmup: 5,
+            halve_every: Some(5),
+            halve_until: Some(20),
+            late_halve_every: Some(3),
+        };
+        let mut lr = 0.001f64;
+        for e in 0..60 {
+            if (1..5).contains(&e) {
+                lr += lr / e as f64;
+            } else if e % 5 == 0 && e != 5 && e != 0 && e <= 20 || e > 20 && e % 3 == 0 {
+                lr /= 2.0;
+            }
+            let got = lr_at(&s, 0.001, e, 150) as f64;
+            assert!(
+                (got - lr).abs() <= 1e-9 * lr.max(1e-12) + 1e-12,
+                "epoch {e}: {got} vs {lr}"
+            );
+        }
+        assert!((lr_at(&s, 0.001, 4, 150) - 0.005).abs() < 1e-9);
+        assert!((lr_at(&s, 0.001, 9, 150) - 0.005).abs() < 1e-9);
+        assert!((lr_at(&s, 0.001, 10, 150) - 0.0025).abs() < 1e-9);
+        assert!((lr_at(&s, 0.001, 21, 150) - 0.0003125).abs() < 1e-9);
+    }
+
+    #[test]
+    fn step_and_cosine() {
+        let s = Schedule::Step { every: 3, factor: 0.5 };
+        assert_eq!(lr_at(&s, 1.0, 2, 10), 1.0);
+        assert_eq!(lr_at(&s, 1.0, 3, 10), 0.5);
+        assert_eq!(lr_at(&s, 1.0, 7, 10), 0.25);
+        let c = Schedule::Cosine { min_lr: 0.0, warmup: 0 };
+        assert_eq!(lr_at(&c, 1.0, 0, 10), 1.0);
+        assert!((lr_at(&c, 1.0, 5, 10) - 0.5).abs() < 1e-6);
+        assert!(lr_at(&c, 1.0, 9, 10) < 0.03);
+    }
+}
