@@ -1,0 +1,339 @@
+//! Every backward of the CPU reference against central finite differences.
+//!
+//! Each op's output y is reduced to L = sum r_i y_i (r random, summed in f64), so the
+//! backward with dout = r must match dL/dx numerically. Tolerances: the ops run in f32, so a
+//! central difference with step eps carries a rounding error of about 1e-7 |y| / eps; with
+//! eps = 1e-2 and outputs of order 1 that is ~1e-5, well inside atol 1e-3 + rtol 1e-2.
+//! Inputs avoid relu's kink and max-pooling's ties, where the derivative is not defined.
+
+mod common;
+
+use common::*;
+use gpu_train::cpu::{activation, batchnorm, conv2d, dense, dropout, loss, pool};
+use gpu_train::model::{Act, BatchNorm, Conv2d, Dense, Pool};
+
+const EPS: f32 = 1e-2;
+const ATOL: f32 = 1e-3;
+const RTOL: f32 = 1e-2;
+
+fn conv(
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    (ph, pw): (usize, usize),
+) -> Conv2d {
+    Conv2d {
+        c_in,
+        h_in: h,
+        w_in: w,
+        c_out,
+        h_out: (h + 2 * ph - kh) / stride + 1,
+        w_out: (w + 2 * pw - kw) / stride + 1,
+        kh,
+        kw,
+        stride,
+        pad_h: ph,
+        pad_w: pw,
+        w_off: 3,
+        b_off: Some(3 + c_out * c_in * kh * kw + 5),
+    }
+}
+
+fn conv_cases() -> Vec<Conv2d> {
+    vec![
+        conv(3, 7, 6, 4, (3, 3), 1, (1, 1)),
+        conv(2, 9, 8, 3, (3, 2), 2, (0, 1)),
+        conv(1, 8, 8, 5, (5, 5), 1, (2, 2)),
+        conv(4, 5, 5, 2, (1, 1), 1, (0, 0)),
+        conv(3, 6, 7, 2, (3, 3), 3, (2, 1)),
+    ]
+}
+
+#[test]
+fn conv2d_backward_input_matches_finite_differences() {
+    for (ci, l) in conv_cases().into_iter().enumerate() {
+        let n = 2;
+        let params = uniform(ci as u64, l.b_off.unwrap() + l.c_out + 3, -1.0, 1.0);
+        let x = uniform(10 + ci as u64, n * l.in_len(), -1.0, 1.0);
+        let r = uniform(20 + ci as u64, n * l.out_len(), -1.0, 1.0);
+        let f = |x: &[f32]| {
+            let mut y = vec![0.0; n * l.out_len()];
+            conv2d::conv2d_forward(&mut y, x, &params, &l, n, None);
+            dot(&r, &y)
+        };
+        let mut dx = vec![0.0; x.len()];
+        conv2d::conv2d_backward_input(&mut dx, &r, &params, &l, n);
+        let idx = sample_indices(x.len(), 60);
+        let num = numeric_grad(&x, &idx, EPS, f);
+        let ana: Vec<f32> = idx.iter().map(|&i| dx[i]).collect();
+        assert_close(&format!("conv case {ci} dx"), &ana, &num, ATOL, RTOL);
+    }
+}
+
+#[test]
+fn conv2d_backward_weight_matches_finite_differences() {
+    for (ci, l) in conv_cases().into_iter().enumerate() {
+        let n = 3;
+        let params = uniform(ci as u64, l.b_off.unwrap() + l.c_out + 3, -1.0, 1.0);
+        let x = uniform(10 + ci as u64, n * l.in_len(), -1.0, 1.0);
+        let r = uniform(20 + ci as u64, n * l.out_len(), -1.0, 1.0);
+        let f = |p: &[f32]| {
+            let mut y = vec![0.0; n * l.out_len()];
+            conv2d::conv2d_forward(&mut y, &x, p, &l, n, None);
+            dot(&r, &y)
+        };
+        let mut g = vec![f32::NAN; params.len()];
+        conv2d::conv2d_backward_weight(&mut g, &r, &x, &l, n);
+        let b = l.b_off.unwrap();
+        let mut idx = sample_indices(l.c_out * l.c_in * l.kh * l.kw, 40)
+            .into_iter()
+            .map(|i| i + l.w_off)
+            .collect::<Vec<_>>();
+        idx.extend(b..b + l.c_out);
+        let num = numeric_grad(&params, &idx, EPS, f);
+        let ana: Vec<f32> = idx.iter().map(|&i| g[i]).collect();
+        assert_close(&format!("conv case {ci} dW/db"), &ana, &num, ATOL, RTOL);
+        // Only the layer's own tensors are written.
+        assert!(g[..l.w_off].iter().all(|v| v.is_nan()) && g[b + l.c_out..].iter().all(|v| v.is_nan()));
+    }
+}
+
+#[test]
+fn conv2d_fused_activation_equals_separate_ops() {
+    let l = conv(3, 7, 6, 4, (3, 3), 1, (1, 1));
+    let n = 2;
+    let params = uniform(1, l.b_off.unwrap() + l.c_out, -1.0, 1.0);
+    let x = uniform(2, n * l.in_len(), -1.0, 1.0);
+    for act in [Act::Relu, Act::Sigmoid, Act::Tanh] {
+        let mut fused = vec![0.0; n * l.out_len()];
+        conv2d::conv2d_forward(&mut fused, &x, &params, &l, n, Some(act));
+        let mut pre = vec![0.0; n * l.out_len()];
+        conv2d::conv2d_forward(&mut pre, &x, &params, &l, n, None);
+        let mut post = vec![0.0; pre.len()];
+        activation::activation_forward(&mut post, &pre, pre.len(), act);
+        assert_close(&format!("fused {act:?}"), &fused, &post, 1e-6, 1e-6);
+    }
+}
+
+fn dense_case() -> (Dense, usize) {
+    (
+        Dense {
+            n_in: 13,
+            n_out: 7,
+            w_off: 5,
+            b_off: Some(5 + 13 * 7 + 2),
+        },
+        5 + 13 * 7 + 2 + 7 + 1,
+    )
+}
+
+#[test]
+fn dense_backward_matches_finite_differences() {
+    let (l, plen) = dense_case();
+    for n in [1, 4] {
+        let params = uniform(3, plen, -1.0, 1.0);
+        let x = uniform(4, n * l.n_in, -1.0, 1.0);
+        let r = uniform(5, n * l.n_out, -1.0, 1.0);
+        let fwd = |x: &[f32], p: &[f32]| {
+            let mut y = vec![0.0; n * l.n_out];
+            dense::dense_forward(&mut y, x, p, &l, n, None);
+            dot(&r, &y)
+        };
+        let mut dx = vec![0.0; x.len()];
+        dense::dense_backward_input(&mut dx, &r, &params, &l, n);
+        let idx: Vec<usize> = (0..x.len()).collect();
+        assert_close(
+            &format!("dense n={n} dx"),
+            &dx,
+            &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)),
+            ATOL,
+            RTOL,
+        );
+        let mut g = vec![0.0; plen];
+        dense::dense_backward_weight(&mut g, &r, &x, &l, n);
+        let idx: Vec<usize> = (l.w_off..l.b_off.unwrap() + l.n_out)
+            .filter(|&i| i < l.w_off + 91 || i >= l.b_off.unwrap())
+            .collect();
+        let ana: Vec<f32> = idx.iter().map(|&i| g[i]).collect();
+        assert_close(
+            &format!("dense n={n} dW/db"),
+            &ana,
+            &numeric_grad(&params, &idx, EPS, |p| fwd(&x, p)),
+            ATOL,
+            RTOL,
+        );
+    }
+}
+
+#[test]
+fn activation_backward_matches_finite_differences() {
+    let x = away_from_zero(6, 50);
+    let r = uniform(7, 50, -1.0, 1.0);
+    for act in [Act::Relu, Act::Sigmoid, Act::Tanh] {
+        let f = |x: &[f32]| {
+            let mut y = vec![0.0; x.len()];
+            activation::activation_forward(&mut y, x, x.len(), act);
+            dot(&r, &y)
+        };
+        let mut y = vec![0.0; x.len()];
+        activation::activation_forward(&mut y, &x, x.len(), act);
+        let mut dx = vec![0.0; x.len()];
+        activation::activation_backward(&mut dx, &r, &y, x.len(), act);
+        let idx: Vec<usize> = (0..x.len()).collect();
+        assert_close(&format!("{act:?}"), &dx, &numeric_grad(&x, &idx, 1e-3, f), ATOL, RTOL);
+    }
+}
+
+#[test]
+fn maxpool_backward_matches_finite_differences() {
+    let cases = [
+        Pool {
+            c: 3,
+            h_in: 6,
+            w_in: 8,
+            h_out: 3,
+            w_out: 4,
+            size: 2,
+            stride: 2,
+        },
+        Pool {
+            c: 2,
+            h_in: 7,
+            w_in: 5,
+            h_out: 3,
+            w_out: 2,
+            size: 2,
+            stride: 2,
+        },
+        Pool {
+            c: 2,
+            h_in: 7,
+            w_in: 7,
+            h_out: 3,
+            w_out: 3,
+            size: 3,
+            stride: 2,
+        },
+    ];
+    for (ci, l) in cases.into_iter().enumerate() {
+        let n = 2;
+        let x = distinct(ci as u64, n * l.in_len(), 0.05);
+        let r = uniform(8, n * l.out_len(), -1.0, 1.0);
+        let f = |x: &[f32]| {
+            let mut y = vec![0.0; n * l.out_len()];
+            let mut am = vec![0; n * l.out_len()];
+            pool::maxpool_forward(&mut y, &mut am, x, &l, n);
+            dot(&r, &y)
+        };
+        let mut y = vec![0.0; n * l.out_len()];
+        let mut am = vec![0; n * l.out_len()];
+        pool::maxpool_forward(&mut y, &mut am, &x, &l, n);
+        let mut dx = vec![0.0; x.len()];
+        pool::maxpool_backward(&mut dx, &r, &am, &l, n);
+        let idx: Vec<usize> = (0..x.len()).collect();
+        assert_close(
+            &format!("maxpool case {ci}"),
+            &dx,
+            &numeric_grad(&x, &idx, 1e-3, f),
+            ATOL,
+            RTOL,
+        );
+    }
+}
+
+#[test]
+fn dropout_backward_matches_finite_differences_and_drops_about_p() {
+    let x = uniform(9, 4000, -1.0, 1.0);
+    let r = uniform(10, 4000, -1.0, 1.0);
+    let (p, key) = (0.3, 12345);
+    let mut y = vec![0.0; x.len()];
+    dropout::dropout_forward(&mut y, &x, x.len(), p, key);
+    let dropped = y.iter().filter(|&&v| v == 0.0).count() as f32 / y.len() as f32;
+    assert!((dropped - p).abs() < 0.03, "dropped {dropped}");
+    let f = |x: &[f32]| {
+        let mut y = vec![0.0; x.len()];
+        dropout::dropout_forward(&mut y, x, x.len(), p, key);
+        dot(&r, &y)
+    };
+    let mut dx = vec![0.0; x.len()];
+    dropout::dropout_backward(&mut dx, &r, x.len(), p, key);
+    let idx = sample_indices(x.len(), 200);
+    let ana: Vec<f32> = idx.iter().map(|&i| dx[i]).collect();
+    assert_close("dropout", &ana, &numeric_grad(&x, &idx, EPS, f), ATOL, RTOL);
+}
+
+#[test]
+fn batchnorm_backward_matches_finite_differences() {
+    for (c, hw, n) in [(3, 10, 4), (5, 1, 6)] {
+        let l = BatchNorm {
+            c,
+            hw,
+            eps: 1e-5,
+            momentum: 0.1,
+            gamma_off: 0,
+            beta_off: 8,
+            mean_off: 0,
+            var_off: 8,
+        };
+        let mut params = uniform(11, 16, 0.5, 1.5);
+        params[8..].copy_from_slice(&uniform(12, 8, -0.5, 0.5));
+        let x = uniform(13, n * c * hw, -2.0, 2.0);
+        let r = uniform(14, n * c * hw, -1.0, 1.0);
+        let fwd = |x: &[f32], p: &[f32]| {
+            let mut y = vec![0.0; x.len()];
+            let (mut saved, mut state) = (vec![0.0; 2 * c], vec![0.0; 16]);
+            batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, x, p, &l, n, true);
+            dot(&r, &y)
+        };
+        let mut y = vec![0.0; x.len()];
+        let (mut saved, mut state) = (vec![0.0; 2 * c], vec![0.0; 16]);
+        batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, &x, &params, &l, n, true);
+        let mut dx = vec![0.0; x.len()];
+        let mut g = vec![0.0; 16];
+        batchnorm::batchnorm_backward(&mut dx, &mut g, &r, &x, &saved, &params, &l, n);
+        let idx: Vec<usize> = (0..x.len()).collect();
+        assert_close(
+            "batchnorm dx",
+            &dx,
+            &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)),
+            ATOL,
+            RTOL,
+        );
+        let pidx: Vec<usize> = (0..c).chain(8..8 + c).collect();
+        let ana: Vec<f32> = pidx.iter().map(|&i| g[i]).collect();
+        assert_close(
+            "batchnorm dgamma/dbeta",
+            &ana,
+            &numeric_grad(&params, &pidx, EPS, |p| fwd(&x, p)),
+            ATOL,
+            RTOL,
+        );
+    }
+}
+
+#[test]
+fn softmax_xent_and_mse_gradients_match_finite_differences() {
+    let (n, classes) = (5, 7);
+    let z = uniform(15, n * classes, -3.0, 3.0);
+    let labels: Vec<u32> = (0..n as u32).map(|i| (i * 3) % classes as u32).collect();
+    let scale = 1.0 / n as f32;
+    type Fused = fn(&mut [f32], &mut [f32], usize, &[f32], &[u32], usize, usize, f32);
+    let fused: [(&str, Fused); 2] = [
+        ("softmax_xent", loss::softmax_xent_forward_backward),
+        ("mse", loss::mse_forward_backward),
+    ];
+    for (name, op) in fused {
+        let f = |z: &[f32]| {
+            let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2]);
+            op(&mut d, &mut s, 0, z, &labels, n, classes, scale);
+            s[0] as f64 * scale as f64
+        };
+        let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2]);
+        op(&mut d, &mut s, 0, &z, &labels, n, classes, scale);
+        let idx: Vec<usize> = (0..z.len()).collect();
+        assert_close(name, &d, &numeric_grad(&z, &idx, 1e-2, f), 1e-3, 1e-2);
+    }
+}

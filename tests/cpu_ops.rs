@@ -1,0 +1,335 @@
+//! CPU ops on hand-computed cases, and the fast convolution against a direct, obviously
+//! right one (ndarray loops) on awkward random shapes.
+
+mod common;
+
+use common::*;
+use gpu_train::backend::{AdamStep, Gather, SgdStep};
+use gpu_train::cpu::{batchnorm, conv2d, data, dense, dropout, loss, optim, pool};
+use gpu_train::data::augment::Augment;
+use gpu_train::model::{BatchNorm, Conv2d, Dense, Pool};
+use ndarray::{Array4, ArrayView4};
+
+fn conv(
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: (usize, usize),
+) -> Conv2d {
+    Conv2d {
+        c_in,
+        h_in: h,
+        w_in: w,
+        c_out,
+        h_out: (h + 2 * pad.0 - k.0) / stride + 1,
+        w_out: (w + 2 * pad.1 - k.1) / stride + 1,
+        kh: k.0,
+        kw: k.1,
+        stride,
+        pad_h: pad.0,
+        pad_w: pad.1,
+        w_off: 0,
+        b_off: Some(c_out * c_in * k.0 * k.1),
+    }
+}
+
+/// Direct convolution: the definition, one output at a time.
+fn conv_direct(x: ArrayView4<f32>, w: ArrayView4<f32>, b: &[f32], l: &Conv2d) -> Array4<f32> {
+    let n = x.shape()[0];
+    Array4::from_shape_fn((n, l.c_out, l.h_out, l.w_out), |(s, co, oy, ox)| {
+        let mut acc = b[co] as f64;
+        for ci in 0..l.c_in {
+            for ky in 0..l.kh {
+                for kx in 0..l.kw {
+                    let iy = (oy * l.stride + ky) as isize - l.pad_h as isize;
+                    let ix = (ox * l.stride + kx) as isize - l.pad_w as isize;
+                    if iy >= 0 && ix >= 0 && (iy as usize) < l.h_in && (ix as usize) < l.w_in {
+                        acc += x[[s, ci, iy as usize, ix as usize]] as f64 * w[[co, ci, ky, kx]] as f64;
+                    }
+                }
+            }
+        }
+        acc as f32
+    })
+}
+
+#[test]
+fn conv2d_hand_cases() {
+    // 3x3 input 1..9, 2x2 kernel [[1, 0], [0, -1]], bias 0.5: every output is a - e + 0.5 = -3.5.
+    let l = conv(1, 3, 3, 1, (2, 2), 1, (0, 0));
+    let params = [1.0, 0.0, 0.0, -1.0, 0.5];
+    let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+    let mut y = vec![0.0; 4];
+    conv2d::conv2d_forward(&mut y, &x, &params, &l, 1, None);
+    assert_eq!(y, vec![-3.5; 4]);
+    // 2x2 input, 3x3 kernel of ones, padding 1: each output sums the inputs its window covers.
+    let l = conv(1, 2, 2, 1, (3, 3), 1, (1, 1));
+    let mut params = vec![1.0; 9];
+    params.push(0.0);
+    let mut y = vec![0.0; 4];
+    conv2d::conv2d_forward(&mut y, &[1.0, 2.0, 3.0, 4.0], &params, &l, 1, None);
+    assert_eq!(y, vec![10.0; 4]);
+    // Stride 2 picks every other window: 4x4 ramp, 1x1 kernel of 2.
+    let l = conv(1, 4, 4, 1, (1, 1), 2, (0, 0));
+    let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+    let mut y = vec![0.0; 4];
+    conv2d::conv2d_forward(&mut y, &x, &[2.0, 0.0], &l, 1, None);
+    assert_eq!(y, vec![0.0, 4.0, 16.0, 20.0]);
+}
+
+#[test]
+fn conv2d_matches_direct_convolution_on_awkward_shapes() {
+    let cases = [
+        (1, conv(1, 28, 28, 16, (5, 5), 1, (2, 2))),
+        (3, conv(3, 7, 5, 5, (3, 3), 2, (1, 0))),
+        (2, conv(5, 9, 11, 7, (2, 4), 1, (1, 3))),
+        (4, conv(2, 6, 6, 3, (6, 6), 1, (0, 0))),
+        (1, conv(3, 10, 10, 2, (3, 3), 3, (2, 2))),
+    ];
+    for (ci, (n, l)) in cases.into_iter().enumerate() {
+        let params = uniform(ci as u64, l.b_off.unwrap() + l.c_out, -1.0, 1.0);
+        let x = uniform(100 + ci as u64, n * l.in_len(), -1.0, 1.0);
+        let mut y = vec![0.0; n * l.out_len()];
+        conv2d::conv2d_forward(&mut y, &x, &params, &l, n, None);
+        let xv = ArrayView4::from_shape((n, l.c_in, l.h_in, l.w_in), &x).unwrap();
+        let wv = ArrayView4::from_shape((l.c_out, l.c_in, l.kh, l.kw), &params[..l.weight_len()]).unwrap();
+        let want = conv_direct(xv, wv, &params[l.b_off.unwrap()..], &l);
+        assert_close(&format!("conv case {ci}"), &y, want.as_slice().unwrap(), 1e-5, 1e-5);
+    }
+}
+
+#[test]
+fn dense_hand_case() {
+    // W = [[1, 2, 3], [4, 5, 6]], b = [0.5, -1], x = [1, 0, -1] -> [-1.5, -3]
+    let l = Dense {
+        n_in: 3,
+        n_out: 2,
+        w_off: 0,
+        b_off: Some(6),
+    };
+    let params = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, -1.0];
+    let mut y = vec![0.0; 2];
+    dense::dense_forward(&mut y, &[1.0, 0.0, -1.0], &params, &l, 1, None);
+    assert_eq!(y, vec![-1.5, -3.0]);
+}
+
+#[test]
+fn maxpool_hand_case_first_maximum_wins() {
+    let l = Pool {
+        c: 1,
+        h_in: 4,
+        w_in: 4,
+        h_out: 2,
+        w_out: 2,
+        size: 2,
+        stride: 2,
+    };
+    #[rustfmt::skip]
+    let x = [1.0, 3.0, 2.0, 2.0,
+             3.0, 0.0, 1.0, 0.0,
+             0.0, 0.0, 5.0, 6.0,
+             0.0, -1.0, 7.0, 1.0];
+    let (mut y, mut am) = (vec![0.0; 4], vec![0; 4]);
+    pool::maxpool_forward(&mut y, &mut am, &x, &l, 1);
+    assert_eq!(y, vec![3.0, 2.0, 0.0, 7.0]);
+    assert_eq!(am, vec![1, 2, 8, 14]);
+    let mut dx = vec![9.0; 16];
+    pool::maxpool_backward(&mut dx, &[1.0, 2.0, 3.0, 4.0], &am, &l, 1);
+    let mut want = vec![0.0; 16];
+    (want[1], want[2], want[8], want[14]) = (1.0, 2.0, 3.0, 4.0);
+    assert_eq!(dx, want);
+}
+
+#[test]
+fn softmax_xent_hand_case_and_stability() {
+    // logits ln 1, ln 2, ln 3: probabilities 1/6, 2/6, 3/6; label 2: loss ln 2.
+    let z = [0.0, 2f32.ln(), 3f32.ln()];
+    let (mut p, mut s) = (vec![0.0; 3], vec![0.0; 2]);
+    loss::softmax_xent_forward(&mut p, 0, &mut s, 0, &z, &[2], 1, 3);
+    assert_close("probs", &p, &[1.0 / 6.0, 2.0 / 6.0, 0.5], 1e-6, 1e-6);
+    assert!((s[0] - 2f32.ln()).abs() < 1e-6 && s[1] == 1.0);
+    let mut d = vec![0.0; 3];
+    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &z, &[0], 1, 3, 1.0);
+    assert_close("dlogits", &d, &[1.0 / 6.0 - 1.0, 2.0 / 6.0, 0.5], 1e-6, 1e-6);
+    assert_eq!(s[1], 0.0);
+    // Huge logits stay finite.
+    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &[1000.0, 0.0, -1000.0], &[1], 1, 3, 1.0);
+    assert!((s[0] - 1000.0).abs() < 1e-3 && d.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn mse_hand_case() {
+    // outputs [0.5, -0.5], label 0: ((0.5 - 1)^2 + 0.25) / 2 = 0.25; grad 2 (y - t) / 2.
+    let (mut d, mut s) = (vec![0.0; 2], vec![0.0; 2]);
+    loss::mse_forward_backward(&mut d, &mut s, 0, &[0.5, -0.5], &[0], 1, 2, 1.0);
+    assert_eq!(s, vec![0.25, 1.0]);
+    assert_eq!(d, vec![-0.5, -0.5]);
+}
+
+#[test]
+fn adam_matches_the_formula_over_three_steps() {
+    let (lr, b1, b2, eps) = (0.1f64, 0.9f64, 0.999f64, 1e-8f64);
+    let grads = [[0.5f32, -2.0, 0.0], [0.25, 1.0, 0.0], [-1.0, 0.5, 3.0]];
+    let mut p = vec![1.0f32, -1.0, 0.5];
+    let (mut m, mut v) = (vec![0.0f32; 3], vec![0.0f32; 3]);
+    let (mut pw, mut mw, mut vw) = ([1.0f64, -1.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
+    for (t, g) in grads.iter().enumerate() {
+        let t = t as u32 + 1;
+        let a = AdamStep {
+            lr: lr as f32,
+            beta1: b1 as f32,
+            beta2: b2 as f32,
+            eps: eps as f32,
+            weight_decay: 0.0,
+            t,
+        };
+        optim::adam_step(&mut p, g, &mut m, &mut v, 3, &a);
+        for i in 0..3 {
+            mw[i] = b1 * mw[i] + (1.0 - b1) * g[i] as f64;
+            vw[i] = b2 * vw[i] + (1.0 - b2) * (g[i] as f64).powi(2);
+            let mh = mw[i] / (1.0 - b1.powi(t as i32));
+            let vh = vw[i] / (1.0 - b2.powi(t as i32));
+            pw[i] -= lr * mh / (vh.sqrt() + eps);
+        }
+    }
+    let want: Vec<f32> = pw.iter().map(|&x| x as f32).collect();
+    assert_close("adam", &p, &want, 1e-6, 1e-5);
+}
+
+#[test]
+fn sgd_with_and_without_momentum() {
+    let mut p = vec![1.0f32];
+    let mut vel = vec![0.0f32];
+    optim::sgd_step(&mut p, &[2.0], &mut vel, 1, &SgdStep { lr: 0.1, momentum: 0.0 });
+    assert!((p[0] - 0.8).abs() < 1e-7);
+    let mut p = vec![1.0f32];
+    for _ in 0..2 {
+        optim::sgd_step(&mut p, &[1.0], &mut vel, 1, &SgdStep { lr: 0.1, momentum: 0.9 });
+    }
+    // buf = 1, then 0.9 + 1 = 1.9: p = 1 - 0.1 - 0.19
+    assert!((p[0] - 0.71).abs() < 1e-6, "{}", p[0]);
+}
+
+#[test]
+fn batchnorm_normalises_and_tracks_running_statistics_like_torch() {
+    let l = BatchNorm {
+        c: 1,
+        hw: 2,
+        eps: 0.0,
+        momentum: 0.1,
+        gamma_off: 0,
+        beta_off: 1,
+        mean_off: 0,
+        var_off: 1,
+    };
+    let x = [1.0, 3.0, 5.0, 7.0]; // mean 4, biased var 5, unbiased 20/3
+    let params = [2.0, 1.0];
+    let (mut y, mut saved, mut state) = (vec![0.0; 4], vec![0.0; 2], vec![0.0, 1.0]);
+    batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, &x, &params, &l, 2, true);
+    let s = 5f32.sqrt();
+    assert_close(
+        "bn train",
+        &y,
+        &[2.0 * -3.0 / s + 1.0, 2.0 * -1.0 / s + 1.0, 2.0 / s + 1.0, 6.0 / s + 1.0],
+        1e-5,
+        1e-5,
+    );
+    assert_close("running", &state, &[0.4, 0.9 + 0.1 * 20.0 / 3.0], 1e-6, 1e-6);
+    // Evaluation uses the running statistics.
+    let mut ye = vec![0.0; 4];
+    batchnorm::batchnorm_forward(&mut ye, &mut saved, &mut state, &x, &params, &l, 2, false);
+    let sd = state[1].sqrt();
+    assert!((ye[0] - (2.0 * (1.0 - state[0]) / sd + 1.0)).abs() < 1e-5);
+}
+
+#[test]
+fn dropout_is_reproducible_and_identity_at_p_zero() {
+    let x = uniform(1, 1000, -1.0, 1.0);
+    let (mut a, mut b, mut c) = (vec![0.0; 1000], vec![0.0; 1000], vec![0.0; 1000]);
+    dropout::dropout_forward(&mut a, &x, 1000, 0.5, 7);
+    dropout::dropout_forward(&mut b, &x, 1000, 0.5, 7);
+    dropout::dropout_forward(&mut c, &x, 1000, 0.5, 8);
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert!(a.iter().zip(&x).all(|(&y, &x)| y == 0.0 || y == 2.0 * x));
+    dropout::dropout_forward(&mut a, &x, 1000, 0.0, 7);
+    assert_eq!(a, x);
+}
+
+#[test]
+fn gather_batch_normalises_permutes_and_augments() {
+    // Three 2x2 images with bytes (i, 2i, 3i, 255), packed four to a u32.
+    let bytes: Vec<u8> = (0..3u8).flat_map(|i| [i, 2 * i, 3 * i, 255]).collect();
+    let images: Vec<u32> = bytes
+        .chunks(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let labels = [7u32, 8, 9];
+    let perm = [2u32, 0, 1];
+    let (mut x, mut y) = (vec![0.0; 8], vec![0; 2]);
+    let g = Gather {
+        start: 1,
+        n: 2,
+        height: 2,
+        width: 2,
+        mean: 0.5,
+        std: 0.5,
+        augment: None,
+    };
+    data::gather_batch(&mut x, &mut y, &images, &labels, &perm, &g);
+    assert_eq!(y, vec![7, 8]);
+    let want: Vec<f32> = [0u8, 0, 0, 255, 1, 2, 3, 255]
+        .iter()
+        .map(|&b| (b as f32 / 255.0 - 0.5) / 0.5)
+        .collect();
+    assert_close("gather", &x, &want, 1e-6, 1e-6);
+    // Chance 0 never alters a batch; chance 1 always does (and the same key repeats).
+    let aug = Augment {
+        chance: 0.0,
+        zoom: [0.8, 1.2],
+        rotate: 25.0,
+        shift: 0.2,
+    };
+    let mut xa = vec![0.0; 8];
+    data::gather_batch(
+        &mut xa,
+        &mut y,
+        &images,
+        &labels,
+        &perm,
+        &Gather {
+            augment: Some((aug, 3)),
+            ..g
+        },
+    );
+    assert_eq!(xa, x);
+    let aug = Augment { chance: 1.0, ..aug };
+    let (mut x1, mut x2) = (vec![0.0; 8], vec![0.0; 8]);
+    data::gather_batch(
+        &mut x1,
+        &mut y,
+        &images,
+        &labels,
+        &perm,
+        &Gather {
+            augment: Some((aug, 3)),
+            ..g
+        },
+    );
+    data::gather_batch(
+        &mut x2,
+        &mut y,
+        &images,
+        &labels,
+        &perm,
+        &Gather {
+            augment: Some((aug, 3)),
+            ..g
+        },
+    );
+    assert_ne!(x1, x);
+    assert_eq!(x1, x2);
+}
