@@ -50,10 +50,7 @@ pub fn bench<B: Backend>(
         return Err(Error::Config("bench needs --batch and --steps of at least 1".into()));
     }
     if data.len() < batch {
-        return Err(Error::Config(format!(
-            "bench needs at least {batch} training images, found {}",
-            data.len()
-        )));
+        return Err(Error::Config(format!("bench needs at least {batch} training images, found {}", data.len())));
     }
     let t0 = Instant::now();
     let recipe = arch.recipe().clone();

@@ -26,12 +26,7 @@ impl Scored {
     }
 
     pub fn accuracy(&self, labels: &[u8]) -> f64 {
-        let hits = self
-            .predictions()
-            .iter()
-            .zip(labels)
-            .filter(|&(&p, &y)| p == y as usize)
-            .count();
+        let hits = self.predictions().iter().zip(labels).filter(|&(&p, &y)| p == y as usize).count();
         hits as f64 / labels.len().max(1) as f64
     }
 }
@@ -58,48 +53,27 @@ pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) 
     }
     let classes = arch.classes();
     if let Some(m) = data.max_label().filter(|&m| m as usize >= classes) {
-        return Err(Error::Data(format!(
-            "label {m} is out of range for model {name} with {classes} outputs"
-        )));
+        return Err(Error::Data(format!("label {m} is out of range for model {name} with {classes} outputs")));
     }
     let dev = DeviceData::upload(b, data)?;
     let mut net = Network::new(b, arch, EVAL_BATCH, &model.params, &model.state)?;
     let r = net.evaluate(b, &dev)?;
-    Ok(Scored {
-        name: name.to_string(),
-        scores: r.scores,
-        classes,
-        loss: r.loss,
-    })
+    Ok(Scored { name: name.to_string(), scores: r.scores, classes, loss: r.loss })
 }
 
 /// The ensemble of several models: their scores averaged.
 pub fn ensemble(members: &[Scored], labels: &[u8]) -> Result<Scored> {
     let classes = members[0].classes;
     if members.iter().any(|m| m.classes != classes) {
-        return Err(Error::Config(
-            "ensemble members must have the same number of classes".into(),
-        ));
+        return Err(Error::Config("ensemble members must have the same number of classes".into()));
     }
     let mut scores = vec![0f32; members[0].scores.len()];
     for m in members {
-        scores
-            .iter_mut()
-            .zip(&m.scores)
-            .for_each(|(a, &s)| *a += s / members.len() as f32);
+        scores.iter_mut().zip(&m.scores).for_each(|(a, &s)| *a += s / members.len() as f32);
     }
-    let loss = scores
-        .chunks(classes)
-        .zip(labels)
-        .map(|(p, &y)| -(p[y as usize].max(1e-12) as f64).ln())
-        .sum::<f64>()
+    let loss = scores.chunks(classes).zip(labels).map(|(p, &y)| -(p[y as usize].max(1e-12) as f64).ln()).sum::<f64>()
         / labels.len().max(1) as f64;
-    Ok(Scored {
-        name: format!("ensemble of {}", members.len()),
-        scores,
-        classes,
-        loss,
-    })
+    Ok(Scored { name: format!("ensemble of {}", members.len()), scores, classes, loss })
 }
 
 /// counts[true][predicted]
@@ -126,11 +100,7 @@ pub fn report(s: &Scored, labels: &[u8]) -> String {
             out.push_str(&format!("{v:>6}"));
         }
         let total: usize = row.iter().sum();
-        let acc = if total == 0 {
-            0.0
-        } else {
-            100.0 * row[c] as f64 / total as f64
-        };
+        let acc = if total == 0 { 0.0 } else { 100.0 * row[c] as f64 / total as f64 };
         out.push_str(&format!("  {acc:>6.2}%\n"));
     }
     out

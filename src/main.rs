@@ -277,18 +277,11 @@ fn backend_label(c: &Chosen) -> &'static str {
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let arch_name = a.arch.clone().ok_or_else(|| anyhow!("--arch is required"))?;
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("runs/{}.safetensors", file_stem(&arch_name))));
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}.safetensors", file_stem(&arch_name))));
     let resume = match &a.resume {
         None => None,
         Some(p) => {
-            let path = if p.as_os_str().is_empty() {
-                modelfile::checkpoint_path(&out)
-            } else {
-                p.clone()
-            };
+            let path = if p.as_os_str().is_empty() { modelfile::checkpoint_path(&out) } else { p.clone() };
             if !path.exists() {
                 bail!(
                     "no checkpoint to resume from at {} (it is written beside --out after each epoch)",
@@ -335,10 +328,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let chosen = choose_backend(&a.device)?;
     let backend = backend_label(&chosen);
-    let seed = resume
-        .as_ref()
-        .and_then(|c| c.train.as_ref())
-        .map_or(a.seed, |t| t.progress.seed);
+    let seed = resume.as_ref().and_then(|c| c.train.as_ref()).map_or(a.seed, |t| t.progress.seed);
     let mut run_info = HashMap::new();
     run_info.insert(
         "run".into(),
@@ -392,9 +382,7 @@ fn describe_optimizer(o: &gpu_train::model::spec::Optimizer) -> String {
 }
 
 fn file_stem(arch: &str) -> String {
-    Path::new(arch)
-        .file_stem()
-        .map_or_else(|| arch.to_string(), |s| s.to_string_lossy().into_owned())
+    Path::new(arch).file_stem().map_or_else(|| arch.to_string(), |s| s.to_string_lossy().into_owned())
 }
 
 fn load_model(path: &Path, arch: Option<&str>) -> Result<Loaded> {
@@ -403,11 +391,7 @@ fn load_model(path: &Path, arch: Option<&str>) -> Result<Loaded> {
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
-    let models = a
-        .models
-        .iter()
-        .map(|p| load_model(p, a.arch.as_deref()))
-        .collect::<Result<Vec<_>>>()?;
+    let models = a.models.iter().map(|p| load_model(p, a.arch.as_deref())).collect::<Result<Vec<_>>>()?;
     let (_, test) = a.data.load()?;
     let chosen = choose_backend(&a.device)?;
     with_backend!(chosen, b => {
@@ -454,12 +438,7 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
         let (iw, ih, px) = predict::load_gray(p)?;
         images.extend(predict::mnist_like(iw, ih, &px, w, a.raw));
     }
-    let ds = Dataset {
-        images,
-        labels: vec![0; a.images.len()],
-        height: h,
-        width: w,
-    };
+    let ds = Dataset { images, labels: vec![0; a.images.len()], height: h, width: w };
     let chosen = choose_backend(&a.device)?;
     with_backend!(chosen, b => {
         let dev = DeviceData::upload(b, &ds)?;

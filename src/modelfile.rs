@@ -74,12 +74,7 @@ fn bytes_of(v: &[f32]) -> Vec<u8> {
 /// The tensors of one flat buffer, each as (name, shape, little-endian bytes).
 fn named(prefix: &str, infos: &[TensorInfo], flat: &[f32], out: &mut Vec<(String, Vec<usize>, Dtype, Vec<u8>)>) {
     for t in infos {
-        out.push((
-            format!("{prefix}{}", t.name),
-            t.shape.clone(),
-            Dtype::F32,
-            bytes_of(&flat[t.range()]),
-        ));
+        out.push((format!("{prefix}{}", t.name), t.shape.clone(), Dtype::F32, bytes_of(&flat[t.range()])));
     }
 }
 
@@ -230,10 +225,7 @@ pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
         if !ours {
             return Err(Error::model(
                 path,
-                format!(
-                    "unexpected tensor '{name}': the file does not match architecture '{}'",
-                    arch.name()
-                ),
+                format!("unexpected tensor '{name}': the file does not match architecture '{}'", arch.name()),
             ));
         }
     }
@@ -254,13 +246,7 @@ pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
         }
         None => None,
     };
-    Ok(Loaded {
-        arch,
-        params,
-        state,
-        metadata,
-        train,
-    })
+    Ok(Loaded { arch, params, state, metadata, train })
 }
 
 /// The checkpoint that goes with a model file: `runs/cnn4.safetensors` ->

@@ -35,31 +35,16 @@ fn plan(arch: &Arch, train: bool) -> (Vec<Node>, usize) {
             Layer::Dropout { .. } if !train => {}
             Layer::Conv2d(_) | Layer::Dense(_) => {
                 if let Some(&Layer::Act(a)) = layers.get(i + 1) {
-                    nodes.push(Node {
-                        layer: i,
-                        inp: cur,
-                        out: i + 2,
-                        fused: Some(a),
-                    });
+                    nodes.push(Node { layer: i, inp: cur, out: i + 2, fused: Some(a) });
                     cur = i + 2;
                     i += 2;
                     continue;
                 }
-                nodes.push(Node {
-                    layer: i,
-                    inp: cur,
-                    out: i + 1,
-                    fused: None,
-                });
+                nodes.push(Node { layer: i, inp: cur, out: i + 1, fused: None });
                 cur = i + 1;
             }
             _ => {
-                nodes.push(Node {
-                    layer: i,
-                    inp: cur,
-                    out: i + 1,
-                    fused: None,
-                });
+                nodes.push(Node { layer: i, inp: cur, out: i + 1, fused: None });
                 cur = i + 1;
             }
         }
@@ -97,11 +82,7 @@ impl<B: Backend> DeviceData<B> {
         let packed: Vec<u32> = ds
             .images
             .chunks(4)
-            .map(|c| {
-                c.iter()
-                    .enumerate()
-                    .fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i))
-            })
+            .map(|c| c.iter().enumerate().fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i)))
             .collect();
         let mut images = b.alloc_u32(packed.len().max(1))?;
         b.upload_u32(&mut images, &packed)?;
@@ -109,14 +90,7 @@ impl<B: Backend> DeviceData<B> {
         b.upload_u32(&mut labels, &ds.labels.iter().map(|&l| l as u32).collect::<Vec<_>>())?;
         let mut order = b.alloc_u32(ds.len().max(1))?;
         b.upload_u32(&mut order, &(0..ds.len() as u32).collect::<Vec<_>>())?;
-        Ok(DeviceData {
-            images,
-            labels,
-            order,
-            len: ds.len(),
-            height: ds.height,
-            width: ds.width,
-        })
+        Ok(DeviceData { images, labels, order, len: ds.len(), height: ds.height, width: ds.width })
     }
 }
 
@@ -147,11 +121,7 @@ pub struct EvalResult {
 
 impl EvalResult {
     pub fn accuracy(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.correct as f64 / self.count as f64
-        }
+        if self.count == 0 { 0.0 } else { self.correct as f64 / self.count as f64 }
     }
 }
 
@@ -269,16 +239,8 @@ impl<B: Backend> Network<B> {
     /// Optimizer state (m, v) as flat vectors (empty where the optimizer has none).
     pub fn get_opt_state(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = self.arch.n_params;
-        let m = if self.has_m() {
-            b.download(&self.opt_m, n)?
-        } else {
-            Vec::new()
-        };
-        let v = if self.has_v() {
-            b.download(&self.opt_v, n)?
-        } else {
-            Vec::new()
-        };
+        let m = if self.has_m() { b.download(&self.opt_m, n)? } else { Vec::new() };
+        let v = if self.has_v() { b.download(&self.opt_v, n)? } else { Vec::new() };
         Ok((m, v))
     }
 
@@ -352,13 +314,7 @@ impl<B: Backend> Network<B> {
             let mut dy = node.out;
             if let Some(a) = node.fused {
                 let (dpre, dpost) = split(&mut self.dacts, node.out - 1, node.out);
-                b.activation_backward(
-                    dpre,
-                    dpost,
-                    &self.acts[node.out],
-                    n * self.arch.shapes[node.out].len(),
-                    a,
-                );
+                b.activation_backward(dpre, dpost, &self.acts[node.out], n * self.arch.shapes[node.out].len(), a);
                 dy = node.out - 1;
             }
             let need_dx = node.inp != 0;
@@ -395,16 +351,7 @@ impl<B: Backend> Network<B> {
                 }
                 Layer::BatchNorm(l) => {
                     let (dx, dy) = split(&mut self.dacts, node.inp, dy);
-                    b.batchnorm_backward(
-                        dx,
-                        &mut self.grads,
-                        dy,
-                        inp,
-                        &self.saved[node.layer],
-                        &self.params,
-                        &l,
-                        n,
-                    );
+                    b.batchnorm_backward(dx, &mut self.grads, dy, inp, &self.saved[node.layer], &self.params, &l, n);
                 }
                 Layer::Flatten => unreachable!("flatten has no op"),
             }
@@ -435,20 +382,52 @@ impl<B: Backend> Network<B> {
         self.backward(b, n, global_step, seed);
     }
 
+    /// Gathers examples `perm[start..start+n]` into the input buffer and labels.
+    pub fn load_batch(
+        &mut self,
+        b: &mut B,
+        data: &DeviceData<B>,
+        perm: &B::IBuf,
+        start: usize,
+        n: usize,
+        augment: Option<(Augment, u32)>,
+    ) {
+        let g = self.gather(start, n, data, augment);
+        b.gather_batch(&mut self.acts[0], &mut self.labels, &data.images, &data.labels, perm, &g);
+    }
+
+    /// The buffer holding the model's output (logits) after a training forward.
+    pub fn logits(&self) -> &B::Buf {
+        &self.acts[self.train_out]
+    }
+
+    /// The input batch buffer.
+    pub fn input(&self) -> &B::Buf {
+        &self.acts[0]
+    }
+
+    /// Every activation buffer at every layer boundary, and the max-pool positions, for the
+    /// first `n` examples (empty where a boundary has no buffer). For tests and debugging.
+    pub fn debug_activations(&mut self, b: &mut B, n: usize) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+        let mut acts = Vec::new();
+        for (k, shape) in self.arch.shapes.iter().enumerate() {
+            let used = self.train_plan.iter().any(|node| node.out == k || node.inp == k);
+            acts.push(if used { b.download(&self.acts[k], n * shape.len())? } else { Vec::new() });
+        }
+        let mut argmax = Vec::new();
+        for (i, layer) in self.arch.layers.iter().enumerate() {
+            argmax.push(match layer {
+                Layer::MaxPool2d(p) => b.download_u32(&self.argmax[i], n * p.out_len())?,
+                _ => Vec::new(),
+            });
+        }
+        Ok((acts, argmax))
+    }
+
     /// One training step: gather, forward, loss, backward, optimizer update.
     pub fn train_step(&mut self, b: &mut B, data: &DeviceData<B>, perm: &B::IBuf, stats: &mut B::Buf, s: &StepArgs) {
-        let augment = s
-            .augment
-            .map(|a| (a, rng::op_key(s.seed, rng::STREAM_AUGMENT, s.global_step)));
-        let g = self.gather(s.start, s.n, data, augment);
-        b.gather_batch(
-            &mut self.acts[0],
-            &mut self.labels,
-            &data.images,
-            &data.labels,
-            perm,
-            &g,
-        );
+        let augment = s.augment.map(|a| (a, rng::op_key(s.seed, rng::STREAM_AUGMENT, s.global_step)));
+        self.load_batch(b, data, perm, s.start, s.n, augment);
         self.forward_backward(b, stats, s.n, s.slot, s.global_step, s.seed);
         self.update(b, s.lr, s.global_step + 1);
     }
@@ -457,31 +436,12 @@ impl<B: Backend> Network<B> {
     pub fn update(&mut self, b: &mut B, lr: f32, t: u32) {
         let len = self.arch.n_params;
         match self.optimizer {
-            Optimizer::Adam {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                ..
-            } => {
-                let a = AdamStep {
-                    lr,
-                    beta1,
-                    beta2,
-                    eps,
-                    weight_decay,
-                    t,
-                };
+            Optimizer::Adam { beta1, beta2, eps, weight_decay, .. } => {
+                let a = AdamStep { lr, beta1, beta2, eps, weight_decay, t };
                 b.adam_step(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, len, &a);
             }
             Optimizer::Sgd { momentum, .. } => {
-                b.sgd_step(
-                    &mut self.params,
-                    &self.grads,
-                    &mut self.opt_m,
-                    len,
-                    &SgdStep { lr, momentum },
-                );
+                b.sgd_step(&mut self.params, &self.grads, &mut self.opt_m, len, &SgdStep { lr, momentum });
             }
         }
     }
@@ -497,14 +457,7 @@ impl<B: Backend> Network<B> {
             let start = i * self.cap;
             let n = self.cap.min(data.len - start);
             let g = self.gather(start, n, data, None);
-            b.gather_batch(
-                &mut self.acts[0],
-                &mut self.labels,
-                &data.images,
-                &data.labels,
-                &data.order,
-                &g,
-            );
+            b.gather_batch(&mut self.acts[0], &mut self.labels, &data.images, &data.labels, &data.order, &g);
             self.forward(b, n, false, 0, 0);
             let logits = &self.acts[self.eval_out];
             match self.loss {

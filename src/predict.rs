@@ -8,17 +8,11 @@ use crate::error::{Error, Result};
 
 /// Loads an image file (PNG, JPEG, BMP) as 8-bit grayscale: (width, height, pixels).
 pub fn load_gray(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let img = image::open(path).map_err(|e| Error::Image {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let img = image::open(path).map_err(|e| Error::Image { path: path.to_path_buf(), reason: e.to_string() })?;
     let g = img.to_luma8();
     let (w, h) = g.dimensions();
     if w == 0 || h == 0 {
-        return Err(Error::Image {
-            path: path.to_path_buf(),
-            reason: "empty image".into(),
-        });
+        return Err(Error::Image { path: path.to_path_buf(), reason: "empty image".into() });
     }
     Ok((w as usize, h as usize, g.into_raw()))
 }
@@ -32,21 +26,9 @@ pub fn mnist_like(w: usize, h: usize, px: &[u8], size: usize, raw: bool) -> Vec<
         .chain((0..h).flat_map(|y| [px[y * w], px[y * w + w - 1]]))
         .collect();
     let border_mean = border.iter().map(|&v| v as f64).sum::<f64>() / border.len() as f64;
-    let img: Vec<f32> = px
-        .iter()
-        .map(|&v| {
-            if border_mean > 127.0 {
-                255.0 - v as f32
-            } else {
-                v as f32
-            }
-        })
-        .collect();
+    let img: Vec<f32> = px.iter().map(|&v| if border_mean > 127.0 { 255.0 - v as f32 } else { v as f32 }).collect();
     if raw {
-        return resize(&img, w, h, size, size)
-            .iter()
-            .map(|&v| v.round().clamp(0.0, 255.0) as u8)
-            .collect();
+        return resize(&img, w, h, size, size).iter().map(|&v| v.round().clamp(0.0, 255.0) as u8).collect();
     }
     // Bounding box of the ink (above a fifth of the brightest pixel).
     let max = img.iter().cloned().fold(0.0f32, f32::max);
@@ -66,17 +48,11 @@ pub fn mnist_like(w: usize, h: usize, px: &[u8], size: usize, raw: bool) -> Vec<
         }
     }
     let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
-    let crop: Vec<f32> = (y0..=y1)
-        .flat_map(|y| (x0..=x1).map(move |x| (x, y)))
-        .map(|(x, y)| img[y * w + x])
-        .collect();
+    let crop: Vec<f32> = (y0..=y1).flat_map(|y| (x0..=x1).map(move |x| (x, y))).map(|(x, y)| img[y * w + x]).collect();
     // Fit the longer side into 20/28 of the frame.
     let inner = (size as f64 * 20.0 / 28.0).round() as usize;
     let scale = inner as f64 / bw.max(bh) as f64;
-    let (nw, nh) = (
-        ((bw as f64 * scale).round() as usize).max(1),
-        ((bh as f64 * scale).round() as usize).max(1),
-    );
+    let (nw, nh) = (((bw as f64 * scale).round() as usize).max(1), ((bh as f64 * scale).round() as usize).max(1));
     let digit = resize(&crop, bw, bh, nw, nh);
     // Centre of mass to the frame's centre.
     let mass: f64 = digit.iter().map(|&v| v as f64).sum();
@@ -88,11 +64,7 @@ pub fn mnist_like(w: usize, h: usize, px: &[u8], size: usize, raw: bool) -> Vec<
             cy += v * y as f64;
         }
     }
-    let (cx, cy) = if mass > 0.0 {
-        (cx / mass, cy / mass)
-    } else {
-        (nw as f64 / 2.0, nh as f64 / 2.0)
-    };
+    let (cx, cy) = if mass > 0.0 { (cx / mass, cy / mass) } else { (nw as f64 / 2.0, nh as f64 / 2.0) };
     let ox = ((size as f64 - 1.0) / 2.0 - cx).round() as isize;
     let oy = ((size as f64 - 1.0) / 2.0 - cy).round() as isize;
     let mut out = vec![0u8; size * size];
@@ -153,22 +125,9 @@ mod tests {
         // Background is black, the bar is bright, and its mass is centred.
         assert_eq!(out[0], 0);
         let mass: f64 = out.iter().map(|&v| v as f64).sum();
-        let cx: f64 = out
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| v as f64 * (i % 28) as f64)
-            .sum::<f64>()
-            / mass;
-        let cy: f64 = out
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| v as f64 * (i / 28) as f64)
-            .sum::<f64>()
-            / mass;
-        assert!(
-            (cx - 13.5).abs() <= 1.0 && (cy - 13.5).abs() <= 1.0,
-            "centre ({cx}, {cy})"
-        );
+        let cx: f64 = out.iter().enumerate().map(|(i, &v)| v as f64 * (i % 28) as f64).sum::<f64>() / mass;
+        let cy: f64 = out.iter().enumerate().map(|(i, &v)| v as f64 * (i / 28) as f64).sum::<f64>() / mass;
+        assert!((cx - 13.5).abs() <= 1.0 && (cy - 13.5).abs() <= 1.0, "centre ({cx}, {cy})");
         // The bar's long side is scaled to 20 pixels.
         let rows = (0..28).filter(|y| (0..28).any(|x| out[y * 28 + x] > 100)).count();
         assert!((19..=21).contains(&rows), "{rows} rows");

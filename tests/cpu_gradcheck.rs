@@ -88,10 +88,8 @@ fn conv2d_backward_weight_matches_finite_differences() {
         let mut g = vec![f32::NAN; params.len()];
         conv2d::conv2d_backward_weight(&mut g, &r, &x, &l, n);
         let b = l.b_off.unwrap();
-        let mut idx = sample_indices(l.c_out * l.c_in * l.kh * l.kw, 40)
-            .into_iter()
-            .map(|i| i + l.w_off)
-            .collect::<Vec<_>>();
+        let mut idx =
+            sample_indices(l.c_out * l.c_in * l.kh * l.kw, 40).into_iter().map(|i| i + l.w_off).collect::<Vec<_>>();
         idx.extend(b..b + l.c_out);
         let num = numeric_grad(&params, &idx, EPS, f);
         let ana: Vec<f32> = idx.iter().map(|&i| g[i]).collect();
@@ -119,15 +117,7 @@ fn conv2d_fused_activation_equals_separate_ops() {
 }
 
 fn dense_case() -> (Dense, usize) {
-    (
-        Dense {
-            n_in: 13,
-            n_out: 7,
-            w_off: 5,
-            b_off: Some(5 + 13 * 7 + 2),
-        },
-        5 + 13 * 7 + 2 + 7 + 1,
-    )
+    (Dense { n_in: 13, n_out: 7, w_off: 5, b_off: Some(5 + 13 * 7 + 2) }, 5 + 13 * 7 + 2 + 7 + 1)
 }
 
 #[test]
@@ -145,18 +135,11 @@ fn dense_backward_matches_finite_differences() {
         let mut dx = vec![0.0; x.len()];
         dense::dense_backward_input(&mut dx, &r, &params, &l, n);
         let idx: Vec<usize> = (0..x.len()).collect();
-        assert_close(
-            &format!("dense n={n} dx"),
-            &dx,
-            &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)),
-            ATOL,
-            RTOL,
-        );
+        assert_close(&format!("dense n={n} dx"), &dx, &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)), ATOL, RTOL);
         let mut g = vec![0.0; plen];
         dense::dense_backward_weight(&mut g, &r, &x, &l, n);
-        let idx: Vec<usize> = (l.w_off..l.b_off.unwrap() + l.n_out)
-            .filter(|&i| i < l.w_off + 91 || i >= l.b_off.unwrap())
-            .collect();
+        let idx: Vec<usize> =
+            (l.w_off..l.b_off.unwrap() + l.n_out).filter(|&i| i < l.w_off + 91 || i >= l.b_off.unwrap()).collect();
         let ana: Vec<f32> = idx.iter().map(|&i| g[i]).collect();
         assert_close(
             &format!("dense n={n} dW/db"),
@@ -190,33 +173,9 @@ fn activation_backward_matches_finite_differences() {
 #[test]
 fn maxpool_backward_matches_finite_differences() {
     let cases = [
-        Pool {
-            c: 3,
-            h_in: 6,
-            w_in: 8,
-            h_out: 3,
-            w_out: 4,
-            size: 2,
-            stride: 2,
-        },
-        Pool {
-            c: 2,
-            h_in: 7,
-            w_in: 5,
-            h_out: 3,
-            w_out: 2,
-            size: 2,
-            stride: 2,
-        },
-        Pool {
-            c: 2,
-            h_in: 7,
-            w_in: 7,
-            h_out: 3,
-            w_out: 3,
-            size: 3,
-            stride: 2,
-        },
+        Pool { c: 3, h_in: 6, w_in: 8, h_out: 3, w_out: 4, size: 2, stride: 2 },
+        Pool { c: 2, h_in: 7, w_in: 5, h_out: 3, w_out: 2, size: 2, stride: 2 },
+        Pool { c: 2, h_in: 7, w_in: 7, h_out: 3, w_out: 3, size: 3, stride: 2 },
     ];
     for (ci, l) in cases.into_iter().enumerate() {
         let n = 2;
@@ -234,13 +193,7 @@ fn maxpool_backward_matches_finite_differences() {
         let mut dx = vec![0.0; x.len()];
         pool::maxpool_backward(&mut dx, &r, &am, &l, n);
         let idx: Vec<usize> = (0..x.len()).collect();
-        assert_close(
-            &format!("maxpool case {ci}"),
-            &dx,
-            &numeric_grad(&x, &idx, 1e-3, f),
-            ATOL,
-            RTOL,
-        );
+        assert_close(&format!("maxpool case {ci}"), &dx, &numeric_grad(&x, &idx, 1e-3, f), ATOL, RTOL);
     }
 }
 
@@ -268,16 +221,7 @@ fn dropout_backward_matches_finite_differences_and_drops_about_p() {
 #[test]
 fn batchnorm_backward_matches_finite_differences() {
     for (c, hw, n) in [(3, 10, 4), (5, 1, 6)] {
-        let l = BatchNorm {
-            c,
-            hw,
-            eps: 1e-5,
-            momentum: 0.1,
-            gamma_off: 0,
-            beta_off: 8,
-            mean_off: 0,
-            var_off: 8,
-        };
+        let l = BatchNorm { c, hw, eps: 1e-5, momentum: 0.1, gamma_off: 0, beta_off: 8, mean_off: 0, var_off: 8 };
         let mut params = uniform(11, 16, 0.5, 1.5);
         params[8..].copy_from_slice(&uniform(12, 8, -0.5, 0.5));
         let x = uniform(13, n * c * hw, -2.0, 2.0);
@@ -295,22 +239,10 @@ fn batchnorm_backward_matches_finite_differences() {
         let mut g = vec![0.0; 16];
         batchnorm::batchnorm_backward(&mut dx, &mut g, &r, &x, &saved, &params, &l, n);
         let idx: Vec<usize> = (0..x.len()).collect();
-        assert_close(
-            "batchnorm dx",
-            &dx,
-            &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)),
-            ATOL,
-            RTOL,
-        );
+        assert_close("batchnorm dx", &dx, &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)), ATOL, RTOL);
         let pidx: Vec<usize> = (0..c).chain(8..8 + c).collect();
         let ana: Vec<f32> = pidx.iter().map(|&i| g[i]).collect();
-        assert_close(
-            "batchnorm dgamma/dbeta",
-            &ana,
-            &numeric_grad(&params, &pidx, EPS, |p| fwd(&x, p)),
-            ATOL,
-            RTOL,
-        );
+        assert_close("batchnorm dgamma/dbeta", &ana, &numeric_grad(&params, &pidx, EPS, |p| fwd(&x, p)), ATOL, RTOL);
     }
 }
 
@@ -321,10 +253,8 @@ fn softmax_xent_and_mse_gradients_match_finite_differences() {
     let labels: Vec<u32> = (0..n as u32).map(|i| (i * 3) % classes as u32).collect();
     let scale = 1.0 / n as f32;
     type Fused = fn(&mut [f32], &mut [f32], usize, &[f32], &[u32], usize, usize, f32);
-    let fused: [(&str, Fused); 2] = [
-        ("softmax_xent", loss::softmax_xent_forward_backward),
-        ("mse", loss::mse_forward_backward),
-    ];
+    let fused: [(&str, Fused); 2] =
+        [("softmax_xent", loss::softmax_xent_forward_backward), ("mse", loss::mse_forward_backward)];
     for (name, op) in fused {
         let f = |z: &[f32]| {
             let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2]);

@@ -104,12 +104,7 @@ fn conv2d_matches_direct_convolution_on_awkward_shapes() {
 #[test]
 fn dense_hand_case() {
     // W = [[1, 2, 3], [4, 5, 6]], b = [0.5, -1], x = [1, 0, -1] -> [-1.5, -3]
-    let l = Dense {
-        n_in: 3,
-        n_out: 2,
-        w_off: 0,
-        b_off: Some(6),
-    };
+    let l = Dense { n_in: 3, n_out: 2, w_off: 0, b_off: Some(6) };
     let params = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, -1.0];
     let mut y = vec![0.0; 2];
     dense::dense_forward(&mut y, &[1.0, 0.0, -1.0], &params, &l, 1, None);
@@ -118,15 +113,7 @@ fn dense_hand_case() {
 
 #[test]
 fn maxpool_hand_case_first_maximum_wins() {
-    let l = Pool {
-        c: 1,
-        h_in: 4,
-        w_in: 4,
-        h_out: 2,
-        w_out: 2,
-        size: 2,
-        stride: 2,
-    };
+    let l = Pool { c: 1, h_in: 4, w_in: 4, h_out: 2, w_out: 2, size: 2, stride: 2 };
     #[rustfmt::skip]
     let x = [1.0, 3.0, 2.0, 2.0,
              3.0, 0.0, 1.0, 0.0,
@@ -178,14 +165,7 @@ fn adam_matches_the_formula_over_three_steps() {
     let (mut pw, mut mw, mut vw) = ([1.0f64, -1.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
     for (t, g) in grads.iter().enumerate() {
         let t = t as u32 + 1;
-        let a = AdamStep {
-            lr: lr as f32,
-            beta1: b1 as f32,
-            beta2: b2 as f32,
-            eps: eps as f32,
-            weight_decay: 0.0,
-            t,
-        };
+        let a = AdamStep { lr: lr as f32, beta1: b1 as f32, beta2: b2 as f32, eps: eps as f32, weight_decay: 0.0, t };
         optim::adam_step(&mut p, g, &mut m, &mut v, 3, &a);
         for i in 0..3 {
             mw[i] = b1 * mw[i] + (1.0 - b1) * g[i] as f64;
@@ -215,16 +195,7 @@ fn sgd_with_and_without_momentum() {
 
 #[test]
 fn batchnorm_normalises_and_tracks_running_statistics_like_torch() {
-    let l = BatchNorm {
-        c: 1,
-        hw: 2,
-        eps: 0.0,
-        momentum: 0.1,
-        gamma_off: 0,
-        beta_off: 1,
-        mean_off: 0,
-        var_off: 1,
-    };
+    let l = BatchNorm { c: 1, hw: 2, eps: 0.0, momentum: 0.1, gamma_off: 0, beta_off: 1, mean_off: 0, var_off: 1 };
     let x = [1.0, 3.0, 5.0, 7.0]; // mean 4, biased var 5, unbiased 20/3
     let params = [2.0, 1.0];
     let (mut y, mut saved, mut state) = (vec![0.0; 4], vec![0.0; 2], vec![0.0, 1.0]);
@@ -263,73 +234,24 @@ fn dropout_is_reproducible_and_identity_at_p_zero() {
 fn gather_batch_normalises_permutes_and_augments() {
     // Three 2x2 images with bytes (i, 2i, 3i, 255), packed four to a u32.
     let bytes: Vec<u8> = (0..3u8).flat_map(|i| [i, 2 * i, 3 * i, 255]).collect();
-    let images: Vec<u32> = bytes
-        .chunks(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let images: Vec<u32> = bytes.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     let labels = [7u32, 8, 9];
     let perm = [2u32, 0, 1];
     let (mut x, mut y) = (vec![0.0; 8], vec![0; 2]);
-    let g = Gather {
-        start: 1,
-        n: 2,
-        height: 2,
-        width: 2,
-        mean: 0.5,
-        std: 0.5,
-        augment: None,
-    };
+    let g = Gather { start: 1, n: 2, height: 2, width: 2, mean: 0.5, std: 0.5, augment: None };
     data::gather_batch(&mut x, &mut y, &images, &labels, &perm, &g);
     assert_eq!(y, vec![7, 8]);
-    let want: Vec<f32> = [0u8, 0, 0, 255, 1, 2, 3, 255]
-        .iter()
-        .map(|&b| (b as f32 / 255.0 - 0.5) / 0.5)
-        .collect();
+    let want: Vec<f32> = [0u8, 0, 0, 255, 1, 2, 3, 255].iter().map(|&b| (b as f32 / 255.0 - 0.5) / 0.5).collect();
     assert_close("gather", &x, &want, 1e-6, 1e-6);
     // Chance 0 never alters a batch; chance 1 always does (and the same key repeats).
-    let aug = Augment {
-        chance: 0.0,
-        zoom: [0.8, 1.2],
-        rotate: 25.0,
-        shift: 0.2,
-    };
+    let aug = Augment { chance: 0.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2 };
     let mut xa = vec![0.0; 8];
-    data::gather_batch(
-        &mut xa,
-        &mut y,
-        &images,
-        &labels,
-        &perm,
-        &Gather {
-            augment: Some((aug, 3)),
-            ..g
-        },
-    );
+    data::gather_batch(&mut xa, &mut y, &images, &labels, &perm, &Gather { augment: Some((aug, 3)), ..g });
     assert_eq!(xa, x);
     let aug = Augment { chance: 1.0, ..aug };
     let (mut x1, mut x2) = (vec![0.0; 8], vec![0.0; 8]);
-    data::gather_batch(
-        &mut x1,
-        &mut y,
-        &images,
-        &labels,
-        &perm,
-        &Gather {
-            augment: Some((aug, 3)),
-            ..g
-        },
-    );
-    data::gather_batch(
-        &mut x2,
-        &mut y,
-        &images,
-        &labels,
-        &perm,
-        &Gather {
-            augment: Some((aug, 3)),
-            ..g
-        },
-    );
+    data::gather_batch(&mut x1, &mut y, &images, &labels, &perm, &Gather { augment: Some((aug, 3)), ..g });
+    data::gather_batch(&mut x2, &mut y, &images, &labels, &perm, &Gather { augment: Some((aug, 3)), ..g });
     assert_ne!(x1, x);
     assert_eq!(x1, x2);
 }

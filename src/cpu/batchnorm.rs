@@ -38,10 +38,8 @@ pub fn batchnorm_forward(
             }
         })
         .collect();
-    let stats: Vec<(f32, f32)> = moments
-        .iter()
-        .map(|&(mean, var)| (mean as f32, (1.0 / (var + l.eps as f64).sqrt()) as f32))
-        .collect();
+    let stats: Vec<(f32, f32)> =
+        moments.iter().map(|&(mean, var)| (mean as f32, (1.0 / (var + l.eps as f64).sqrt()) as f32)).collect();
     if train {
         for (c, (&(mean, var), &(mean32, invstd))) in moments.iter().zip(&stats).enumerate() {
             saved[2 * c] = mean32;
@@ -52,18 +50,16 @@ pub fn batchnorm_forward(
             state[l.var_off + c] = ((1.0 - mom) * state[l.var_off + c] as f64 + mom * unbiased) as f32;
         }
     }
-    out[..n * l.c * l.hw]
-        .par_chunks_mut(l.hw)
-        .zip(inp[..n * l.c * l.hw].par_chunks(l.hw))
-        .enumerate()
-        .for_each(|(plane, (y, x))| {
+    out[..n * l.c * l.hw].par_chunks_mut(l.hw).zip(inp[..n * l.c * l.hw].par_chunks(l.hw)).enumerate().for_each(
+        |(plane, (y, x))| {
             let c = plane % l.c;
             let (mean, invstd) = stats[c];
             let (g, b) = (params[l.gamma_off + c], params[l.beta_off + c]);
             for (y, &x) in y.iter_mut().zip(x) {
                 *y = (x - mean) * invstd * g + b;
             }
-        });
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -85,9 +81,7 @@ pub fn batchnorm_backward(
             let (mean, invstd) = (saved[2 * c] as f64, saved[2 * c + 1] as f64);
             channel(dout, l, n, c)
                 .zip(channel(inp, l, n, c))
-                .fold((0.0, 0.0), |(dg, db), (&dy, &x)| {
-                    (dg + dy as f64 * (x as f64 - mean) * invstd, db + dy as f64)
-                })
+                .fold((0.0, 0.0), |(dg, db), (&dy, &x)| (dg + dy as f64 * (x as f64 - mean) * invstd, db + dy as f64))
         })
         .collect();
     for (c, &(dg, db)) in sums.iter().enumerate() {

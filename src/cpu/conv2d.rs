@@ -39,11 +39,7 @@ pub fn im2col(col: &mut [f32], x: &[f32], l: &Conv2d) {
                     } else {
                         for (ox, v) in d.iter_mut().enumerate() {
                             let ix = (ox * l.stride + kx) as isize - l.pad_w as isize;
-                            *v = if ix >= 0 && ix < l.w_in as isize {
-                                src[ix as usize]
-                            } else {
-                                0.0
-                            };
+                            *v = if ix >= 0 && ix < l.w_in as isize { src[ix as usize] } else { 0.0 };
                         }
                     }
                 }
@@ -88,10 +84,8 @@ fn k_len(l: &Conv2d) -> usize {
 pub fn conv2d_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, act: Option<Act>) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let w = &params[l.w_off..l.w_off + l.c_out * k];
-    out[..n * l.out_len()]
-        .par_chunks_mut(l.out_len())
-        .zip(inp[..n * l.in_len()].par_chunks(l.in_len()))
-        .for_each(|(y, x)| {
+    out[..n * l.out_len()].par_chunks_mut(l.out_len()).zip(inp[..n * l.in_len()].par_chunks(l.in_len())).for_each(
+        |(y, x)| {
             with_scratch(k * p, |col| {
                 im2col(col, x, l);
                 sgemm(l.c_out, p, k, y, p, false, rows(w, k), rows(col, p), false);
@@ -105,22 +99,22 @@ pub fn conv2d_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, 
                     act_forward_slice(plane, a);
                 }
             }
-        });
+        },
+    );
 }
 
 pub fn conv2d_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Conv2d, n: usize) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let w = &params[l.w_off..l.w_off + l.c_out * k];
-    dinp[..n * l.in_len()]
-        .par_chunks_mut(l.in_len())
-        .zip(dout[..n * l.out_len()].par_chunks(l.out_len()))
-        .for_each(|(dx, dy)| {
+    dinp[..n * l.in_len()].par_chunks_mut(l.in_len()).zip(dout[..n * l.out_len()].par_chunks(l.out_len())).for_each(
+        |(dx, dy)| {
             with_scratch(k * p, |dcol| {
                 // dcol (K, P) = W^T (K, c_out) * dy (c_out, P)
                 sgemm(k, p, l.c_out, dcol, p, false, transposed(w, k), rows(dy, p), false);
                 col2im(dx, dcol, l);
             });
-        });
+        },
+    );
 }
 
 /// Examples are split into at most this many fixed chunks, each summing its own partial

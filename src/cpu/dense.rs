@@ -12,17 +12,7 @@ pub fn dense_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Dense, n:
     let w = &params[l.w_off..l.w_off + no * ni];
     let y = &mut out[..n * no];
     // out (n, no) = inp (n, ni) * W^T (ni, no)
-    sgemm(
-        n,
-        no,
-        ni,
-        y,
-        no,
-        false,
-        rows(&inp[..n * ni], ni),
-        transposed(w, ni),
-        n * no * ni >= PAR_MACS,
-    );
+    sgemm(n, no, ni, y, no, false, rows(&inp[..n * ni], ni), transposed(w, ni), n * no * ni >= PAR_MACS);
     for row in y.chunks_mut(no) {
         if let Some(b) = l.b_off {
             row.iter_mut().zip(&params[b..b + no]).for_each(|(v, b)| *v += b);
@@ -37,17 +27,7 @@ pub fn dense_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: &
     let (ni, no) = (l.n_in, l.n_out);
     let w = &params[l.w_off..l.w_off + no * ni];
     // dinp (n, ni) = dout (n, no) * W (no, ni)
-    sgemm(
-        n,
-        ni,
-        no,
-        &mut dinp[..n * ni],
-        ni,
-        false,
-        rows(&dout[..n * no], no),
-        rows(w, ni),
-        n * no * ni >= PAR_MACS,
-    );
+    sgemm(n, ni, no, &mut dinp[..n * ni], ni, false, rows(&dout[..n * no], no), rows(w, ni), n * no * ni >= PAR_MACS);
 }
 
 pub fn dense_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Dense, n: usize) {
@@ -55,17 +35,7 @@ pub fn dense_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &D
     let dy = &dout[..n * no];
     // dW (no, ni) = dout^T (no, n) * inp (n, ni)
     let dw = &mut grads[l.w_off..l.w_off + no * ni];
-    sgemm(
-        no,
-        ni,
-        n,
-        dw,
-        ni,
-        false,
-        transposed(dy, no),
-        rows(&inp[..n * ni], ni),
-        n * no * ni >= PAR_MACS,
-    );
+    sgemm(no, ni, n, dw, ni, false, transposed(dy, no), rows(&inp[..n * ni], ni), n * no * ni >= PAR_MACS);
     if let Some(b) = l.b_off {
         let db = &mut grads[b..b + no];
         db.fill(0.0);

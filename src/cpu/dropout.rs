@@ -18,18 +18,10 @@ pub fn dropout_backward(dinp: &mut [f32], dout: &[f32], len: usize, p: f32, key:
 /// The same mask and scale serve both directions.
 fn dropout_apply(dst: &mut [f32], src: &[f32], len: usize, p: f32, key: u32) {
     let scale = 1.0 / (1.0 - p);
-    dst[..len]
-        .par_chunks_mut(PAR_CHUNK)
-        .zip(src[..len].par_chunks(PAR_CHUNK))
-        .enumerate()
-        .for_each(|(c, (d, s))| {
-            let base = (c * PAR_CHUNK) as u32;
-            for (i, (d, &s)) in d.iter_mut().zip(s).enumerate() {
-                *d = if draw(key, base + i as u32) >= p {
-                    s * scale
-                } else {
-                    0.0
-                };
-            }
-        });
+    dst[..len].par_chunks_mut(PAR_CHUNK).zip(src[..len].par_chunks(PAR_CHUNK)).enumerate().for_each(|(c, (d, s))| {
+        let base = (c * PAR_CHUNK) as u32;
+        for (i, (d, &s)) in d.iter_mut().zip(s).enumerate() {
+            *d = if draw(key, base + i as u32) >= p { s * scale } else { 0.0 };
+        }
+    });
 }

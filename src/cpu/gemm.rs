@@ -22,10 +22,7 @@ pub fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
 fn check(len: usize, r: usize, c: usize, rs: usize, cs: usize, what: &str) {
     if r > 0 && c > 0 {
         let last = (r - 1) * rs + (c - 1) * cs;
-        assert!(
-            last < len,
-            "gemm: {what} ({r}x{c}, strides {rs},{cs}) exceeds its slice of {len}"
-        );
+        assert!(last < len, "gemm: {what} ({r}x{c}, strides {rs},{cs}) exceeds its slice of {len}");
     }
 }
 

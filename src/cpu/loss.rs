@@ -80,11 +80,7 @@ pub fn softmax_xent_forward(
 
 /// (mean over classes of (y - onehot)^2, correct) of one row.
 fn mse_row(z: &[f32], y: usize) -> (f32, bool) {
-    let sq: f32 = z
-        .iter()
-        .enumerate()
-        .map(|(j, &v)| (v - (j == y) as u32 as f32).powi(2))
-        .sum();
+    let sq: f32 = z.iter().enumerate().map(|(j, &v)| (v - (j == y) as u32 as f32).powi(2)).sum();
     (sq / z.len() as f32, argmax(z).0 == y)
 }
 
@@ -126,10 +122,7 @@ pub fn mse_forward(
     classes: usize,
 ) {
     probs[probs_at * classes..(probs_at + n) * classes].copy_from_slice(&outputs[..n * classes]);
-    let rows: Vec<(f32, bool)> = outputs[..n * classes]
-        .chunks(classes)
-        .zip(&labels[..n])
-        .map(|(z, &y)| mse_row(z, y as usize))
-        .collect();
+    let rows: Vec<(f32, bool)> =
+        outputs[..n * classes].chunks(classes).zip(&labels[..n]).map(|(z, &y)| mse_row(z, y as usize)).collect();
     write_stats(stats, slot, &rows);
 }

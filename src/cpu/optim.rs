@@ -27,18 +27,14 @@ pub fn adam_step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]
 }
 
 pub fn sgd_step(params: &mut [f32], grads: &[f32], velocity: &mut [f32], len: usize, s: &SgdStep) {
-    let chunks = params[..len]
-        .par_chunks_mut(PAR_CHUNK)
-        .zip(grads[..len].par_chunks(PAR_CHUNK));
+    let chunks = params[..len].par_chunks_mut(PAR_CHUNK).zip(grads[..len].par_chunks(PAR_CHUNK));
     if s.momentum > 0.0 {
-        chunks
-            .zip(velocity[..len].par_chunks_mut(PAR_CHUNK))
-            .for_each(|((p, g), b)| {
-                for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
-                    *b = s.momentum * *b + g;
-                    *p -= s.lr * *b;
-                }
-            });
+        chunks.zip(velocity[..len].par_chunks_mut(PAR_CHUNK)).for_each(|((p, g), b)| {
+            for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
+                *b = s.momentum * *b + g;
+                *p -= s.lr * *b;
+            }
+        });
     } else {
         chunks.for_each(|(p, g)| p.iter_mut().zip(g).for_each(|(p, &g)| *p -= s.lr * g));
     }

@@ -79,12 +79,7 @@ pub fn image_transform(key: u32, j: u32, aug: &Augment, h: usize, w: usize) -> T
     let theta = (2.0 * u(1) - 1.0) * aug.rotate.to_radians();
     let tx = (2.0 * u(2) - 1.0) * aug.shift * w as f32;
     let ty = (2.0 * u(3) - 1.0) * aug.shift * h as f32;
-    Transform {
-        a: theta.cos() / zoom,
-        b: theta.sin() / zoom,
-        tx,
-        ty,
-    }
+    Transform { a: theta.cos() / zoom, b: theta.sin() / zoom, tx, ty }
 }
 
 /// Writes one image as f32 `(pixel/255 - mean) / std`, resampled through `tf` if given.
@@ -100,11 +95,7 @@ pub fn sample_image(out: &mut [f32], img: &[u8], h: usize, w: usize, tf: Option<
     let cx = (w as f32 - 1.0) * 0.5;
     let cy = (h as f32 - 1.0) * 0.5;
     let px = |x: i32, y: i32| -> f32 {
-        if x < 0 || y < 0 || x >= w as i32 || y >= h as i32 {
-            0.0
-        } else {
-            img[y as usize * w + x as usize] as f32
-        }
+        if x < 0 || y < 0 || x >= w as i32 || y >= h as i32 { 0.0 } else { img[y as usize * w + x as usize] as f32 }
     };
     for y in 0..h {
         for x in 0..w {
@@ -133,12 +124,7 @@ mod tests {
         let img: Vec<u8> = (0..20).map(|i| (i * 13) as u8).collect();
         let mut a = vec![0.0; 20];
         let mut b = vec![0.0; 20];
-        let id = Transform {
-            a: 1.0,
-            b: 0.0,
-            tx: 0.0,
-            ty: 0.0,
-        };
+        let id = Transform { a: 1.0, b: 0.0, tx: 0.0, ty: 0.0 };
         sample_image(&mut a, &img, 4, 5, None, 0.0, 1.0);
         sample_image(&mut b, &img, 4, 5, Some(id), 0.0, 1.0);
         assert_eq!(a, b);
@@ -151,12 +137,7 @@ mod tests {
         let mut img = vec![0u8; 9];
         img[4] = 255;
         let mut out = vec![0.0; 9];
-        let t = Transform {
-            a: 1.0,
-            b: 0.0,
-            tx: 1.0,
-            ty: 0.0,
-        };
+        let t = Transform { a: 1.0, b: 0.0, tx: 1.0, ty: 0.0 };
         sample_image(&mut out, &img, 3, 3, Some(t), 0.0, 1.0);
         assert_eq!(out, vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
     }
@@ -168,12 +149,7 @@ mod tests {
         img[5] = 255;
         let mut out = vec![0.0; 9];
         let th = std::f32::consts::FRAC_PI_2;
-        let t = Transform {
-            a: th.cos(),
-            b: th.sin(),
-            tx: 0.0,
-            ty: 0.0,
-        };
+        let t = Transform { a: th.cos(), b: th.sin(), tx: 0.0, ty: 0.0 };
         sample_image(&mut out, &img, 3, 3, Some(t), 0.0, 1.0);
         assert!((out[7] - 1.0).abs() < 1e-5, "{out:?}");
         assert!(out.iter().sum::<f32>() - 1.0 < 1e-5);
@@ -181,12 +157,7 @@ mod tests {
 
     #[test]
     fn transforms_stay_in_range() {
-        let aug = Augment {
-            chance: 1.0,
-            zoom: [0.8, 1.2],
-            rotate: 25.0,
-            shift: 0.2,
-        };
+        let aug = Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2 };
         for j in 0..1000 {
             let t = image_transform(12345, j, &aug, 28, 28);
             let zoom = 1.0 / (t.a * t.a + t.b * t.b).sqrt();

@@ -29,12 +29,7 @@ const MAX_PAYLOAD: u64 = 1 << 34;
 
 pub fn read_images(path: &Path) -> Result<IdxImages> {
     let (dims, pixels) = read_idx(path, 3)?;
-    Ok(IdxImages {
-        count: dims[0],
-        rows: dims[1],
-        cols: dims[2],
-        pixels,
-    })
+    Ok(IdxImages { count: dims[0], rows: dims[1], cols: dims[2], pixels })
 }
 
 pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
@@ -62,10 +57,7 @@ fn read_idx_from<R: BufRead>(mut reader: R, ndims: usize, path: &Path) -> Result
 }
 
 fn read_idx_stream<R: Read>(mut r: R, ndims: usize, path: &Path, gz: bool) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bad = |reason: String| Error::Idx {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| Error::Idx { path: path.to_path_buf(), reason };
     // Errors from a gzip stream mean the compressed file is truncated or corrupt.
     let read_err = |what: &str, e: std::io::Error| {
         if gz && e.kind() != std::io::ErrorKind::UnexpectedEof {
@@ -104,25 +96,15 @@ fn read_idx_stream<R: Read>(mut r: R, ndims: usize, path: &Path, gz: bool) -> Re
     };
 
     let mut payload = Vec::new();
-    payload
-        .try_reserve_exact(len)
-        .map_err(|_| bad(format!("cannot allocate {len} bytes for dimensions {dims:?}")))?;
-    let got = r
-        .by_ref()
-        .take(len as u64)
-        .read_to_end(&mut payload)
-        .map_err(|e| read_err("payload", e))?;
+    payload.try_reserve_exact(len).map_err(|_| bad(format!("cannot allocate {len} bytes for dimensions {dims:?}")))?;
+    let got = r.by_ref().take(len as u64).read_to_end(&mut payload).map_err(|e| read_err("payload", e))?;
     if got < len {
-        return Err(bad(format!(
-            "payload has {got} bytes, the header {dims:?} says {len} (truncated)"
-        )));
+        return Err(bad(format!("payload has {got} bytes, the header {dims:?} says {len} (truncated)")));
     }
     let mut extra = [0u8; 1];
     match r.read(&mut extra) {
         Ok(0) => Ok((dims, payload)),
-        Ok(_) => Err(bad(format!(
-            "trailing bytes after the {len}-byte payload the header {dims:?} describes"
-        ))),
+        Ok(_) => Err(bad(format!("trailing bytes after the {len}-byte payload the header {dims:?} describes"))),
         Err(e) => Err(read_err("end of the file", e)),
     }
 }
@@ -194,9 +176,6 @@ mod tests {
             *b ^= 0x5a;
         }
         let err = parse_idx(&bad, 1, Path::new(P)).unwrap_err().to_string();
-        assert!(
-            err.contains("gzip") || err.contains("truncated") || err.contains("magic"),
-            "{err}"
-        );
+        assert!(err.contains("gzip") || err.contains("truncated") || err.contains("magic"), "{err}");
     }
 }

@@ -64,18 +64,9 @@ impl Dataset {
     /// Builds a data set from IDX images and labels, checking they belong together.
     pub fn from_idx(images: idx::IdxImages, labels: Vec<u8>, what: &str) -> Result<Dataset> {
         if images.count != labels.len() {
-            return Err(Error::Data(format!(
-                "{what}: {} images but {} labels",
-                images.count,
-                labels.len()
-            )));
+            return Err(Error::Data(format!("{what}: {} images but {} labels", images.count, labels.len())));
         }
-        Ok(Dataset {
-            images: images.pixels,
-            labels,
-            height: images.rows,
-            width: images.cols,
-        })
+        Ok(Dataset { images: images.pixels, labels, height: images.rows, width: images.cols })
     }
 }
 
@@ -95,11 +86,7 @@ impl DatasetKind {
                 // The shipped copy: relative to the working directory (the usual
                 // `cargo run` from the repository), else the source tree the binary came from.
                 let local = PathBuf::from("data/mnist");
-                if local.is_dir() {
-                    local
-                } else {
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
-                }
+                if local.is_dir() { local } else { Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist") }
             }
             DatasetKind::FashionMnist => PathBuf::from("/usr/share/datasets/fashion-mnist"),
         }
@@ -123,9 +110,7 @@ fn find_file(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf> {
     } else {
         format!("directory {} does not exist", dir.display())
     };
-    Err(Error::Data(format!(
-        "{hint} (expected the four IDX files with the standard names; pass --data-dir DIR)"
-    )))
+    Err(Error::Data(format!("{hint} (expected the four IDX files with the standard names; pass --data-dir DIR)")))
 }
 
 /// Loads one split ("train" or "t10k") from `dir`.

@@ -183,13 +183,7 @@ struct Table {
 impl Table {
     fn add(&mut self, layer: usize, suffix: &str, kind: TensorKind, shape: Vec<usize>) -> usize {
         let offset = self.len;
-        let info = TensorInfo {
-            name: format!("{layer}.{suffix}"),
-            shape,
-            offset,
-            layer,
-            kind,
-        };
+        let info = TensorInfo { name: format!("{layer}.{suffix}"), shape, offset, layer, kind };
         self.len = align(offset + info.len());
         self.tensors.push(info);
         offset
@@ -216,10 +210,7 @@ impl Arch {
         let err = |i: usize, msg: String| Error::arch(&name, format!("layer {i}: {msg}"));
         let [c, h, w] = spec.input;
         if c == 0 || h == 0 || w == 0 {
-            return Err(Error::arch(
-                &name,
-                format!("input shape {:?} has a zero dimension", spec.input),
-            ));
+            return Err(Error::arch(&name, format!("input shape {:?} has a zero dimension", spec.input)));
         }
         if spec.layers.is_empty() {
             return Err(Error::arch(&name, "the layer list is empty"));
@@ -231,16 +222,7 @@ impl Arch {
         let mut state = Table::default();
         for (i, ls) in spec.layers.iter().enumerate() {
             let layer = match (*ls, shape) {
-                (
-                    LayerSpec::Conv2d {
-                        filters,
-                        kernel,
-                        stride,
-                        padding,
-                        bias,
-                    },
-                    Shape::Image { c, h, w },
-                ) => {
+                (LayerSpec::Conv2d { filters, kernel, stride, padding, bias }, Shape::Image { c, h, w }) => {
                     let (kh, kw) = kernel.hw();
                     if filters == 0 || kh == 0 || kw == 0 || stride == 0 {
                         return Err(err(i, "conv2d needs filters, kernel and stride of at least 1".into()));
@@ -257,10 +239,7 @@ impl Arch {
                         }
                     };
                     if h + 2 * pad_h < kh || w + 2 * pad_w < kw {
-                        return Err(err(
-                            i,
-                            format!("{kh}x{kw} kernel is larger than the padded {h}x{w} input"),
-                        ));
+                        return Err(err(i, format!("{kh}x{kw} kernel is larger than the padded {h}x{w} input")));
                     }
                     let w_off = params.add(i, "weight", TensorKind::Weight, vec![filters, c, kh, kw]);
                     let b_off = bias.then(|| params.add(i, "bias", TensorKind::Bias, vec![filters]));
@@ -289,12 +268,7 @@ impl Arch {
                     }
                     let w_off = params.add(i, "weight", TensorKind::Weight, vec![units, n]);
                     let b_off = bias.then(|| params.add(i, "bias", TensorKind::Bias, vec![units]));
-                    Layer::Dense(Dense {
-                        n_in: n,
-                        n_out: units,
-                        w_off,
-                        b_off,
-                    })
+                    Layer::Dense(Dense { n_in: n, n_out: units, w_off, b_off })
                 }
                 (LayerSpec::Dense { .. }, Shape::Image { .. }) => {
                     return Err(err(
@@ -356,17 +330,9 @@ impl Arch {
                 }
             };
             shape = match layer {
-                Layer::Conv2d(c) => Shape::Image {
-                    c: c.c_out,
-                    h: c.h_out,
-                    w: c.w_out,
-                },
+                Layer::Conv2d(c) => Shape::Image { c: c.c_out, h: c.h_out, w: c.w_out },
                 Layer::Dense(d) => Shape::Flat(d.n_out),
-                Layer::MaxPool2d(p) => Shape::Image {
-                    c: p.c,
-                    h: p.h_out,
-                    w: p.w_out,
-                },
+                Layer::MaxPool2d(p) => Shape::Image { c: p.c, h: p.h_out, w: p.w_out },
                 Layer::Flatten => Shape::Flat(shape.len()),
                 _ => shape,
             };
@@ -374,10 +340,7 @@ impl Arch {
             layers.push(layer);
         }
         if !layers.iter().any(|l| matches!(l, Layer::Conv2d(_) | Layer::Dense(_))) {
-            return Err(Error::arch(
-                &name,
-                "the layer list needs at least one conv2d or dense layer",
-            ));
+            return Err(Error::arch(&name, "the layer list needs at least one conv2d or dense layer"));
         }
         match shape {
             Shape::Flat(n) if n >= 2 => {}
@@ -452,15 +415,12 @@ impl Arch {
                 }
                 Init::Xavier => {
                     let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
-                    w.iter_mut()
-                        .for_each(|x| *x = ((2.0 * rng::unit_f64(&mut r) - 1.0) * a) as f32);
+                    w.iter_mut().for_each(|x| *x = ((2.0 * rng::unit_f64(&mut r) - 1.0) * a) as f32);
                 }
                 Init::Uniform => {
                     w.iter_mut().for_each(|x| *x = (rng::unit_f64(&mut r) - 0.5) as f32);
                     if let Some(b) = b_off {
-                        p[b..b + b_len]
-                            .iter_mut()
-                            .for_each(|x| *x = (rng::unit_f64(&mut r) - 0.5) as f32);
+                        p[b..b + b_len].iter_mut().for_each(|x| *x = (rng::unit_f64(&mut r) - 0.5) as f32);
                     }
                 }
             }
@@ -474,10 +434,9 @@ impl Arch {
         for (i, layer) in self.layers.iter().enumerate() {
             let n: usize = self.params.iter().filter(|t| t.layer == i).map(|t| t.len()).sum();
             let what = match layer {
-                Layer::Conv2d(c) => format!(
-                    "conv2d {}x{} /{} pad {}, {} -> {}",
-                    c.kh, c.kw, c.stride, c.pad_h, c.c_in, c.c_out
-                ),
+                Layer::Conv2d(c) => {
+                    format!("conv2d {}x{} /{} pad {}, {} -> {}", c.kh, c.kw, c.stride, c.pad_h, c.c_in, c.c_out)
+                }
                 Layer::Dense(d) => format!("dense {} -> {}", d.n_in, d.n_out),
                 Layer::MaxPool2d(p) => format!("max_pool2d {}x{} /{}", p.size, p.size, p.stride),
                 Layer::Flatten => "flatten".into(),
@@ -485,10 +444,7 @@ impl Arch {
                 Layer::Act(a) => format!("{a:?}").to_lowercase(),
                 Layer::BatchNorm(_) => "batch_norm".into(),
             };
-            out.push_str(&format!(
-                "  {i:>2}  {what:<32} -> {:<10} {n:>9}\n",
-                self.shapes[i + 1].to_string()
-            ));
+            out.push_str(&format!("  {i:>2}  {what:<32} -> {:<10} {n:>9}\n", self.shapes[i + 1].to_string()));
         }
         out.push_str(&format!("      {} parameters\n", self.param_count()));
         out

@@ -14,141 +14,33 @@ pub struct Preset {
 }
 
 pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "mlp",
-        alias: Some("a-fc1"),
-        source: include_str!("../../models/mlp.toml"),
-    },
-    Preset {
-        name: "cnn-a",
-        alias: Some("a-cnn7"),
-        source: include_str!("../../models/cnn-a.toml"),
-    },
-    Preset {
-        name: "fc-b",
-        alias: Some("b8"),
-        source: include_str!("../../models/fc-b.toml"),
-    },
-    Preset {
-        name: "cnn2",
-        alias: Some("b9"),
-        source: include_str!("../../models/cnn2.toml"),
-    },
-    Preset {
-        name: "cnn3",
-        alias: Some("b10"),
-        source: include_str!("../../models/cnn3.toml"),
-    },
-    Preset {
-        name: "cnn4",
-        alias: Some("b12"),
-        source: include_str!("../../models/cnn4.toml"),
-    },
-    Preset {
-        name: "a-cnn1",
-        alias: None,
-        source: include_str!("../../models/seeds/a-cnn1.toml"),
-    },
-    Preset {
-        name: "a-cnn2",
-        alias: None,
-        source: include_str!("../../models/seeds/a-cnn2.toml"),
-    },
-    Preset {
-        name: "a-cnn3",
-        alias: None,
-        source: include_str!("../../models/seeds/a-cnn3.toml"),
-    },
-    Preset {
-        name: "a-cnn4",
-        alias: None,
-        source: include_str!("../../models/seeds/a-cnn4.toml"),
-    },
-    Preset {
-        name: "a-cnn5",
-        alias: None,
-        source: include_str!("../../models/seeds/a-cnn5.toml"),
-    },
-    Preset {
-        name: "a-cnn6",
-        alias: None,
-        source: include_str!("../../models/seeds/a-cnn6.toml"),
-    },
-    Preset {
-        name: "a-cnn8",
-        alias: None,
-        source: include_str!("../../models/seeds/a-cnn8.toml"),
-    },
-    Preset {
-        name: "a-fc2",
-        alias: None,
-        source: include_str!("../../models/seeds/a-fc2.toml"),
-    },
-    Preset {
-        name: "a-fc3",
-        alias: None,
-        source: include_str!("../../models/seeds/a-fc3.toml"),
-    },
-    Preset {
-        name: "a-fc4",
-        alias: None,
-        source: include_str!("../../models/seeds/a-fc4.toml"),
-    },
-    Preset {
-        name: "a-fc5",
-        alias: None,
-        source: include_str!("../../models/seeds/a-fc5.toml"),
-    },
-    Preset {
-        name: "a-fc6",
-        alias: None,
-        source: include_str!("../../models/seeds/a-fc6.toml"),
-    },
-    Preset {
-        name: "a-fc7",
-        alias: None,
-        source: include_str!("../../models/seeds/a-fc7.toml"),
-    },
-    Preset {
-        name: "b1",
-        alias: None,
-        source: include_str!("../../models/seeds/b1.toml"),
-    },
-    Preset {
-        name: "b2",
-        alias: None,
-        source: include_str!("../../models/seeds/b2.toml"),
-    },
-    Preset {
-        name: "b3",
-        alias: None,
-        source: include_str!("../../models/seeds/b3.toml"),
-    },
-    Preset {
-        name: "b4",
-        alias: None,
-        source: include_str!("../../models/seeds/b4.toml"),
-    },
-    Preset {
-        name: "b5",
-        alias: None,
-        source: include_str!("../../models/seeds/b5.toml"),
-    },
-    Preset {
-        name: "b6",
-        alias: None,
-        source: include_str!("../../models/seeds/b6.toml"),
-    },
-    Preset {
-        name: "b7",
-        alias: None,
-        source: include_str!("../../models/seeds/b7.toml"),
-    },
-    Preset {
-        name: "b11",
-        alias: None,
-        source: include_str!("../../models/seeds/b11.toml"),
-    },
+    Preset { name: "mlp", alias: Some("a-fc1"), source: include_str!("../../models/mlp.toml") },
+    Preset { name: "cnn-a", alias: Some("a-cnn7"), source: include_str!("../../models/cnn-a.toml") },
+    Preset { name: "fc-b", alias: Some("b8"), source: include_str!("../../models/fc-b.toml") },
+    Preset { name: "cnn2", alias: Some("b9"), source: include_str!("../../models/cnn2.toml") },
+    Preset { name: "cnn3", alias: Some("b10"), source: include_str!("../../models/cnn3.toml") },
+    Preset { name: "cnn4", alias: Some("b12"), source: include_str!("../../models/cnn4.toml") },
+    Preset { name: "a-cnn1", alias: None, source: include_str!("../../models/seeds/a-cnn1.toml") },
+    Preset { name: "a-cnn2", alias: None, source: include_str!("../../models/seeds/a-cnn2.toml") },
+    Preset { name: "a-cnn3", alias: None, source: include_str!("../../models/seeds/a-cnn3.toml") },
+    Preset { name: "a-cnn4", alias: None, source: include_str!("../../models/seeds/a-cnn4.toml") },
+    Preset { name: "a-cnn5", alias: None, source: include_str!("../../models/seeds/a-cnn5.toml") },
+    Preset { name: "a-cnn6", alias: None, source: include_str!("../../models/seeds/a-cnn6.toml") },
+    Preset { name: "a-cnn8", alias: None, source: include_str!("../../models/seeds/a-cnn8.toml") },
+    Preset { name: "a-fc2", alias: None, source: include_str!("../../models/seeds/a-fc2.toml") },
+    Preset { name: "a-fc3", alias: None, source: include_str!("../../models/seeds/a-fc3.toml") },
+    Preset { name: "a-fc4", alias: None, source: include_str!("../../models/seeds/a-fc4.toml") },
+    Preset { name: "a-fc5", alias: None, source: include_str!("../../models/seeds/a-fc5.toml") },
+    Preset { name: "a-fc6", alias: None, source: include_str!("../../models/seeds/a-fc6.toml") },
+    Preset { name: "a-fc7", alias: None, source: include_str!("../../models/seeds/a-fc7.toml") },
+    Preset { name: "b1", alias: None, source: include_str!("../../models/seeds/b1.toml") },
+    Preset { name: "b2", alias: None, source: include_str!("../../models/seeds/b2.toml") },
+    Preset { name: "b3", alias: None, source: include_str!("../../models/seeds/b3.toml") },
+    Preset { name: "b4", alias: None, source: include_str!("../../models/seeds/b4.toml") },
+    Preset { name: "b5", alias: None, source: include_str!("../../models/seeds/b5.toml") },
+    Preset { name: "b6", alias: None, source: include_str!("../../models/seeds/b6.toml") },
+    Preset { name: "b7", alias: None, source: include_str!("../../models/seeds/b7.toml") },
+    Preset { name: "b11", alias: None, source: include_str!("../../models/seeds/b11.toml") },
 ];
 
 /// Parses a model file's text; `origin` names it in errors.

@@ -191,13 +191,7 @@ fn adam_eps() -> f32 {
 
 impl Default for Optimizer {
     fn default() -> Self {
-        Optimizer::Adam {
-            lr: 0.001,
-            beta1: beta1(),
-            beta2: beta2(),
-            eps: adam_eps(),
-            weight_decay: 0.0,
-        }
+        Optimizer::Adam { lr: 0.001, beta1: beta1(), beta2: beta2(), eps: adam_eps(), weight_decay: 0.0 }
     }
 }
 
@@ -362,13 +356,7 @@ impl Recipe {
             return Err(format!("learning rate must be a positive number, got {lr}"));
         }
         match self.optimizer {
-            Optimizer::Adam {
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                ..
-            } => {
+            Optimizer::Adam { beta1, beta2, eps, weight_decay, .. } => {
                 if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps > 0.0 && weight_decay >= 0.0) {
                     return Err("adam needs 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0".into());
                 }
@@ -383,13 +371,7 @@ impl Recipe {
             Schedule::Step { every, factor } if every == 0 || !(factor > 0.0 && factor.is_finite()) => {
                 return Err("step schedule needs every >= 1 and factor > 0".into());
             }
-            Schedule::Tunable {
-                halve_every: Some(0), ..
-            }
-            | Schedule::Tunable {
-                late_halve_every: Some(0),
-                ..
-            } => {
+            Schedule::Tunable { halve_every: Some(0), .. } | Schedule::Tunable { late_halve_every: Some(0), .. } => {
                 return Err("tunable schedule: halving intervals must be at least 1".into());
             }
             Schedule::Cosine { min_lr, .. } if !(min_lr >= 0.0 && min_lr.is_finite()) => {
@@ -409,10 +391,7 @@ impl Recipe {
             }
         }
         if !(0.0..1.0).contains(&self.validation) {
-            return Err(format!(
-                "validation must be a fraction in [0, 1), got {}",
-                self.validation
-            ));
+            return Err(format!("validation must be a fraction in [0, 1), got {}", self.validation));
         }
         if !(self.normalize.std > 0.0 && self.normalize.std.is_finite() && self.normalize.mean.is_finite()) {
             return Err("normalize needs a finite mean and std > 0".into());

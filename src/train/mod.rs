@@ -96,9 +96,7 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
     let val_count = (recipe.validation as f64 * train.len() as f64).round() as usize;
     let (train, val) = train.split_tail(val_count);
     if train.is_empty() {
-        return Err(Error::Data(
-            "no training examples left (check --limit and validation)".into(),
-        ));
+        return Err(Error::Data("no training examples left (check --limit and validation)".into()));
     }
     let n = train.len();
     let batch = recipe.batch;
@@ -106,11 +104,7 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
 
     let train_dev = DeviceData::upload(b, &train)?;
     let test_dev = DeviceData::upload(b, test)?;
-    let val_dev = if val.is_empty() {
-        None
-    } else {
-        Some(DeviceData::upload(b, &val)?)
-    };
+    let val_dev = if val.is_empty() { None } else { Some(DeviceData::upload(b, &val)?) };
 
     // Fresh start or resume.
     let (params, state, mut progress, best_init) = match cfg.resume {
@@ -119,12 +113,7 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
                 .train
                 .as_ref()
                 .ok_or_else(|| Error::Config("the resume file is a model, not a checkpoint".into()))?;
-            (
-                ck.params.clone(),
-                ck.state.clone(),
-                ts.progress.clone(),
-                ts.best.clone(),
-            )
+            (ck.params.clone(), ck.state.clone(), ts.progress.clone(), ts.best.clone())
         }
         None => {
             let (p, s) = arch.init(recipe.init, cfg.seed);
@@ -235,9 +224,7 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
                 Monitor::TrainLoss => train_loss,
                 Monitor::ValLoss => val_res.as_ref().map_or(train_loss, |r| r.loss),
             };
-            let improved = progress
-                .best_value
-                .is_none_or(|b| value < b * (1.0 - es.min_delta as f64));
+            let improved = progress.best_value.is_none_or(|b| value < b * (1.0 - es.min_delta as f64));
             if improved {
                 progress.best_value = Some(value);
                 progress.best_epoch = epoch + 1;
@@ -253,23 +240,14 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
         if cfg.checkpoints {
             let (p, s) = net.get_params(b)?;
             let (m, v) = net.get_opt_state(b)?;
-            let ts = TrainState {
-                progress: progress.clone(),
-                m,
-                v,
-                best: best.clone(),
-            };
+            let ts = TrainState { progress: progress.clone(), m, v, best: best.clone() };
             modelfile::save(&ckpt_path, &arch, &p, &s, cfg.run_info.clone(), Some(&ts))?;
         }
         if stop {
             println!(
                 "early stopping: no {}% improvement of the {} in {} epochs; best was epoch {}",
                 es.map_or(0.0, |e| e.min_delta * 100.0),
-                if es.is_some_and(|e| e.monitor == Monitor::ValLoss) {
-                    "validation loss"
-                } else {
-                    "training loss"
-                },
+                if es.is_some_and(|e| e.monitor == Monitor::ValLoss) { "validation loss" } else { "training loss" },
                 progress.wait,
                 progress.best_epoch
             );
@@ -287,11 +265,7 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
             println!(
                 "restored the weights of epoch {} (best {}): test acc {}",
                 progress.best_epoch,
-                if es.monitor == Monitor::ValLoss {
-                    "validation loss"
-                } else {
-                    "training loss"
-                },
+                if es.monitor == Monitor::ValLoss { "validation loss" } else { "training loss" },
                 pct(r.accuracy())
             );
             final_test = Some(r);
@@ -332,11 +306,7 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
 
 fn diverged(epoch: usize, progress: &Progress, ckpt: &Path, checkpoints: bool) -> Error {
     let kept = if progress.epoch > 0 && checkpoints {
-        format!(
-            "the last good checkpoint (epoch {}) is kept at {}",
-            progress.epoch,
-            ckpt.display()
-        )
+        format!("the last good checkpoint (epoch {}) is kept at {}", progress.epoch, ckpt.display())
     } else {
         "no checkpoint was written before it".to_string()
     };

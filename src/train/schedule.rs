@@ -7,12 +7,7 @@ pub fn lr_at(schedule: &Schedule, base: f32, epoch: usize, epochs: usize) -> f32
     match *schedule {
         Schedule::Constant => base,
         Schedule::Step { every, factor } => base * factor.powi((epoch / every) as i32),
-        Schedule::Tunable {
-            warmup,
-            halve_every,
-            halve_until,
-            late_halve_every,
-        } => {
+        Schedule::Tunable { warmup, halve_every, halve_until, late_halve_every } => {
             // Seed B's rule, replayed from epoch 0 (it updates the rate in place each epoch).
             let mut lr = base as f64;
             for e in 1..=epoch {
@@ -47,12 +42,7 @@ mod tests {
     #[test]
     fn seed_b_tunable_schedule_matches_the_seed_code() {
         // cnn4: e=0: lr0; 1<=e<5: lr += lr/e; e%5==0, e!=5, e<=20: halve; e>20, e%3==0: halve.
-        let s = Schedule::Tunable {
-            warmup: 5,
-            halve_every: Some(5),
-            halve_until: Some(20),
-            late_halve_every: Some(3),
-        };
+        let s = Schedule::Tunable { warmup: 5, halve_every: Some(5), halve_until: Some(20), late_halve_every: Some(3) };
         let mut lr = 0.001f64;
         for e in 0..60 {
             if (1..5).contains(&e) {
@@ -61,10 +51,7 @@ mod tests {
                 lr /= 2.0;
             }
             let got = lr_at(&s, 0.001, e, 150) as f64;
-            assert!(
-                (got - lr).abs() <= 1e-9 * lr.max(1e-12) + 1e-12,
-                "epoch {e}: {got} vs {lr}"
-            );
+            assert!((got - lr).abs() <= 1e-9 * lr.max(1e-12) + 1e-12, "epoch {e}: {got} vs {lr}");
         }
         assert!((lr_at(&s, 0.001, 4, 150) - 0.005).abs() < 1e-9);
         assert!((lr_at(&s, 0.001, 9, 150) - 0.005).abs() < 1e-9);

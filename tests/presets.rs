@@ -1,0 +1,117 @@
+//! Model files and presets: every file in models/ is a preset and resolves; the seed models
+//! have the seeds' shapes; tensors are named as torch.nn.Sequential names them; malformed
+//! files fail with messages that say what is wrong.
+
+mod common;
+
+use common::*;
+use gpu_train::model::{Arch, Layer, Shape, presets};
+
+fn arch(name: &str) -> Arch {
+    Arch::new(presets::load(name).unwrap()).unwrap()
+}
+
+#[test]
+fn every_model_file_is_an_embedded_preset_that_resolves() {
+    let mut files = Vec::new();
+    for dir in ["models", "models/seeds"] {
+        for e in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                files.push(p);
+            }
+        }
+    }
+    assert_eq!(files.len(), presets::PRESETS.len(), "every model file is embedded, and nothing else");
+    for f in files {
+        let stem = f.file_stem().unwrap().to_str().unwrap();
+        let p = presets::find(stem).unwrap_or_else(|| panic!("{stem} is not a preset"));
+        assert_eq!(p.source, std::fs::read_to_string(&f).unwrap(), "{stem}: embedded copy is stale");
+        let a = Arch::new(presets::parse(p.source, p.name).unwrap()).unwrap();
+        assert_eq!(a.name(), stem);
+        assert_eq!(a.classes(), 10);
+        a.recipe().validate().unwrap();
+    }
+    // Seed names reach the main presets.
+    for (alias, name) in
+        [("a-fc1", "mlp"), ("a-cnn7", "cnn-a"), ("b8", "fc-b"), ("b9", "cnn2"), ("b10", "cnn3"), ("b12", "cnn4")]
+    {
+        assert_eq!(presets::find(alias).unwrap().name, name);
+    }
+}
+
+#[test]
+fn seed_architectures_have_the_seeds_shapes() {
+    let flat_in = |a: &Arch| {
+        a.layers.iter().zip(&a.shapes).find(|(l, _)| matches!(l, Layer::Flatten)).map(|(_, s)| s.len()).unwrap()
+    };
+    assert_eq!(flat_in(&arch("cnn4")), 64 * 7 * 7);
+    assert_eq!(flat_in(&arch("cnn3")), 48 * 7 * 7);
+    assert_eq!(flat_in(&arch("cnn2")), 16 * 7 * 7);
+    assert_eq!(flat_in(&arch("cnn-a")), 4 * 13 * 13);
+    assert_eq!(flat_in(&arch("a-cnn3")), 363);
+    assert_eq!(flat_in(&arch("a-cnn6")), 162);
+    assert_eq!(arch("cnn4").param_count(), 159_930);
+    assert_eq!(arch("mlp").param_count(), 784 * 200 + 200 + 200 * 80 + 80 + 80 * 10 + 10);
+    assert_eq!(arch("fc-b").param_count(), 784 * 128 + 128 + 128 * 50 + 50 + 50 * 10 + 10);
+    // cnn4 keeps 28x28 through two convolutions before the first pooling.
+    let a = arch("cnn4");
+    assert_eq!(a.shapes[4], Shape::Image { c: 32, h: 28, w: 28 });
+    assert_eq!(a.shapes[6], Shape::Image { c: 32, h: 14, w: 14 });
+    let r = a.recipe();
+    assert_eq!((r.batch, r.epochs), (16, 150));
+    assert_eq!(r.augment.unwrap().chance, 0.8);
+    assert_eq!(r.early_stopping.unwrap().patience, 15);
+}
+
+#[test]
+fn tensors_are_named_like_torch_sequential() {
+    let names: Vec<String> = arch("cnn4").params.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(
+        names,
+        [
+            "0.weight",
+            "0.bias",
+            "3.weight",
+            "3.bias",
+            "7.weight",
+            "7.bias",
+            "10.weight",
+            "10.bias",
+            "15.weight",
+            "15.bias"
+        ]
+    );
+    let a = arch("cnn4");
+    assert_eq!(a.params[0].shape, vec![16, 1, 5, 5]);
+    assert_eq!(a.params[8].shape, vec![10, 3136]);
+    assert_eq!(arch("mlp").params[0].name, "1.weight");
+    assert!(a.params.iter().all(|t| t.offset % gpu_train::model::TENSOR_ALIGN == 0));
+}
+
+#[test]
+fn malformed_model_files_fail_with_a_reason() {
+    let cases = [
+        ("name = 'x'\nlayers = [{ type = 'dense', units = 10 }]", "flatten"),
+        ("name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'dense', units = 10, size = 3 }]", "size"),
+        ("name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'softmax' }]", "softmax"),
+        ("name = 'x'\nlayers = []", "empty"),
+        ("name = 'x'\nlayers = [{ type = 'conv2d', filters = 2, kernel = 30 }, { type = 'flatten' }]", "larger"),
+        (
+            "name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'dropout', p = 1.0 }, { type = 'dense', units = 10 }]",
+            "dropout",
+        ),
+        ("name = 'x'\nlayers = [{ type = 'conv2d', filters = 2, kernel = 3 }]", "flat vector"),
+        ("name = 'x'\nlayers = [{ type = 'flatten' }]", "conv2d or dense"),
+        ("name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'dense', units = 10 }]\n[train]\nbogus = 1", "bogus"),
+        ("name = 'x'\nlayers = [ { type = 'flatten' ", "TOML"),
+        ("layers = [{ type = 'flatten' }, { type = 'dense', units = 10 }]", "name"),
+    ];
+    for (text, want) in cases {
+        let err = presets::parse(text, "test.toml").and_then(Arch::new).unwrap_err().to_string();
+        assert!(err.to_lowercase().contains(&want.to_lowercase()), "expected '{want}' in: {err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+    let err = presets::load("no-such-model").unwrap_err().to_string();
+    assert!(err.contains("unknown preset") && err.contains("cnn4"), "{err}");
+}
