@@ -94,6 +94,9 @@ impl<B: Backend> DeviceData<B> {
     }
 }
 
+/// Every boundary's activations and every max-pool's positions (see `debug_activations`).
+pub type Activations = (Vec<Vec<f32>>, Vec<Vec<u32>>);
+
 /// What one training step needs besides the buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct StepArgs {
@@ -408,7 +411,7 @@ impl<B: Backend> Network<B> {
 
     /// Every activation buffer at every layer boundary, and the max-pool positions, for the
     /// first `n` examples (empty where a boundary has no buffer). For tests and debugging.
-    pub fn debug_activations(&mut self, b: &mut B, n: usize) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+    pub fn debug_activations(&mut self, b: &mut B, n: usize) -> Result<Activations> {
         let mut acts = Vec::new();
         for (k, shape) in self.arch.shapes.iter().enumerate() {
             let used = self.train_plan.iter().any(|node| node.out == k || node.inp == k);

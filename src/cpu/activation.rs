@@ -3,21 +3,23 @@
 
 use rayon::prelude::*;
 
+use super::real::Real;
 use crate::model::Act;
 
 const PAR_CHUNK: usize = 1 << 14;
 
 #[inline]
-pub fn act_scalar(x: f32, a: Act) -> f32 {
+pub fn act_scalar<T: Real>(x: T, a: Act) -> T {
+    let one = T::one();
     match a {
-        Act::Relu => x.max(0.0),
+        Act::Relu => x.max(T::zero()),
         Act::Sigmoid => {
             // Both branches stay finite for any x.
-            if x >= 0.0 {
-                1.0 / (1.0 + (-x).exp())
+            if x >= T::zero() {
+                one / (one + (-x).exp())
             } else {
                 let e = x.exp();
-                e / (1.0 + e)
+                e / (one + e)
             }
         }
         Act::Tanh => x.tanh(),
@@ -25,36 +27,34 @@ pub fn act_scalar(x: f32, a: Act) -> f32 {
 }
 
 #[inline]
-pub fn act_grad_from_output(y: f32, a: Act) -> f32 {
+pub fn act_grad_from_output<T: Real>(y: T, a: Act) -> T {
+    let one = T::one();
     match a {
         Act::Relu => {
-            if y > 0.0 {
-                1.0
+            if y > T::zero() {
+                one
             } else {
-                0.0
+                T::zero()
             }
         }
-        Act::Sigmoid => y * (1.0 - y),
-        Act::Tanh => 1.0 - y * y,
+        Act::Sigmoid => y * (one - y),
+        Act::Tanh => one - y * y,
     }
 }
 
 /// Applies `a` in place (used by the fused conv/dense epilogues).
-pub fn act_forward_slice(v: &mut [f32], a: Act) {
-    match a {
-        Act::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
-        _ => v.iter_mut().for_each(|x| *x = act_scalar(*x, a)),
-    }
+pub fn act_forward_slice<T: Real>(v: &mut [T], a: Act) {
+    v.iter_mut().for_each(|x| *x = act_scalar(*x, a));
 }
 
-pub fn activation_forward(out: &mut [f32], inp: &[f32], len: usize, a: Act) {
+pub fn activation_forward<T: Real>(out: &mut [T], inp: &[T], len: usize, a: Act) {
     out[..len]
         .par_chunks_mut(PAR_CHUNK)
         .zip(inp[..len].par_chunks(PAR_CHUNK))
         .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = act_scalar(x, a)));
 }
 
-pub fn activation_backward(dinp: &mut [f32], dout: &[f32], out: &[f32], len: usize, a: Act) {
+pub fn activation_backward<T: Real>(dinp: &mut [T], dout: &[T], out: &[T], len: usize, a: Act) {
     dinp[..len]
         .par_chunks_mut(PAR_CHUNK)
         .zip(dout[..len].par_chunks(PAR_CHUNK))

@@ -8,11 +8,11 @@ use rayon::prelude::*;
 
 use super::activation::act_forward_slice;
 use super::gemm::{rows, sgemm, transposed};
-use super::scratch::with_scratch;
+use super::real::Real;
 use crate::model::{Act, Conv2d};
 
 /// col (K, P) of one example `x` (c_in, h_in, w_in); zero where the window hangs over the edge.
-pub fn im2col(col: &mut [f32], x: &[f32], l: &Conv2d) {
+pub fn im2col<T: Real>(col: &mut [T], x: &[T], l: &Conv2d) {
     let p = l.h_out * l.w_out;
     for ci in 0..l.c_in {
         let plane = &x[ci * l.h_in * l.w_in..(ci + 1) * l.h_in * l.w_in];
@@ -24,7 +24,7 @@ pub fn im2col(col: &mut [f32], x: &[f32], l: &Conv2d) {
                     let iy = (oy * l.stride + ky) as isize - l.pad_h as isize;
                     let d = &mut dst[oy * l.w_out..(oy + 1) * l.w_out];
                     if iy < 0 || iy >= l.h_in as isize {
-                        d.fill(0.0);
+                        d.fill(T::zero());
                         continue;
                     }
                     let src = &plane[iy as usize * l.w_in..(iy as usize + 1) * l.w_in];
@@ -32,14 +32,14 @@ pub fn im2col(col: &mut [f32], x: &[f32], l: &Conv2d) {
                         // Contiguous run: the valid ox are those with 0 <= ox + kx - pad < w_in.
                         let lo = l.pad_w.saturating_sub(kx).min(l.w_out);
                         let hi = (l.w_in + l.pad_w).saturating_sub(kx).min(l.w_out).max(lo);
-                        d[..lo].fill(0.0);
-                        d[hi..].fill(0.0);
+                        d[..lo].fill(T::zero());
+                        d[hi..].fill(T::zero());
                         let start = lo + kx - l.pad_w;
                         d[lo..hi].copy_from_slice(&src[start..start + (hi - lo)]);
                     } else {
                         for (ox, v) in d.iter_mut().enumerate() {
                             let ix = (ox * l.stride + kx) as isize - l.pad_w as isize;
-                            *v = if ix >= 0 && ix < l.w_in as isize { src[ix as usize] } else { 0.0 };
+                            *v = if ix >= 0 && ix < l.w_in as isize { src[ix as usize] } else { T::zero() };
                         }
                     }
                 }
@@ -49,9 +49,9 @@ pub fn im2col(col: &mut [f32], x: &[f32], l: &Conv2d) {
 }
 
 /// Adds col (K, P) back into the image dx (c_in, h_in, w_in): the adjoint of `im2col`.
-pub fn col2im(dx: &mut [f32], col: &[f32], l: &Conv2d) {
+pub fn col2im<T: Real>(dx: &mut [T], col: &[T], l: &Conv2d) {
     let p = l.h_out * l.w_out;
-    dx.fill(0.0);
+    dx.fill(T::zero());
     for ci in 0..l.c_in {
         let plane = &mut dx[ci * l.h_in * l.w_in..(ci + 1) * l.h_in * l.w_in];
         for ky in 0..l.kh {
@@ -81,18 +81,18 @@ fn k_len(l: &Conv2d) -> usize {
     l.c_in * l.kh * l.kw
 }
 
-pub fn conv2d_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, act: Option<Act>) {
+pub fn conv2d_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, act: Option<Act>) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let w = &params[l.w_off..l.w_off + l.c_out * k];
     out[..n * l.out_len()].par_chunks_mut(l.out_len()).zip(inp[..n * l.in_len()].par_chunks(l.in_len())).for_each(
         |(y, x)| {
-            with_scratch(k * p, |col| {
+            T::with_scratch(k * p, |col| {
                 im2col(col, x, l);
                 sgemm(l.c_out, p, k, y, p, false, rows(w, k), rows(col, p), false);
             });
             for (co, plane) in y.chunks_mut(p).enumerate() {
-                let bias = l.b_off.map_or(0.0, |b| params[b + co]);
-                if bias != 0.0 {
+                let bias = l.b_off.map_or(T::zero(), |b| params[b + co]);
+                if bias != T::zero() {
                     plane.iter_mut().for_each(|v| *v += bias);
                 }
                 if let Some(a) = act {
@@ -103,12 +103,12 @@ pub fn conv2d_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, 
     );
 }
 
-pub fn conv2d_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Conv2d, n: usize) {
+pub fn conv2d_backward_input<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], l: &Conv2d, n: usize) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let w = &params[l.w_off..l.w_off + l.c_out * k];
     dinp[..n * l.in_len()].par_chunks_mut(l.in_len()).zip(dout[..n * l.out_len()].par_chunks(l.out_len())).for_each(
         |(dx, dy)| {
-            with_scratch(k * p, |dcol| {
+            T::with_scratch(k * p, |dcol| {
                 // dcol (K, P) = W^T (K, c_out) * dy (c_out, P)
                 sgemm(k, p, l.c_out, dcol, p, false, transposed(w, k), rows(dy, p), false);
                 col2im(dx, dcol, l);
@@ -122,41 +122,41 @@ pub fn conv2d_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: 
 /// number of threads, so training is bit-for-bit repeatable on any machine.
 pub const WEIGHT_GRAD_CHUNKS: usize = 8;
 
-pub fn conv2d_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, n: usize) {
+pub fn conv2d_backward_weight<T: Real>(grads: &mut [T], dout: &[T], inp: &[T], l: &Conv2d, n: usize) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let wlen = l.c_out * k;
     let chunk = n.div_ceil(WEIGHT_GRAD_CHUNKS).max(1);
     // Each partial: dW (c_out, K) then db (c_out).
-    let partials: Vec<Vec<f32>> = (0..n.div_ceil(chunk))
+    let partials: Vec<Vec<T>> = (0..n.div_ceil(chunk))
         .into_par_iter()
         .map(|ci| {
-            let mut part = vec![0f32; wlen + l.c_out];
+            let mut part = vec![T::zero(); wlen + l.c_out];
             let (dw, db) = part.split_at_mut(wlen);
             for s in ci * chunk..((ci + 1) * chunk).min(n) {
                 let x = &inp[s * l.in_len()..(s + 1) * l.in_len()];
                 let dy = &dout[s * l.out_len()..(s + 1) * l.out_len()];
-                with_scratch(k * p, |col| {
+                T::with_scratch(k * p, |col| {
                     im2col(col, x, l);
                     // dW (c_out, K) += dy (c_out, P) * col^T (P, K)
                     sgemm(l.c_out, k, p, dw, k, true, rows(dy, p), transposed(col, p), false);
                 });
                 for (co, plane) in dy.chunks(p).enumerate() {
-                    db[co] += plane.iter().sum::<f32>();
+                    db[co] += plane.iter().copied().sum::<T>();
                 }
             }
             part
         })
         .collect();
     let (dw, db) = (&mut grads[l.w_off..l.w_off + wlen], l.b_off);
-    dw.fill(0.0);
+    dw.fill(T::zero());
     for part in &partials {
-        dw.iter_mut().zip(&part[..wlen]).for_each(|(g, v)| *g += v);
+        dw.iter_mut().zip(&part[..wlen]).for_each(|(g, &v)| *g += v);
     }
     if let Some(b) = db {
         let dbias = &mut grads[b..b + l.c_out];
-        dbias.fill(0.0);
+        dbias.fill(T::zero());
         for part in &partials {
-            dbias.iter_mut().zip(&part[wlen..]).for_each(|(g, v)| *g += v);
+            dbias.iter_mut().zip(&part[wlen..]).for_each(|(g, &v)| *g += v);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::real::Real;
 use crate::backend::Gather;
 use crate::data::augment::{batch_altered, image_transform, sample_image};
 
@@ -11,14 +12,16 @@ pub fn packed_byte(words: &[u32], i: usize) -> u8 {
     (words[i / 4] >> ((i % 4) * 8)) as u8
 }
 
-pub fn gather_batch(x: &mut [f32], y: &mut [u32], images: &[u32], labels: &[u32], perm: &[u32], g: &Gather) {
+pub fn gather_batch<T: Real>(x: &mut [T], y: &mut [u32], images: &[u32], labels: &[u32], perm: &[u32], g: &Gather) {
     let len = g.height * g.width;
     let altered = g.augment.filter(|&(a, key)| batch_altered(key, a.chance));
     x[..g.n * len].par_chunks_mut(len).enumerate().for_each(|(j, out)| {
         let idx = perm[g.start + j] as usize;
         let img: Vec<u8> = (idx * len..(idx + 1) * len).map(|i| packed_byte(images, i)).collect();
         let tf = altered.map(|(a, key)| image_transform(key, j as u32, &a, g.height, g.width));
-        sample_image(out, &img, g.height, g.width, tf, g.mean, g.std);
+        let mut px = vec![0f32; len];
+        sample_image(&mut px, &img, g.height, g.width, tf, g.mean, g.std);
+        out.iter_mut().zip(&px).for_each(|(o, &v)| *o = T::of(v));
     });
     for j in 0..g.n {
         y[j] = labels[perm[g.start + j] as usize];

@@ -2,12 +2,13 @@
 
 use super::activation::act_forward_slice;
 use super::gemm::{rows, sgemm, transposed};
+use super::real::Real;
 use crate::model::{Act, Dense};
 
 /// Let the GEMM use all threads from about this many multiply-adds.
 const PAR_MACS: usize = 1 << 18;
 
-pub fn dense_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Dense, n: usize, act: Option<Act>) {
+pub fn dense_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Dense, n: usize, act: Option<Act>) {
     let (ni, no) = (l.n_in, l.n_out);
     let w = &params[l.w_off..l.w_off + no * ni];
     let y = &mut out[..n * no];
@@ -15,7 +16,7 @@ pub fn dense_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Dense, n:
     sgemm(n, no, ni, y, no, false, rows(&inp[..n * ni], ni), transposed(w, ni), n * no * ni >= PAR_MACS);
     for row in y.chunks_mut(no) {
         if let Some(b) = l.b_off {
-            row.iter_mut().zip(&params[b..b + no]).for_each(|(v, b)| *v += b);
+            row.iter_mut().zip(&params[b..b + no]).for_each(|(v, &b)| *v += b);
         }
         if let Some(a) = act {
             act_forward_slice(row, a);
@@ -23,14 +24,14 @@ pub fn dense_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Dense, n:
     }
 }
 
-pub fn dense_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Dense, n: usize) {
+pub fn dense_backward_input<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], l: &Dense, n: usize) {
     let (ni, no) = (l.n_in, l.n_out);
     let w = &params[l.w_off..l.w_off + no * ni];
     // dinp (n, ni) = dout (n, no) * W (no, ni)
     sgemm(n, ni, no, &mut dinp[..n * ni], ni, false, rows(&dout[..n * no], no), rows(w, ni), n * no * ni >= PAR_MACS);
 }
 
-pub fn dense_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Dense, n: usize) {
+pub fn dense_backward_weight<T: Real>(grads: &mut [T], dout: &[T], inp: &[T], l: &Dense, n: usize) {
     let (ni, no) = (l.n_in, l.n_out);
     let dy = &dout[..n * no];
     // dW (no, ni) = dout^T (no, n) * inp (n, ni)
@@ -38,9 +39,9 @@ pub fn dense_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &D
     sgemm(no, ni, n, dw, ni, false, transposed(dy, no), rows(&inp[..n * ni], ni), n * no * ni >= PAR_MACS);
     if let Some(b) = l.b_off {
         let db = &mut grads[b..b + no];
-        db.fill(0.0);
+        db.fill(T::zero());
         for row in dy.chunks(no) {
-            db.iter_mut().zip(row).for_each(|(g, v)| *g += v);
+            db.iter_mut().zip(row).for_each(|(g, &v)| *g += v);
         }
     }
 }

@@ -1,21 +1,23 @@
-//! Single-precision matrix multiply for the CPU backend, through the `gemm` crate (packed
+//! Matrix multiply (f32 or f64) for the CPU backend, through the `gemm` crate (packed
 //! AVX2/AVX-512/NEON micro-kernels), behind a bounds-checked wrapper.
+
+use super::real::Real;
 
 /// A strided read-only matrix view: element (r, c) is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
-pub struct MatRef<'a> {
-    pub data: &'a [f32],
+pub struct MatRef<'a, T> {
+    pub data: &'a [T],
     pub rs: usize,
     pub cs: usize,
 }
 
 /// Row-major view of a `rows x cols` matrix.
-pub fn rows(data: &[f32], cols: usize) -> MatRef<'_> {
+pub fn rows<T>(data: &[T], cols: usize) -> MatRef<'_, T> {
     MatRef { data, rs: cols, cs: 1 }
 }
 
 /// Transposed view of a row-major matrix with `cols` columns.
-pub fn transposed(data: &[f32], cols: usize) -> MatRef<'_> {
+pub fn transposed<T>(data: &[T], cols: usize) -> MatRef<'_, T> {
     MatRef { data, rs: 1, cs: cols }
 }
 
@@ -29,15 +31,15 @@ fn check(len: usize, r: usize, c: usize, rs: usize, cs: usize, what: &str) {
 /// C (m x n, row-major with row stride `ldc`) = A (m x k) * B (k x n), plus C if `accumulate`.
 /// `parallel` lets the multiply use the rayon pool (worth it from about a million FLOPs).
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(
+pub fn sgemm<T: Real>(
     m: usize,
     n: usize,
     k: usize,
-    c: &mut [f32],
+    c: &mut [T],
     ldc: usize,
     accumulate: bool,
-    a: MatRef,
-    b: MatRef,
+    a: MatRef<T>,
+    b: MatRef<T>,
     parallel: bool,
 ) {
     if m == 0 || n == 0 {
@@ -47,7 +49,7 @@ pub fn sgemm(
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                c[r * ldc..r * ldc + n].fill(0.0);
+                c[r * ldc..r * ldc + n].fill(T::zero());
             }
         }
         return;
@@ -76,8 +78,8 @@ pub fn sgemm(
             b.data.as_ptr(),
             b.cs as isize,
             b.rs as isize,
-            1.0,
-            1.0,
+            T::one(),
+            T::one(),
             false,
             false,
             false,
@@ -90,7 +92,7 @@ pub fn sgemm(
 mod tests {
     use super::*;
 
-    fn naive(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f32> {
+    fn naive(m: usize, n: usize, k: usize, a: MatRef<f32>, b: MatRef<f32>) -> Vec<f32> {
         let mut c = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {

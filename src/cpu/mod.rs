@@ -14,40 +14,47 @@ pub mod gemm;
 pub mod loss;
 pub mod optim;
 pub mod pool;
-pub mod scratch;
+pub mod real;
 
 use crate::backend::{AdamStep, Backend, Gather, SgdStep};
 use crate::error::Result;
 use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
-#[derive(Debug, Default)]
-pub struct CpuBackend;
+use real::Real;
 
-impl CpuBackend {
+/// The CPU backend over elements of type `T` (f32 to train; f64 for precise gradient checks).
+#[derive(Debug, Default)]
+pub struct Cpu<T>(std::marker::PhantomData<T>);
+
+/// The trainer's CPU backend.
+pub type CpuBackend = Cpu<f32>;
+
+impl<T: Real> Cpu<T> {
     pub fn new() -> Self {
-        CpuBackend
+        Cpu(std::marker::PhantomData)
     }
 }
 
-impl Backend for CpuBackend {
-    type Buf = Vec<f32>;
+impl<T: Real> Backend for Cpu<T> {
+    type Buf = Vec<T>;
     type IBuf = Vec<u32>;
 
     fn name(&self) -> String {
         let t = rayon::current_num_threads();
-        format!("cpu ({t} thread{})", if t == 1 { "" } else { "s" })
+        let p = if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() { ", f64" } else { "" };
+        format!("cpu ({t} thread{}{p})", if t == 1 { "" } else { "s" })
     }
 
-    fn alloc(&mut self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+    fn alloc(&mut self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
     }
 
     fn alloc_u32(&mut self, len: usize) -> Result<Vec<u32>> {
         Ok(vec![0; len])
     }
 
-    fn upload(&mut self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
-        dst[..data.len()].copy_from_slice(data);
+    fn upload(&mut self, dst: &mut Vec<T>, data: &[f32]) -> Result<()> {
+        dst[..data.len()].iter_mut().zip(data).for_each(|(d, &v)| *d = T::of(v));
         Ok(())
     }
 
@@ -56,8 +63,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn download(&mut self, src: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
-        Ok(src[..len].to_vec())
+    fn download(&mut self, src: &Vec<T>, len: usize) -> Result<Vec<f32>> {
+        Ok(src[..len].iter().map(|v| v.to32()).collect())
     }
 
     fn download_u32(&mut self, src: &Vec<u32>, len: usize) -> Result<Vec<u32>> {
@@ -70,7 +77,7 @@ impl Backend for CpuBackend {
 
     fn gather_batch(
         &mut self,
-        x: &mut Vec<f32>,
+        x: &mut Vec<T>,
         y: &mut Vec<u32>,
         images: &Vec<u32>,
         labels: &Vec<u32>,
@@ -82,9 +89,9 @@ impl Backend for CpuBackend {
 
     fn conv2d_forward(
         &mut self,
-        out: &mut Vec<f32>,
-        inp: &Vec<f32>,
-        params: &Vec<f32>,
+        out: &mut Vec<T>,
+        inp: &Vec<T>,
+        params: &Vec<T>,
         l: &Conv2d,
         n: usize,
         act: Option<Act>,
@@ -92,19 +99,19 @@ impl Backend for CpuBackend {
         conv2d::conv2d_forward(out, inp, params, l, n, act)
     }
 
-    fn conv2d_backward_input(&mut self, dinp: &mut Vec<f32>, dout: &Vec<f32>, params: &Vec<f32>, l: &Conv2d, n: usize) {
+    fn conv2d_backward_input(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, params: &Vec<T>, l: &Conv2d, n: usize) {
         conv2d::conv2d_backward_input(dinp, dout, params, l, n)
     }
 
-    fn conv2d_backward_weight(&mut self, grads: &mut Vec<f32>, dout: &Vec<f32>, inp: &Vec<f32>, l: &Conv2d, n: usize) {
+    fn conv2d_backward_weight(&mut self, grads: &mut Vec<T>, dout: &Vec<T>, inp: &Vec<T>, l: &Conv2d, n: usize) {
         conv2d::conv2d_backward_weight(grads, dout, inp, l, n)
     }
 
     fn dense_forward(
         &mut self,
-        out: &mut Vec<f32>,
-        inp: &Vec<f32>,
-        params: &Vec<f32>,
+        out: &mut Vec<T>,
+        inp: &Vec<T>,
+        params: &Vec<T>,
         l: &Dense,
         n: usize,
         act: Option<Act>,
@@ -112,45 +119,45 @@ impl Backend for CpuBackend {
         dense::dense_forward(out, inp, params, l, n, act)
     }
 
-    fn dense_backward_input(&mut self, dinp: &mut Vec<f32>, dout: &Vec<f32>, params: &Vec<f32>, l: &Dense, n: usize) {
+    fn dense_backward_input(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, params: &Vec<T>, l: &Dense, n: usize) {
         dense::dense_backward_input(dinp, dout, params, l, n)
     }
 
-    fn dense_backward_weight(&mut self, grads: &mut Vec<f32>, dout: &Vec<f32>, inp: &Vec<f32>, l: &Dense, n: usize) {
+    fn dense_backward_weight(&mut self, grads: &mut Vec<T>, dout: &Vec<T>, inp: &Vec<T>, l: &Dense, n: usize) {
         dense::dense_backward_weight(grads, dout, inp, l, n)
     }
 
-    fn activation_forward(&mut self, out: &mut Vec<f32>, inp: &Vec<f32>, len: usize, act: Act) {
+    fn activation_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, len: usize, act: Act) {
         activation::activation_forward(out, inp, len, act)
     }
 
-    fn activation_backward(&mut self, dinp: &mut Vec<f32>, dout: &Vec<f32>, out: &Vec<f32>, len: usize, act: Act) {
+    fn activation_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, out: &Vec<T>, len: usize, act: Act) {
         activation::activation_backward(dinp, dout, out, len, act)
     }
 
-    fn maxpool_forward(&mut self, out: &mut Vec<f32>, argmax: &mut Vec<u32>, inp: &Vec<f32>, l: &Pool, n: usize) {
+    fn maxpool_forward(&mut self, out: &mut Vec<T>, argmax: &mut Vec<u32>, inp: &Vec<T>, l: &Pool, n: usize) {
         pool::maxpool_forward(out, argmax, inp, l, n)
     }
 
-    fn maxpool_backward(&mut self, dinp: &mut Vec<f32>, dout: &Vec<f32>, argmax: &Vec<u32>, l: &Pool, n: usize) {
+    fn maxpool_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, argmax: &Vec<u32>, l: &Pool, n: usize) {
         pool::maxpool_backward(dinp, dout, argmax, l, n)
     }
 
-    fn dropout_forward(&mut self, out: &mut Vec<f32>, inp: &Vec<f32>, len: usize, p: f32, key: u32) {
+    fn dropout_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, len: usize, p: f32, key: u32) {
         dropout::dropout_forward(out, inp, len, p, key)
     }
 
-    fn dropout_backward(&mut self, dinp: &mut Vec<f32>, dout: &Vec<f32>, len: usize, p: f32, key: u32) {
+    fn dropout_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, len: usize, p: f32, key: u32) {
         dropout::dropout_backward(dinp, dout, len, p, key)
     }
 
     fn batchnorm_forward(
         &mut self,
-        out: &mut Vec<f32>,
-        saved: &mut Vec<f32>,
-        state: &mut Vec<f32>,
-        inp: &Vec<f32>,
-        params: &Vec<f32>,
+        out: &mut Vec<T>,
+        saved: &mut Vec<T>,
+        state: &mut Vec<T>,
+        inp: &Vec<T>,
+        params: &Vec<T>,
         l: &BatchNorm,
         n: usize,
         train: bool,
@@ -160,12 +167,12 @@ impl Backend for CpuBackend {
 
     fn batchnorm_backward(
         &mut self,
-        dinp: &mut Vec<f32>,
-        grads: &mut Vec<f32>,
-        dout: &Vec<f32>,
-        inp: &Vec<f32>,
-        saved: &Vec<f32>,
-        params: &Vec<f32>,
+        dinp: &mut Vec<T>,
+        grads: &mut Vec<T>,
+        dout: &Vec<T>,
+        inp: &Vec<T>,
+        saved: &Vec<T>,
+        params: &Vec<T>,
         l: &BatchNorm,
         n: usize,
     ) {
@@ -174,10 +181,10 @@ impl Backend for CpuBackend {
 
     fn softmax_xent_forward_backward(
         &mut self,
-        dlogits: &mut Vec<f32>,
-        stats: &mut Vec<f32>,
+        dlogits: &mut Vec<T>,
+        stats: &mut Vec<T>,
         slot: usize,
-        logits: &Vec<f32>,
+        logits: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
         classes: usize,
@@ -188,11 +195,11 @@ impl Backend for CpuBackend {
 
     fn softmax_xent_forward(
         &mut self,
-        probs: &mut Vec<f32>,
+        probs: &mut Vec<T>,
         probs_at: usize,
-        stats: &mut Vec<f32>,
+        stats: &mut Vec<T>,
         slot: usize,
-        logits: &Vec<f32>,
+        logits: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
         classes: usize,
@@ -202,10 +209,10 @@ impl Backend for CpuBackend {
 
     fn mse_forward_backward(
         &mut self,
-        dout: &mut Vec<f32>,
-        stats: &mut Vec<f32>,
+        dout: &mut Vec<T>,
+        stats: &mut Vec<T>,
         slot: usize,
-        outputs: &Vec<f32>,
+        outputs: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
         classes: usize,
@@ -216,11 +223,11 @@ impl Backend for CpuBackend {
 
     fn mse_forward(
         &mut self,
-        probs: &mut Vec<f32>,
+        probs: &mut Vec<T>,
         probs_at: usize,
-        stats: &mut Vec<f32>,
+        stats: &mut Vec<T>,
         slot: usize,
-        outputs: &Vec<f32>,
+        outputs: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
         classes: usize,
@@ -230,17 +237,17 @@ impl Backend for CpuBackend {
 
     fn adam_step(
         &mut self,
-        params: &mut Vec<f32>,
-        grads: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
+        params: &mut Vec<T>,
+        grads: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
         len: usize,
         a: &AdamStep,
     ) {
         optim::adam_step(params, grads, m, v, len, a)
     }
 
-    fn sgd_step(&mut self, params: &mut Vec<f32>, grads: &Vec<f32>, velocity: &mut Vec<f32>, len: usize, s: &SgdStep) {
+    fn sgd_step(&mut self, params: &mut Vec<T>, grads: &Vec<T>, velocity: &mut Vec<T>, len: usize, s: &SgdStep) {
         optim::sgd_step(params, grads, velocity, len, s)
     }
 }

@@ -2,15 +2,18 @@
 
 use rayon::prelude::*;
 
+use super::real::Real;
 use crate::backend::{AdamStep, SgdStep};
 
 const PAR_CHUNK: usize = 1 << 14;
 
-pub fn adam_step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], len: usize, a: &AdamStep) {
+pub fn adam_step<T: Real>(params: &mut [T], grads: &[T], m: &mut [T], v: &mut [T], len: usize, a: &AdamStep) {
     let (c1, c2) = a.corrections();
-    let step = a.lr / c1;
-    let inv_sqrt_c2 = 1.0 / c2.sqrt();
-    let decay = 1.0 - a.lr * a.weight_decay;
+    let step = T::of(a.lr / c1);
+    let inv_sqrt_c2 = T::of(1.0 / c2.sqrt());
+    let decay = T::of(1.0 - a.lr * a.weight_decay);
+    let (b1, b2, eps) = (T::of(a.beta1), T::of(a.beta2), T::of(a.eps));
+    let one = T::one();
     params[..len]
         .par_chunks_mut(PAR_CHUNK)
         .zip(grads[..len].par_chunks(PAR_CHUNK))
@@ -18,24 +21,25 @@ pub fn adam_step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]
         .zip(v[..len].par_chunks_mut(PAR_CHUNK))
         .for_each(|(((p, g), m), v)| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *m = a.beta1 * *m + (1.0 - a.beta1) * g;
-                *v = a.beta2 * *v + (1.0 - a.beta2) * g * g;
-                let denom = v.sqrt() * inv_sqrt_c2 + a.eps;
+                *m = b1 * *m + (one - b1) * g;
+                *v = b2 * *v + (one - b2) * g * g;
+                let denom = v.sqrt() * inv_sqrt_c2 + eps;
                 *p = *p * decay - step * *m / denom;
             }
         });
 }
 
-pub fn sgd_step(params: &mut [f32], grads: &[f32], velocity: &mut [f32], len: usize, s: &SgdStep) {
+pub fn sgd_step<T: Real>(params: &mut [T], grads: &[T], velocity: &mut [T], len: usize, s: &SgdStep) {
+    let (lr, momentum) = (T::of(s.lr), T::of(s.momentum));
     let chunks = params[..len].par_chunks_mut(PAR_CHUNK).zip(grads[..len].par_chunks(PAR_CHUNK));
     if s.momentum > 0.0 {
         chunks.zip(velocity[..len].par_chunks_mut(PAR_CHUNK)).for_each(|((p, g), b)| {
             for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
-                *b = s.momentum * *b + g;
-                *p -= s.lr * *b;
+                *b = momentum * *b + g;
+                *p -= lr * *b;
             }
         });
     } else {
-        chunks.for_each(|(p, g)| p.iter_mut().zip(g).for_each(|(p, &g)| *p -= s.lr * g));
+        chunks.for_each(|(p, g)| p.iter_mut().zip(g).for_each(|(p, &g)| *p -= lr * g));
     }
 }

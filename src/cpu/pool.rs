@@ -2,9 +2,10 @@
 
 use rayon::prelude::*;
 
+use super::real::Real;
 use crate::model::Pool;
 
-pub fn maxpool_forward(out: &mut [f32], argmax: &mut [u32], inp: &[f32], l: &Pool, n: usize) {
+pub fn maxpool_forward<T: Real>(out: &mut [T], argmax: &mut [u32], inp: &[T], l: &Pool, n: usize) {
     let (pin, pout) = (l.h_in * l.w_in, l.h_out * l.w_out);
     let planes = n * l.c;
     out[..planes * pout]
@@ -32,7 +33,7 @@ pub fn maxpool_forward(out: &mut [f32], argmax: &mut [u32], inp: &[f32], l: &Poo
         });
 }
 
-pub fn maxpool_backward(dinp: &mut [f32], dout: &[f32], argmax: &[u32], l: &Pool, n: usize) {
+pub fn maxpool_backward<T: Real>(dinp: &mut [T], dout: &[T], argmax: &[u32], l: &Pool, n: usize) {
     let (pin, pout) = (l.h_in * l.w_in, l.h_out * l.w_out);
     let planes = n * l.c;
     dinp[..planes * pin]
@@ -40,7 +41,7 @@ pub fn maxpool_backward(dinp: &mut [f32], dout: &[f32], argmax: &[u32], l: &Pool
         .zip(dout[..planes * pout].par_chunks(pout))
         .zip(argmax[..planes * pout].par_chunks(pout))
         .for_each(|((dx, dy), am)| {
-            dx.fill(0.0);
+            dx.fill(T::zero());
             for (&g, &i) in dy.iter().zip(am) {
                 dx[i as usize] += g;
             }

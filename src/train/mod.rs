@@ -258,18 +258,19 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
 
     // The final model: the best epoch's weights if early stopping keeps them.
     let mut final_test = None;
-    if let (Some(es), Some((p, s))) = (es, best.as_ref()) {
-        if es.restore_best && progress.best_epoch != progress.epoch {
-            net.set_params(b, p, s)?;
-            let r = net.evaluate(b, &test_dev)?;
-            println!(
-                "restored the weights of epoch {} (best {}): test acc {}",
-                progress.best_epoch,
-                if es.monitor == Monitor::ValLoss { "validation loss" } else { "training loss" },
-                pct(r.accuracy())
-            );
-            final_test = Some(r);
-        }
+    if let (Some(es), Some((p, s))) = (es, best.as_ref())
+        && es.restore_best
+        && progress.best_epoch != progress.epoch
+    {
+        net.set_params(b, p, s)?;
+        let r = net.evaluate(b, &test_dev)?;
+        println!(
+            "restored the weights of epoch {} (best {}): test acc {}",
+            progress.best_epoch,
+            if es.monitor == Monitor::ValLoss { "validation loss" } else { "training loss" },
+            pct(r.accuracy())
+        );
+        final_test = Some(r);
     }
     let final_test = match final_test {
         Some(r) => r,
