@@ -127,9 +127,12 @@ struct TrainArgs {
     /// Model file to write (default: runs/<arch>.safetensors); a checkpoint goes beside it
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run whose checkpoint is beside --out (or this checkpoint file)
-    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "CHECKPOINT")]
-    resume: Option<PathBuf>,
+    /// Continue the run whose checkpoint is beside --out (runs/<arch>.ckpt.safetensors)
+    #[arg(long)]
+    resume: bool,
+    /// Continue from this checkpoint file instead
+    #[arg(long, value_name = "CHECKPOINT")]
+    resume_from: Option<PathBuf>,
     /// Do not write a checkpoint after each epoch
     #[arg(long)]
     no_checkpoint: bool,
@@ -206,7 +209,10 @@ struct SelftestArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -215,6 +221,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version print as usual; a usage error becomes one line (clap's message without
+/// its usage block), exit code 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.render().to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let msg = msg.join(" ");
+    eprintln!("{} (see gpu-train --help)", msg.trim_end_matches('.'));
+    ExitCode::from(2)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -278,10 +304,14 @@ fn backend_label(c: &Chosen) -> &'static str {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let arch_name = a.arch.clone().ok_or_else(|| anyhow!("--arch is required"))?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}.safetensors", file_stem(&arch_name))));
-    let resume = match &a.resume {
+    let resume_path = match (&a.resume_from, a.resume) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(modelfile::checkpoint_path(&out)),
+        (None, false) => None,
+    };
+    let resume = match resume_path {
         None => None,
-        Some(p) => {
-            let path = if p.as_os_str().is_empty() { modelfile::checkpoint_path(&out) } else { p.clone() };
+        Some(path) => {
             if !path.exists() {
                 bail!(
                     "no checkpoint to resume from at {} (it is written beside --out after each epoch)",
