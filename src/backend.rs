@@ -70,6 +70,11 @@ pub trait Backend {
     /// What the backend runs on, for logs ("cpu, 2 threads", "NVIDIA H100 (Vulkan)").
     fn name(&self) -> String;
 
+    /// The most elements one buffer may hold (a GPU's binding limit).
+    fn max_buffer_len(&self) -> usize {
+        usize::MAX
+    }
+
     /// A zero-filled buffer of `len` elements.
     fn alloc(&mut self, len: usize) -> Result<Self::Buf>;
     fn alloc_u32(&mut self, len: usize) -> Result<Self::IBuf>;

@@ -13,6 +13,7 @@ use gpu_train::backend::Backend;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data::{self, Dataset, DatasetKind};
 use gpu_train::evaluate;
+use gpu_train::gpu::{GpuBackend, device};
 use gpu_train::model::{Arch, presets};
 use gpu_train::modelfile::{self, Loaded};
 use gpu_train::network::{DeviceData, Network};
@@ -204,8 +205,11 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct SelftestArgs {
+    /// GPU adapter index (see `gpu-train devices`)
     #[arg(long)]
     adapter: Option<usize>,
+    /// Only the cases whose family contains this (e.g. conv2d)
+    filter: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -227,7 +231,10 @@ fn main() -> ExitCode {
 /// its usage block), exit code 2.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
@@ -273,13 +280,36 @@ fn init_threads(threads: Option<usize>) -> Result<()> {
 /// Which backend a command runs on, after resolving `auto`.
 enum Chosen {
     Cpu(CpuBackend),
+    Gpu(Box<GpuBackend>),
 }
 
+/// `auto`: the best adapter if it is a real GPU; with only a software adapter (llvmpipe,
+/// far slower than the CPU backend) or none, the CPU, saying why in one line.
 fn choose_backend(d: &DeviceArgs) -> Result<Chosen> {
     init_threads(d.threads)?;
     match d.backend {
-        BackendChoice::Cpu | BackendChoice::Auto => Ok(Chosen::Cpu(CpuBackend::new())),
-        BackendChoice::Gpu => bail!("the GPU backend is not available in this build; use --backend cpu"),
+        BackendChoice::Cpu => Ok(Chosen::Cpu(CpuBackend::new())),
+        BackendChoice::Gpu => Ok(Chosen::Gpu(Box::new(GpuBackend::new(d.adapter)?))),
+        BackendChoice::Auto => {
+            let adapter = match device::pick(d.adapter) {
+                Ok(a) => a,
+                Err(e) if d.adapter.is_none() => {
+                    eprintln!("note: no GPU adapter found, training on the CPU backend ({e})");
+                    return Ok(Chosen::Cpu(CpuBackend::new()));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let info = adapter.get_info();
+            if device::is_software(&info) && d.adapter.is_none() {
+                eprintln!(
+                    "note: the only GPU adapter is a software renderer ({}, {:?}), slower than the CPU backend here; \
+                     using the CPU (--backend gpu forces it)",
+                    info.name, info.backend
+                );
+                return Ok(Chosen::Cpu(CpuBackend::new()));
+            }
+            Ok(Chosen::Gpu(Box::new(GpuBackend::from_adapter(&adapter)?)))
+        }
     }
 }
 
@@ -291,6 +321,10 @@ macro_rules! with_backend {
                 let $b = &mut $b;
                 $body
             }
+            Chosen::Gpu(mut $b) => {
+                let $b = &mut *$b;
+                $body
+            }
         }
     };
 }
@@ -298,6 +332,7 @@ macro_rules! with_backend {
 fn backend_label(c: &Chosen) -> &'static str {
     match c {
         Chosen::Cpu(_) => "cpu",
+        Chosen::Gpu(_) => "gpu",
     }
 }
 
@@ -523,9 +558,46 @@ fn cmd_presets(name: Option<String>) -> Result<()> {
 }
 
 fn cmd_devices() -> Result<()> {
-    bail!("the GPU backend is not available in this build")
+    let adapters = device::adapters();
+    if adapters.is_empty() {
+        println!("no GPU adapters found (on Linux: a Vulkan driver and libvulkan1; WGPU_BACKEND narrows the search)");
+        return Ok(());
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let s = device::summary(i, a);
+        let soft = if device::is_software(&a.get_info()) { "  [software]" } else { "" };
+        println!("[{}] {} | {} | {}{soft}", s.index, s.name, s.backend, s.device_type);
+        println!("    driver: {}", if s.driver.is_empty() { "-" } else { &s.driver });
+        println!(
+            "    limits: buffer {} MB, storage binding {} MB, {} workgroups per dimension, {} invocations per workgroup, \
+             {} KB workgroup memory; timestamp queries: {}",
+            s.max_buffer_mb,
+            s.max_storage_binding_mb,
+            s.max_workgroups_per_dim,
+            s.max_invocations_per_workgroup,
+            s.max_workgroup_storage_kb,
+            if s.timestamps { "yes" } else { "no" }
+        );
+    }
+    if adapters.len() > 1 {
+        println!("`--backend gpu` uses [0]; `--adapter N` picks another.");
+    }
+    Ok(())
 }
 
-fn cmd_selftest(_a: SelftestArgs) -> Result<()> {
-    bail!("the GPU backend is not available in this build")
+fn cmd_selftest(a: SelftestArgs) -> Result<()> {
+    let mut g = GpuBackend::new(a.adapter)?;
+    println!("selftest on {}: every GPU kernel against the CPU reference", g.name());
+    let compile = g.compile_all()?;
+    println!("built {} pipelines in {compile:.2}s", gpu_train::gpu::shaders::KERNELS.len());
+    let results = gpu_train::gpu::selftest::run(&mut g, a.filter.as_deref().unwrap_or(""));
+    for r in &results {
+        println!("{}", r.line());
+    }
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    println!("{} of {} cases passed", results.len() - failed, results.len());
+    if failed > 0 {
+        bail!("{failed} case(s) failed on {}", g.name());
+    }
+    Ok(())
 }

@@ -16,7 +16,11 @@ fn gpu_train(args: &[&str]) -> (i32, String, String) {
         .env("CI", "")
         .output()
         .expect("run gpu-train");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 /// Asserts a failure reported as exactly one "error: ..." line containing `want`.
@@ -62,7 +66,8 @@ fn bad_settings_and_files_give_one_line_errors() {
     // A truncated data file.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
-    for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+    for f in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    {
         let bytes = std::fs::read(mnist_dir().join(format!("{f}.gz"))).unwrap();
         let keep = if f.starts_with("train-images") { bytes.len() / 2 } else { bytes.len() };
         std::fs::write(data.join(format!("{f}.gz")), &bytes[..keep]).unwrap();
@@ -104,7 +109,8 @@ fn train_then_eval_agree_and_predict_works() {
     // the model gives the original image.
     let (_, test) = gpu_train::data::load_dir(&mnist_dir()).unwrap();
     let label = test.labels[0];
-    let img = image::GrayImage::from_fn(56, 56, |x, y| image::Luma([255 - test.image(0)[(y / 2 * 28 + x / 2) as usize]]));
+    let img =
+        image::GrayImage::from_fn(56, 56, |x, y| image::Luma([255 - test.image(0)[(y / 2 * 28 + x / 2) as usize]]));
     let png = tmp.path().join("digit.png");
     img.save(&png).unwrap();
     let (code, pred, err) = gpu_train(&["predict", "--backend", "cpu", "--model", p(&out), p(&png)]);
@@ -138,7 +144,8 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn bench_prints_one_json_line_and_presets_list() {
-    let (code, out, err) = gpu_train(&["bench", "--arch", "cnn2", "--batch", "4", "--steps", "3", "--warmup", "1", "--backend", "cpu"]);
+    let (code, out, err) =
+        gpu_train(&["bench", "--arch", "cnn2", "--batch", "4", "--steps", "3", "--warmup", "1", "--backend", "cpu"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert!(v["seconds_per_epoch"].as_f64().unwrap() > 0.0 && v["batch"] == 4);

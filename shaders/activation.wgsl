@@ -1,0 +1,29 @@
+// Element-wise activations (src/cpu/activation.rs).
+
+struct Params {
+    len: u32,
+    act: u32,
+}
+
+@group(1) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(0) var<storage, read> src: array<f32>;   // forward: inp; backward: dout
+@group(0) @binding(1) var<storage, read> y: array<f32>;     // backward: the forward output
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+// dst = act(src)
+@compute @workgroup_size(256)
+fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if i < prm.len {
+        dst[i] = act_apply(src[i], prm.act);
+    }
+}
+
+// dst = src * act'(y)
+@compute @workgroup_size(256)
+fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if i < prm.len {
+        dst[i] = src[i] * act_grad(y[i], prm.act);
+    }
+}

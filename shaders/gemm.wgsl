@@ -1,0 +1,131 @@
+// Dense layers as one tiled GEMM (src/cpu/dense.rs): C (M x N) = A (M x K) * B (K x N),
+// each operand read through (offset, row stride, column stride), so the three products of a
+// dense layer (forward, backward-input, backward-weight) are the same kernel with different
+// strides. 64 x 64 output tiles, 256 threads each computing a 4 x 4 block, K in steps of 16
+// through workgroup memory. Rows and columns a thread owns are 16 apart, so neighbouring
+// threads touch neighbouring addresses in memory and in the tiles.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    tiles_n: u32,
+    a_off: u32,
+    a_rs: u32,
+    a_cs: u32,
+    b_off: u32,
+    b_rs: u32,
+    b_cs: u32,
+    c_off: u32,
+    c_rs: u32,
+    bias_off: u32,
+    has_bias: u32,
+    act: u32,
+}
+
+@group(1) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;   // also holds the bias (forward)
+@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 16u;
+
+var<workgroup> a_tile: array<f32, 1024>;   // [TK][TM]
+var<workgroup> b_tile: array<f32, 1024>;   // [TK][TN]
+
+fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    let tile_n = wid.x + wid.y * nwg.x;
+    if tile_n >= prm.tiles_n {
+        return;
+    }
+    let m0 = wid.z * TM;
+    let n0 = tile_n * TN;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < prm.k; k0 += TK) {
+        for (var r = 0u; r < 4u; r++) {
+            let e = lid + r * WG;
+            // Walk the operand along whichever axis is contiguous in memory.
+            var mm: u32;
+            var ka: u32;
+            if prm.a_cs == 1u {
+                mm = e / TK;
+                ka = e % TK;
+            } else {
+                mm = e % TM;
+                ka = e / TM;
+            }
+            var av = 0.0;
+            if m0 + mm < prm.m && k0 + ka < prm.k {
+                av = a[prm.a_off + (m0 + mm) * prm.a_rs + (k0 + ka) * prm.a_cs];
+            }
+            a_tile[ka * TM + mm] = av;
+            var nn: u32;
+            var kb: u32;
+            if prm.b_rs == 1u {
+                nn = e / TK;
+                kb = e % TK;
+            } else {
+                nn = e % TN;
+                kb = e / TN;
+            }
+            var bv = 0.0;
+            if n0 + nn < prm.n && k0 + kb < prm.k {
+                bv = b[prm.b_off + (k0 + kb) * prm.b_rs + (n0 + nn) * prm.b_cs];
+            }
+            b_tile[kb * TN + nn] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_tile[kk * TM + ty + 16u * i];
+                bv[i] = b_tile[kk * TN + tx + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let row = m0 + ty + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let col = n0 + tx + 16u * j;
+            if row < prm.m && col < prm.n {
+                var v = acc[i * 4u + j];
+                if prm.has_bias == 1u {
+                    v += b[prm.bias_off + col];
+                }
+                c[prm.c_off + row * prm.c_rs + col] = act_apply(v, prm.act);
+            }
+        }
+    }
+}
+
+// out (n, n_out) = act(inp (n, n_in) * W^T + b): a = inp, b = params.
+@compute @workgroup_size(256)
+fn dense_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    gemm_tile(wid, nwg, lid);
+}
+
+// dinp (n, n_in) = dout (n, n_out) * W: a = dout, b = params.
+@compute @workgroup_size(256)
+fn dense_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    gemm_tile(wid, nwg, lid);
+}
+
+// dW (n_out, n_in) = dout^T * inp: a = dout, b = inp, c = grads.
+@compute @workgroup_size(256)
+fn dense_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                         @builtin(local_invocation_index) lid: u32) {
+    gemm_tile(wid, nwg, lid);
+}

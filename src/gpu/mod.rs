@@ -1,0 +1,542 @@
+//! The GPU backend: WGSL compute shaders run by wgpu (Vulkan, Metal, DX12, GL).
+//!
+//! Built for many training steps per submit: ops only record dispatches into one open
+//! compute pass; each dispatch's small parameter block is appended to a host-side arena that
+//! is written to one uniform buffer just before the submit and bound with a dynamic offset,
+//! so nothing is allocated per step. Pipelines and bind groups are made once (bind groups
+//! are cached by the buffers they bind). Nothing is read back until `download`.
+
+pub mod device;
+mod ops;
+pub mod selftest;
+pub mod shaders;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytemuck::Pod;
+
+use crate::error::{Error, Result};
+
+/// A device buffer (of f32 or u32 elements, 4 bytes each).
+#[derive(Debug)]
+pub struct GpuBuf {
+    buf: wgpu::Buffer,
+    len: usize,
+    id: u64,
+}
+
+impl GpuBuf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Size of one dispatch's parameter slot in the arena (the largest dynamic-offset alignment
+/// WebGPU allows, and more than any kernel's parameter struct).
+const SLOT: usize = 256;
+/// Parameter slots per submit before the backend flushes on its own.
+const ARENA_SLOTS: usize = 8192;
+
+/// Per-kernel GPU time from timestamp queries (`bench --profile`).
+struct Profiler {
+    queries: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    capacity: u32,
+    /// Kernel of each pair of queries recorded since the last resolve.
+    pending: Vec<&'static str>,
+    /// Nanoseconds and dispatch count per kernel.
+    totals: HashMap<&'static str, (f64, u64)>,
+    period_ns: f32,
+}
+
+pub struct GpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    // The pass borrows the encoder's recording: declared first so it is dropped first.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: Option<wgpu::CommandEncoder>,
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: HashMap<&'static str, Pipeline>,
+    params_group: wgpu::BindGroup,
+    params_layout: wgpu::BindGroupLayout,
+    arena_buf: wgpu::Buffer,
+    arena: Vec<u8>,
+    groups: HashMap<(&'static str, [u64; 6]), wgpu::BindGroup>,
+    next_id: u64,
+    scratch: Option<GpuBuf>,
+    staging: Option<wgpu::Buffer>,
+    /// Largest workgroup count per grid dimension the launchers use (the adapter's limit;
+    /// tests lower it to exercise the folding of large grids into two dimensions).
+    pub max_groups: u32,
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Seconds spent building shader modules and pipelines.
+    pub compile_seconds: f64,
+    profiler: Option<Profiler>,
+}
+
+impl GpuBackend {
+    /// Opens adapter `index` (see `gpu-train devices`), or the best one.
+    pub fn new(index: Option<usize>) -> Result<Self> {
+        let adapter = device::pick(index)?;
+        Self::from_adapter(&adapter)
+    }
+
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("gpu-train"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string().lines().next().unwrap_or_default().to_string());
+            }
+        }));
+        let sink = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(format!("the device was lost ({reason:?}): {msg}"));
+            }
+        });
+        let params_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("params"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: None,
+                },
+                count: None,
+            }],
+        });
+        let arena_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params arena"),
+            size: (SLOT * ARENA_SLOTS) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let params_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("params"),
+            layout: &params_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &arena_buf,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(SLOT as u64),
+                }),
+            }],
+        });
+        Ok(GpuBackend {
+            max_groups: limits.max_compute_workgroups_per_dimension.min(65_535),
+            device,
+            queue,
+            info,
+            limits,
+            pass: None,
+            encoder: None,
+            modules: HashMap::new(),
+            pipelines: HashMap::new(),
+            params_group,
+            params_layout,
+            arena_buf,
+            arena: Vec::with_capacity(SLOT * 64),
+            groups: HashMap::new(),
+            next_id: 1,
+            scratch: None,
+            staging: None,
+            errors,
+            compile_seconds: 0.0,
+            profiler: None,
+        })
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    pub fn is_software(&self) -> bool {
+        device::is_software(&self.info)
+    }
+
+    /// Builds every pipeline now (otherwise each is built on first use); returns the seconds.
+    pub fn compile_all(&mut self) -> Result<f64> {
+        let t = Instant::now();
+        for k in shaders::KERNELS {
+            self.pipeline(k.entry);
+        }
+        self.check_errors()?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    fn pipeline(&mut self, entry: &'static str) {
+        if self.pipelines.contains_key(entry) {
+            return;
+        }
+        let t = Instant::now();
+        let Some(kernel) = shaders::kernel(entry) else {
+            self.fail(format!("no kernel named {entry}"));
+            return;
+        };
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        if !self.modules.contains_key(kernel.family) {
+            let source = shaders::module_source(kernel.family).unwrap_or_default();
+            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.family),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            self.modules.insert(kernel.family, module);
+        }
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
+            .bindings
+            .iter()
+            .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: access == shaders::Access::Read },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
+        let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry),
+            bind_group_layouts: &[Some(&layout), Some(&self.params_layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module: &self.modules[kernel.family],
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            self.fail(format!("kernel {entry} does not build: {e}"));
+        }
+        self.pipelines.insert(entry, Pipeline { pipeline, layout });
+        self.compile_seconds += t.elapsed().as_secs_f64();
+    }
+
+    fn fail(&self, msg: String) {
+        if let Ok(mut v) = self.errors.lock() {
+            v.push(msg);
+        }
+    }
+
+    fn check_errors(&self) -> Result<()> {
+        let mut v = self.errors.lock().map_err(|_| Error::Gpu("error state poisoned".into()))?;
+        if v.is_empty() {
+            return Ok(());
+        }
+        let msg = v.join("; ");
+        v.clear();
+        Err(Error::Gpu(msg))
+    }
+
+    fn new_buffer(&mut self, len: usize) -> Result<GpuBuf> {
+        let bytes = (len.max(1) * 4) as u64;
+        let limit = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size as u64);
+        if bytes > limit {
+            return Err(Error::Gpu(format!(
+                "a buffer of {} MB exceeds this adapter's limit of {} MB per buffer",
+                bytes >> 20,
+                limit >> 20
+            )));
+        }
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(GpuBuf { buf, len, id })
+    }
+
+    /// A scratch buffer of at least `len` elements (split-K partial sums), grown as needed.
+    fn scratch(&mut self, len: usize) -> Option<&GpuBuf> {
+        if self.scratch.as_ref().is_none_or(|s| s.len < len) {
+            match self.new_buffer(len.next_power_of_two()) {
+                Ok(b) => self.scratch = Some(b),
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return None;
+                }
+            }
+        }
+        self.scratch.as_ref()
+    }
+
+    /// Records one dispatch of `entry` over `groups` workgroups with `bufs` at the kernel's
+    /// bindings (in order) and `params` as its uniform block.
+    fn dispatch<P: Pod>(&mut self, entry: &'static str, bufs: &[&GpuBuf], params: &P, groups: [u32; 3]) {
+        if groups.contains(&0) {
+            return;
+        }
+        self.pipeline(entry);
+        let Some(kernel) = shaders::kernel(entry) else { return };
+        if bufs.len() != kernel.bindings.len() {
+            self.fail(format!("{entry}: {} buffers for {} bindings", bufs.len(), kernel.bindings.len()));
+            return;
+        }
+        let mut key = [0u64; 6];
+        for (k, b) in key.iter_mut().zip(bufs) {
+            *k = b.id;
+        }
+        if !self.groups.contains_key(&(entry, key)) {
+            if self.groups.len() > 4096 {
+                self.groups.clear();
+            }
+            let entries: Vec<wgpu::BindGroupEntry> = kernel
+                .bindings
+                .iter()
+                .zip(bufs)
+                .map(|(&(binding, _), b)| wgpu::BindGroupEntry { binding, resource: b.buf.as_entire_binding() })
+                .collect();
+            let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &self.pipelines[entry].layout,
+                entries: &entries,
+            });
+            self.groups.insert((entry, key), group);
+        }
+        let profiler_full = self.profiler.as_ref().is_some_and(|p| 2 * p.pending.len() as u32 >= p.capacity);
+        if self.arena.len() + SLOT > SLOT * ARENA_SLOTS || profiler_full {
+            // Submit what is recorded (and, when profiling, read its timings), then go on.
+            if let Err(e) = self.submit() {
+                self.fail(e.to_string());
+                return;
+            }
+        }
+        let offset = self.arena.len();
+        self.arena.extend_from_slice(bytemuck::bytes_of(params));
+        self.arena.resize(offset + SLOT, 0);
+
+        if self.encoder.is_none() {
+            self.encoder = Some(self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
+        }
+        let profiling = self.profiler.is_some();
+        if profiling {
+            // One pass per dispatch, timed at its start and end.
+            self.pass = None;
+            let p = self.profiler.as_mut().expect("checked");
+            let q = 2 * p.pending.len() as u32;
+            p.pending.push(entry);
+            let enc = self.encoder.as_mut().expect("created above");
+            self.pass = Some(
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &p.queries,
+                        beginning_of_pass_write_index: Some(q),
+                        end_of_pass_write_index: Some(q + 1),
+                    }),
+                })
+                .forget_lifetime(),
+            );
+        } else if self.pass.is_none() {
+            let enc = self.encoder.as_mut().expect("created above");
+            self.pass = Some(
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None })
+                    .forget_lifetime(),
+            );
+        }
+        let pass = self.pass.as_mut().expect("begun above");
+        pass.set_pipeline(&self.pipelines[entry].pipeline);
+        pass.set_bind_group(0, &self.groups[&(entry, key)], &[]);
+        pass.set_bind_group(1, &self.params_group, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if profiling {
+            self.pass = None;
+        }
+    }
+
+    /// Ends the pass and submits everything recorded, with the parameter arena written first.
+    fn submit(&mut self) -> Result<()> {
+        self.pass = None;
+        if let Some(mut enc) = self.encoder.take() {
+            if let Some(p) = self.profiler.as_mut().filter(|p| !p.pending.is_empty()) {
+                let n = 2 * p.pending.len() as u32;
+                enc.resolve_query_set(&p.queries, 0..n, &p.resolve, 0);
+                enc.copy_buffer_to_buffer(&p.resolve, 0, &p.readback, 0, n as u64 * 8);
+            }
+            if !self.arena.is_empty() {
+                self.queue.write_buffer(&self.arena_buf, 0, &self.arena);
+                self.arena.clear();
+            }
+            self.queue.submit([enc.finish()]);
+            if self.profiler.as_ref().is_some_and(|p| !p.pending.is_empty()) {
+                self.collect_profile()?;
+            }
+        }
+        self.check_errors()
+    }
+
+    /// Waits for the GPU and maps `size` bytes of a read-back buffer.
+    fn read_mapped(&self, buf: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = buf.slice(..size);
+        let result = Arc::new(Mutex::new(None));
+        let r = result.clone();
+        slice.map_async(wgpu::MapMode::Read, move |res| {
+            if let Ok(mut slot) = r.lock() {
+                *slot = Some(res);
+            }
+        });
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        self.check_errors()?;
+        match result.lock().ok().and_then(|mut s| s.take()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::Gpu(format!("cannot read results back: {e}"))),
+            None => return Err(Error::Gpu("the GPU did not finish (device lost?)".into())),
+        }
+        let data = slice.get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?.to_vec();
+        buf.unmap();
+        Ok(data)
+    }
+
+    fn read_back(&mut self, src: &GpuBuf, len: usize) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        if len > src.len {
+            return Err(Error::Gpu(format!("read of {len} elements from a buffer of {}", src.len)));
+        }
+        self.submit()?;
+        let size = (len * 4) as u64;
+        if self.staging.as_ref().is_none_or(|s| s.size() < size) {
+            self.staging = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("read-back"),
+                size: size.next_power_of_two(),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
+        }
+        let staging = self.staging.as_ref().expect("made above");
+        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(&src.buf, 0, staging, 0, size);
+        self.queue.submit([enc.finish()]);
+        self.read_mapped(staging, size)
+    }
+
+    fn write(&mut self, dst: &GpuBuf, bytes: &[u8]) -> Result<()> {
+        if bytes.len() > dst.len * 4 {
+            return Err(Error::Gpu(format!("write of {} elements to a buffer of {}", bytes.len() / 4, dst.len)));
+        }
+        // Work recorded so far must see the old contents: submit it first (writes are
+        // ordered before the next submit).
+        self.submit()?;
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&dst.buf, 0, bytes);
+        }
+        Ok(())
+    }
+
+    /// Starts timing every dispatch (needs timestamp queries); see `profile_report`.
+    pub fn enable_profiling(&mut self) -> Result<()> {
+        if !self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Err(Error::Gpu(format!("{} does not support timestamp queries", self.info.name)));
+        }
+        self.submit()?;
+        let capacity = 4096u32;
+        let queries = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: capacity,
+        });
+        let size = capacity as u64 * 8;
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile read-back"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.profiler = Some(Profiler {
+            queries,
+            resolve,
+            readback,
+            capacity,
+            pending: Vec::new(),
+            totals: HashMap::new(),
+            period_ns: self.queue.get_timestamp_period(),
+        });
+        Ok(())
+    }
+
+    fn collect_profile(&mut self) -> Result<()> {
+        let Some(p) = self.profiler.as_ref() else { return Ok(()) };
+        let n = p.pending.len();
+        let bytes = self.read_mapped(&p.readback, n as u64 * 16)?;
+        let p = self.profiler.as_mut().expect("checked");
+        let ticks: &[u64] = bytemuck::cast_slice(&bytes);
+        for (i, name) in p.pending.drain(..).enumerate() {
+            let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * p.period_ns as f64;
+            let e = p.totals.entry(name).or_insert((0.0, 0));
+            e.0 += ns;
+            e.1 += 1;
+        }
+        Ok(())
+    }
+
+    /// (kernel, total seconds, dispatches) since profiling began, slowest first.
+    pub fn profile_report(&mut self) -> Result<Vec<(String, f64, u64)>> {
+        self.submit()?;
+        let Some(p) = self.profiler.as_ref() else { return Ok(Vec::new()) };
+        let mut v: Vec<(String, f64, u64)> =
+            p.totals.iter().map(|(k, &(ns, c))| (k.to_string(), ns * 1e-9, c)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(v)
+    }
+
+    /// 1-D grid for `threads` invocations of 256-thread workgroups, folded into two
+    /// dimensions when it needs more than `max_groups` workgroups.
+    fn grid(&self, threads: usize) -> [u32; 3] {
+        let groups = threads.div_ceil(256) as u64;
+        let x = groups.min(self.max_groups as u64);
+        [x as u32, groups.div_ceil(x.max(1)) as u32, 1]
+    }
+
+    /// Grid of `tiles` output tiles (folded like `grid`) times `z`.
+    fn tile_grid(&self, tiles: usize, z: usize) -> [u32; 3] {
+        let x = (tiles as u64).min(self.max_groups as u64);
+        [x as u32, (tiles as u64).div_ceil(x.max(1)) as u32, z as u32]
+    }
+}

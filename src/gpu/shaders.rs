@@ -1,0 +1,80 @@
+//! Every WGSL source in one place, and every kernel (entry point) with its bindings.
+//!
+//! A kernel's module is `shaders/common.wgsl` followed by its family's file. The binding
+//! lists here are the pipelines' explicit layouts; wgpu checks them against the shaders when
+//! a pipeline is built, and the naga test compiles every module for every backend.
+
+/// The helpers every module starts with.
+pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// (family, source) of each op family's file.
+pub const FAMILIES: &[(&str, &str)] = &[
+    ("activation", include_str!("../../shaders/activation.wgsl")),
+    ("batchnorm", include_str!("../../shaders/batchnorm.wgsl")),
+    ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
+    ("data", include_str!("../../shaders/data.wgsl")),
+    ("dropout", include_str!("../../shaders/dropout.wgsl")),
+    ("gemm", include_str!("../../shaders/gemm.wgsl")),
+    ("loss", include_str!("../../shaders/loss.wgsl")),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("pool", include_str!("../../shaders/pool.wgsl")),
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
+];
+
+/// How a kernel uses a storage binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+use Access::{Read as R, ReadWrite as W};
+
+/// One entry point: its family file and its group-0 storage bindings (binding, access).
+#[derive(Debug)]
+pub struct Kernel {
+    pub entry: &'static str,
+    pub family: &'static str,
+    pub bindings: &'static [(u32, Access)],
+}
+
+const fn k(entry: &'static str, family: &'static str, bindings: &'static [(u32, Access)]) -> Kernel {
+    Kernel { entry, family, bindings }
+}
+
+pub const KERNELS: &[Kernel] = &[
+    k("activation_forward", "activation", &[(0, R), (2, W)]),
+    k("activation_backward", "activation", &[(0, R), (1, R), (2, W)]),
+    k("batchnorm_stats", "batchnorm", &[(0, R), (2, W), (3, W)]),
+    k("batchnorm_forward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W)]),
+    k("batchnorm_backward_reduce", "batchnorm", &[(0, R), (1, R), (2, W), (3, W)]),
+    k("batchnorm_backward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W), (5, R)]),
+    k("conv2d_forward", "conv2d", &[(0, R), (1, R), (2, W)]),
+    k("conv2d_backward_input", "conv2d", &[(0, R), (1, R), (2, W)]),
+    k("conv2d_backward_weight", "conv2d", &[(0, R), (1, R), (2, W)]),
+    k("gather_batch", "data", &[(0, R), (1, R), (2, R), (3, W), (4, W)]),
+    k("dropout_forward", "dropout", &[(0, R), (1, W)]),
+    k("dropout_backward", "dropout", &[(0, R), (1, W)]),
+    k("dense_forward", "gemm", &[(0, R), (1, R), (2, W)]),
+    k("dense_backward_input", "gemm", &[(0, R), (1, R), (2, W)]),
+    k("dense_backward_weight", "gemm", &[(0, R), (1, R), (2, W)]),
+    k("softmax_xent_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
+    k("softmax_xent_forward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
+    k("mse_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
+    k("mse_forward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
+    k("adam_step", "optim", &[(0, R), (1, W), (2, W), (3, W)]),
+    k("sgd_step", "optim", &[(0, R), (1, W), (2, W)]),
+    k("maxpool_forward", "pool", &[(0, R), (1, W), (2, W)]),
+    k("maxpool_backward", "pool", &[(0, R), (1, W), (2, W)]),
+    k("bias_backward", "reduce", &[(0, R), (2, W)]),
+    k("sum_partials", "reduce", &[(0, R), (2, W)]),
+];
+
+/// The complete module source of a family: common helpers, then the family's file.
+pub fn module_source(family: &str) -> Option<String> {
+    FAMILIES.iter().find(|(f, _)| *f == family).map(|(_, src)| format!("{COMMON}\n{src}"))
+}
+
+pub fn kernel(entry: &str) -> Option<&'static Kernel> {
+    KERNELS.iter().find(|k| k.entry == entry)
+}
