@@ -109,6 +109,41 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
 }
 
+// Skinny products (few rows or columns, long K: a dense layer at batch 1..16) waste most of
+// a 64 x 64 tile; here one 64-thread workgroup computes one output, striding over K and
+// adding the strided partial sums in a fixed tree. Same operands and epilogue as gemm_tile.
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn gemm_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let o = wid.x + wid.y * nwg.x;
+    if o >= prm.m * prm.n {
+        return;
+    }
+    let row = o / prm.n;
+    let col = o % prm.n;
+    var s = 0.0;
+    for (var k = lid; k < prm.k; k += 64u) {
+        s = fma(a[prm.a_off + row * prm.a_rs + k * prm.a_cs], b[prm.b_off + k * prm.b_rs + col * prm.b_cs], s);
+    }
+    red[lid] = s;
+    workgroupBarrier();
+    for (var h = 32u; h > 0u; h >>= 1u) {
+        if lid < h {
+            red[lid] += red[lid + h];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        var v = red[0];
+        if prm.has_bias == 1u {
+            v += b[prm.bias_off + col];
+        }
+        c[prm.c_off + row * prm.c_rs + col] = act_apply(v, prm.act);
+    }
+}
+
 // out (n, n_out) = act(inp (n, n_in) * W^T + b): a = inp, b = params.
 @compute @workgroup_size(256)
 fn dense_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -13,20 +13,21 @@ struct Params {
 @group(0) @binding(0) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
-var<workgroup> red: array<f32, 256>;
+var<workgroup> red: array<f32, 64>;
 
-// db[c] = sum over examples and positions of dout (n, c, p): one workgroup per channel.
-@compute @workgroup_size(256)
+// db[c] = sum over examples and positions of dout (n, c, p): one 64-thread workgroup per
+// channel.
+@compute @workgroup_size(64)
 fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = wid.x;
     let m = prm.n * prm.p;
     var s = 0.0;
-    for (var k = lid; k < m; k += WG) {
+    for (var k = lid; k < m; k += 64u) {
         s += src[((k / prm.p) * prm.c + c) * prm.p + k % prm.p];
     }
     red[lid] = s;
     workgroupBarrier();
-    for (var h = 128u; h > 0u; h >>= 1u) {
+    for (var h = 32u; h > 0u; h >>= 1u) {
         if lid < h {
             red[lid] += red[lid + h];
         }

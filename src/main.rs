@@ -213,6 +213,12 @@ struct SelftestArgs {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan device-select layer only reorders adapters (we rank them ourselves) and,
+    // on a machine without a display, prints XDG_RUNTIME_DIR complaints: switch it off.
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: the process is still single-threaded here.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
@@ -525,13 +531,52 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let (train_ds, _) = a.data.load()?;
     let chosen = choose_backend(&a.device)?;
     let label = backend_label(&chosen);
-    if a.profile && label == "cpu" {
-        eprintln!("note: --profile times GPU kernels; the CPU backend has no per-kernel profile");
+    let mut r = match chosen {
+        Chosen::Cpu(mut c) => {
+            if a.profile {
+                eprintln!("note: --profile times GPU kernels; the CPU backend has no per-kernel profile");
+            }
+            serde_json::to_value(bench::bench(&mut c, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?)?
+        }
+        Chosen::Gpu(mut g) => {
+            let compile = g.compile_all()?;
+            if a.profile {
+                g.enable_profiling()?;
+            }
+            let r = bench::bench(&mut *g, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
+            let mut v = serde_json::to_value(&r)?;
+            v["shader_compile_seconds"] = compile.into();
+            if a.profile {
+                // Warm-up and timed steps are both profiled: report per step over all of them.
+                let steps = (a.steps + a.warmup) as f64;
+                let report = g.profile_report()?;
+                let total: f64 = report.iter().map(|k| k.1).sum();
+                eprintln!("GPU time per training step by kernel ({} steps, timestamp queries):", a.steps + a.warmup);
+                for (name, secs, n) in &report {
+                    eprintln!(
+                        "  {name:<32} {:>9.1} us  {:>5.1}%  {:>5.1} dispatches/step",
+                        1e6 * secs / steps,
+                        100.0 * secs / total,
+                        *n as f64 / steps
+                    );
+                }
+                eprintln!(
+                    "  {:<32} {:>9.1} us (kernels alone; the step took {:.1} us)",
+                    "total",
+                    1e6 * total / steps,
+                    1e6 * r.seconds_per_step
+                );
+                v["kernel_seconds_per_step"] = serde_json::Value::Object(
+                    report.iter().map(|(k, secs, _)| (k.clone(), (secs / steps).into())).collect(),
+                );
+            }
+            v
+        }
+    };
+    if let Some(o) = r.as_object_mut() {
+        o.insert("command".into(), std::env::args().collect::<Vec<_>>().join(" ").into());
     }
-    with_backend!(chosen, b => {
-        let r = bench::bench(b, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
-        println!("{}", serde_json::to_string(&r)?);
-    });
+    println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 

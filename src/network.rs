@@ -84,6 +84,13 @@ impl<B: Backend> DeviceData<B> {
             .chunks(4)
             .map(|c| c.iter().enumerate().fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i)))
             .collect();
+        if packed.len() > b.max_buffer_len() {
+            return Err(Error::Data(format!(
+                "the data set ({} MB) exceeds this device's {} MB per buffer; use --limit or the CPU backend",
+                packed.len() * 4 >> 20,
+                b.max_buffer_len() * 4 >> 20
+            )));
+        }
         let mut images = b.alloc_u32(packed.len().max(1))?;
         b.upload_u32(&mut images, &packed)?;
         let mut labels = b.alloc_u32(ds.len().max(1))?;
@@ -176,6 +183,28 @@ impl<B: Backend> Network<B> {
             if node.fused.is_some() {
                 need_grad[node.out - 1] = true;
             }
+        }
+        // Check the device's per-buffer limit before allocating anything.
+        let max = b.max_buffer_len();
+        for k in (0..nb).filter(|&k| need_act[k]) {
+            let len = cap * arch.shapes[k].len();
+            if len > max {
+                return Err(Error::Config(format!(
+                    "batch {cap} needs {} MB for the activations after layer {k} ({} per example), more than the {} MB \
+                     this device allows per buffer; use a smaller --batch (at most {})",
+                    len * 4 >> 20,
+                    arch.shapes[k],
+                    max * 4 >> 20,
+                    max / arch.shapes[k].len()
+                )));
+            }
+        }
+        if arch.n_params > max {
+            return Err(Error::Config(format!(
+                "the model's {} parameters exceed this device's {} MB per buffer",
+                arch.n_params,
+                max * 4 >> 20
+            )));
         }
         let mut acts = Vec::with_capacity(nb);
         let mut dacts = Vec::with_capacity(nb);

@@ -76,7 +76,7 @@ pub fn summary(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
         device_type: format!("{:?}", info.device_type),
         driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
         max_buffer_mb: l.max_buffer_size >> 20,
-        max_storage_binding_mb: l.max_storage_buffer_binding_size as u64 >> 20,
+        max_storage_binding_mb: l.max_storage_buffer_binding_size >> 20,
         max_workgroups_per_dim: l.max_compute_workgroups_per_dimension,
         max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
         max_workgroup_storage_kb: l.max_compute_workgroup_storage_size >> 10,

@@ -265,7 +265,7 @@ impl GpuBackend {
 
     fn new_buffer(&mut self, len: usize) -> Result<GpuBuf> {
         let bytes = (len.max(1) * 4) as u64;
-        let limit = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size as u64);
+        let limit = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size);
         if bytes > limit {
             return Err(Error::Gpu(format!(
                 "a buffer of {} MB exceeds this adapter's limit of {} MB per buffer",

@@ -198,7 +198,13 @@ impl GpuBackend {
         self.dispatch("bias_backward", &[dout, grads], &prm, [c as u32, 1, 1]);
     }
 
+    /// A dense-layer product: tiled, or (few rows or columns, long K) one workgroup per output.
     fn gemm(&mut self, entry: &'static str, bufs: [&GpuBuf; 3], mut prm: GemmParams) {
+        if prm.m.min(prm.n) < 16 && prm.k >= 64 {
+            let grid = self.tile_grid((prm.m * prm.n) as usize, 1);
+            self.dispatch("gemm_skinny", &bufs, &prm, grid);
+            return;
+        }
         let tiles_n = (prm.n as usize).div_ceil(TILE);
         prm.tiles_n = tiles_n as u32;
         let grid = self.tile_grid(tiles_n, (prm.m as usize).div_ceil(TILE));
@@ -215,7 +221,7 @@ impl Backend for GpuBackend {
     }
 
     fn max_buffer_len(&self) -> usize {
-        (self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size as u64) / 4) as usize
+        (self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size) / 4) as usize
     }
 
     fn alloc(&mut self, len: usize) -> Result<GpuBuf> {

@@ -58,6 +58,7 @@ pub const KERNELS: &[Kernel] = &[
     k("dense_forward", "gemm", &[(0, R), (1, R), (2, W)]),
     k("dense_backward_input", "gemm", &[(0, R), (1, R), (2, W)]),
     k("dense_backward_weight", "gemm", &[(0, R), (1, R), (2, W)]),
+    k("gemm_skinny", "gemm", &[(0, R), (1, R), (2, W)]),
     k("softmax_xent_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
     k("softmax_xent_forward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
     k("mse_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),

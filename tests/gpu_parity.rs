@@ -1,0 +1,172 @@
+//! The GPU backend against the CPU reference, on whatever adapter wgpu finds (in CI,
+//! lavapipe through Vulkan; with CI=true a missing adapter fails instead of skipping):
+//! every kernel (the selftest suite), a grid past 65,535 workgroups, whole models (logits,
+//! loss, every gradient, parameters after three Adam steps with dropout and augmentation on),
+//! and training on the GPU then evaluating on both backends.
+
+mod common;
+
+use common::*;
+use gpu_train::backend::Backend;
+use gpu_train::cpu::CpuBackend;
+use gpu_train::data::{self, Dataset};
+use gpu_train::gpu::{GpuBackend, selftest};
+use gpu_train::model::spec::{ModelSpec, Optimizer};
+use gpu_train::model::{Act, Arch, presets};
+use gpu_train::network::{DeviceData, Network, StepArgs};
+
+fn gpu() -> Option<GpuBackend> {
+    match GpuBackend::new(None) {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true but no GPU adapter: {e}"),
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn every_kernel_matches_the_cpu_reference() {
+    let Some(mut g) = gpu() else { return };
+    let results = selftest::run(&mut g, "");
+    let failed: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.line()).collect();
+    assert!(results.len() > 100, "only {} cases ran", results.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed on {}:\n{}",
+        failed.len(),
+        results.len(),
+        g.name(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn a_grid_past_65535_workgroups_covers_every_element() {
+    let Some(mut g) = gpu() else { return };
+    // 65,536 workgroups of 256 and then some: the grid must fold into a second dimension.
+    let len = 65_536 * 256 + 777;
+    let x: Vec<f32> = (0..len).map(|i| ((i % 1001) as f32 - 500.0) * 1e-3).collect();
+    let mut gx = g.alloc(len).unwrap();
+    g.upload(&mut gx, &x).unwrap();
+    let mut gy = g.alloc(len).unwrap();
+    g.activation_forward(&mut gy, &gx, len, Act::Relu);
+    let got = g.download(&gy, len).unwrap();
+    let mut want = vec![0.0; len];
+    CpuBackend::new().activation_forward(&mut want, &x, len, Act::Relu);
+    let bad = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert!(bad.is_none(), "element {:?} differs", bad);
+}
+
+fn mnist(n: usize) -> Dataset {
+    data::load_dir(&mnist_dir()).unwrap().0.take(n)
+}
+
+/// Tolerances of the whole-model comparison. Logits and the loss go through up to four
+/// convolutions whose sums run in a different order on each backend: ~1e-6 relative
+/// differences per layer. Gradients compound them through the backward and, where a
+/// max-pool window holds two nearly equal values, may route a gradient to a different
+/// position; 1e-3 relative plus an absolute floor at 1e-3 of the largest gradient covers
+/// both. After three Adam steps each parameter has moved by at most 3 lr (3e-3); Adam divides
+/// by sqrt(v), so a gradient that is nearly zero on both sides (relu edges) can still move by
+/// up to ~lr in different directions: atol 2e-4 with lr = 1e-4 bounds that. (A bias right
+/// before batch norm has an exactly-zero gradient, pure rounding noise on both sides, so the
+/// batch-norm model here has none.)
+#[test]
+fn whole_models_match_the_cpu_reference() {
+    let Some(mut g) = gpu() else { return };
+    let bn = "name = 'bn'\nlayers = [{ type = 'conv2d', filters = 3, kernel = 3, padding = 1, bias = false }, { type = 'batch_norm' }, \
+              { type = 'relu' }, { type = 'max_pool2d' }, { type = 'dropout', p = 0.3 }, { type = 'flatten' }, \
+              { type = 'dense', units = 12, bias = false }, { type = 'batch_norm' }, { type = 'tanh' }, { type = 'dense', units = 10 }]\n\
+              [train]\naugment = { chance = 1.0 }\n";
+    let mut specs: Vec<ModelSpec> =
+        ["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "b2"].iter().map(|n| presets::load(n).unwrap()).collect();
+    specs.push(presets::parse(bn, "bn").unwrap());
+    let n = 3;
+    let data = mnist(2 * n);
+    for mut spec in specs {
+        spec.train.optimizer = Optimizer::Adam { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let name = spec.name.clone();
+        let arch = Arch::new(spec).unwrap();
+        let (params, state) = arch.init(arch.recipe().init, 4);
+        let mut c = CpuBackend::new();
+        let cdev = DeviceData::upload(&mut c, &data).unwrap();
+        let gdev = DeviceData::upload(&mut g, &data).unwrap();
+        let mut cnet = Network::new(&mut c, arch.clone(), n, &params, &state).unwrap();
+        let mut gnet = Network::new(&mut g, arch.clone(), n, &params, &state).unwrap();
+        let (mut cstats, mut gstats) = (c.alloc(2).unwrap(), g.alloc(2).unwrap());
+        let (cperm, gperm) = (cdev.order.clone(), {
+            let mut p = g.alloc_u32(data.len()).unwrap();
+            g.upload_u32(&mut p, &(0..data.len() as u32).collect::<Vec<_>>()).unwrap();
+            p
+        });
+
+        // One forward and backward, dropout on.
+        cnet.load_batch(&mut c, &cdev, &cperm, 0, n, None);
+        gnet.load_batch(&mut g, &gdev, &gperm, 0, n, None);
+        cnet.forward_backward(&mut c, &mut cstats, n, 0, 5, 9);
+        gnet.forward_backward(&mut g, &mut gstats, n, 0, 5, 9);
+        let classes = arch.classes();
+        let logits = (g.download(gnet.logits(), n * classes).unwrap(), c.download(cnet.logits(), n * classes).unwrap());
+        assert_close(&format!("{name} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
+        let loss = (g.download(&gstats, 2).unwrap(), c.download(&cstats, 2).unwrap());
+        assert_close(&format!("{name} loss and hits"), &loss.0, &loss.1, 1e-5, 1e-4);
+        let grads = (g.download(&gnet.grads, arch.n_params).unwrap(), c.download(&cnet.grads, arch.n_params).unwrap());
+        let scale = grads.1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for t in &arch.params {
+            let r = t.range();
+            assert_close(&format!("{name} gradient {}", t.name), &grads.0[r.clone()], &grads.1[r], 1e-3 * scale, 1e-3);
+        }
+
+        // Three Adam steps with dropout and the recipe's augmentation (if any) on.
+        for step in 0..3u32 {
+            let args = StepArgs {
+                start: (step as usize % 2) * n,
+                n,
+                slot: 0,
+                global_step: step,
+                lr: 1e-4,
+                seed: 21,
+                augment: arch.recipe().augment,
+            };
+            cnet.train_step(&mut c, &cdev, &cperm, &mut cstats, &args);
+            gnet.train_step(&mut g, &gdev, &gperm, &mut gstats, &args);
+        }
+        let (gp, gs) = gnet.get_params(&mut g).unwrap();
+        let (cp, cs) = cnet.get_params(&mut c).unwrap();
+        assert_close(&format!("{name} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
+        assert_close(&format!("{name} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
+    }
+}
+
+/// Training on the GPU, then evaluating the saved model on both backends: the accuracies
+/// agree within 0.02 points (2 of 10,000 test images).
+#[test]
+fn gpu_trained_model_evaluates_the_same_on_both_backends() {
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("mlp-gpu.safetensors");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-train"))
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "{args:?}: {}{}", text, String::from_utf8_lossy(&o.stderr));
+        text
+    };
+    let o = out.to_str().unwrap();
+    let trained = run(&["--arch", "mlp", "--backend", "gpu", "--epochs", "1", "--limit", "300", "--out", o]);
+    assert!(trained.contains("test accuracy"), "{trained}");
+    let accuracy = |text: &str| -> f64 {
+        text.split("accuracy ").nth(1).and_then(|s| s.split('%').next()).unwrap().trim().parse().unwrap()
+    };
+    let on_gpu = accuracy(&run(&["eval", "--backend", "gpu", "--brief", "--model", o]));
+    let on_cpu = accuracy(&run(&["eval", "--backend", "cpu", "--brief", "--model", o]));
+    assert!((on_gpu - on_cpu).abs() <= 0.02 + 1e-9, "gpu {on_gpu}% vs cpu {on_cpu}%");
+    assert!((accuracy(&trained) - on_gpu).abs() <= 1e-9, "train reported {trained}, eval {on_gpu}");
+}
