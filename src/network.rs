@@ -87,8 +87,8 @@ impl<B: Backend> DeviceData<B> {
         if packed.len() > b.max_buffer_len() {
             return Err(Error::Data(format!(
                 "the data set ({} MB) exceeds this device's {} MB per buffer; use --limit or the CPU backend",
-                packed.len() * 4 >> 20,
-                b.max_buffer_len() * 4 >> 20
+                (packed.len() * 4) >> 20,
+                (b.max_buffer_len() * 4) >> 20
             )));
         }
         let mut images = b.alloc_u32(packed.len().max(1))?;
@@ -192,9 +192,9 @@ impl<B: Backend> Network<B> {
                 return Err(Error::Config(format!(
                     "batch {cap} needs {} MB for the activations after layer {k} ({} per example), more than the {} MB \
                      this device allows per buffer; use a smaller --batch (at most {})",
-                    len * 4 >> 20,
+                    (len * 4) >> 20,
                     arch.shapes[k],
-                    max * 4 >> 20,
+                    (max * 4) >> 20,
                     max / arch.shapes[k].len()
                 )));
             }
@@ -203,7 +203,7 @@ impl<B: Backend> Network<B> {
             return Err(Error::Config(format!(
                 "the model's {} parameters exceed this device's {} MB per buffer",
                 arch.n_params,
-                max * 4 >> 20
+                (max * 4) >> 20
             )));
         }
         let mut acts = Vec::with_capacity(nb);
