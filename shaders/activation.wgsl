@@ -3,6 +3,8 @@
 struct Params {
     len: u32,
     act: u32,
+    // backward: multiplies the gradient (the dropout scale after a fused relu + dropout)
+    scale: f32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -19,11 +21,11 @@ fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     }
 }
 
-// dst = src * act'(y)
+// dst = src * act'(y) * scale
 @compute @workgroup_size(256)
 fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if i < prm.len {
-        dst[i] = src[i] * act_grad(y[i], prm.act);
+        dst[i] = src[i] * act_grad(y[i], prm.act) * prm.scale;
     }
 }

@@ -29,6 +29,10 @@ struct Params {
     tiles_m: u32,
     split_len: u32,   // backward_weight: length of one split of K
     c_off: u32,       // where C starts in c
+    has_dropout: u32, // forward: dropout after the activation (see common.wgsl's epilogue)
+    drop_key: u32,
+    drop_p: f32,
+    drop_scale: f32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -194,7 +198,8 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
                     if prm.has_bias == 1u {
                         y += a[prm.b_off + row];
                     }
-                    c[prm.c_off + ((col / pp) * prm.c_out + row) * pp + col % pp] = act_apply(y, prm.act);
+                    let idx = ((col / pp) * prm.c_out + row) * pp + col % pp;
+                    c[prm.c_off + idx] = epilogue(y, prm.act, idx, prm.has_dropout, prm.drop_key, prm.drop_p, prm.drop_scale);
                 }
                 case BACKWARD_INPUT: {
                     let q = prm.h_in * prm.w_in;
@@ -208,7 +213,7 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
 }
 
-// out = act(conv(inp, W) + b): a = params, b = inp, c = out.
+// out = epilogue(conv(inp, W) + b): a = params, b = inp, c = out.
 @compute @workgroup_size(256)
 fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {

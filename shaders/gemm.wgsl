@@ -21,6 +21,10 @@ struct Params {
     bias_off: u32,
     has_bias: u32,
     act: u32,
+    has_dropout: u32,   // dense_forward: dropout after the activation (common.wgsl's epilogue)
+    drop_key: u32,
+    drop_p: f32,
+    drop_scale: f32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -103,7 +107,8 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
                 if prm.has_bias == 1u {
                     v += b[prm.bias_off + col];
                 }
-                c[prm.c_off + row * prm.c_rs + col] = act_apply(v, prm.act);
+                let idx = row * prm.c_rs + col;
+                c[prm.c_off + idx] = epilogue(v, prm.act, idx, prm.has_dropout, prm.drop_key, prm.drop_p, prm.drop_scale);
             }
         }
     }
@@ -140,11 +145,12 @@ fn gemm_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         if prm.has_bias == 1u {
             v += b[prm.bias_off + col];
         }
-        c[prm.c_off + row * prm.c_rs + col] = act_apply(v, prm.act);
+        let idx = row * prm.c_rs + col;
+        c[prm.c_off + idx] = epilogue(v, prm.act, idx, prm.has_dropout, prm.drop_key, prm.drop_p, prm.drop_scale);
     }
 }
 
-// out (n, n_out) = act(inp (n, n_in) * W^T + b): a = inp, b = params.
+// out (n, n_out) = epilogue(inp (n, n_in) * W^T + b): a = inp, b = params.
 @compute @workgroup_size(256)
 fn dense_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {

@@ -33,6 +33,22 @@ pub struct Gather {
     pub augment: Option<(Augment, u32)>,
 }
 
+/// What `conv2d_forward` and `dense_forward` apply to each output after the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Epilogue {
+    pub act: Option<Act>,
+    /// Inverted dropout (p, key) after a relu, with exactly `dropout_forward`'s mask (element
+    /// i of the batch's output buffer). After relu the backward needs only the dropped-out
+    /// output z: dpre = dz * scale * [z > 0] (`activation_backward` with `scale`).
+    pub dropout: Option<(f32, u32)>,
+}
+
+impl Epilogue {
+    pub fn act(act: Option<Act>) -> Self {
+        Epilogue { act, dropout: None }
+    }
+}
+
 /// One Adam step over the whole flat parameter buffer; `t` counts steps from 1.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamStep {
@@ -101,7 +117,7 @@ pub trait Backend {
         g: &Gather,
     );
 
-    /// out (n, c_out, h_out, w_out) = act(conv(inp (n, c_in, h_in, w_in), W) + b).
+    /// out (n, c_out, h_out, w_out) = epilogue(conv(inp (n, c_in, h_in, w_in), W) + b).
     fn conv2d_forward(
         &mut self,
         out: &mut Self::Buf,
@@ -109,7 +125,7 @@ pub trait Backend {
         params: &Self::Buf,
         l: &Conv2d,
         n: usize,
-        act: Option<Act>,
+        epi: Epilogue,
     );
     /// dinp (n, c_in, h_in, w_in) from dout (n, c_out, h_out, w_out).
     fn conv2d_backward_input(
@@ -130,7 +146,7 @@ pub trait Backend {
         n: usize,
     );
 
-    /// out (n, n_out) = act(inp (n, n_in) W^T + b).
+    /// out (n, n_out) = epilogue(inp (n, n_in) W^T + b).
     fn dense_forward(
         &mut self,
         out: &mut Self::Buf,
@@ -138,7 +154,7 @@ pub trait Backend {
         params: &Self::Buf,
         l: &Dense,
         n: usize,
-        act: Option<Act>,
+        epi: Epilogue,
     );
     /// dinp (n, n_in) = dout (n, n_out) W.
     fn dense_backward_input(&mut self, dinp: &mut Self::Buf, dout: &Self::Buf, params: &Self::Buf, l: &Dense, n: usize);
@@ -147,8 +163,17 @@ pub trait Backend {
 
     /// out = act(inp), element-wise over `len` elements.
     fn activation_forward(&mut self, out: &mut Self::Buf, inp: &Self::Buf, len: usize, act: Act);
-    /// dinp = dout * act'(.), computed from the activation's output `out`.
-    fn activation_backward(&mut self, dinp: &mut Self::Buf, dout: &Self::Buf, out: &Self::Buf, len: usize, act: Act);
+    /// dinp = dout * act'(.) * scale, computed from the activation's output `out` (scale is 1,
+    /// or the dropout scale after a fused relu + dropout).
+    fn activation_backward(
+        &mut self,
+        dinp: &mut Self::Buf,
+        dout: &Self::Buf,
+        out: &Self::Buf,
+        len: usize,
+        act: Act,
+        scale: f32,
+    );
 
     /// out (n, c, h_out, w_out) = window maxima; `argmax` keeps each maximum's position
     /// (y * w_in + x within its plane) for the backward.

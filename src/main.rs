@@ -534,9 +534,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let mut r = match chosen {
         Chosen::Cpu(mut c) => {
             if a.profile {
-                eprintln!("note: --profile times GPU kernels; the CPU backend has no per-kernel profile");
+                c.enable_profiling();
             }
-            serde_json::to_value(bench::bench(&mut c, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?)?
+            let r = bench::bench(&mut c, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
+            let mut v = serde_json::to_value(&r)?;
+            if a.profile {
+                let report = c.profile_report();
+                print_profile("CPU time per training step by op", &report, a.steps + a.warmup, r.seconds_per_step);
+                v["op_seconds_per_step"] = per_step(&report, a.steps + a.warmup);
+            }
+            v
         }
         Chosen::Gpu(mut g) => {
             let compile = g.compile_all()?;
@@ -578,6 +585,31 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
+}
+
+/// Warm-up and timed steps are both profiled: times are per step over all of them.
+fn print_profile(title: &str, report: &[(String, f64, u64)], steps: usize, step_seconds: f64) {
+    let total: f64 = report.iter().map(|k| k.1).sum();
+    let steps = steps as f64;
+    eprintln!("{title}, {steps} steps:");
+    for (name, secs, n) in report {
+        eprintln!(
+            "  {name:<44} {:>9.1} us  {:>5.1}%  {:>4.1} calls/step",
+            1e6 * secs / steps,
+            100.0 * secs / total.max(1e-30),
+            *n as f64 / steps
+        );
+    }
+    eprintln!(
+        "  {:<44} {:>9.1} us (ops alone; a timed step took {:.1} us)",
+        "total",
+        1e6 * total / steps,
+        1e6 * step_seconds
+    );
+}
+
+fn per_step(report: &[(String, f64, u64)], steps: usize) -> serde_json::Value {
+    serde_json::Value::Object(report.iter().map(|(k, secs, _)| (k.clone(), (secs / steps as f64).into())).collect())
 }
 
 fn cmd_presets(name: Option<String>) -> Result<()> {

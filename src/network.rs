@@ -7,21 +7,24 @@
 //! exists as a gradient. Flatten needs no buffer (NCHW is already C, H, W order), and in
 //! evaluation dropout is skipped, so a plan records which boundary each op reads.
 
-use crate::backend::{AdamStep, Backend, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
 use crate::data::augment::Augment;
 use crate::error::{Error, Result};
 use crate::model::spec::{Loss, Normalize, Optimizer};
 use crate::model::{Act, Arch, Layer};
 use crate::rng;
 
-/// One op of a plan: layer `layer` reads boundary `inp` and writes boundary `out`; `fused`
-/// is an activation applied in the same op, whose pre-activation gradient goes to `out - 1`.
+/// One op of a plan: layer `layer` reads boundary `inp` and writes boundary `out`. A conv or
+/// dense op may carry the activation after it (`fused`) and, in training, a dropout after a
+/// relu (`dropout`, that layer's index); its pre-activation gradient then goes to `pre`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Node {
     layer: usize,
     inp: usize,
     out: usize,
+    pre: usize,
     fused: Option<Act>,
+    dropout: Option<usize>,
 }
 
 fn plan(arch: &Arch, train: bool) -> (Vec<Node>, usize) {
@@ -30,25 +33,31 @@ fn plan(arch: &Arch, train: bool) -> (Vec<Node>, usize) {
     let mut cur = 0;
     let mut i = 0;
     while i < layers.len() {
+        let mut node = Node { layer: i, inp: cur, out: i + 1, pre: i + 1, fused: None, dropout: None };
         match layers[i] {
-            Layer::Flatten => {}
-            Layer::Dropout { .. } if !train => {}
+            Layer::Flatten => {
+                i += 1;
+                continue;
+            }
+            Layer::Dropout { .. } if !train => {
+                i += 1;
+                continue;
+            }
             Layer::Conv2d(_) | Layer::Dense(_) => {
                 if let Some(&Layer::Act(a)) = layers.get(i + 1) {
-                    nodes.push(Node { layer: i, inp: cur, out: i + 2, fused: Some(a) });
-                    cur = i + 2;
-                    i += 2;
-                    continue;
+                    node.fused = Some(a);
+                    node.out = i + 2;
+                    if train && a == Act::Relu && matches!(layers.get(i + 2), Some(Layer::Dropout { .. })) {
+                        node.dropout = Some(i + 2);
+                        node.out = i + 3;
+                    }
                 }
-                nodes.push(Node { layer: i, inp: cur, out: i + 1, fused: None });
-                cur = i + 1;
             }
-            _ => {
-                nodes.push(Node { layer: i, inp: cur, out: i + 1, fused: None });
-                cur = i + 1;
-            }
+            _ => {}
         }
-        i += 1;
+        nodes.push(node);
+        cur = node.out;
+        i = node.out;
     }
     (nodes, cur)
 }
@@ -181,7 +190,7 @@ impl<B: Backend> Network<B> {
                 need_grad[node.inp] = true;
             }
             if node.fused.is_some() {
-                need_grad[node.out - 1] = true;
+                need_grad[node.pre] = true;
             }
         }
         // Check the device's per-buffer limit before allocating anything.
@@ -315,9 +324,14 @@ impl<B: Backend> Network<B> {
         for node in plan {
             let (out, inp) = split(&mut self.acts, node.out, node.inp);
             let shape_len = self.arch.shapes[node.inp].len();
+            let dropout = |d: usize| {
+                let Layer::Dropout { p } = self.arch.layers[d] else { unreachable!("plan fuses dropout layers only") };
+                (p, rng::op_key(seed, rng::STREAM_DROPOUT + d as u32, global_step))
+            };
+            let epi = Epilogue { act: node.fused, dropout: node.dropout.map(dropout) };
             match self.arch.layers[node.layer] {
-                Layer::Conv2d(l) => b.conv2d_forward(out, inp, &self.params, &l, n, node.fused),
-                Layer::Dense(l) => b.dense_forward(out, inp, &self.params, &l, n, node.fused),
+                Layer::Conv2d(l) => b.conv2d_forward(out, inp, &self.params, &l, n, epi),
+                Layer::Dense(l) => b.dense_forward(out, inp, &self.params, &l, n, epi),
                 Layer::Act(a) => b.activation_forward(out, inp, n * shape_len, a),
                 Layer::MaxPool2d(l) => b.maxpool_forward(out, &mut self.argmax[node.layer], inp, &l, n),
                 Layer::Dropout { p } => {
@@ -345,9 +359,22 @@ impl<B: Backend> Network<B> {
             // Gradient with respect to this op's pre-activation output.
             let mut dy = node.out;
             if let Some(a) = node.fused {
-                let (dpre, dpost) = split(&mut self.dacts, node.out - 1, node.out);
-                b.activation_backward(dpre, dpost, &self.acts[node.out], n * self.arch.shapes[node.out].len(), a);
-                dy = node.out - 1;
+                // After relu + dropout, the output is zero where either zeroed it, so the
+                // relu test on it applies both masks; the dropout scale remains.
+                let scale = node.dropout.map_or(1.0, |d| match self.arch.layers[d] {
+                    Layer::Dropout { p } => 1.0 / (1.0 - p),
+                    _ => 1.0,
+                });
+                let (dpre, dpost) = split(&mut self.dacts, node.pre, node.out);
+                b.activation_backward(
+                    dpre,
+                    dpost,
+                    &self.acts[node.out],
+                    n * self.arch.shapes[node.out].len(),
+                    a,
+                    scale,
+                );
+                dy = node.pre;
             }
             let need_dx = node.inp != 0;
             let inp = &self.acts[node.inp];
@@ -370,7 +397,7 @@ impl<B: Backend> Network<B> {
                 _ if !need_dx => {}
                 Layer::Act(a) => {
                     let (dx, dy) = split(&mut self.dacts, node.inp, dy);
-                    b.activation_backward(dx, dy, &self.acts[node.out], len, a);
+                    b.activation_backward(dx, dy, &self.acts[node.out], len, a, 1.0);
                 }
                 Layer::MaxPool2d(l) => {
                     let (dx, dy) = split(&mut self.dacts, node.inp, dy);

@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use gpu_train::backend::Epilogue;
 use gpu_train::cpu::{activation, batchnorm, conv2d, dense, dropout, loss, pool};
 use gpu_train::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
@@ -61,7 +62,7 @@ fn conv2d_backward_input_matches_finite_differences() {
         let r = uniform(20 + ci as u64, n * l.out_len(), -1.0, 1.0);
         let f = |x: &[f32]| {
             let mut y = vec![0.0; n * l.out_len()];
-            conv2d::conv2d_forward(&mut y, x, &params, &l, n, None);
+            conv2d::conv2d_forward(&mut y, x, &params, &l, n, Epilogue::default());
             dot(&r, &y)
         };
         let mut dx = vec![0.0; x.len()];
@@ -82,7 +83,7 @@ fn conv2d_backward_weight_matches_finite_differences() {
         let r = uniform(20 + ci as u64, n * l.out_len(), -1.0, 1.0);
         let f = |p: &[f32]| {
             let mut y = vec![0.0; n * l.out_len()];
-            conv2d::conv2d_forward(&mut y, &x, p, &l, n, None);
+            conv2d::conv2d_forward(&mut y, &x, p, &l, n, Epilogue::default());
             dot(&r, &y)
         };
         let mut g = vec![f32::NAN; params.len()];
@@ -107,13 +108,51 @@ fn conv2d_fused_activation_equals_separate_ops() {
     let x = uniform(2, n * l.in_len(), -1.0, 1.0);
     for act in [Act::Relu, Act::Sigmoid, Act::Tanh] {
         let mut fused = vec![0.0; n * l.out_len()];
-        conv2d::conv2d_forward(&mut fused, &x, &params, &l, n, Some(act));
+        conv2d::conv2d_forward(&mut fused, &x, &params, &l, n, Epilogue::act(Some(act)));
         let mut pre = vec![0.0; n * l.out_len()];
-        conv2d::conv2d_forward(&mut pre, &x, &params, &l, n, None);
+        conv2d::conv2d_forward(&mut pre, &x, &params, &l, n, Epilogue::default());
         let mut post = vec![0.0; pre.len()];
         activation::activation_forward(&mut post, &pre, pre.len(), act);
         assert_close(&format!("fused {act:?}"), &fused, &post, 1e-6, 1e-6);
     }
+}
+
+/// relu + dropout fused into the conv's epilogue equals the three ops one after another, and
+/// the fused backward (from the dropped-out output, with the dropout scale) equals dropout's
+/// backward followed by relu's.
+#[test]
+fn fused_relu_dropout_equals_separate_ops() {
+    let l = conv(3, 7, 6, 4, (3, 3), 1, (1, 1));
+    let n = 3;
+    let params = uniform(1, l.b_off.unwrap() + l.c_out, -1.0, 1.0);
+    let x = uniform(2, n * l.in_len(), -1.0, 1.0);
+    let len = n * l.out_len();
+    let (p, key) = (0.3, 4242);
+    let mut fused = vec![0.0; len];
+    conv2d::conv2d_forward(&mut fused, &x, &params, &l, n, Epilogue { act: Some(Act::Relu), dropout: Some((p, key)) });
+    let mut y = vec![0.0; len];
+    conv2d::conv2d_forward(&mut y, &x, &params, &l, n, Epilogue::act(Some(Act::Relu)));
+    let mut z = vec![0.0; len];
+    dropout::dropout_forward(&mut z, &y, len, p, key);
+    assert_close("fused forward", &fused, &z, 1e-6, 1e-6);
+    let dz = uniform(3, len, -1.0, 1.0);
+    let mut d_fused = vec![0.0; len];
+    activation::activation_backward(&mut d_fused, &dz, &fused, len, Act::Relu, 1.0 / (1.0 - p));
+    let (mut dy, mut dpre) = (vec![0.0; len], vec![0.0; len]);
+    dropout::dropout_backward(&mut dy, &dz, len, p, key);
+    activation::activation_backward(&mut dpre, &dy, &y, len, Act::Relu, 1.0);
+    assert_close("fused backward", &d_fused, &dpre, 1e-6, 1e-6);
+    // Dense too.
+    let (dl, plen) = dense_case();
+    let dp = uniform(5, plen, -1.0, 1.0);
+    let dx = uniform(6, 4 * dl.n_in, -1.0, 1.0);
+    let mut f = vec![0.0; 4 * dl.n_out];
+    dense::dense_forward(&mut f, &dx, &dp, &dl, 4, Epilogue { act: Some(Act::Relu), dropout: Some((p, key)) });
+    let mut y = vec![0.0; 4 * dl.n_out];
+    dense::dense_forward(&mut y, &dx, &dp, &dl, 4, Epilogue::act(Some(Act::Relu)));
+    let mut z = vec![0.0; y.len()];
+    dropout::dropout_forward(&mut z, &y, y.len(), p, key);
+    assert_close("fused dense forward", &f, &z, 1e-6, 1e-6);
 }
 
 fn dense_case() -> (Dense, usize) {
@@ -129,7 +168,7 @@ fn dense_backward_matches_finite_differences() {
         let r = uniform(5, n * l.n_out, -1.0, 1.0);
         let fwd = |x: &[f32], p: &[f32]| {
             let mut y = vec![0.0; n * l.n_out];
-            dense::dense_forward(&mut y, x, p, &l, n, None);
+            dense::dense_forward(&mut y, x, p, &l, n, Epilogue::default());
             dot(&r, &y)
         };
         let mut dx = vec![0.0; x.len()];
@@ -164,7 +203,7 @@ fn activation_backward_matches_finite_differences() {
         let mut y = vec![0.0; x.len()];
         activation::activation_forward(&mut y, &x, x.len(), act);
         let mut dx = vec![0.0; x.len()];
-        activation::activation_backward(&mut dx, &r, &y, x.len(), act);
+        activation::activation_backward(&mut dx, &r, &y, x.len(), act, 1.0);
         let idx: Vec<usize> = (0..x.len()).collect();
         assert_close(&format!("{act:?}"), &dx, &numeric_grad(&x, &idx, 1e-3, f), ATOL, RTOL);
     }

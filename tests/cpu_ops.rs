@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gpu_train::backend::{AdamStep, Gather, SgdStep};
+use gpu_train::backend::{AdamStep, Epilogue, Gather, SgdStep};
 use gpu_train::cpu::{batchnorm, conv2d, data, dense, dropout, loss, optim, pool};
 use gpu_train::data::augment::Augment;
 use gpu_train::model::{BatchNorm, Conv2d, Dense, Pool};
@@ -63,20 +63,20 @@ fn conv2d_hand_cases() {
     let params = [1.0, 0.0, 0.0, -1.0, 0.5];
     let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
     let mut y = vec![0.0; 4];
-    conv2d::conv2d_forward(&mut y, &x, &params, &l, 1, None);
+    conv2d::conv2d_forward(&mut y, &x, &params, &l, 1, Epilogue::default());
     assert_eq!(y, vec![-3.5; 4]);
     // 2x2 input, 3x3 kernel of ones, padding 1: each output sums the inputs its window covers.
     let l = conv(1, 2, 2, 1, (3, 3), 1, (1, 1));
     let mut params = vec![1.0; 9];
     params.push(0.0);
     let mut y = vec![0.0; 4];
-    conv2d::conv2d_forward(&mut y, &[1.0, 2.0, 3.0, 4.0], &params, &l, 1, None);
+    conv2d::conv2d_forward(&mut y, &[1.0, 2.0, 3.0, 4.0], &params, &l, 1, Epilogue::default());
     assert_eq!(y, vec![10.0; 4]);
     // Stride 2 picks every other window: 4x4 ramp, 1x1 kernel of 2.
     let l = conv(1, 4, 4, 1, (1, 1), 2, (0, 0));
     let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
     let mut y = vec![0.0; 4];
-    conv2d::conv2d_forward(&mut y, &x, &[2.0, 0.0], &l, 1, None);
+    conv2d::conv2d_forward(&mut y, &x, &[2.0, 0.0], &l, 1, Epilogue::default());
     assert_eq!(y, vec![0.0, 4.0, 16.0, 20.0]);
 }
 
@@ -93,7 +93,7 @@ fn conv2d_matches_direct_convolution_on_awkward_shapes() {
         let params = uniform(ci as u64, l.b_off.unwrap() + l.c_out, -1.0, 1.0);
         let x = uniform(100 + ci as u64, n * l.in_len(), -1.0, 1.0);
         let mut y = vec![0.0; n * l.out_len()];
-        conv2d::conv2d_forward(&mut y, &x, &params, &l, n, None);
+        conv2d::conv2d_forward(&mut y, &x, &params, &l, n, Epilogue::default());
         let xv = ArrayView4::from_shape((n, l.c_in, l.h_in, l.w_in), &x).unwrap();
         let wv = ArrayView4::from_shape((l.c_out, l.c_in, l.kh, l.kw), &params[..l.weight_len()]).unwrap();
         let want = conv_direct(xv, wv, &params[l.b_off.unwrap()..], &l);
@@ -107,7 +107,7 @@ fn dense_hand_case() {
     let l = Dense { n_in: 3, n_out: 2, w_off: 0, b_off: Some(6) };
     let params = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, -1.0];
     let mut y = vec![0.0; 2];
-    dense::dense_forward(&mut y, &[1.0, 0.0, -1.0], &params, &l, 1, None);
+    dense::dense_forward(&mut y, &[1.0, 0.0, -1.0], &params, &l, 1, Epilogue::default());
     assert_eq!(y, vec![-1.5, -3.0]);
 }
 
@@ -248,4 +248,50 @@ fn gather_batch_normalises_permutes_and_augments() {
     data::gather_batch(&mut x2, &mut y, &images, &labels, &perm, &Gather { augment: Some((aug, 3)), ..g });
     assert_ne!(x1, x);
     assert_eq!(x1, x2);
+}
+
+/// The direct AVX-512 convolution (stride 1; used when the CPU has AVX-512) against the
+/// im2col + GEMM path on awkward shapes: widths below, at and above 16 and 32, odd channel
+/// counts, batch 1, every padding up to k - 1. Summation orders differ, hence 1e-4.
+#[test]
+fn direct_convolution_matches_the_gemm_path() {
+    use gpu_train::cpu::direct;
+    use gpu_train::model::Act;
+    if !direct::available() {
+        eprintln!("no AVX-512 here: the direct path is not used on this CPU");
+        return;
+    }
+    let shapes = [
+        (1, 1, 28, 28, 16, 5, 2),
+        (2, 16, 28, 28, 32, 5, 2),
+        (3, 5, 14, 14, 9, 5, 2),
+        (1, 3, 7, 5, 70, 3, 1),
+        (2, 2, 33, 17, 3, 3, 0),
+        (4, 7, 16, 16, 8, 1, 0),
+        (1, 4, 40, 3, 5, 3, 2),
+        (3, 6, 9, 31, 12, 4, 3),
+        (2, 1, 2, 2, 3, 2, 1),
+    ];
+    for (i, &(n, c_in, h, w, c_out, k, pad)) in shapes.iter().enumerate() {
+        let l = conv(c_in, h, w, c_out, (k, k), 1, (pad, pad));
+        assert!(direct::supports(&l));
+        let plen = l.b_off.unwrap() + c_out;
+        let params = uniform(200 + i as u64, plen, -0.5, 0.5);
+        let x = uniform(300 + i as u64, n * l.in_len(), -1.0, 1.0);
+        let dy = uniform(400 + i as u64, n * l.out_len(), -1.0, 1.0);
+        let tag = format!("n={n} {c_in}x{h}x{w}->{c_out} k{k} p{pad}");
+        let epi = Epilogue { act: Some(Act::Relu), dropout: Some((0.25, i as u32)) };
+        let (mut a, mut b) = (vec![0.0; n * l.out_len()], vec![0.0; n * l.out_len()]);
+        conv2d::conv2d_forward(&mut a, &x, &params, &l, n, epi);
+        conv2d::conv2d_forward_gemm(&mut b, &x, &params, &l, n, epi);
+        assert_close(&format!("forward {tag}"), &a, &b, 1e-4, 1e-4);
+        let (mut a, mut b) = (vec![0.0; n * l.in_len()], vec![0.0; n * l.in_len()]);
+        conv2d::conv2d_backward_input(&mut a, &dy, &params, &l, n);
+        conv2d::conv2d_backward_input_gemm(&mut b, &dy, &params, &l, n);
+        assert_close(&format!("backward input {tag}"), &a, &b, 1e-4, 1e-4);
+        let (mut a, mut b) = (vec![9.0; plen], vec![9.0; plen]);
+        conv2d::conv2d_backward_weight(&mut a, &dy, &x, &l, n);
+        conv2d::conv2d_backward_weight_gemm(&mut b, &dy, &x, &l, n);
+        assert_close(&format!("backward weight {tag}"), &a, &b, 1e-4, 1e-4);
+    }
 }

@@ -4,7 +4,9 @@
 use rayon::prelude::*;
 
 use super::real::Real;
+use crate::backend::Epilogue;
 use crate::model::Act;
+use crate::rng::mix32;
 
 const PAR_CHUNK: usize = 1 << 14;
 
@@ -42,9 +44,31 @@ pub fn act_grad_from_output<T: Real>(y: T, a: Act) -> T {
     }
 }
 
-/// Applies `a` in place (used by the fused conv/dense epilogues).
-pub fn act_forward_slice<T: Real>(v: &mut [T], a: Act) {
-    v.iter_mut().for_each(|x| *x = act_scalar(*x, a));
+/// v = epilogue(v + bias), in place, for outputs `base..base + v.len()` of a batch buffer
+/// (the base places dropout's draws); one loop per case so each vectorizes.
+#[inline(never)]
+pub fn apply_epilogue<T: Real>(v: &mut [T], base: usize, bias: T, epi: &Epilogue) {
+    let n = v.len();
+    match (epi.act, epi.dropout) {
+        (None, _) => (0..n).for_each(|i| v[i] += bias),
+        (Some(Act::Relu), None) => (0..n).for_each(|i| v[i] = (v[i] + bias).max(T::zero())),
+        (Some(Act::Relu), Some((p, key))) => {
+            let (threshold, scale) = dropout_threshold(p);
+            let scale = T::of(scale);
+            for (i, x) in v.iter_mut().enumerate() {
+                let y = (*x + bias).max(T::zero()) * scale;
+                let h = mix32(key ^ mix32((base + i) as u32)) >> 8;
+                *x = if h >= threshold { y } else { T::zero() };
+            }
+        }
+        (Some(a), _) => (0..n).for_each(|i| v[i] = act_scalar(v[i] + bias, a)),
+    }
+}
+
+/// Dropout's keep test in integers, and its scale: draw(key, i) = (h >> 8) / 2^24 >= p
+/// exactly when (h >> 8) >= ceil(p * 2^24).
+pub fn dropout_threshold(p: f32) -> (u32, f32) {
+    ((p as f64 * 16_777_216.0).ceil() as u32, 1.0 / (1.0 - p))
 }
 
 pub fn activation_forward<T: Real>(out: &mut [T], inp: &[T], len: usize, a: Act) {
@@ -54,14 +78,27 @@ pub fn activation_forward<T: Real>(out: &mut [T], inp: &[T], len: usize, a: Act)
         .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = act_scalar(x, a)));
 }
 
-pub fn activation_backward<T: Real>(dinp: &mut [T], dout: &[T], out: &[T], len: usize, a: Act) {
+pub fn activation_backward<T: Real>(dinp: &mut [T], dout: &[T], out: &[T], len: usize, a: Act, scale: f32) {
     dinp[..len]
         .par_chunks_mut(PAR_CHUNK)
         .zip(dout[..len].par_chunks(PAR_CHUNK))
         .zip(out[..len].par_chunks(PAR_CHUNK))
-        .for_each(|((d, g), y)| {
-            for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
-                *d = g * act_grad_from_output(y, a);
-            }
-        });
+        .for_each(|((d, g), y)| backward_chunk(d, g, y, a, T::of(scale)));
+}
+
+/// One chunk, one loop per activation, in a function of its own so that each vectorizes
+/// (inlined into rayon's closure the loops stay scalar).
+#[inline(never)]
+fn backward_chunk<T: Real>(d: &mut [T], g: &[T], y: &[T], a: Act, scale: T) {
+    let n = d.len().min(g.len()).min(y.len());
+    let (d, g, y) = (&mut d[..n], &g[..n], &y[..n]);
+    let one = T::one();
+    match a {
+        Act::Relu => (0..n).for_each(|i| {
+            let v = g[i] * scale;
+            d[i] = if y[i] > T::zero() { v } else { T::zero() }
+        }),
+        Act::Sigmoid => (0..n).for_each(|i| d[i] = g[i] * (y[i] * (one - y[i])) * scale),
+        Act::Tanh => (0..n).for_each(|i| d[i] = g[i] * (one - y[i] * y[i]) * scale),
+    }
 }

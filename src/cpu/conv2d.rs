@@ -6,10 +6,12 @@
 
 use rayon::prelude::*;
 
-use super::activation::act_forward_slice;
+use super::activation::apply_epilogue;
+use super::direct;
 use super::gemm::{rows, sgemm, transposed};
 use super::real::Real;
-use crate::model::{Act, Conv2d};
+use crate::backend::Epilogue;
+use crate::model::Conv2d;
 
 /// col (K, P) of one example `x` (c_in, h_in, w_in); zero where the window hangs over the edge.
 pub fn im2col<T: Real>(col: &mut [T], x: &[T], l: &Conv2d) {
@@ -81,29 +83,68 @@ fn k_len(l: &Conv2d) -> usize {
     l.c_in * l.kh * l.kw
 }
 
-pub fn conv2d_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, act: Option<Act>) {
+/// The slice as f32, when T is f32 (the direct kernels are f32 only).
+fn f32s<T: 'static>(s: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32, so the slice's layout is that of a [f32].
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &*(s as *const [T] as *const [f32]) })
+}
+
+fn f32s_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: as in f32s.
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(|| unsafe { &mut *(s as *mut [T] as *mut [f32]) })
+}
+
+/// The f32 views for the direct path, if this layer and CPU can take it.
+fn direct<'a, T: 'static>(
+    l: &Conv2d,
+    out: &'a mut [T],
+    a: &'a [T],
+    b: &'a [T],
+) -> Option<(&'a mut [f32], &'a [f32], &'a [f32])> {
+    if !direct::supports(l) {
+        return None;
+    }
+    Some((f32s_mut(out)?, f32s(a)?, f32s(b)?))
+}
+
+pub fn conv2d_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, epi: Epilogue) {
+    if let Some((out, inp, params)) = direct(l, out, inp, params) {
+        return direct::conv2d_forward(out, inp, params, l, n, epi);
+    }
+    conv2d_forward_gemm(out, inp, params, l, n, epi)
+}
+
+/// The im2col + GEMM path: any stride, any element type; the reference for `direct`.
+pub fn conv2d_forward_gemm<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, epi: Epilogue) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let w = &params[l.w_off..l.w_off + l.c_out * k];
-    out[..n * l.out_len()].par_chunks_mut(l.out_len()).zip(inp[..n * l.in_len()].par_chunks(l.in_len())).for_each(
-        |(y, x)| {
+    out[..n * l.out_len()]
+        .par_chunks_mut(l.out_len())
+        .zip(inp[..n * l.in_len()].par_chunks(l.in_len()))
+        .enumerate()
+        .for_each(|(s, (y, x))| {
             T::with_scratch(k * p, |col| {
                 im2col(col, x, l);
                 sgemm(l.c_out, p, k, y, p, false, rows(w, k), rows(col, p), false);
             });
             for (co, plane) in y.chunks_mut(p).enumerate() {
                 let bias = l.b_off.map_or(T::zero(), |b| params[b + co]);
-                if bias != T::zero() {
-                    plane.iter_mut().for_each(|v| *v += bias);
-                }
-                if let Some(a) = act {
-                    act_forward_slice(plane, a);
-                }
+                apply_epilogue(plane, s * l.out_len() + co * p, bias, &epi);
             }
-        },
-    );
+        });
 }
 
 pub fn conv2d_backward_input<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], l: &Conv2d, n: usize) {
+    if let Some((dinp, dout, params)) = direct(l, dinp, dout, params) {
+        return direct::conv2d_backward_input(dinp, dout, params, l, n);
+    }
+    conv2d_backward_input_gemm(dinp, dout, params, l, n)
+}
+
+/// The im2col + GEMM path: any stride, any element type; the reference for `direct`.
+pub fn conv2d_backward_input_gemm<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], l: &Conv2d, n: usize) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let w = &params[l.w_off..l.w_off + l.c_out * k];
     dinp[..n * l.in_len()].par_chunks_mut(l.in_len()).zip(dout[..n * l.out_len()].par_chunks(l.out_len())).for_each(
@@ -123,6 +164,14 @@ pub fn conv2d_backward_input<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], 
 pub const WEIGHT_GRAD_CHUNKS: usize = 8;
 
 pub fn conv2d_backward_weight<T: Real>(grads: &mut [T], dout: &[T], inp: &[T], l: &Conv2d, n: usize) {
+    if let Some((grads, dout, inp)) = direct(l, grads, dout, inp) {
+        return direct::conv2d_backward_weight(grads, dout, inp, l, n);
+    }
+    conv2d_backward_weight_gemm(grads, dout, inp, l, n)
+}
+
+/// The im2col + GEMM path: any stride, any element type; the reference for `direct`.
+pub fn conv2d_backward_weight_gemm<T: Real>(grads: &mut [T], dout: &[T], inp: &[T], l: &Conv2d, n: usize) {
     let (k, p) = (k_len(l), l.h_out * l.w_out);
     let wlen = l.c_out * k;
     let chunk = n.div_ceil(WEIGHT_GRAD_CHUNKS).max(1);

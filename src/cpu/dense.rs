@@ -1,26 +1,25 @@
 //! Fully connected layer on the CPU: three GEMMs. W is (n_out, n_in), as in torch.
 
-use super::activation::act_forward_slice;
+use super::activation::apply_epilogue;
 use super::gemm::{rows, sgemm, transposed};
 use super::real::Real;
-use crate::model::{Act, Dense};
+use crate::backend::Epilogue;
+use crate::model::Dense;
 
 /// Let the GEMM use all threads from about this many multiply-adds.
 const PAR_MACS: usize = 1 << 18;
 
-pub fn dense_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Dense, n: usize, act: Option<Act>) {
+pub fn dense_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Dense, n: usize, epi: Epilogue) {
     let (ni, no) = (l.n_in, l.n_out);
     let w = &params[l.w_off..l.w_off + no * ni];
     let y = &mut out[..n * no];
     // out (n, no) = inp (n, ni) * W^T (ni, no)
     sgemm(n, no, ni, y, no, false, rows(&inp[..n * ni], ni), transposed(w, ni), n * no * ni >= PAR_MACS);
-    for row in y.chunks_mut(no) {
+    for (s, row) in y.chunks_mut(no).enumerate() {
         if let Some(b) = l.b_off {
             row.iter_mut().zip(&params[b..b + no]).for_each(|(v, &b)| *v += b);
         }
-        if let Some(a) = act {
-            act_forward_slice(row, a);
-        }
+        apply_epilogue(row, s * no, T::zero(), &epi);
     }
 }
 

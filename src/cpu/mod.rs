@@ -9,6 +9,7 @@ pub mod batchnorm;
 pub mod conv2d;
 pub mod data;
 pub mod dense;
+pub mod direct;
 pub mod dropout;
 pub mod gemm;
 pub mod loss;
@@ -16,7 +17,7 @@ pub mod optim;
 pub mod pool;
 pub mod real;
 
-use crate::backend::{AdamStep, Backend, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
 use crate::error::Result;
 use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
@@ -24,15 +25,51 @@ use real::Real;
 
 /// The CPU backend over elements of type `T` (f32 to train; f64 for precise gradient checks).
 #[derive(Debug, Default)]
-pub struct Cpu<T>(std::marker::PhantomData<T>);
+pub struct Cpu<T> {
+    /// Seconds and calls per op (and shape), when profiling.
+    profile: Option<std::collections::HashMap<String, (f64, u64)>>,
+    _t: std::marker::PhantomData<T>,
+}
 
 /// The trainer's CPU backend.
 pub type CpuBackend = Cpu<f32>;
 
 impl<T: Real> Cpu<T> {
     pub fn new() -> Self {
-        Cpu(std::marker::PhantomData)
+        Cpu { profile: None, _t: std::marker::PhantomData }
     }
+
+    /// Starts timing every op (`bench --profile`).
+    pub fn enable_profiling(&mut self) {
+        self.profile = Some(Default::default());
+    }
+
+    /// (op and shape, total seconds, calls), slowest first.
+    pub fn profile_report(&self) -> Vec<(String, f64, u64)> {
+        let mut v: Vec<(String, f64, u64)> =
+            self.profile.iter().flatten().map(|(k, &(s, n))| (k.clone(), s, n)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
+
+    /// Runs `f`, adding its time to `what()` when profiling.
+    fn timed<R>(&mut self, what: impl FnOnce() -> String, f: impl FnOnce() -> R) -> R {
+        let Some(p) = self.profile.as_mut() else { return f() };
+        let t = std::time::Instant::now();
+        let r = f();
+        let e = p.entry(what()).or_insert((0.0, 0));
+        e.0 += t.elapsed().as_secs_f64();
+        e.1 += 1;
+        r
+    }
+}
+
+fn conv_tag(op: &str, l: &Conv2d) -> String {
+    format!("{op} {}->{} {}x{} k{}", l.c_in, l.c_out, l.h_in, l.w_in, l.kh)
+}
+
+fn dense_tag(op: &str, l: &Dense) -> String {
+    format!("{op} {}->{}", l.n_in, l.n_out)
 }
 
 impl<T: Real> Backend for Cpu<T> {
@@ -84,71 +121,66 @@ impl<T: Real> Backend for Cpu<T> {
         perm: &Vec<u32>,
         g: &Gather,
     ) {
-        data::gather_batch(x, y, images, labels, perm, g)
+        self.timed(|| "gather_batch".to_string(), || data::gather_batch(x, y, images, labels, perm, g))
     }
 
-    fn conv2d_forward(
-        &mut self,
-        out: &mut Vec<T>,
-        inp: &Vec<T>,
-        params: &Vec<T>,
-        l: &Conv2d,
-        n: usize,
-        act: Option<Act>,
-    ) {
-        conv2d::conv2d_forward(out, inp, params, l, n, act)
+    fn conv2d_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, params: &Vec<T>, l: &Conv2d, n: usize, epi: Epilogue) {
+        self.timed(|| conv_tag("conv2d_forward", l), || conv2d::conv2d_forward(out, inp, params, l, n, epi))
     }
 
     fn conv2d_backward_input(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, params: &Vec<T>, l: &Conv2d, n: usize) {
-        conv2d::conv2d_backward_input(dinp, dout, params, l, n)
+        self.timed(|| conv_tag("conv2d_backward_input", l), || conv2d::conv2d_backward_input(dinp, dout, params, l, n))
     }
 
     fn conv2d_backward_weight(&mut self, grads: &mut Vec<T>, dout: &Vec<T>, inp: &Vec<T>, l: &Conv2d, n: usize) {
-        conv2d::conv2d_backward_weight(grads, dout, inp, l, n)
+        self.timed(|| conv_tag("conv2d_backward_weight", l), || conv2d::conv2d_backward_weight(grads, dout, inp, l, n))
     }
 
-    fn dense_forward(
-        &mut self,
-        out: &mut Vec<T>,
-        inp: &Vec<T>,
-        params: &Vec<T>,
-        l: &Dense,
-        n: usize,
-        act: Option<Act>,
-    ) {
-        dense::dense_forward(out, inp, params, l, n, act)
+    fn dense_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, params: &Vec<T>, l: &Dense, n: usize, epi: Epilogue) {
+        self.timed(|| dense_tag("dense_forward", l), || dense::dense_forward(out, inp, params, l, n, epi))
     }
 
     fn dense_backward_input(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, params: &Vec<T>, l: &Dense, n: usize) {
-        dense::dense_backward_input(dinp, dout, params, l, n)
+        self.timed(|| dense_tag("dense_backward_input", l), || dense::dense_backward_input(dinp, dout, params, l, n))
     }
 
     fn dense_backward_weight(&mut self, grads: &mut Vec<T>, dout: &Vec<T>, inp: &Vec<T>, l: &Dense, n: usize) {
-        dense::dense_backward_weight(grads, dout, inp, l, n)
+        self.timed(|| dense_tag("dense_backward_weight", l), || dense::dense_backward_weight(grads, dout, inp, l, n))
     }
 
     fn activation_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, len: usize, act: Act) {
-        activation::activation_forward(out, inp, len, act)
+        self.timed(|| "activation_forward".to_string(), || activation::activation_forward(out, inp, len, act))
     }
 
-    fn activation_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, out: &Vec<T>, len: usize, act: Act) {
-        activation::activation_backward(dinp, dout, out, len, act)
+    fn activation_backward(
+        &mut self,
+        dinp: &mut Vec<T>,
+        dout: &Vec<T>,
+        out: &Vec<T>,
+        len: usize,
+        act: Act,
+        scale: f32,
+    ) {
+        self.timed(
+            || "activation_backward".to_string(),
+            || activation::activation_backward(dinp, dout, out, len, act, scale),
+        )
     }
 
     fn maxpool_forward(&mut self, out: &mut Vec<T>, argmax: &mut Vec<u32>, inp: &Vec<T>, l: &Pool, n: usize) {
-        pool::maxpool_forward(out, argmax, inp, l, n)
+        self.timed(|| "maxpool_forward".to_string(), || pool::maxpool_forward(out, argmax, inp, l, n))
     }
 
     fn maxpool_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, argmax: &Vec<u32>, l: &Pool, n: usize) {
-        pool::maxpool_backward(dinp, dout, argmax, l, n)
+        self.timed(|| "maxpool_backward".to_string(), || pool::maxpool_backward(dinp, dout, argmax, l, n))
     }
 
     fn dropout_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, len: usize, p: f32, key: u32) {
-        dropout::dropout_forward(out, inp, len, p, key)
+        self.timed(|| "dropout_forward".to_string(), || dropout::dropout_forward(out, inp, len, p, key))
     }
 
     fn dropout_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, len: usize, p: f32, key: u32) {
-        dropout::dropout_backward(dinp, dout, len, p, key)
+        self.timed(|| "dropout_backward".to_string(), || dropout::dropout_backward(dinp, dout, len, p, key))
     }
 
     fn batchnorm_forward(
@@ -162,7 +194,10 @@ impl<T: Real> Backend for Cpu<T> {
         n: usize,
         train: bool,
     ) {
-        batchnorm::batchnorm_forward(out, saved, state, inp, params, l, n, train)
+        self.timed(
+            || "batchnorm_forward".to_string(),
+            || batchnorm::batchnorm_forward(out, saved, state, inp, params, l, n, train),
+        )
     }
 
     fn batchnorm_backward(
@@ -176,7 +211,10 @@ impl<T: Real> Backend for Cpu<T> {
         l: &BatchNorm,
         n: usize,
     ) {
-        batchnorm::batchnorm_backward(dinp, grads, dout, inp, saved, params, l, n)
+        self.timed(
+            || "batchnorm_backward".to_string(),
+            || batchnorm::batchnorm_backward(dinp, grads, dout, inp, saved, params, l, n),
+        )
     }
 
     fn softmax_xent_forward_backward(
@@ -190,7 +228,10 @@ impl<T: Real> Backend for Cpu<T> {
         classes: usize,
         scale: f32,
     ) {
-        loss::softmax_xent_forward_backward(dlogits, stats, slot, logits, labels, n, classes, scale)
+        self.timed(
+            || "softmax_xent_forward_backward".to_string(),
+            || loss::softmax_xent_forward_backward(dlogits, stats, slot, logits, labels, n, classes, scale),
+        )
     }
 
     fn softmax_xent_forward(
@@ -204,7 +245,10 @@ impl<T: Real> Backend for Cpu<T> {
         n: usize,
         classes: usize,
     ) {
-        loss::softmax_xent_forward(probs, probs_at, stats, slot, logits, labels, n, classes)
+        self.timed(
+            || "softmax_xent_forward".to_string(),
+            || loss::softmax_xent_forward(probs, probs_at, stats, slot, logits, labels, n, classes),
+        )
     }
 
     fn mse_forward_backward(
@@ -218,7 +262,10 @@ impl<T: Real> Backend for Cpu<T> {
         classes: usize,
         scale: f32,
     ) {
-        loss::mse_forward_backward(dout, stats, slot, outputs, labels, n, classes, scale)
+        self.timed(
+            || "mse_forward_backward".to_string(),
+            || loss::mse_forward_backward(dout, stats, slot, outputs, labels, n, classes, scale),
+        )
     }
 
     fn mse_forward(
@@ -232,7 +279,10 @@ impl<T: Real> Backend for Cpu<T> {
         n: usize,
         classes: usize,
     ) {
-        loss::mse_forward(probs, probs_at, stats, slot, outputs, labels, n, classes)
+        self.timed(
+            || "mse_forward".to_string(),
+            || loss::mse_forward(probs, probs_at, stats, slot, outputs, labels, n, classes),
+        )
     }
 
     fn adam_step(
@@ -244,10 +294,10 @@ impl<T: Real> Backend for Cpu<T> {
         len: usize,
         a: &AdamStep,
     ) {
-        optim::adam_step(params, grads, m, v, len, a)
+        self.timed(|| "adam_step".to_string(), || optim::adam_step(params, grads, m, v, len, a))
     }
 
     fn sgd_step(&mut self, params: &mut Vec<T>, grads: &Vec<T>, velocity: &mut Vec<T>, len: usize, s: &SgdStep) {
-        optim::sgd_step(params, grads, velocity, len, s)
+        self.timed(|| "sgd_step".to_string(), || optim::sgd_step(params, grads, velocity, len, s))
     }
 }

@@ -13,6 +13,9 @@ pub fn maxpool_forward<T: Real>(out: &mut [T], argmax: &mut [u32], inp: &[T], l:
         .zip(argmax[..planes * pout].par_chunks_mut(pout))
         .zip(inp[..planes * pin].par_chunks(pin))
         .for_each(|((y, am), x)| {
+            if l.size == 2 && l.stride == 2 {
+                return pool2x2(y, am, x, l);
+            }
             for oy in 0..l.h_out {
                 for ox in 0..l.w_out {
                     let (y0, x0) = (oy * l.stride, ox * l.stride);
@@ -31,6 +34,31 @@ pub fn maxpool_forward<T: Real>(out: &mut [T], argmax: &mut [u32], inp: &[T], l:
                 }
             }
         });
+}
+
+/// The common 2x2, stride-2 window, unrolled (same first-maximum rule).
+fn pool2x2<T: Real>(y: &mut [T], am: &mut [u32], x: &[T], l: &Pool) {
+    let w = l.w_in;
+    for oy in 0..l.h_out {
+        let r0 = 2 * oy * w;
+        let (top, bottom) = (&x[r0..r0 + w], &x[r0 + w..r0 + 2 * w]);
+        let (yr, ar) = (&mut y[oy * l.w_out..][..l.w_out], &mut am[oy * l.w_out..][..l.w_out]);
+        for ox in 0..l.w_out {
+            let c = 2 * ox;
+            let (mut best, mut at) = (top[c], r0 + c);
+            if top[c + 1] > best {
+                (best, at) = (top[c + 1], r0 + c + 1);
+            }
+            if bottom[c] > best {
+                (best, at) = (bottom[c], r0 + w + c);
+            }
+            if bottom[c + 1] > best {
+                (best, at) = (bottom[c + 1], r0 + w + c + 1);
+            }
+            yr[ox] = best;
+            ar[ox] = at as u32;
+        }
+    }
 }
 
 pub fn maxpool_backward<T: Real>(dinp: &mut [T], dout: &[T], argmax: &[u32], l: &Pool, n: usize) {

@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{GpuBackend, GpuBuf};
-use crate::backend::{AdamStep, Backend, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
 use crate::error::Result;
 use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
@@ -19,6 +19,7 @@ fn act_code(act: Option<Act>) -> u32 {
 struct ActParams {
     len: u32,
     act: u32,
+    scale: f32,
 }
 
 /// shaders/dropout.wgsl
@@ -123,6 +124,10 @@ struct GemmParams {
     bias_off: u32,
     has_bias: u32,
     act: u32,
+    has_dropout: u32,
+    drop_key: u32,
+    drop_p: f32,
+    drop_scale: f32,
 }
 
 /// shaders/conv2d.wgsl
@@ -149,6 +154,10 @@ struct ConvParams {
     tiles_m: u32,
     split_len: u32,
     c_off: u32,
+    has_dropout: u32,
+    drop_key: u32,
+    drop_p: f32,
+    drop_scale: f32,
 }
 
 /// shaders/reduce.wgsl
@@ -167,7 +176,13 @@ const TILE: usize = 64;
 /// K step of the GEMM kernels; split-K chunks are multiples of it.
 const TK: usize = 16;
 
-fn conv_params(l: &Conv2d, n: usize, act: Option<Act>, tiles_n: usize, tiles_m: usize) -> ConvParams {
+/// (has_dropout, key, p, scale) of an epilogue, as the shaders take them.
+fn dropout_fields(epi: &Epilogue) -> (u32, u32, f32, f32) {
+    epi.dropout.map_or((0, 0, 0.0, 1.0), |(p, key)| (1, key, p, 1.0 / (1.0 - p)))
+}
+
+fn conv_params(l: &Conv2d, n: usize, epi: Epilogue, tiles_n: usize, tiles_m: usize) -> ConvParams {
+    let (has_dropout, drop_key, drop_p, drop_scale) = dropout_fields(&epi);
     ConvParams {
         n: n as u32,
         c_in: l.c_in as u32,
@@ -184,11 +199,15 @@ fn conv_params(l: &Conv2d, n: usize, act: Option<Act>, tiles_n: usize, tiles_m: 
         w_off: l.w_off as u32,
         b_off: l.b_off.unwrap_or(0) as u32,
         has_bias: l.b_off.is_some() as u32,
-        act: act_code(act),
+        act: act_code(epi.act),
         tiles_n: tiles_n as u32,
         tiles_m: tiles_m as u32,
         split_len: 0,
         c_off: 0,
+        has_dropout,
+        drop_key,
+        drop_p,
+        drop_scale,
     }
 }
 
@@ -284,18 +303,10 @@ impl Backend for GpuBackend {
         self.dispatch("gather_batch", &[images, labels, perm, x, y], &prm, grid);
     }
 
-    fn conv2d_forward(
-        &mut self,
-        out: &mut GpuBuf,
-        inp: &GpuBuf,
-        params: &GpuBuf,
-        l: &Conv2d,
-        n: usize,
-        act: Option<Act>,
-    ) {
+    fn conv2d_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, params: &GpuBuf, l: &Conv2d, n: usize, epi: Epilogue) {
         let tiles_n = (n * l.h_out * l.w_out).div_ceil(TILE);
         let tiles_m = l.c_out.div_ceil(TILE);
-        let prm = conv_params(l, n, act, tiles_n, tiles_m);
+        let prm = conv_params(l, n, epi, tiles_n, tiles_m);
         let grid = self.tile_grid(tiles_n, tiles_m);
         self.dispatch("conv2d_forward", &[params, inp, out], &prm, grid);
     }
@@ -303,7 +314,7 @@ impl Backend for GpuBackend {
     fn conv2d_backward_input(&mut self, dinp: &mut GpuBuf, dout: &GpuBuf, params: &GpuBuf, l: &Conv2d, n: usize) {
         let tiles_n = (n * l.h_in * l.w_in).div_ceil(TILE);
         let tiles_m = l.c_in.div_ceil(TILE);
-        let prm = conv_params(l, n, None, tiles_n, tiles_m);
+        let prm = conv_params(l, n, Epilogue::default(), tiles_n, tiles_m);
         let grid = self.tile_grid(tiles_n, tiles_m);
         self.dispatch("conv2d_backward_input", &[params, dout, dinp], &prm, grid);
     }
@@ -319,7 +330,7 @@ impl Backend for GpuBackend {
         let splits = (256 / tiles).clamp(1, reduction.div_ceil(256).max(1)).min(64);
         let split_len = reduction.div_ceil(splits).div_ceil(TK) * TK;
         let splits = reduction.div_ceil(split_len);
-        let mut prm = conv_params(l, n, None, tiles_n, tiles_m);
+        let mut prm = conv_params(l, n, Epilogue::default(), tiles_n, tiles_m);
         prm.split_len = split_len as u32;
         let grid = self.tile_grid(tiles_n, tiles_m * splits);
         if splits == 1 {
@@ -339,16 +350,9 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn dense_forward(
-        &mut self,
-        out: &mut GpuBuf,
-        inp: &GpuBuf,
-        params: &GpuBuf,
-        l: &Dense,
-        n: usize,
-        act: Option<Act>,
-    ) {
+    fn dense_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, params: &GpuBuf, l: &Dense, n: usize, epi: Epilogue) {
         // out (n, n_out) = inp (n, n_in) * W^T: B(k = i, j = o) = W[o * n_in + i].
+        let (has_dropout, drop_key, drop_p, drop_scale) = dropout_fields(&epi);
         let prm = GemmParams {
             m: n as u32,
             n: l.n_out as u32,
@@ -361,7 +365,11 @@ impl Backend for GpuBackend {
             c_rs: l.n_out as u32,
             bias_off: l.b_off.unwrap_or(0) as u32,
             has_bias: l.b_off.is_some() as u32,
-            act: act_code(act),
+            act: act_code(epi.act),
+            has_dropout,
+            drop_key,
+            drop_p,
+            drop_scale,
             ..Default::default()
         };
         self.gemm("dense_forward", [inp, params, out], prm);
@@ -406,12 +414,21 @@ impl Backend for GpuBackend {
 
     fn activation_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, len: usize, act: Act) {
         let grid = self.grid(len);
-        self.dispatch("activation_forward", &[inp, out], &ActParams { len: len as u32, act: act as u32 }, grid);
+        let prm = ActParams { len: len as u32, act: act as u32, scale: 1.0 };
+        self.dispatch("activation_forward", &[inp, out], &prm, grid);
     }
 
-    fn activation_backward(&mut self, dinp: &mut GpuBuf, dout: &GpuBuf, out: &GpuBuf, len: usize, act: Act) {
+    fn activation_backward(
+        &mut self,
+        dinp: &mut GpuBuf,
+        dout: &GpuBuf,
+        out: &GpuBuf,
+        len: usize,
+        act: Act,
+        scale: f32,
+    ) {
         let grid = self.grid(len);
-        let prm = ActParams { len: len as u32, act: act as u32 };
+        let prm = ActParams { len: len as u32, act: act as u32, scale };
         self.dispatch("activation_backward", &[dout, out, dinp], &prm, grid);
     }
 

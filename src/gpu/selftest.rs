@@ -14,7 +14,7 @@
 //!   about 2^-11, which moves a sampling point by up to ~0.01 pixel.
 
 use super::GpuBackend;
-use crate::backend::{AdamStep, Backend, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
 use crate::cpu::CpuBackend;
 use crate::data::augment::Augment;
 use crate::error::Result;
@@ -211,14 +211,15 @@ fn gather_cases(p: &mut Pair) -> Result<Vec<CaseResult>> {
 
 fn conv_cases(p: &mut Pair) -> Result<Vec<CaseResult>> {
     let mut out = Vec::new();
+    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.3, 99)) };
     let cases = [
-        (1, conv(1, 28, 28, 16, (5, 5), 1, (2, 2)), Some(Act::Relu)),
-        (3, conv(3, 7, 5, 5, (3, 3), 2, (1, 1)), Some(Act::Tanh)),
-        (2, conv(5, 9, 11, 70, (2, 4), 1, (1, 3)), Some(Act::Sigmoid)),
-        (4, conv(3, 14, 14, 7, (5, 5), 1, (2, 2)), None),
-        (2, conv(2, 6, 6, 3, (6, 6), 1, (0, 0)), None),
+        (1, conv(1, 28, 28, 16, (5, 5), 1, (2, 2)), Epilogue::act(Some(Act::Relu))),
+        (3, conv(3, 7, 5, 5, (3, 3), 2, (1, 1)), Epilogue::act(Some(Act::Tanh))),
+        (2, conv(5, 9, 11, 70, (2, 4), 1, (1, 3)), Epilogue::act(Some(Act::Sigmoid))),
+        (4, conv(3, 14, 14, 7, (5, 5), 1, (2, 2)), relu_dropout),
+        (2, conv(2, 6, 6, 3, (6, 6), 1, (0, 0)), Epilogue::default()),
     ];
-    for (i, (n, l, act)) in cases.into_iter().enumerate() {
+    for (i, (n, l, epi)) in cases.into_iter().enumerate() {
         let plen = l.b_off.unwrap() + l.c_out + 7;
         let tag = format!(
             "n={n} {}x{}x{}->{} k{}x{} s{} p{},{}",
@@ -227,8 +228,8 @@ fn conv_cases(p: &mut Pair) -> Result<Vec<CaseResult>> {
         let (gw, cw) = p.f32s(&random(10 + i as u64, plen, -0.5, 0.5))?;
         let (gx, cx) = p.f32s(&random(20 + i as u64, n * l.in_len(), -1.0, 1.0))?;
         let (mut gy, mut cy) = p.zeros(n * l.out_len())?;
-        p.g.conv2d_forward(&mut gy, &gx, &gw, &l, n, act);
-        p.c.conv2d_forward(&mut cy, &cx, &cw, &l, n, act);
+        p.g.conv2d_forward(&mut gy, &gx, &gw, &l, n, epi);
+        p.c.conv2d_forward(&mut cy, &cx, &cw, &l, n, epi);
         out.push(p.check(&format!("conv2d_forward {tag}"), &gy, &cy, GEMM_TOL.0, GEMM_TOL.1)?);
         let (gd, cd) = p.f32s(&random(30 + i as u64, n * l.out_len(), -1.0, 1.0))?;
         let (mut gdx, mut cdx) = p.zeros(n * l.in_len())?;
@@ -245,23 +246,25 @@ fn conv_cases(p: &mut Pair) -> Result<Vec<CaseResult>> {
 
 fn dense_cases(p: &mut Pair) -> Result<Vec<CaseResult>> {
     let mut out = Vec::new();
-    for (i, (n, ni, no, act)) in [
-        (1, 13, 7, Some(Act::Sigmoid)),
-        (5, 70, 130, Some(Act::Relu)),
-        (33, 784, 10, None),
-        (3, 3136, 10, Some(Act::Tanh)),
+    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.2, 7)) };
+    for (i, (n, ni, no, epi)) in [
+        (1, 13, 7, Epilogue::act(Some(Act::Sigmoid))),
+        (5, 70, 130, relu_dropout),
+        (33, 784, 10, Epilogue::default()),
+        (3, 3136, 10, Epilogue::act(Some(Act::Tanh))),
+        (9, 100, 37, relu_dropout),
     ]
     .into_iter()
     .enumerate()
     {
         let l = Dense { n_in: ni, n_out: no, w_off: 64, b_off: Some(64 + (ni * no).div_ceil(64) * 64) };
         let plen = l.b_off.unwrap() + no + 3;
-        let tag = format!("n={n} {ni}->{no}");
+        let tag = format!("n={n} {ni}->{no}{}", if epi.dropout.is_some() { " +relu+dropout" } else { "" });
         let (gw, cw) = p.f32s(&random(40 + i as u64, plen, -0.5, 0.5))?;
         let (gx, cx) = p.f32s(&random(50 + i as u64, n * ni, -1.0, 1.0))?;
         let (mut gy, mut cy) = p.zeros(n * no)?;
-        p.g.dense_forward(&mut gy, &gx, &gw, &l, n, act);
-        p.c.dense_forward(&mut cy, &cx, &cw, &l, n, act);
+        p.g.dense_forward(&mut gy, &gx, &gw, &l, n, epi);
+        p.c.dense_forward(&mut cy, &cx, &cw, &l, n, epi);
         out.push(p.check(&format!("dense_forward {tag}"), &gy, &cy, GEMM_TOL.0, GEMM_TOL.1)?);
         let (gd, cd) = p.f32s(&random(60 + i as u64, n * no, -1.0, 1.0))?;
         let (mut gdx, mut cdx) = p.zeros(n * ni)?;
@@ -293,8 +296,8 @@ fn activation_cases(p: &mut Pair) -> Result<Vec<CaseResult>> {
         let (gyc, _) = p.f32s(&cy)?;
         let (gd, cd) = p.f32s(&random(71, len, -1.0, 1.0))?;
         let (mut gdx, mut cdx) = p.zeros(len)?;
-        p.g.activation_backward(&mut gdx, &gd, &gyc, len, act);
-        p.c.activation_backward(&mut cdx, &cd, &cy, len, act);
+        p.g.activation_backward(&mut gdx, &gd, &gyc, len, act, 1.25);
+        p.c.activation_backward(&mut cdx, &cd, &cy, len, act, 1.25);
         out.push(p.check(&format!("activation_backward {act:?} len={len}"), &gdx, &cdx, ULP_TOL.0, ULP_TOL.1)?);
     }
     Ok(out)
