@@ -1,17 +1,49 @@
 //! Batch normalisation per channel, statistics over (n, h, w), as torch's BatchNorm1d/2d:
-//! biased variance to normalise, unbiased variance into the running estimate. Sums in f64.
+//! biased variance to normalise, unbiased variance into the running estimate. Sums in f64,
+//! in 8 interleaved lanes (so they vectorize) added in a fixed order.
 
 use rayon::prelude::*;
 
 use super::real::Real;
 use crate::model::BatchNorm;
 
-/// Visits channel `c`'s values of every example.
-fn channel<'a, T>(x: &'a [T], l: &BatchNorm, n: usize, c: usize) -> impl Iterator<Item = &'a T> {
-    (0..n).flat_map(move |s| {
-        let at = (s * l.c + c) * l.hw;
-        x[at..at + l.hw].iter()
-    })
+const LANES: usize = 8;
+
+/// Sum over `v` of f(x) in f64, lane-interleaved.
+#[inline(always)]
+fn lane_sum<T: Real>(v: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x.to64());
+        }
+    }
+    chunks.remainder().iter().map(|&x| f(x.to64())).sum::<f64>() + acc.iter().sum::<f64>()
+}
+
+/// Sum over `a`, `b` pairs of f(a, b) in f64, lane-interleaved.
+#[inline(always)]
+fn lane_sum2<T: Real>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += f(x.to64(), y.to64());
+        }
+    }
+    let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x.to64(), y.to64())).sum();
+    tail + acc.iter().sum::<f64>()
+}
+
+/// Channel c's plane of example s.
+fn plane<'a, T>(x: &'a [T], l: &BatchNorm, s: usize, c: usize) -> &'a [T] {
+    &x[(s * l.c + c) * l.hw..][..l.hw]
+}
+
+/// Per channel: f summed over every example's plane.
+fn per_channel<T: Real>(l: &BatchNorm, n: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+    (0..l.c).into_par_iter().map(|c| (0..n).map(|s| f(s, c)).sum()).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -27,38 +59,40 @@ pub fn batchnorm_forward<T: Real>(
 ) {
     let m = (n * l.hw) as f64;
     // (mean, biased variance) per channel
-    let moments: Vec<(f64, f64)> = (0..l.c)
-        .into_par_iter()
-        .map(|c| {
-            if train {
-                let mean = channel(inp, l, n, c).map(|&v| v.to64()).sum::<f64>() / m;
-                let var = channel(inp, l, n, c).map(|&v| (v.to64() - mean).powi(2)).sum::<f64>() / m;
-                (mean, var)
-            } else {
-                (state[l.mean_off + c].to64(), state[l.var_off + c].to64())
-            }
-        })
-        .collect();
-    let stats: Vec<(T, T)> =
-        moments.iter().map(|&(mean, var)| (T::of64(mean), T::of64(1.0 / (var + l.eps as f64).sqrt()))).collect();
+    let moments: Vec<(f64, f64)> = if train {
+        let means = per_channel::<T>(l, n, |s, c| lane_sum(plane(inp, l, s, c), |x| x));
+        let means: Vec<f64> = means.iter().map(|s| s / m).collect();
+        let vars = per_channel::<T>(l, n, |s, c| {
+            let mean = means[c];
+            lane_sum(plane(inp, l, s, c), |x| (x - mean) * (x - mean))
+        });
+        means.into_iter().zip(vars).map(|(mean, q)| (mean, q / m)).collect()
+    } else {
+        (0..l.c).map(|c| (state[l.mean_off + c].to64(), state[l.var_off + c].to64())).collect()
+    };
     if train {
-        for (c, (&(mean, var), &(mean32, invstd))) in moments.iter().zip(&stats).enumerate() {
-            saved[2 * c] = mean32;
-            saved[2 * c + 1] = invstd;
+        for (c, &(mean, var)) in moments.iter().enumerate() {
+            saved[2 * c] = T::of64(mean);
+            saved[2 * c + 1] = T::of64(1.0 / (var + l.eps as f64).sqrt());
             let unbiased = if m > 1.0 { var * m / (m - 1.0) } else { var };
             let mom = l.momentum as f64;
             state[l.mean_off + c] = T::of64((1.0 - mom) * state[l.mean_off + c].to64() + mom * mean);
             state[l.var_off + c] = T::of64((1.0 - mom) * state[l.var_off + c].to64() + mom * unbiased);
         }
     }
+    // y = x * a + b with a = gamma / std, b = beta - mean * a
+    let ab: Vec<(T, T)> = moments
+        .iter()
+        .enumerate()
+        .map(|(c, &(mean, var))| {
+            let a = params[l.gamma_off + c].to64() / (var + l.eps as f64).sqrt();
+            (T::of64(a), T::of64(params[l.beta_off + c].to64() - mean * a))
+        })
+        .collect();
     out[..n * l.c * l.hw].par_chunks_mut(l.hw).zip(inp[..n * l.c * l.hw].par_chunks(l.hw)).enumerate().for_each(
-        |(plane, (y, x))| {
-            let c = plane % l.c;
-            let (mean, invstd) = stats[c];
-            let (g, b) = (params[l.gamma_off + c], params[l.beta_off + c]);
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = (x - mean) * invstd * g + b;
-            }
+        |(p, (y, x))| {
+            let (a, b) = ab[p % l.c];
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
         },
     );
 }
@@ -75,33 +109,37 @@ pub fn batchnorm_backward<T: Real>(
     n: usize,
 ) {
     let m = (n * l.hw) as f64;
-    // (dgamma, dbeta) per channel: sum dy * xhat, sum dy
-    let sums: Vec<(f64, f64)> = (0..l.c)
-        .into_par_iter()
+    // dbeta = sum dy; dgamma = sum dy * xhat = invstd * (sum dy x - mean sum dy)
+    let db = per_channel::<T>(l, n, |s, c| lane_sum(plane(dout, l, s, c), |g| g));
+    let dyx = per_channel::<T>(l, n, |s, c| lane_sum2(plane(dout, l, s, c), plane(inp, l, s, c), |g, x| g * x));
+    let dg: Vec<f64> = (0..l.c)
         .map(|c| {
             let (mean, invstd) = (saved[2 * c].to64(), saved[2 * c + 1].to64());
-            channel(dout, l, n, c)
-                .zip(channel(inp, l, n, c))
-                .fold((0.0, 0.0), |(dg, db), (&dy, &x)| (dg + dy.to64() * (x.to64() - mean) * invstd, db + dy.to64()))
+            invstd * (dyx[c] - mean * db[c])
         })
         .collect();
-    for (c, &(dg, db)) in sums.iter().enumerate() {
-        grads[l.gamma_off + c] = T::of64(dg);
-        grads[l.beta_off + c] = T::of64(db);
+    for c in 0..l.c {
+        grads[l.gamma_off + c] = T::of64(dg[c]);
+        grads[l.beta_off + c] = T::of64(db[c]);
     }
+    // dx = gamma invstd / m (m dy - dbeta - xhat dgamma) = p dy + q x + r per channel
+    let pqr: Vec<(T, T, T)> = (0..l.c)
+        .map(|c| {
+            let (mean, invstd) = (saved[2 * c].to64(), saved[2 * c + 1].to64());
+            let k = params[l.gamma_off + c].to64() * invstd / m;
+            let q = -k * invstd * dg[c];
+            (T::of64(k * m), T::of64(q), T::of64(-k * db[c] - q * mean))
+        })
+        .collect();
     dinp[..n * l.c * l.hw]
         .par_chunks_mut(l.hw)
         .zip(dout[..n * l.c * l.hw].par_chunks(l.hw))
         .zip(inp[..n * l.c * l.hw].par_chunks(l.hw))
         .enumerate()
-        .for_each(|(plane, ((dx, dy), x))| {
-            let c = plane % l.c;
-            let (mean, invstd) = (saved[2 * c].to64(), saved[2 * c + 1].to64());
-            let (dg, db) = sums[c];
-            let k = params[l.gamma_off + c].to64() * invstd / m;
+        .for_each(|(p, ((dx, dy), x))| {
+            let (a, q, r) = pqr[p % l.c];
             for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
-                let xhat = (x.to64() - mean) * invstd;
-                *dx = T::of64(k * (m * dy.to64() - db - xhat * dg));
+                *dx = a * dy + q * x + r;
             }
         });
 }
