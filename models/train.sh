@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# How the shipped models in models/ were trained: every preset with its own recipe, then
+# five seeds of cnn5 for the ensemble. Logs and checkpoints go to runs/; rerun one line to
+# reproduce one model (add --backend gpu on a machine with a GPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release
+mkdir -p runs
+train() { # name preset seed [extra args]
+    local name=$1 arch=$2 seed=$3; shift 3
+    ./target/release/gpu-train --arch "$arch" --seed "$seed" --out "runs/$name.safetensors" "$@" 2>&1 | tee "runs/$name.log"
+}
+train mlp mlp 1 --backend cpu
+train cnn-a cnn-a 1 --backend cpu
+train fc-b fc-b 1 --backend cpu
+train cnn2 cnn2 1 --backend cpu
+train cnn4 cnn4 1 --backend cpu
+for s in 1 2 3 4 5; do train "cnn5-s$s" cnn5 "$s" --backend cpu; done
+train cnn3 cnn3 1 --backend cpu
