@@ -31,6 +31,17 @@ pub struct BenchResult {
     pub seconds_per_epoch: f64,
     pub images_per_second: f64,
     pub augment: bool,
+    /// What training needs at the least: the data set, parameters with their gradients and
+    /// optimizer state, and one batch's forward activations (bytes).
+    pub footprint: Footprint,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Footprint {
+    pub dataset_bytes: usize,
+    pub parameter_state_bytes: usize,
+    pub activation_bytes: usize,
+    pub total_bytes: usize,
 }
 
 pub const EPOCH_IMAGES: usize = 60_000;
@@ -65,6 +76,14 @@ pub fn bench<B: Backend>(
     let _ = b.download(&stats, 1)?;
     let setup_seconds = t0.elapsed().as_secs_f64();
 
+    let dataset_bytes = 4 * (data.images.len().div_ceil(4) + 2 * data.len());
+    let (parameter_state_bytes, activation_bytes) = (net.parameter_state_bytes(), net.activation_bytes());
+    let footprint = Footprint {
+        dataset_bytes,
+        parameter_state_bytes,
+        activation_bytes,
+        total_bytes: dataset_bytes + parameter_state_bytes + activation_bytes,
+    };
     let mut run = |b: &mut B, count: usize, first: usize| -> Result<f64> {
         let t = Instant::now();
         for i in first..first + count {
@@ -105,5 +124,6 @@ pub fn bench<B: Backend>(
         seconds_per_epoch: per_step * EPOCH_IMAGES.div_ceil(batch) as f64,
         images_per_second: batch as f64 / per_step,
         augment,
+        footprint,
     })
 }

@@ -553,6 +553,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             let r = bench::bench(&mut *g, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
             let mut v = serde_json::to_value(&r)?;
             v["shader_compile_seconds"] = compile.into();
+            let peak = g.memory().1;
+            v["device_memory_peak_bytes"] = peak.into();
+            v["device_memory_over_footprint"] = (peak as f64 / r.footprint.total_bytes as f64).into();
             if a.profile {
                 // Warm-up and timed steps are both profiled: report per step over all of them.
                 let steps = (a.steps + a.warmup) as f64;

@@ -1,11 +1,16 @@
 //! A model on a backend: its buffers, and the forward, backward and optimizer step as
 //! sequences of backend ops. Generic over `Backend`, so the CPU and GPU run the same plan.
 //!
-//! Buffers are indexed by layer boundary: `acts[k]` holds the input of layer k (acts[0] is the
-//! batch), `dacts[k]` its gradient. An activation right after a conv or dense layer is fused
-//! into it (written straight to the activation's output); its pre-activation buffer then only
-//! exists as a gradient. Flatten needs no buffer (NCHW is already C, H, W order), and in
-//! evaluation dropout is skipped, so a plan records which boundary each op reads.
+//! Activation buffers are indexed by layer boundary: `acts[k]` holds the input of layer k
+//! (acts[0] is the batch). An activation right after a conv or dense layer is fused into it
+//! (written straight to the activation's output), and so is a dropout after a relu in
+//! training. Flatten needs no buffer (NCHW is already C, H, W order), and in evaluation
+//! dropout is skipped, so a plan records which boundary each op reads.
+//!
+//! Gradients need far less: the backward of op k reads the gradient of its output and writes
+//! that of its input (op k-1's output), with a pre-activation gradient in between for fused
+//! activations. So three buffers serve them all: op k's output gradient is `grad[k % 2]`,
+//! its input's `grad[(k + 1) % 2]`, the pre-activation's `grad[2]`.
 
 use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
 use crate::data::augment::Augment;
@@ -55,9 +60,16 @@ fn plan(arch: &Arch, train: bool) -> (Vec<Node>, usize) {
             }
             _ => {}
         }
+        i = node.out;
+        if !train {
+            // Evaluation skips dropout: write straight into the buffer the training plan
+            // writes after it, so both plans share their buffers.
+            while matches!(layers.get(node.out), Some(Layer::Dropout { .. })) {
+                node.out += 1;
+            }
+        }
         nodes.push(node);
         cur = node.out;
-        i = node.out;
     }
     (nodes, cur)
 }
@@ -155,7 +167,7 @@ pub struct Network<B: Backend> {
     pub opt_m: B::Buf,
     pub opt_v: B::Buf,
     acts: Vec<B::Buf>,
-    dacts: Vec<B::Buf>,
+    grad: Vec<B::Buf>,
     argmax: Vec<B::IBuf>,
     saved: Vec<B::Buf>,
     labels: B::IBuf,
@@ -178,19 +190,20 @@ impl<B: Backend> Network<B> {
         let (eval_plan, eval_out) = plan(&arch, false);
         let nb = arch.layers.len() + 1;
         let mut need_act = vec![false; nb];
-        let mut need_grad = vec![false; nb];
         need_act[0] = true;
         for node in train_plan.iter().chain(&eval_plan) {
             need_act[node.inp] = true;
             need_act[node.out] = true;
         }
-        for node in &train_plan {
-            need_grad[node.out] = true;
+        // Per example, the largest gradient each of the three gradient buffers holds.
+        let mut grad_len = [0usize; 3];
+        for (k, node) in train_plan.iter().enumerate() {
+            grad_len[k % 2] = grad_len[k % 2].max(arch.shapes[node.out].len());
             if node.inp != 0 {
-                need_grad[node.inp] = true;
+                grad_len[(k + 1) % 2] = grad_len[(k + 1) % 2].max(arch.shapes[node.inp].len());
             }
             if node.fused.is_some() {
-                need_grad[node.pre] = true;
+                grad_len[2] = grad_len[2].max(arch.shapes[node.pre].len());
             }
         }
         // Check the device's per-buffer limit before allocating anything.
@@ -216,12 +229,11 @@ impl<B: Backend> Network<B> {
             )));
         }
         let mut acts = Vec::with_capacity(nb);
-        let mut dacts = Vec::with_capacity(nb);
         for k in 0..nb {
             let len = cap * arch.shapes[k].len();
             acts.push(b.alloc(if need_act[k] { len } else { 0 })?);
-            dacts.push(b.alloc(if need_grad[k] { len } else { 0 })?);
         }
+        let grad = grad_len.iter().map(|&len| b.alloc(cap * len)).collect::<Result<Vec<_>>>()?;
         let mut argmax = Vec::new();
         let mut saved = Vec::new();
         for layer in &arch.layers {
@@ -246,7 +258,7 @@ impl<B: Backend> Network<B> {
             opt_m: b.alloc(if with_m { n_params } else { 0 })?,
             opt_v: b.alloc(if with_v { n_params } else { 0 })?,
             acts,
-            dacts,
+            grad,
             argmax,
             saved,
             labels: b.alloc_u32(cap)?,
@@ -293,6 +305,18 @@ impl<B: Backend> Network<B> {
             b.upload(&mut self.opt_v, v)?;
         }
         Ok(())
+    }
+
+    /// Bytes of the forward activations of one full batch (the input included), as allocated.
+    pub fn activation_bytes(&self) -> usize {
+        let used: std::collections::BTreeSet<usize> =
+            self.train_plan.iter().chain(&self.eval_plan).flat_map(|n| [n.inp, n.out]).chain([0]).collect();
+        used.iter().map(|&k| 4 * self.cap * self.arch.shapes[k].len()).sum()
+    }
+
+    /// Bytes of parameters, gradients and optimizer state.
+    pub fn parameter_state_bytes(&self) -> usize {
+        4 * self.arch.n_params * (2 + self.has_m() as usize + self.has_v() as usize) + 4 * self.arch.n_state
     }
 
     pub fn has_m(&self) -> bool {
@@ -353,11 +377,13 @@ impl<B: Backend> Network<B> {
         }
     }
 
-    /// Backward through the training plan, from the loss gradient in dacts[train_out].
+    /// Backward through the training plan, from the loss gradient in the last op's output
+    /// gradient buffer.
     fn backward(&mut self, b: &mut B, n: usize, global_step: u32, seed: u64) {
-        for node in self.train_plan.iter().rev() {
-            // Gradient with respect to this op's pre-activation output.
-            let mut dy = node.out;
+        for (k, node) in self.train_plan.iter().enumerate().rev() {
+            // grad indices: this op's output gradient, its input's, the pre-activation's.
+            let (d_out, d_in) = (k % 2, (k + 1) % 2);
+            let mut dy = d_out;
             if let Some(a) = node.fused {
                 // After relu + dropout, the output is zero where either zeroed it, so the
                 // relu test on it applies both masks; the dropout scale remains.
@@ -365,7 +391,7 @@ impl<B: Backend> Network<B> {
                     Layer::Dropout { p } => 1.0 / (1.0 - p),
                     _ => 1.0,
                 });
-                let (dpre, dpost) = split(&mut self.dacts, node.pre, node.out);
+                let (dpre, dpost) = split(&mut self.grad, 2, d_out);
                 b.activation_backward(
                     dpre,
                     dpost,
@@ -374,42 +400,42 @@ impl<B: Backend> Network<B> {
                     a,
                     scale,
                 );
-                dy = node.pre;
+                dy = 2;
             }
             let need_dx = node.inp != 0;
             let inp = &self.acts[node.inp];
             let len = n * self.arch.shapes[node.inp].len();
             match self.arch.layers[node.layer] {
                 Layer::Conv2d(l) => {
-                    b.conv2d_backward_weight(&mut self.grads, &self.dacts[dy], inp, &l, n);
+                    b.conv2d_backward_weight(&mut self.grads, &self.grad[dy], inp, &l, n);
                     if need_dx {
-                        let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                        let (dx, dy) = split(&mut self.grad, d_in, dy);
                         b.conv2d_backward_input(dx, dy, &self.params, &l, n);
                     }
                 }
                 Layer::Dense(l) => {
-                    b.dense_backward_weight(&mut self.grads, &self.dacts[dy], inp, &l, n);
+                    b.dense_backward_weight(&mut self.grads, &self.grad[dy], inp, &l, n);
                     if need_dx {
-                        let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                        let (dx, dy) = split(&mut self.grad, d_in, dy);
                         b.dense_backward_input(dx, dy, &self.params, &l, n);
                     }
                 }
                 _ if !need_dx => {}
                 Layer::Act(a) => {
-                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    let (dx, dy) = split(&mut self.grad, d_in, dy);
                     b.activation_backward(dx, dy, &self.acts[node.out], len, a, 1.0);
                 }
                 Layer::MaxPool2d(l) => {
-                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    let (dx, dy) = split(&mut self.grad, d_in, dy);
                     b.maxpool_backward(dx, dy, &self.argmax[node.layer], &l, n);
                 }
                 Layer::Dropout { p } => {
                     let key = rng::op_key(seed, rng::STREAM_DROPOUT + node.layer as u32, global_step);
-                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    let (dx, dy) = split(&mut self.grad, d_in, dy);
                     b.dropout_backward(dx, dy, len, p, key);
                 }
                 Layer::BatchNorm(l) => {
-                    let (dx, dy) = split(&mut self.dacts, node.inp, dy);
+                    let (dx, dy) = split(&mut self.grad, d_in, dy);
                     b.batchnorm_backward(dx, &mut self.grads, dy, inp, &self.saved[node.layer], &self.params, &l, n);
                 }
                 Layer::Flatten => unreachable!("flatten has no op"),
@@ -431,7 +457,8 @@ impl<B: Backend> Network<B> {
         self.forward(b, n, true, global_step, seed);
         let classes = self.arch.classes();
         let (out, scale) = (self.train_out, 1.0 / n as f32);
-        let (dlogits, logits) = (&mut self.dacts[out], &self.acts[out]);
+        let last = (self.train_plan.len() + 1) % 2; // (len - 1) % 2 without underflow
+        let (dlogits, logits) = (&mut self.grad[last], &self.acts[out]);
         match self.loss {
             Loss::CrossEntropy => {
                 b.softmax_xent_forward_backward(dlogits, stats, slot, logits, &self.labels, n, classes, scale)

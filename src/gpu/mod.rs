@@ -12,6 +12,7 @@ pub mod selftest;
 pub mod shaders;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -25,6 +26,30 @@ pub struct GpuBuf {
     buf: wgpu::Buffer,
     len: usize,
     id: u64,
+    /// The backend's memory count, given back on drop (None for borrowed handles).
+    mem: Option<Arc<MemoryCount>>,
+}
+
+impl Drop for GpuBuf {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mem {
+            m.add(-(self.buf.size() as i64));
+        }
+    }
+}
+
+/// Bytes of device memory the backend holds, now and at most.
+#[derive(Debug, Default)]
+pub struct MemoryCount {
+    current: AtomicI64,
+    peak: AtomicI64,
+}
+
+impl MemoryCount {
+    fn add(&self, bytes: i64) {
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
 }
 
 impl GpuBuf {
@@ -86,6 +111,7 @@ pub struct GpuBackend {
     /// Seconds spent building shader modules and pipelines.
     pub compile_seconds: f64,
     profiler: Option<Profiler>,
+    memory: Arc<MemoryCount>,
 }
 
 impl GpuBackend {
@@ -171,7 +197,17 @@ impl GpuBackend {
             errors,
             compile_seconds: 0.0,
             profiler: None,
+            memory: {
+                let m = Arc::new(MemoryCount::default());
+                m.add((SLOT * ARENA_SLOTS) as i64);
+                m
+            },
         })
+    }
+
+    /// Device memory in buffers this backend made: (now, peak), in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        (self.memory.current.load(Ordering::Relaxed) as u64, self.memory.peak.load(Ordering::Relaxed) as u64)
     }
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
@@ -281,7 +317,8 @@ impl GpuBackend {
         });
         let id = self.next_id;
         self.next_id += 1;
-        Ok(GpuBuf { buf, len, id })
+        self.memory.add(bytes as i64);
+        Ok(GpuBuf { buf, len, id, mem: Some(self.memory.clone()) })
     }
 
     /// A scratch buffer of at least `len` elements (split-K partial sums), grown as needed.
@@ -437,6 +474,8 @@ impl GpuBackend {
         self.submit()?;
         let size = (len * 4) as u64;
         if self.staging.as_ref().is_none_or(|s| s.size() < size) {
+            let old = self.staging.as_ref().map_or(0, |s| s.size());
+            self.memory.add(size.next_power_of_two() as i64 - old as i64);
             self.staging = Some(self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("read-back"),
                 size: size.next_power_of_two(),

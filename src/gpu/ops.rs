@@ -339,7 +339,7 @@ impl Backend for GpuBackend {
         } else {
             let Some(scratch) = self.scratch(splits * m * k) else { return };
             // The scratch buffer lives in self; its handle is cloned to record the dispatches.
-            let scratch = GpuBuf { buf: scratch.buf.clone(), len: scratch.len, id: scratch.id };
+            let scratch = GpuBuf { buf: scratch.buf.clone(), len: scratch.len, id: scratch.id, mem: None };
             self.dispatch("conv2d_backward_weight", &[dout, inp, &scratch], &prm, grid);
             let red = ReduceParams { n: splits as u32, c: 0, p: 0, len: (m * k) as u32, dst_off: l.w_off as u32 };
             let grid = self.grid(m * k);
