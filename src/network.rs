@@ -228,11 +228,11 @@ impl<B: Backend> Network<B> {
                 (max * 4) >> 20
             )));
         }
-        let mut acts = Vec::with_capacity(nb);
-        for k in 0..nb {
-            let len = cap * arch.shapes[k].len();
-            acts.push(b.alloc(if need_act[k] { len } else { 0 })?);
-        }
+        let acts = need_act
+            .iter()
+            .zip(&arch.shapes)
+            .map(|(&need, shape)| b.alloc(if need { cap * shape.len() } else { 0 }))
+            .collect::<Result<Vec<_>>>()?;
         let grad = grad_len.iter().map(|&len| b.alloc(cap * len)).collect::<Result<Vec<_>>>()?;
         let mut argmax = Vec::new();
         let mut saved = Vec::new();

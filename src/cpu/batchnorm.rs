@@ -42,7 +42,7 @@ fn plane<'a, T>(x: &'a [T], l: &BatchNorm, s: usize, c: usize) -> &'a [T] {
 }
 
 /// Per channel: f summed over every example's plane.
-fn per_channel<T: Real>(l: &BatchNorm, n: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
+fn per_channel(l: &BatchNorm, n: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
     (0..l.c).into_par_iter().map(|c| (0..n).map(|s| f(s, c)).sum()).collect()
 }
 
@@ -60,9 +60,9 @@ pub fn batchnorm_forward<T: Real>(
     let m = (n * l.hw) as f64;
     // (mean, biased variance) per channel
     let moments: Vec<(f64, f64)> = if train {
-        let means = per_channel::<T>(l, n, |s, c| lane_sum(plane(inp, l, s, c), |x| x));
+        let means = per_channel(l, n, |s, c| lane_sum(plane(inp, l, s, c), |x| x));
         let means: Vec<f64> = means.iter().map(|s| s / m).collect();
-        let vars = per_channel::<T>(l, n, |s, c| {
+        let vars = per_channel(l, n, |s, c| {
             let mean = means[c];
             lane_sum(plane(inp, l, s, c), |x| (x - mean) * (x - mean))
         });
@@ -110,8 +110,8 @@ pub fn batchnorm_backward<T: Real>(
 ) {
     let m = (n * l.hw) as f64;
     // dbeta = sum dy; dgamma = sum dy * xhat = invstd * (sum dy x - mean sum dy)
-    let db = per_channel::<T>(l, n, |s, c| lane_sum(plane(dout, l, s, c), |g| g));
-    let dyx = per_channel::<T>(l, n, |s, c| lane_sum2(plane(dout, l, s, c), plane(inp, l, s, c), |g, x| g * x));
+    let db = per_channel(l, n, |s, c| lane_sum(plane(dout, l, s, c), |g| g));
+    let dyx = per_channel(l, n, |s, c| lane_sum2(plane(dout, l, s, c), plane(inp, l, s, c), |g, x| g * x));
     let dg: Vec<f64> = (0..l.c)
         .map(|c| {
             let (mean, invstd) = (saved[2 * c].to64(), saved[2 * c + 1].to64());
