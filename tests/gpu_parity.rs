@@ -170,3 +170,36 @@ fn gpu_trained_model_evaluates_the_same_on_both_backends() {
     assert!((on_gpu - on_cpu).abs() <= 0.02 + 1e-9, "gpu {on_gpu}% vs cpu {on_cpu}%");
     assert!((accuracy(&trained) - on_gpu).abs() <= 1e-9, "train reported {trained}, eval {on_gpu}");
 }
+
+/// GPU training repeats bit for bit with the same seed (no float atomics, fixed reduction
+/// orders), dropout and augmentation included.
+#[test]
+fn gpu_training_is_reproducible() {
+    let Some(mut g) = gpu() else { return };
+    let data = mnist(64);
+    let mut spec = presets::load("cnn2").unwrap();
+    spec.train.augment.as_mut().unwrap().chance = 1.0;
+    let arch = Arch::new(spec).unwrap();
+    let (params, state) = arch.init(arch.recipe().init, 8);
+    let mut run = || {
+        let dev = DeviceData::upload(&mut g, &data).unwrap();
+        let mut net = Network::new(&mut g, arch.clone(), 16, &params, &state).unwrap();
+        let mut stats = g.alloc(8).unwrap();
+        for step in 0..4u32 {
+            let args = StepArgs {
+                start: 16 * step as usize,
+                n: 16,
+                slot: step as usize,
+                global_step: step,
+                lr: 1e-3,
+                seed: 3,
+                augment: arch.recipe().augment,
+            };
+            net.train_step(&mut g, &dev, &dev.order, &mut stats, &args);
+        }
+        (net.get_params(&mut g).unwrap().0, g.download(&stats, 8).unwrap())
+    };
+    let (a, b) = (run(), run());
+    assert!(a.0 == b.0, "parameters differ between two identical GPU runs");
+    assert!(a.1 == b.1, "losses differ between two identical GPU runs");
+}
