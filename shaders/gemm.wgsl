@@ -32,12 +32,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> b: array<f32>;   // also holds the bias (forward)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const TK: u32 = 16u;
 
-var<workgroup> a_tile: array<f32, 1024>;   // [TK][TM]
-var<workgroup> b_tile: array<f32, 1024>;   // [TK][TN]
 
 fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let tile_n = wid.x + wid.y * nwg.x;
@@ -83,19 +78,7 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             b_tile[kb * TN + nn] = bv;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * TM + ty + 16u * i];
-                bv[i] = b_tile[kk * TN + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
-                }
-            }
-        }
+        tile_multiply(tx, ty, &acc);
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {

@@ -22,25 +22,11 @@ fn conv(
     h: usize,
     w: usize,
     c_out: usize,
-    (kh, kw): (usize, usize),
+    k: (usize, usize),
     stride: usize,
-    (ph, pw): (usize, usize),
+    pad: (usize, usize),
 ) -> Conv2d {
-    Conv2d {
-        c_in,
-        h_in: h,
-        w_in: w,
-        c_out,
-        h_out: (h + 2 * ph - kh) / stride + 1,
-        w_out: (w + 2 * pw - kw) / stride + 1,
-        kh,
-        kw,
-        stride,
-        pad_h: ph,
-        pad_w: pw,
-        w_off: 3,
-        b_off: Some(3 + c_out * c_in * kh * kw + 5),
-    }
+    Conv2d::new(c_in, (h, w), c_out, k, stride, pad, 3, Some(3 + c_out * c_in * k.0 * k.1 + 5))
 }
 
 fn conv_cases() -> Vec<Conv2d> {

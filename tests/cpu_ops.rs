@@ -19,21 +19,7 @@ fn conv(
     stride: usize,
     pad: (usize, usize),
 ) -> Conv2d {
-    Conv2d {
-        c_in,
-        h_in: h,
-        w_in: w,
-        c_out,
-        h_out: (h + 2 * pad.0 - k.0) / stride + 1,
-        w_out: (w + 2 * pad.1 - k.1) / stride + 1,
-        kh: k.0,
-        kw: k.1,
-        stride,
-        pad_h: pad.0,
-        pad_w: pad.1,
-        w_off: 0,
-        b_off: Some(c_out * c_in * k.0 * k.1),
-    }
+    Conv2d::new(c_in, (h, w), c_out, k, stride, pad, 0, Some(c_out * c_in * k.0 * k.1))
 }
 
 /// Direct convolution: the definition, one output at a time.

@@ -87,21 +87,7 @@ fn conv(
     stride: usize,
     pad: (usize, usize),
 ) -> Conv2d {
-    Conv2d {
-        c_in,
-        h_in: h,
-        w_in: w,
-        c_out,
-        h_out: (h + 2 * pad.0 - k.0) / stride + 1,
-        w_out: (w + 2 * pad.1 - k.1) / stride + 1,
-        kh: k.0,
-        kw: k.1,
-        stride,
-        pad_h: pad.0,
-        pad_w: pad.1,
-        w_off: 64,
-        b_off: Some(64 + (c_out * c_in * k.0 * k.1).div_ceil(64) * 64),
-    }
+    Conv2d::new(c_in, (h, w), c_out, k, stride, pad, 64, Some(64 + (c_out * c_in * k.0 * k.1).div_ceil(64) * 64))
 }
 
 /// Runs the same op on both backends over buffers made from the same host data; `read`

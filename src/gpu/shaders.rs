@@ -1,11 +1,16 @@
 //! Every WGSL source in one place, and every kernel (entry point) with its bindings.
 //!
-//! A kernel's module is `shaders/common.wgsl` followed by its family's file. The binding
+//! A kernel's module is `shaders/common.wgsl` (and `tile.wgsl` for the GEMM families)
+//! followed by its family's file. The binding
 //! lists here are the pipelines' explicit layouts; wgpu checks them against the shaders when
 //! a pipeline is built, and the naga test compiles every module for every backend.
 
 /// The helpers every module starts with.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
+
+/// The tiled inner product, put after COMMON in the families that use it.
+pub const TILE: &str = include_str!("../../shaders/tile.wgsl");
+const TILED: &[&str] = &["conv2d", "gemm"];
 
 /// (family, source) of each op family's file.
 pub const FAMILIES: &[(&str, &str)] = &[
@@ -71,9 +76,11 @@ pub const KERNELS: &[Kernel] = &[
     k("sum_partials", "reduce", &[(0, R), (2, W)]),
 ];
 
-/// The complete module source of a family: common helpers, then the family's file.
+/// The complete module source of a family: common helpers (and, for the GEMM families, the
+/// tile), then the family's file.
 pub fn module_source(family: &str) -> Option<String> {
-    FAMILIES.iter().find(|(f, _)| *f == family).map(|(_, src)| format!("{COMMON}\n{src}"))
+    let tile = if TILED.contains(&family) { TILE } else { "" };
+    FAMILIES.iter().find(|(f, _)| *f == family).map(|(_, src)| format!("{COMMON}\n{tile}\n{src}"))
 }
 
 pub fn kernel(entry: &str) -> Option<&'static Kernel> {

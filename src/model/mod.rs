@@ -69,6 +69,36 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// A layer over (c_in, h, w) inputs with the output size its kernel, stride and padding
+    /// give (the padded input must hold the kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c_in: usize,
+        (h, w): (usize, usize),
+        c_out: usize,
+        (kh, kw): (usize, usize),
+        stride: usize,
+        (pad_h, pad_w): (usize, usize),
+        w_off: usize,
+        b_off: Option<usize>,
+    ) -> Conv2d {
+        Conv2d {
+            c_in,
+            h_in: h,
+            w_in: w,
+            c_out,
+            h_out: (h + 2 * pad_h - kh) / stride + 1,
+            w_out: (w + 2 * pad_w - kw) / stride + 1,
+            kh,
+            kw,
+            stride,
+            pad_h,
+            pad_w,
+            w_off,
+            b_off,
+        }
+    }
+
     pub fn in_len(&self) -> usize {
         self.c_in * self.h_in * self.w_in
     }
@@ -243,21 +273,7 @@ impl Arch {
                     }
                     let w_off = params.add(i, "weight", TensorKind::Weight, vec![filters, c, kh, kw]);
                     let b_off = bias.then(|| params.add(i, "bias", TensorKind::Bias, vec![filters]));
-                    Layer::Conv2d(Conv2d {
-                        c_in: c,
-                        h_in: h,
-                        w_in: w,
-                        c_out: filters,
-                        h_out: (h + 2 * pad_h - kh) / stride + 1,
-                        w_out: (w + 2 * pad_w - kw) / stride + 1,
-                        kh,
-                        kw,
-                        stride,
-                        pad_h,
-                        pad_w,
-                        w_off,
-                        b_off,
-                    })
+                    Layer::Conv2d(Conv2d::new(c, (h, w), filters, (kh, kw), stride, (pad_h, pad_w), w_off, b_off))
                 }
                 (LayerSpec::Conv2d { .. }, Shape::Flat(_)) => {
                     return Err(err(i, "conv2d needs an image input, but its input is flat".into()));
