@@ -236,17 +236,26 @@ fn gather_batch_normalises_permutes_and_augments() {
     assert_eq!(x1, x2);
 }
 
-/// The direct AVX-512 convolution (stride 1; used when the CPU has AVX-512) against the
-/// im2col + GEMM path on awkward shapes: widths below, at and above 16 and 32, odd channel
-/// counts, batch 1, every padding up to k - 1. Summation orders differ, hence 1e-4.
+/// The direct convolution (stride 1; used when the CPU has AVX-512 or AVX2), with every
+/// instruction set this CPU has, against the im2col + GEMM path on awkward shapes: widths
+/// below, at and above 8, 16 and 32, odd channel counts, batch 1, every padding up to k - 1.
+/// Summation orders differ, hence 1e-4.
 #[test]
 fn direct_convolution_matches_the_gemm_path() {
     use gpu_train::cpu::direct;
-    use gpu_train::model::Act;
-    if !direct::available() {
-        eprintln!("no AVX-512 here: the direct path is not used on this CPU");
+    let isas = direct::isas();
+    if isas.is_empty() {
+        eprintln!("neither AVX-512 nor AVX2 here: the direct path is not used on this CPU");
         return;
     }
+    for isa in isas {
+        direct_matches_gemm(isa);
+    }
+}
+
+fn direct_matches_gemm(isa: gpu_train::cpu::direct::Isa) {
+    use gpu_train::cpu::direct;
+    use gpu_train::model::Act;
     let shapes = [
         (1, 1, 28, 28, 16, 5, 2),
         (2, 16, 28, 28, 32, 5, 2),
@@ -257,6 +266,8 @@ fn direct_convolution_matches_the_gemm_path() {
         (1, 4, 40, 3, 5, 3, 2),
         (3, 6, 9, 31, 12, 4, 3),
         (2, 1, 2, 2, 3, 2, 1),
+        (2, 3, 6, 8, 10, 3, 1),
+        (1, 2, 5, 9, 4, 3, 2),
     ];
     for (i, &(n, c_in, h, w, c_out, k, pad)) in shapes.iter().enumerate() {
         let l = conv(c_in, h, w, c_out, (k, k), 1, (pad, pad));
@@ -265,18 +276,18 @@ fn direct_convolution_matches_the_gemm_path() {
         let params = uniform(200 + i as u64, plen, -0.5, 0.5);
         let x = uniform(300 + i as u64, n * l.in_len(), -1.0, 1.0);
         let dy = uniform(400 + i as u64, n * l.out_len(), -1.0, 1.0);
-        let tag = format!("n={n} {c_in}x{h}x{w}->{c_out} k{k} p{pad}");
+        let tag = format!("{isa:?} n={n} {c_in}x{h}x{w}->{c_out} k{k} p{pad}");
         let epi = Epilogue { act: Some(Act::Relu), dropout: Some((0.25, i as u32)) };
         let (mut a, mut b) = (vec![0.0; n * l.out_len()], vec![0.0; n * l.out_len()]);
-        conv2d::conv2d_forward(&mut a, &x, &params, &l, n, epi);
+        direct::conv2d_forward(isa, &mut a, &x, &params, &l, n, epi);
         conv2d::conv2d_forward_gemm(&mut b, &x, &params, &l, n, epi);
         assert_close(&format!("forward {tag}"), &a, &b, 1e-4, 1e-4);
         let (mut a, mut b) = (vec![0.0; n * l.in_len()], vec![0.0; n * l.in_len()]);
-        conv2d::conv2d_backward_input(&mut a, &dy, &params, &l, n);
+        direct::conv2d_backward_input(isa, &mut a, &dy, &params, &l, n);
         conv2d::conv2d_backward_input_gemm(&mut b, &dy, &params, &l, n);
         assert_close(&format!("backward input {tag}"), &a, &b, 1e-4, 1e-4);
         let (mut a, mut b) = (vec![9.0; plen], vec![9.0; plen]);
-        conv2d::conv2d_backward_weight(&mut a, &dy, &x, &l, n);
+        direct::conv2d_backward_weight(isa, &mut a, &dy, &x, &l, n);
         conv2d::conv2d_backward_weight_gemm(&mut b, &dy, &x, &l, n);
         assert_close(&format!("backward weight {tag}"), &a, &b, 1e-4, 1e-4);
     }

@@ -96,22 +96,22 @@ fn f32s_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
         .then(|| unsafe { &mut *(s as *mut [T] as *mut [f32]) })
 }
 
-/// The f32 views for the direct path, if this layer and CPU can take it.
+/// The instruction set and f32 views for the direct path, if this layer and CPU can take it.
 fn direct<'a, T: 'static>(
     l: &Conv2d,
     out: &'a mut [T],
     a: &'a [T],
     b: &'a [T],
-) -> Option<(&'a mut [f32], &'a [f32], &'a [f32])> {
+) -> Option<(direct::Isa, &'a mut [f32], &'a [f32], &'a [f32])> {
     if !direct::supports(l) {
         return None;
     }
-    Some((f32s_mut(out)?, f32s(a)?, f32s(b)?))
+    Some((direct::best()?, f32s_mut(out)?, f32s(a)?, f32s(b)?))
 }
 
 pub fn conv2d_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, epi: Epilogue) {
-    if let Some((out, inp, params)) = direct(l, out, inp, params) {
-        return direct::conv2d_forward(out, inp, params, l, n, epi);
+    if let Some((isa, out, inp, params)) = direct(l, out, inp, params) {
+        return direct::conv2d_forward(isa, out, inp, params, l, n, epi);
     }
     conv2d_forward_gemm(out, inp, params, l, n, epi)
 }
@@ -137,8 +137,8 @@ pub fn conv2d_forward_gemm<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &
 }
 
 pub fn conv2d_backward_input<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], l: &Conv2d, n: usize) {
-    if let Some((dinp, dout, params)) = direct(l, dinp, dout, params) {
-        return direct::conv2d_backward_input(dinp, dout, params, l, n);
+    if let Some((isa, dinp, dout, params)) = direct(l, dinp, dout, params) {
+        return direct::conv2d_backward_input(isa, dinp, dout, params, l, n);
     }
     conv2d_backward_input_gemm(dinp, dout, params, l, n)
 }
@@ -164,8 +164,8 @@ pub fn conv2d_backward_input_gemm<T: Real>(dinp: &mut [T], dout: &[T], params: &
 pub const WEIGHT_GRAD_CHUNKS: usize = 8;
 
 pub fn conv2d_backward_weight<T: Real>(grads: &mut [T], dout: &[T], inp: &[T], l: &Conv2d, n: usize) {
-    if let Some((grads, dout, inp)) = direct(l, grads, dout, inp) {
-        return direct::conv2d_backward_weight(grads, dout, inp, l, n);
+    if let Some((isa, grads, dout, inp)) = direct(l, grads, dout, inp) {
+        return direct::conv2d_backward_weight(isa, grads, dout, inp, l, n);
     }
     conv2d_backward_weight_gemm(grads, dout, inp, l, n)
 }

@@ -1,22 +1,25 @@
-//! Direct convolution for stride-1 layers with AVX-512 (x86-64 CPUs that have it, detected at
-//! run time); everything else uses the im2col + GEMM path in `conv2d.rs`, which stays the
+//! Direct convolution for stride-1 layers on x86-64 CPUs with AVX-512 or AVX2 + FMA (detected
+//! at run time); everything else uses the im2col + GEMM path in `conv2d.rs`, which stays the
 //! reference these kernels are tested against.
 //!
 //! Each example's input is copied once into a zero-padded plane stack (C, Hp, Wp), so the
 //! input values a kernel tap needs for 16 neighbouring output columns are 16 consecutive
 //! floats: no column matrix is built. An output tile is 8 channels x 32 columns (one row of
-//! up to 32 columns, or two rows of up to 16), held in 16 zmm accumulators; per kernel tap
-//! the tile loads two input vectors and broadcasts 8 weights (16 FMAs).
+//! up to 32 columns, or two rows of up to 16). With AVX-512 it is held in 16 zmm accumulators
+//! and per kernel tap the tile loads two input vectors and broadcasts 8 weights (16 FMAs);
+//! with AVX2 (16 ymm registers) the tile is done as four 8-channel x 8-column quarters, each
+//! in 8 accumulators.
 //!
 //! - forward: out = W * x_pad (+ bias, activation)
 //! - backward-input: the forward of dout padded by k-1-pad with W transposed and flipped
 //! - backward-weight: dW[co][tap] = sum over examples, rows and 16-column chunks of
-//!   dout[co] . x_pad shifted by the tap, as lane-wise FMAs in a 4 x 4 (channel x tap) tile,
-//!   summed across lanes at the end.
+//!   dout[co] . x_pad shifted by the tap, as lane-wise FMAs in a 4 x 4 (channel x tap) tile
+//!   (AVX2: two 4 x 2 halves, the two 8-lane halves of a chunk into the same lanes), summed
+//!   across lanes at the end.
 //!
 //! Work is split by example (forward, backward-input) or by output tile (backward-weight);
 //! each output is produced by one task in a fixed order, so results do not depend on the
-//! number of threads.
+//! number of threads (they do on the instruction set: the sums run in another order).
 
 use rayon::prelude::*;
 
@@ -26,25 +29,53 @@ use crate::model::Conv2d;
 
 /// Output channels per tile.
 const MR: usize = 8;
-/// Lanes of a zmm register.
+/// Lanes of a zmm register: the width of a column chunk on every instruction set.
 const L: usize = 16;
 
-/// Whether this CPU runs the kernels here.
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+/// The vector instruction sets the kernels here are written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+        }
     }
 }
 
-/// Layers the direct path handles: stride 1 (and, for the backward-input, padding below the
-/// kernel size, so the transposed convolution's padding is not negative).
+/// Every instruction set of `Isa` this CPU runs, best first.
+pub fn isas() -> Vec<Isa> {
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("fma") {
+            if std::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+        }
+    }
+    v
+}
+
+/// The instruction set the CPU backend's convolutions use, if the direct path runs here.
+pub fn best() -> Option<Isa> {
+    static BEST: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *BEST.get_or_init(|| isas().first().copied())
+}
+
+/// Layers the direct path handles (on a CPU with one of `isas()`): stride 1 (and, for the
+/// backward-input, padding below the kernel size, so the transposed convolution's padding is
+/// not negative).
 pub fn supports(l: &Conv2d) -> bool {
-    l.stride == 1 && l.pad_h < l.kh && l.pad_w < l.kw && available()
+    l.stride == 1 && l.pad_h < l.kh && l.pad_w < l.kw
 }
 
 /// Geometry of a padded plane stack and the offset of each kernel tap in it.
@@ -114,6 +145,7 @@ fn pack_weights(rows: usize, taps: usize, get: impl Fn(usize, usize) -> f32) -> 
 /// `epilogue(example, channel, plane)` finishes each channel's plane in place.
 #[allow(clippy::too_many_arguments)]
 fn convolve<E: Fn(usize, usize, &mut [f32]) + Sync>(
+    isa: Isa,
     out: &mut [f32],
     out_len: usize,
     inp: &[f32],
@@ -146,10 +178,11 @@ fn convolve<E: Fn(usize, usize, &mut [f32]) + Sync>(
                     };
                     for blk in 0..m.div_ceil(MR) {
                         let mut acc = [[0f32; L]; 2 * MR];
-                        // SAFETY: `available()` was checked by `supports`; the padded buffer has
+                        // SAFETY: the caller's `isa` runs on this CPU; the padded buffer has
                         // room for every load (see `Padded::len`), and `a` holds `k` taps of MR.
                         unsafe {
                             kernel(
+                                isa,
                                 k,
                                 a[blk * k * MR..].as_ptr(),
                                 xp.as_ptr().add(b0),
@@ -188,38 +221,27 @@ fn convolve<E: Fn(usize, usize, &mut [f32]) + Sync>(
 /// acc[2i + v] = sum over taps t of a[t][i] * x[b_v + taps[t] .. +16], for i < MR, v < 2.
 ///
 /// # Safety
-/// AVX-512F and FMA must be available; `a` must hold `k * MR` floats, and every
+/// `isa` must run on this CPU; `a` must hold `k * MR` floats, and every
 /// `b_v + taps[t] + 15` must be inside the buffer `b0` and `b1` point into.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn kernel(k: usize, a: *const f32, b0: *const f32, b1: *const f32, taps: &[u32], acc: &mut [[f32; L]; 2 * MR]) {
-    use std::arch::x86_64::*;
-    let mut c = [_mm512_setzero_ps(); 2 * MR];
-    for (t, &off) in taps.iter().enumerate().take(k) {
-        // SAFETY: the caller guarantees these reads are in bounds.
-        unsafe {
-            let x0 = _mm512_loadu_ps(b0.add(off as usize));
-            let x1 = _mm512_loadu_ps(b1.add(off as usize));
-            let w = a.add(t * MR);
-            for i in 0..MR {
-                let wi = _mm512_set1_ps(*w.add(i));
-                c[2 * i] = _mm512_fmadd_ps(wi, x0, c[2 * i]);
-                c[2 * i + 1] = _mm512_fmadd_ps(wi, x1, c[2 * i + 1]);
-            }
+unsafe fn kernel(
+    isa: Isa,
+    k: usize,
+    a: *const f32,
+    b0: *const f32,
+    b1: *const f32,
+    taps: &[u32],
+    acc: &mut [[f32; L]; 2 * MR],
+) {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match isa {
+            Isa::Avx512 => x86::kernel_avx512(k, a, b0, b1, taps, acc),
+            Isa::Avx2 => x86::kernel_avx2(k, a, b0, b1, taps, acc),
         }
     }
-    for (dst, v) in acc.iter_mut().zip(c) {
-        // SAFETY: dst holds 16 floats.
-        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
-    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *const f32, _: &[u32], _: &mut [[f32; L]; 2 * MR]) {
-    unreachable!("direct kernels run only where available() holds")
-}
-
-pub fn conv2d_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, epi: Epilogue) {
+pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, epi: Epilogue) {
     let pad = Padded {
         c: l.c_in,
         h: l.h_in,
@@ -235,10 +257,10 @@ pub fn conv2d_forward(out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, 
     let bias: Vec<f32> = (0..l.c_out).map(|co| l.b_off.map_or(0.0, |b| params[b + co])).collect();
     let (plane, len) = (l.h_out * l.w_out, l.out_len());
     let epilogue = |s: usize, co: usize, v: &mut [f32]| apply_epilogue(v, s * len + co * plane, bias[co], &epi);
-    convolve(out, l.out_len(), inp, l.in_len(), n, &pad, &taps, &a, l.c_out, l.h_out, l.w_out, epilogue);
+    convolve(isa, out, l.out_len(), inp, l.in_len(), n, &pad, &taps, &a, l.c_out, l.h_out, l.w_out, epilogue);
 }
 
-pub fn conv2d_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Conv2d, n: usize) {
+pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Conv2d, n: usize) {
     // dx = dout padded by (k - 1 - pad), convolved with W[co][ci] flipped, channels swapped.
     let (ph, pw) = (l.kh - 1 - l.pad_h, l.kw - 1 - l.pad_w);
     let pad =
@@ -250,7 +272,7 @@ pub fn conv2d_backward_input(dinp: &mut [f32], dout: &[f32], params: &[f32], l: 
         let (ky, kx) = (r / l.kw, r % l.kw);
         params[l.w_off + ((co * l.c_in + ci) * l.kh + (l.kh - 1 - ky)) * l.kw + (l.kw - 1 - kx)]
     });
-    convolve(dinp, l.in_len(), dout, l.out_len(), n, &pad, &taps, &a, l.c_in, l.h_in, l.w_in, |_, _, _| {});
+    convolve(isa, dinp, l.in_len(), dout, l.out_len(), n, &pad, &taps, &a, l.c_in, l.h_in, l.w_in, |_, _, _| {});
 }
 
 /// Channels and taps per backward-weight tile.
@@ -259,7 +281,7 @@ const WN: usize = 4;
 /// Examples per pass over the tiles (their padded inputs stay in cache together).
 const WCHUNK: usize = 16;
 
-pub fn conv2d_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, n: usize) {
+pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, n: usize) {
     let pad = Padded {
         c: l.c_in,
         h: l.h_in,
@@ -302,10 +324,10 @@ pub fn conv2d_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &
         dw.par_chunks_mut(WM * WN).enumerate().for_each(|(t, acc)| {
             let (tm, tn) = (t / tiles_n, t % tiles_n);
             let mut sums = [[0f32; L]; WM * WN];
-            // SAFETY: available() checked by supports(); all reads are inside xs and ds (the
+            // SAFETY: the caller's `isa` runs on this CPU; all reads are inside xs and ds (the
             // padded buffers have tail room), rows and taps past the layer's are skipped.
             unsafe {
-                wgrad_kernel(&xs, xlen, &ds, dlen, cnt, &pad, &taps, tm * WM, tn * WN, l.c_out, ho, wq, &mut sums)
+                wgrad_kernel(isa, &xs, xlen, &ds, dlen, cnt, &pad, &taps, tm * WM, tn * WN, l.c_out, ho, wq, &mut sums)
             };
             for (a, s) in acc.iter_mut().zip(&sums) {
                 *a += s.iter().sum::<f32>();
@@ -332,12 +354,11 @@ pub fn conv2d_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &
 /// dout[co0 + i][row][chunk] * x_pad[row + tap(t0 + j)][chunk].
 ///
 /// # Safety
-/// AVX-512F and FMA must be available and the buffers laid out as `conv2d_backward_weight`
-/// makes them.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
+/// `isa` must run on this CPU and the buffers be laid out as `conv2d_backward_weight` makes
+/// them.
 #[allow(clippy::too_many_arguments)]
 unsafe fn wgrad_kernel(
+    isa: Isa,
     xs: &[f32],
     xlen: usize,
     ds: &[f32],
@@ -352,8 +373,6 @@ unsafe fn wgrad_kernel(
     wq: usize,
     sums: &mut [[f32; L]; WM * WN],
 ) {
-    use std::arch::x86_64::*;
-    let mut c = [_mm512_setzero_ps(); WM * WN];
     let mi = WM.min(c_out - co0);
     let nj = WN.min(taps.len() - t0);
     // Rows and taps past the layer's read row/tap 0 and are multiplied by zero.
@@ -361,53 +380,197 @@ unsafe fn wgrad_kernel(
     for (j, t) in tap.iter_mut().enumerate().take(nj) {
         *t = taps[t0 + j] as usize;
     }
-    for s in 0..cnt {
-        let x = xs[s * xlen..].as_ptr();
-        let d = ds[s * dlen..].as_ptr();
-        for oy in 0..ho {
-            for ch in (0..wq).step_by(L) {
-                // SAFETY: see the function's contract.
+    let g = WGeometry { xlen, dlen, cnt, wp: pad.wp, co0, mi, ho, wq };
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match isa {
+            Isa::Avx512 => x86::wgrad_avx512(xs, ds, &g, &tap, sums),
+            Isa::Avx2 => x86::wgrad_avx2(xs, ds, &g, &tap, sums),
+        }
+    }
+    // Rows and taps past the layer's are not results.
+    for (idx, v) in sums.iter_mut().enumerate() {
+        if idx / WN >= mi || idx % WN >= nj {
+            *v = [0.0; L];
+        }
+    }
+}
+
+/// The shape of a backward-weight tile's sums (see `conv2d_backward_weight`).
+struct WGeometry {
+    xlen: usize,
+    dlen: usize,
+    cnt: usize,
+    wp: usize,
+    co0: usize,
+    /// Channels of the tile inside the layer.
+    mi: usize,
+    ho: usize,
+    wq: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{L, MR, WGeometry, WM, WN};
+    use std::arch::x86_64::*;
+
+    /// See `kernel`.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn kernel_avx512(
+        k: usize,
+        a: *const f32,
+        b0: *const f32,
+        b1: *const f32,
+        taps: &[u32],
+        acc: &mut [[f32; L]; 2 * MR],
+    ) {
+        let mut c = [_mm512_setzero_ps(); 2 * MR];
+        for (t, &off) in taps.iter().enumerate().take(k) {
+            // SAFETY: the caller guarantees these reads are in bounds.
+            unsafe {
+                let x0 = _mm512_loadu_ps(b0.add(off as usize));
+                let x1 = _mm512_loadu_ps(b1.add(off as usize));
+                let w = a.add(t * MR);
+                for i in 0..MR {
+                    let wi = _mm512_set1_ps(*w.add(i));
+                    c[2 * i] = _mm512_fmadd_ps(wi, x0, c[2 * i]);
+                    c[2 * i + 1] = _mm512_fmadd_ps(wi, x1, c[2 * i + 1]);
+                }
+            }
+        }
+        for (dst, v) in acc.iter_mut().zip(c) {
+            // SAFETY: dst holds 16 floats.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
+        }
+    }
+
+    /// See `kernel`: the tile as four quarters (b0 or b1, low or high 8 columns), each 8
+    /// channels in 8 ymm accumulators.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel_avx2(
+        k: usize,
+        a: *const f32,
+        b0: *const f32,
+        b1: *const f32,
+        taps: &[u32],
+        acc: &mut [[f32; L]; 2 * MR],
+    ) {
+        for q in 0..4 {
+            let (v, half) = (q / 2, q % 2);
+            // SAFETY: inside the 16 floats at b_v + tap that the caller guarantees.
+            let base = unsafe { if v == 0 { b0 } else { b1 }.add(8 * half) };
+            let mut c = [_mm256_setzero_ps(); MR];
+            for (t, &off) in taps.iter().enumerate().take(k) {
+                // SAFETY: as above.
                 unsafe {
-                    let mut dv = [_mm512_setzero_ps(); WM];
-                    for (i, v) in dv.iter_mut().enumerate().take(mi) {
-                        *v = _mm512_loadu_ps(d.add(((co0 + i) * ho + oy) * wq + ch));
+                    let x = _mm256_loadu_ps(base.add(off as usize));
+                    let w = a.add(t * MR);
+                    for (i, ci) in c.iter_mut().enumerate() {
+                        *ci = _mm256_fmadd_ps(_mm256_set1_ps(*w.add(i)), x, *ci);
                     }
-                    let base = x.add(oy * pad.wp + ch);
-                    for (j, &tj) in tap.iter().enumerate() {
-                        let xv = _mm512_loadu_ps(base.add(tj));
-                        for i in 0..WM {
-                            c[i * WN + j] = _mm512_fmadd_ps(dv[i], xv, c[i * WN + j]);
+                }
+            }
+            for (i, ci) in c.iter().enumerate() {
+                // SAFETY: the row holds 16 floats.
+                unsafe { _mm256_storeu_ps(acc[2 * i + v][8 * half..].as_mut_ptr(), *ci) };
+            }
+        }
+    }
+
+    /// See `wgrad_kernel`.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn wgrad_avx512(
+        xs: &[f32],
+        ds: &[f32],
+        g: &WGeometry,
+        tap: &[usize; WN],
+        sums: &mut [[f32; L]; WM * WN],
+    ) {
+        let mut c = [_mm512_setzero_ps(); WM * WN];
+        for s in 0..g.cnt {
+            let x = xs[s * g.xlen..].as_ptr();
+            let d = ds[s * g.dlen..].as_ptr();
+            for oy in 0..g.ho {
+                for ch in (0..g.wq).step_by(L) {
+                    // SAFETY: inside xs and ds (see `conv2d_backward_weight`).
+                    unsafe {
+                        let mut dv = [_mm512_setzero_ps(); WM];
+                        for (i, v) in dv.iter_mut().enumerate().take(g.mi) {
+                            *v = _mm512_loadu_ps(d.add(((g.co0 + i) * g.ho + oy) * g.wq + ch));
+                        }
+                        let base = x.add(oy * g.wp + ch);
+                        for (j, &tj) in tap.iter().enumerate() {
+                            let xv = _mm512_loadu_ps(base.add(tj));
+                            for i in 0..WM {
+                                c[i * WN + j] = _mm512_fmadd_ps(dv[i], xv, c[i * WN + j]);
+                            }
                         }
                     }
                 }
             }
         }
+        for (dst, v) in sums.iter_mut().zip(c) {
+            // SAFETY: dst holds 16 floats.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
+        }
     }
-    for (idx, v) in c.iter().enumerate() {
-        let (i, j) = (idx / WN, idx % WN);
-        if i < mi && j < nj {
-            // SAFETY: sums[idx] holds 16 floats.
-            unsafe { _mm512_storeu_ps(sums[idx].as_mut_ptr(), *v) };
+
+    /// See `wgrad_kernel`: two passes of 2 taps (4 x 2 ymm accumulators); both 8-lane halves
+    /// of a chunk add into lanes 0-7, lanes 8-15 stay zero.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn wgrad_avx2(xs: &[f32], ds: &[f32], g: &WGeometry, tap: &[usize; WN], sums: &mut [[f32; L]; WM * WN]) {
+        for jp in 0..WN / 2 {
+            let mut c = [_mm256_setzero_ps(); WM * 2];
+            for s in 0..g.cnt {
+                let x = xs[s * g.xlen..].as_ptr();
+                let d = ds[s * g.dlen..].as_ptr();
+                for oy in 0..g.ho {
+                    for col in (0..g.wq).step_by(8) {
+                        // SAFETY: inside xs and ds (see `conv2d_backward_weight`).
+                        unsafe {
+                            let mut dv = [_mm256_setzero_ps(); WM];
+                            for (i, v) in dv.iter_mut().enumerate().take(g.mi) {
+                                *v = _mm256_loadu_ps(d.add(((g.co0 + i) * g.ho + oy) * g.wq + col));
+                            }
+                            let base = x.add(oy * g.wp + col);
+                            for jj in 0..2 {
+                                let xv = _mm256_loadu_ps(base.add(tap[2 * jp + jj]));
+                                for i in 0..WM {
+                                    c[i * 2 + jj] = _mm256_fmadd_ps(dv[i], xv, c[i * 2 + jj]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (idx, v) in c.iter().enumerate() {
+                let (i, jj) = (idx / 2, idx % 2);
+                let dst = &mut sums[i * WN + 2 * jp + jj];
+                // SAFETY: dst holds 16 floats.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), *v) };
+                dst[8..].fill(0.0);
+            }
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn wgrad_kernel(
-    _: &[f32],
-    _: usize,
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: &Padded,
-    _: &[u32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &mut [[f32; L]; WM * WN],
-) {
-    unreachable!("direct kernels run only where available() holds")
+mod x86 {
+    //! No direct kernels off x86-64: `isas()` is empty there, so none of these is called.
+    use super::{L, MR, WGeometry, WM, WN};
+    pub unsafe fn kernel_avx512(
+        _: usize,
+        _: *const f32,
+        _: *const f32,
+        _: *const f32,
+        _: &[u32],
+        _: &mut [[f32; L]; 2 * MR],
+    ) {
+        unreachable!()
+    }
+    pub use kernel_avx512 as kernel_avx2;
+    pub unsafe fn wgrad_avx512(_: &[f32], _: &[f32], _: &WGeometry, _: &[usize; WN], _: &mut [[f32; L]; WM * WN]) {
+        unreachable!()
+    }
+    pub use wgrad_avx512 as wgrad_avx2;
 }

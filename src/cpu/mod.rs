@@ -78,7 +78,12 @@ impl<T: Real> Backend for Cpu<T> {
 
     fn name(&self) -> String {
         let t = rayon::current_num_threads();
-        let p = if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() { ", f64" } else { "" };
+        let p = if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() {
+            ", f64".to_string()
+        } else {
+            // The convolution kernels this CPU runs.
+            direct::best().map_or(String::new(), |isa| format!(", {}", isa.name()))
+        };
         format!("cpu ({t} thread{}{p})", if t == 1 { "" } else { "s" })
     }
 
