@@ -96,13 +96,11 @@ fn f32s_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
         .then(|| unsafe { &mut *(s as *mut [T] as *mut [f32]) })
 }
 
+/// An op's instruction set, output and two inputs on the direct path.
+type DirectArgs<'a> = (direct::Isa, &'a mut [f32], &'a [f32], &'a [f32]);
+
 /// The instruction set and f32 views for the direct path, if this layer and CPU can take it.
-fn direct<'a, T: 'static>(
-    l: &Conv2d,
-    out: &'a mut [T],
-    a: &'a [T],
-    b: &'a [T],
-) -> Option<(direct::Isa, &'a mut [f32], &'a [f32], &'a [f32])> {
+fn direct<'a, T: 'static>(l: &Conv2d, out: &'a mut [T], a: &'a [T], b: &'a [T]) -> Option<DirectArgs<'a>> {
     if !direct::supports(l) {
         return None;
     }
