@@ -11,7 +11,7 @@ use gpu_train::evaluate;
 use gpu_train::modelfile;
 
 /// The trained models the README's results table reports.
-const SHIPPED: &[&str] = &["mlp", "cnn-a", "fc-b", "cnn4"];
+const SHIPPED: &[&str] = &["mlp", "cnn-a", "fc-b", "cnn2", "cnn4"];
 
 fn shipped() -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(repo().join("models"))
