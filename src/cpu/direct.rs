@@ -50,6 +50,7 @@ impl Isa {
 
 /// Every instruction set of `Isa` this CPU runs, best first.
 pub fn isas() -> Vec<Isa> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut v = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
@@ -397,6 +398,7 @@ unsafe fn wgrad_kernel(
 }
 
 /// The shape of a backward-weight tile's sums (see `conv2d_backward_weight`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct WGeometry {
     xlen: usize,
     dlen: usize,
