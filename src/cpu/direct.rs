@@ -184,7 +184,6 @@ fn convolve<E: Fn(usize, usize, &mut [f32]) + Sync>(
                         unsafe {
                             kernel(
                                 isa,
-                                k,
                                 a[blk * k * MR..].as_ptr(),
                                 xp.as_ptr().add(b0),
                                 xp.as_ptr().add(b1),
@@ -222,22 +221,14 @@ fn convolve<E: Fn(usize, usize, &mut [f32]) + Sync>(
 /// acc[2i + v] = sum over taps t of a[t][i] * x[b_v + taps[t] .. +16], for i < MR, v < 2.
 ///
 /// # Safety
-/// `isa` must run on this CPU; `a` must hold `k * MR` floats, and every
+/// `isa` must run on this CPU; `a` must hold `taps.len() * MR` floats, and every
 /// `b_v + taps[t] + 15` must be inside the buffer `b0` and `b1` point into.
-unsafe fn kernel(
-    isa: Isa,
-    k: usize,
-    a: *const f32,
-    b0: *const f32,
-    b1: *const f32,
-    taps: &[u32],
-    acc: &mut [[f32; L]; 2 * MR],
-) {
+unsafe fn kernel(isa: Isa, a: *const f32, b0: *const f32, b1: *const f32, taps: &[u32], acc: &mut [[f32; L]; 2 * MR]) {
     // SAFETY: passed on from the caller.
     unsafe {
         match isa {
-            Isa::Avx512 => x86::kernel_avx512(k, a, b0, b1, taps, acc),
-            Isa::Avx2 => x86::kernel_avx2(k, a, b0, b1, taps, acc),
+            Isa::Avx512 => x86::kernel_avx512(a, b0, b1, taps, acc),
+            Isa::Avx2 => x86::kernel_avx2(a, b0, b1, taps, acc),
         }
     }
 }
@@ -419,7 +410,6 @@ mod x86 {
     /// See `kernel`.
     #[target_feature(enable = "avx512f,fma")]
     pub unsafe fn kernel_avx512(
-        k: usize,
         a: *const f32,
         b0: *const f32,
         b1: *const f32,
@@ -427,7 +417,7 @@ mod x86 {
         acc: &mut [[f32; L]; 2 * MR],
     ) {
         let mut c = [_mm512_setzero_ps(); 2 * MR];
-        for (t, &off) in taps.iter().enumerate().take(k) {
+        for (t, &off) in taps.iter().enumerate() {
             // SAFETY: the caller guarantees these reads are in bounds.
             unsafe {
                 let x0 = _mm512_loadu_ps(b0.add(off as usize));
@@ -450,7 +440,6 @@ mod x86 {
     /// channels in 8 ymm accumulators.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn kernel_avx2(
-        k: usize,
         a: *const f32,
         b0: *const f32,
         b1: *const f32,
@@ -462,7 +451,7 @@ mod x86 {
             // SAFETY: inside the 16 floats at b_v + tap that the caller guarantees.
             let base = unsafe { if v == 0 { b0 } else { b1 }.add(8 * half) };
             let mut c = [_mm256_setzero_ps(); MR];
-            for (t, &off) in taps.iter().enumerate().take(k) {
+            for (t, &off) in taps.iter().enumerate() {
                 // SAFETY: as above.
                 unsafe {
                     let x = _mm256_loadu_ps(base.add(off as usize));
@@ -560,14 +549,7 @@ mod x86 {
 mod x86 {
     //! No direct kernels off x86-64: `isas()` is empty there, so none of these is called.
     use super::{L, MR, WGeometry, WM, WN};
-    pub unsafe fn kernel_avx512(
-        _: usize,
-        _: *const f32,
-        _: *const f32,
-        _: *const f32,
-        _: &[u32],
-        _: &mut [[f32; L]; 2 * MR],
-    ) {
+    pub unsafe fn kernel_avx512(_: *const f32, _: *const f32, _: *const f32, _: &[u32], _: &mut [[f32; L]; 2 * MR]) {
         unreachable!()
     }
     pub use kernel_avx512 as kernel_avx2;
