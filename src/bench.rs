@@ -93,6 +93,7 @@ pub fn bench<B: Backend>(
                 n: batch,
                 slot,
                 global_step: i as u32,
+                epoch: 1 + (i / batches) as u32,
                 lr: recipe.optimizer.lr(),
                 seed: 1,
                 augment: if augment { recipe.augment } else { None },

@@ -443,9 +443,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 }
 
 fn describe_optimizer(o: &gpu_train::model::spec::Optimizer) -> String {
-    use gpu_train::model::spec::Optimizer;
+    use gpu_train::model::spec::{BiasCorrection, Optimizer};
     match *o {
         Optimizer::Adam { lr, weight_decay, .. } if weight_decay > 0.0 => format!("adamw lr {lr} wd {weight_decay}"),
+        Optimizer::Adam { lr, bias_correction: BiasCorrection::Epoch, .. } => {
+            format!("adam lr {lr} (bias correction per epoch, as seed B)")
+        }
         Optimizer::Adam { lr, .. } => format!("adam lr {lr}"),
         Optimizer::Sgd { lr, momentum } if momentum > 0.0 => format!("sgd lr {lr} momentum {momentum}"),
         Optimizer::Sgd { lr, .. } => format!("sgd lr {lr}"),

@@ -15,7 +15,7 @@
 use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
 use crate::data::augment::Augment;
 use crate::error::{Error, Result};
-use crate::model::spec::{Loss, Normalize, Optimizer};
+use crate::model::spec::{BiasCorrection, Loss, Normalize, Optimizer};
 use crate::model::{Act, Arch, Layer};
 use crate::rng;
 
@@ -135,6 +135,8 @@ pub struct StepArgs {
     pub slot: usize,
     /// Steps taken before this one in the whole run (drives Adam's t and the RNG keys).
     pub global_step: u32,
+    /// The 1-based epoch this step belongs to (Adam's t under `bias_correction = "epoch"`).
+    pub epoch: u32,
     pub lr: f32,
     pub seed: u64,
     pub augment: Option<Augment>,
@@ -515,14 +517,19 @@ impl<B: Backend> Network<B> {
         let augment = s.augment.map(|a| (a, rng::op_key(s.seed, rng::STREAM_AUGMENT, s.global_step)));
         self.load_batch(b, data, perm, s.start, s.n, augment);
         self.forward_backward(b, stats, s.n, s.slot, s.global_step, s.seed);
-        self.update(b, s.lr, s.global_step + 1);
+        self.update(b, s.lr, s.global_step + 1, s.epoch);
     }
 
-    /// Applies the optimizer to the gradients in `grads`; `t` counts steps from 1.
-    pub fn update(&mut self, b: &mut B, lr: f32, t: u32) {
+    /// Applies the optimizer to the gradients in `grads`; `step` counts steps from 1 and
+    /// `epoch` epochs from 1 (Adam's bias corrections use one or the other).
+    pub fn update(&mut self, b: &mut B, lr: f32, step: u32, epoch: u32) {
         let len = self.arch.n_params;
         match self.optimizer {
-            Optimizer::Adam { beta1, beta2, eps, weight_decay, .. } => {
+            Optimizer::Adam { beta1, beta2, eps, weight_decay, bias_correction, .. } => {
+                let t = match bias_correction {
+                    BiasCorrection::Step => step,
+                    BiasCorrection::Epoch => epoch.max(1),
+                };
                 let a = AdamStep { lr, beta1, beta2, eps, weight_decay, t };
                 b.adam_step(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, len, &a);
             }

@@ -86,7 +86,14 @@ fn whole_models_match_the_cpu_reference() {
     let n = 3;
     let data = mnist(2 * n);
     for mut spec in specs {
-        spec.train.optimizer = Optimizer::Adam { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        spec.train.optimizer = Optimizer::Adam {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            bias_correction: Default::default(),
+        };
         let name = spec.name.clone();
         let arch = Arch::new(spec).unwrap();
         let (params, state) = arch.init(arch.recipe().init, 4);
@@ -126,6 +133,7 @@ fn whole_models_match_the_cpu_reference() {
                 n,
                 slot: 0,
                 global_step: step,
+                epoch: 1,
                 lr: 1e-4,
                 seed: 21,
                 augment: arch.recipe().augment,
@@ -191,6 +199,7 @@ fn gpu_training_is_reproducible() {
                 n: 16,
                 slot: step as usize,
                 global_step: step,
+                epoch: 1,
                 lr: 1e-3,
                 seed: 3,
                 augment: arch.recipe().augment,

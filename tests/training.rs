@@ -248,3 +248,67 @@ fn model_files_round_trip_and_reject_mismatches() {
     std::fs::write(&bad, b"hello, this is not a model at all").unwrap();
     assert!(modelfile::load(&bad, None).unwrap_err().to_string().contains("not a valid safetensors"));
 }
+
+/// Seed B's Adam (`bias_correction = "epoch"`) takes t from the epoch: a step in epoch 3 is
+/// the paper's step 3 whatever the step count, and not the paper's step 8.
+#[test]
+fn epoch_bias_correction_takes_t_from_the_epoch() {
+    use gpu_train::model::spec::{BiasCorrection, Optimizer};
+    let after = |bias_correction, step: u32, epoch: u32| -> Vec<f32> {
+        let mut s = spec("mlp");
+        s.train.optimizer =
+            Optimizer::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, bias_correction };
+        let arch = Arch::new(s).unwrap();
+        let b = &mut CpuBackend::new();
+        let (p, st) = arch.init(arch.recipe().init, 1);
+        let mut net = Network::new(b, arch.clone(), 1, &p, &st).unwrap();
+        for (i, g) in net.grads.iter_mut().enumerate() {
+            *g = ((i % 7) as f32 - 3.0) * 1e-3;
+        }
+        net.update(b, 1e-3, step, epoch);
+        net.params.clone()
+    };
+    let epoch3 = after(BiasCorrection::Epoch, 8, 3);
+    assert!(epoch3 == after(BiasCorrection::Step, 3, 1), "t is not the epoch");
+    assert!(epoch3 != after(BiasCorrection::Step, 8, 3), "t did not change the step");
+}
+
+/// Seed B's initialisation as its code draws it: conv weights normal with std
+/// sqrt(2 / (C*H*W of the input)) and zero bias, dense weights and biases uniform in
+/// [-0.5, 0.5).
+#[test]
+fn seed_b_init_follows_the_seeds_formulas() {
+    use gpu_train::model::Layer;
+    use gpu_train::model::spec::Init;
+    let arch = Arch::new(spec("cnn4")).unwrap();
+    assert_eq!(arch.recipe().init, Init::SeedB);
+    let (p, _) = arch.init(Init::SeedB, 4);
+    let moments = |x: &[f32]| {
+        let n = x.len() as f64;
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        (mean, (x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt())
+    };
+    let (mut convs, mut denses) = (0, 0);
+    for layer in &arch.layers {
+        match *layer {
+            Layer::Conv2d(c) => {
+                let (_, std) = moments(&p[c.w_off..c.w_off + c.weight_len()]);
+                let want = (2.0 / (c.c_in * c.h_in * c.w_in) as f64).sqrt();
+                assert!((std / want - 1.0).abs() < 0.12, "conv {}->{}: std {std}, want {want}", c.c_in, c.c_out);
+                assert!(p[c.b_off.unwrap()..][..c.c_out].iter().all(|&v| v == 0.0));
+                convs += 1;
+            }
+            Layer::Dense(d) => {
+                let w = &p[d.w_off..d.w_off + d.n_in * d.n_out];
+                let b = &p[d.b_off.unwrap()..][..d.n_out];
+                assert!(w.iter().chain(b).all(|v| (-0.5..0.5).contains(v)));
+                let (mean, std) = moments(w);
+                assert!(mean.abs() < 0.01 && (std - 12f64.sqrt().recip()).abs() < 0.01, "dense: {mean}, {std}");
+                assert!(b.iter().any(|&v| v != 0.0));
+                denses += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((convs, denses), (4, 1));
+}

@@ -413,7 +413,8 @@ impl Arch {
             let (w_off, b_off, w_len, b_len, fan_in, fan_out) = match *layer {
                 Layer::Conv2d(c) => {
                     let k = c.kh * c.kw;
-                    (c.w_off, c.b_off, c.weight_len(), c.c_out, c.c_in * k, c.c_out * k)
+                    let fan_in = if init == Init::SeedB { c.c_in * c.h_in * c.w_in } else { c.c_in * k };
+                    (c.w_off, c.b_off, c.weight_len(), c.c_out, fan_in, c.c_out * k)
                 }
                 Layer::Dense(d) => (d.w_off, d.b_off, d.n_in * d.n_out, d.n_out, d.n_in, d.n_out),
                 Layer::BatchNorm(bn) => {
@@ -424,8 +425,13 @@ impl Arch {
                 _ => continue,
             };
             let w = &mut p[w_off..w_off + w_len];
+            let init = match (init, layer) {
+                (Init::SeedB, Layer::Dense(_)) => Init::Uniform,
+                (Init::SeedB, _) => Init::He,
+                (init, _) => init,
+            };
             match init {
-                Init::He => {
+                Init::He | Init::SeedB => {
                     let std = (2.0 / fan_in as f64).sqrt();
                     w.iter_mut().for_each(|x| *x = (rng::normal(&mut r) * std) as f32);
                 }

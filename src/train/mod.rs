@@ -159,6 +159,7 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
                 n: batch.min(n - start),
                 slot: step,
                 global_step: progress.global_step,
+                epoch: epoch as u32 + 1,
                 lr,
                 seed,
                 augment: recipe.augment,
