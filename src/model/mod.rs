@@ -425,21 +425,18 @@ impl Arch {
                 _ => continue,
             };
             let w = &mut p[w_off..w_off + w_len];
-            let init = match (init, layer) {
-                (Init::SeedB, Layer::Dense(_)) => Init::Uniform,
-                (Init::SeedB, _) => Init::He,
-                (init, _) => init,
-            };
-            match init {
-                Init::He | Init::SeedB => {
+            // Seed B's init is He (with its own fan-in, above) for convolutions and uniform for
+            // dense layers.
+            match (init, layer) {
+                (Init::He, _) | (Init::SeedB, Layer::Conv2d(_)) => {
                     let std = (2.0 / fan_in as f64).sqrt();
                     w.iter_mut().for_each(|x| *x = (rng::normal(&mut r) * std) as f32);
                 }
-                Init::Xavier => {
+                (Init::Xavier, _) => {
                     let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
                     w.iter_mut().for_each(|x| *x = ((2.0 * rng::unit_f64(&mut r) - 1.0) * a) as f32);
                 }
-                Init::Uniform => {
+                (Init::Uniform | Init::SeedB, _) => {
                     w.iter_mut().for_each(|x| *x = (rng::unit_f64(&mut r) - 0.5) as f32);
                     if let Some(b) = b_off {
                         p[b..b + b_len].iter_mut().for_each(|x| *x = (rng::unit_f64(&mut r) - 0.5) as f32);
