@@ -5,12 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is part of the message and not a `source`, so the one-line error chain
+    /// the binary prints says it once.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// An IDX file that is not what it claims to be (bad magic, dimensions, payload length).
     #[error("{path}: not a valid IDX file: {reason}")]
@@ -47,8 +45,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
+        Error::Io { path: path.into(), cause }
     }
 
     pub fn model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

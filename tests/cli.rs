@@ -74,7 +74,10 @@ fn bad_settings_and_files_give_one_line_errors() {
     }
     check(with(&["--arch", "mlp", "--data-dir", p(&data)]), "train-images");
     // Model files: missing, corrupt, of another architecture.
-    fails_with(&["eval", "--backend", "cpu", "--model", p(&tmp.path().join("none.safetensors"))], "none.safetensors");
+    let none = tmp.path().join("none.safetensors");
+    fails_with(&["eval", "--backend", "cpu", "--model", p(&none)], "none.safetensors");
+    let (_, _, err) = gpu_train(&["eval", "--backend", "cpu", "--model", p(&none)]);
+    assert_eq!(err.matches("os error").count(), 1, "the cause is said once: {err}");
     std::fs::write(tmp.path().join("junk.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}").unwrap();
     fails_with(&["eval", "--backend", "cpu", "--model", p(&tmp.path().join("junk.safetensors"))], "safetensors");
     fails_with(&["predict", "--model", p(&tmp.path().join("none.safetensors")), "x.png"], "none.safetensors");
