@@ -47,7 +47,7 @@ def main():
             "model": stem,
             "test_error_percent": round(100 * m["test_error"], 2),
             "epochs": m["epochs"],
-            "best_epoch": m.get("best_epoch"),
+            "best_epoch": m.get("best_epoch") or None,  # 0: no early stopping, the last epoch
             "train_minutes": round(m["train_seconds"] / 60, 1),
             "backend": run.get("backend"),
             "device": meta.get("device"),
