@@ -11,7 +11,7 @@ use gpu_train::evaluate;
 use gpu_train::modelfile;
 
 /// The trained models the README's results table reports.
-const SHIPPED: &[&str] = &["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3"];
+const SHIPPED: &[&str] = &["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4"];
 
 /// The ensembles the README reports (`gpu-train eval --model A --model B ...`): members and
 /// the test accuracy of their averaged probabilities.
