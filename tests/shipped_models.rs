@@ -11,8 +11,20 @@ use gpu_train::evaluate;
 use gpu_train::modelfile;
 
 /// The trained models the README's results table reports.
-const SHIPPED: &[&str] =
-    &["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5"];
+const SHIPPED: &[&str] = &[
+    "mlp",
+    "cnn-a",
+    "fc-b",
+    "cnn2",
+    "cnn3",
+    "cnn4",
+    "cnn5-s1",
+    "cnn5-s2",
+    "cnn5-s3",
+    "cnn5-s4",
+    "cnn5-s5",
+    "cnn5-e60-s6",
+];
 
 /// The ensembles the README reports (`gpu-train eval --model A --model B ...`): members and
 /// the test accuracy of their averaged probabilities.
@@ -20,6 +32,8 @@ const ENSEMBLES: &[(&[&str], f64)] = &[
     (&["cnn4", "cnn5-s1"], 0.9970),
     (&["cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5"], 0.9969),
     (&["cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5"], 0.9971),
+    (&["cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9967),
+    (&["cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9971),
 ];
 
 fn shipped() -> Vec<std::path::PathBuf> {
