@@ -47,3 +47,14 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     params[i] = params[i] - prm.step * d;
 }
+
+// Weight averaging: m = beta1 * m + (1 - beta1) * grads, over len elements (the averaged
+// copy in `m`, the live values in `grads`; `params` and `v` unused).
+@compute @workgroup_size(256)
+fn ema_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if i >= prm.len {
+        return;
+    }
+    m[i] = prm.beta1 * m[i] + (1.0 - prm.beta1) * grads[i];
+}

@@ -287,4 +287,6 @@ pub trait Backend {
         len: usize,
         s: &SgdStep,
     );
+    /// Weight averaging: `avg = decay * avg + (1 - decay) * src` over the first `len` elements.
+    fn ema_update(&mut self, avg: &mut Self::Buf, src: &Self::Buf, len: usize, decay: f32);
 }

@@ -119,6 +119,10 @@ struct TrainArgs {
     /// Base learning rate (default: the recipe's)
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f32>,
+    /// Keep an exponential moving average of the weights with this decay per step (e.g.
+    /// 0.999), evaluate it and save it (default: the recipe's, usually none)
+    #[arg(long, value_name = "DECAY")]
+    ema: Option<f32>,
     /// Seed for initialisation, shuffling, dropout and augmentation
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -384,8 +388,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         if let Some(lr) = a.lr {
             spec.train.optimizer.set_lr(lr);
         }
-    } else if a.batch.is_some() || a.lr.is_some() {
-        eprintln!("note: resuming keeps the checkpoint's batch size and learning rate");
+        if let Some(d) = a.ema {
+            spec.train.ema = Some(d);
+        }
+    } else if a.batch.is_some() || a.lr.is_some() || a.ema.is_some() {
+        eprintln!("note: resuming keeps the checkpoint's batch size, learning rate and weight averaging");
     }
     spec.train.validate().map_err(|e| anyhow!("invalid setting: {e}"))?;
     if a.limit == Some(0) {
@@ -413,6 +420,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             describe_optimizer(&r.optimizer),
         );
         print!("{}", arch.summary());
+        if let Some(d) = r.ema {
+            println!("weight average: decay {d} per step; the test figures and the saved model are the average's");
+        }
         if let Some(ck) = &resume {
             let p = &ck.train.as_ref().expect("checked above").progress;
             println!("resuming after epoch {} (step {})", p.epoch, p.global_step);

@@ -8,8 +8,8 @@
 //!
 //! The metadata carries the model file (architecture and recipe, TOML), the normalisation,
 //! the final metrics and how the run went. A checkpoint adds the optimizer state, the best
-//! weights so far and the scheduler's position (`optimizer.m.*`, `optimizer.v.*`, `best.*`,
-//! `checkpoint` metadata). Files are written to a temporary name and renamed into place, so a
+//! weights so far, the weight average if the recipe keeps one, and the scheduler's position
+//! (`optimizer.m.*`, `optimizer.v.*`, `best.*`, `average.*`, `checkpoint` metadata). Files are written to a temporary name and renamed into place, so a
 //! killed run never leaves a half-written file.
 
 use std::collections::HashMap;
@@ -48,6 +48,8 @@ pub struct TrainState {
     pub m: Vec<f32>,
     pub v: Vec<f32>,
     pub best: Option<(Vec<f32>, Vec<f32>)>,
+    /// The recipe's weight average (`ema`): parameters and batch-norm statistics.
+    pub average: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// A model read from a file.
@@ -106,6 +108,10 @@ pub fn save(
         if let Some((bp, bs)) = &ts.best {
             named("best.", &arch.params, bp, &mut tensors);
             named("best.", &arch.state, bs, &mut tensors);
+        }
+        if let Some((ap, as_)) = &ts.average {
+            named("average.", &arch.params, ap, &mut tensors);
+            named("average.", &arch.state, as_, &mut tensors);
         }
         let progress = serde_json::to_string(&ts.progress).map_err(|e| Error::model(path, e.to_string()))?;
         metadata.insert("checkpoint".into(), progress);
@@ -221,7 +227,8 @@ pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
         let ours = known.contains(name)
             || name.ends_with(".num_batches_tracked")
             || name.starts_with("optimizer.")
-            || name.starts_with("best.");
+            || name.starts_with("best.")
+            || name.starts_with("average.");
         if !ours {
             return Err(Error::model(
                 path,
@@ -242,7 +249,14 @@ pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
                 (Some(p), Some(s)) => Some((p, s)),
                 _ => None,
             };
-            Some(TrainState { progress, m, v, best })
+            let average = match (
+                get("average.", &arch.params, arch.n_params, false)?,
+                get("average.", &arch.state, arch.n_state, false)?,
+            ) {
+                (Some(p), Some(s)) => Some((p, s)),
+                _ => None,
+            };
+            Some(TrainState { progress, m, v, best, average })
         }
         None => None,
     };

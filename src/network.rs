@@ -168,6 +168,12 @@ pub struct Network<B: Backend> {
     /// Adam's m and v, or SGD's velocity (in `opt_m`).
     pub opt_m: B::Buf,
     pub opt_v: B::Buf,
+    /// The recipe's weight averaging (`ema`): decay per step, and the averaged parameters and
+    /// batch-norm statistics (empty without it). `swap_average` trades them with the live ones.
+    ema: Option<f32>,
+    avg_params: B::Buf,
+    avg_state: B::Buf,
+    averaged: bool,
     acts: Vec<B::Buf>,
     grad: Vec<B::Buf>,
     argmax: Vec<B::IBuf>,
@@ -259,6 +265,10 @@ impl<B: Backend> Network<B> {
             state: b.alloc(arch.n_state.max(1))?,
             opt_m: b.alloc(if with_m { n_params } else { 0 })?,
             opt_v: b.alloc(if with_v { n_params } else { 0 })?,
+            ema: recipe.ema,
+            avg_params: b.alloc(if recipe.ema.is_some() { n_params } else { 0 })?,
+            avg_state: b.alloc(if recipe.ema.is_some() { arch.n_state.max(1) } else { 0 })?,
+            averaged: false,
             acts,
             grad,
             argmax,
@@ -274,7 +284,44 @@ impl<B: Backend> Network<B> {
             arch,
         };
         net.set_params(b, params, state)?;
+        if net.ema.is_some() {
+            net.set_average(b, params, state)?;
+        }
         Ok(net)
+    }
+
+    /// Whether the recipe keeps an average of the weights.
+    pub fn has_average(&self) -> bool {
+        self.ema.is_some()
+    }
+
+    /// Trades the averaged weights and statistics with the live ones (a no-op without `ema`):
+    /// after one swap, `params`/`state` (and so `evaluate`, `get_params`) are the average's;
+    /// a second swap brings the live ones back. Training steps need the live ones in place.
+    pub fn swap_average(&mut self) {
+        if self.ema.is_some() {
+            std::mem::swap(&mut self.params, &mut self.avg_params);
+            std::mem::swap(&mut self.state, &mut self.avg_state);
+            self.averaged = !self.averaged;
+        }
+    }
+
+    /// The averaged parameters and statistics, when the recipe keeps them.
+    pub fn get_average(&mut self, b: &mut B) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        if self.ema.is_none() {
+            return Ok(None);
+        }
+        self.swap_average();
+        let r = self.get_params(b);
+        self.swap_average();
+        r.map(Some)
+    }
+
+    pub fn set_average(&mut self, b: &mut B, params: &[f32], state: &[f32]) -> Result<()> {
+        self.swap_average();
+        let r = self.set_params(b, params, state);
+        self.swap_average();
+        r
     }
 
     pub fn set_params(&mut self, b: &mut B, params: &[f32], state: &[f32]) -> Result<()> {
@@ -318,7 +365,9 @@ impl<B: Backend> Network<B> {
 
     /// Bytes of parameters, gradients and optimizer state.
     pub fn parameter_state_bytes(&self) -> usize {
-        4 * self.arch.n_params * (2 + self.has_m() as usize + self.has_v() as usize) + 4 * self.arch.n_state
+        let avg = self.ema.is_some() as usize;
+        4 * self.arch.n_params * (2 + self.has_m() as usize + self.has_v() as usize + avg)
+            + 4 * self.arch.n_state * (1 + avg)
     }
 
     pub fn has_m(&self) -> bool {
@@ -536,6 +585,11 @@ impl<B: Backend> Network<B> {
             Optimizer::Sgd { momentum, .. } => {
                 b.sgd_step(&mut self.params, &self.grads, &mut self.opt_m, len, &SgdStep { lr, momentum });
             }
+        }
+        if let Some(decay) = self.ema {
+            debug_assert!(!self.averaged, "a training step with the averaged weights in place");
+            b.ema_update(&mut self.avg_params, &self.params, len, decay);
+            b.ema_update(&mut self.avg_state, &self.state, self.arch.n_state, decay);
         }
     }
 

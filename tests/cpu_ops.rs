@@ -166,6 +166,20 @@ fn adam_matches_the_formula_over_three_steps() {
 }
 
 #[test]
+fn ema_update_averages_the_first_len_elements() {
+    let mut avg = vec![1.0f32, -2.0, 7.0];
+    optim::ema_update(&mut avg, &[3.0, 2.0, 0.0], 2, 0.75);
+    // 0.75 * 1 + 0.25 * 3 = 1.5; 0.75 * -2 + 0.25 * 2 = -1; the third is past len
+    assert_eq!(avg, vec![1.5, -1.0, 7.0]);
+    let mut avg = vec![0.5f32];
+    for _ in 0..3 {
+        optim::ema_update(&mut avg, &[2.5], 1, 0.5);
+    }
+    // the distance to the source halves each step: 2, 1, 0.5, 0.25
+    assert!((avg[0] - 2.25).abs() < 1e-7, "{}", avg[0]);
+}
+
+#[test]
 fn sgd_with_and_without_momentum() {
     let mut p = vec![1.0f32];
     let mut vel = vec![0.0f32];

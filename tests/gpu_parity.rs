@@ -1,8 +1,8 @@
 //! The GPU backend against the CPU reference, on whatever adapter wgpu finds (in CI,
 //! lavapipe through Vulkan; with CI=true a missing adapter fails instead of skipping):
 //! every kernel (the selftest suite), a grid past 65,535 workgroups, whole models (logits,
-//! loss, every gradient, parameters after three Adam steps with dropout and augmentation on),
-//! and training on the GPU then evaluating on both backends.
+//! loss, every gradient, parameters after three Adam steps with dropout and augmentation on,
+//! a weight average), and training on the GPU then evaluating on both backends.
 
 mod common;
 
@@ -79,7 +79,7 @@ fn whole_models_match_the_cpu_reference() {
     let bn = "name = 'bn'\nlayers = [{ type = 'conv2d', filters = 3, kernel = 3, padding = 1, bias = false }, { type = 'batch_norm' }, \
               { type = 'relu' }, { type = 'max_pool2d' }, { type = 'dropout', p = 0.3 }, { type = 'flatten' }, \
               { type = 'dense', units = 12, bias = false }, { type = 'batch_norm' }, { type = 'tanh' }, { type = 'dense', units = 10 }]\n\
-              [train]\naugment = { chance = 1.0 }\n";
+              [train]\naugment = { chance = 1.0 }\nema = 0.5\n";
     let mut specs: Vec<ModelSpec> =
         ["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "b2"].iter().map(|n| presets::load(n).unwrap()).collect();
     specs.push(presets::parse(bn, "bn").unwrap());
@@ -145,6 +145,13 @@ fn whole_models_match_the_cpu_reference() {
         let (cp, cs) = cnet.get_params(&mut c).unwrap();
         assert_close(&format!("{name} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
         assert_close(&format!("{name} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
+        // The weight average ('bn' keeps one): parameters and statistics.
+        assert_eq!(gnet.has_average(), name == "bn");
+        if let (Some((gp, gs)), Some((cp, cs))) = (gnet.get_average(&mut g).unwrap(), cnet.get_average(&mut c).unwrap())
+        {
+            assert_close(&format!("{name} averaged parameters"), &gp, &cp, 2e-4, 1e-3);
+            assert_close(&format!("{name} averaged statistics"), &gs, &cs, 1e-4, 1e-3);
+        }
     }
 }
 

@@ -168,6 +168,62 @@ fn resume_continues_exactly() {
     assert_eq!(log.lines().count(), 3, "one metrics line per epoch across the resume");
 }
 
+/// Weight averaging (`ema`): it leaves training alone, the saved model is the average of
+/// the live weights and statistics after each step (here recomputed on the host from runs
+/// without it, one step per epoch), and a resumed run continues it exactly.
+#[test]
+fn weight_average_is_saved_leaves_training_alone_and_resumes() {
+    let data = mnist(64, 30);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = spec("cnn5");
+    s.train.batch = 64; // one step per epoch
+    let decay = 0.7f32;
+    let live: Vec<_> = (1..=3)
+        .map(|e| {
+            let mut s = s.clone();
+            s.train.epochs = e;
+            let out = tmp.path().join(format!("live{e}.safetensors"));
+            run(s, 8, &out, None, &data);
+            let m = modelfile::load(&out, None).unwrap();
+            (m.params, m.state)
+        })
+        .collect();
+    let mut se = s.clone();
+    se.train.epochs = 3;
+    se.train.ema = Some(decay);
+    let full = tmp.path().join("ema.safetensors");
+    run(se.clone(), 8, &full, None, &data);
+    // Training itself is untouched: the checkpoint's live weights are the plain run's.
+    let ck = modelfile::load(&modelfile::checkpoint_path(&full), None).unwrap();
+    assert!(ck.params == live[2].0 && ck.state == live[2].1, "the average changed the training");
+    // The model saved is the average: a0 = initial, a_t = d a_(t-1) + (1 - d) w_t.
+    let (p0, s0) = Arch::new(se.clone()).unwrap().init(se.train.init, 8);
+    let (mut ap, mut as_): (Vec<f64>, Vec<f64>) =
+        (p0.iter().map(|&x| x as f64).collect(), s0.iter().map(|&x| x as f64).collect());
+    let d = decay as f64;
+    for (p, st) in &live {
+        ap.iter_mut().zip(p).for_each(|(a, &w)| *a = d * *a + (1.0 - d) * w as f64);
+        as_.iter_mut().zip(st).for_each(|(a, &w)| *a = d * *a + (1.0 - d) * w as f64);
+    }
+    let saved = modelfile::load(&full, None).unwrap();
+    let want = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    assert_close("averaged parameters", &saved.params, &want(&ap), 1e-6, 1e-5);
+    assert_close("averaged batch-norm statistics", &saved.state, &want(&as_), 1e-6, 1e-5);
+    assert!(saved.params != live[2].0, "the saved model is the last step's, not the average");
+    assert_eq!(ck.train.as_ref().unwrap().average.as_ref().unwrap().0, saved.params);
+    // Stop after one epoch, resume to three: the same average.
+    let part = tmp.path().join("part.safetensors");
+    let mut s1 = se.clone();
+    s1.train.epochs = 1;
+    run(s1, 8, &part, None, &data);
+    let ckp = modelfile::checkpoint_path(&part);
+    let mut s3 = modelfile::load(&ckp, None).unwrap().arch.spec;
+    s3.train.epochs = 3;
+    run(s3, 0, &part, Some(&ckp), &data);
+    let resumed = modelfile::load(&part, None).unwrap();
+    assert!(resumed.params == saved.params && resumed.state == saved.state, "resumed average differs");
+}
+
 #[test]
 fn early_stopping_stops_and_restores_the_best_epoch() {
     let data = mnist(200, 50);

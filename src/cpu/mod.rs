@@ -305,4 +305,8 @@ impl<T: Real> Backend for Cpu<T> {
     fn sgd_step(&mut self, params: &mut Vec<T>, grads: &Vec<T>, velocity: &mut Vec<T>, len: usize, s: &SgdStep) {
         self.timed(|| "sgd_step".to_string(), || optim::sgd_step(params, grads, velocity, len, s))
     }
+
+    fn ema_update(&mut self, avg: &mut Vec<T>, src: &Vec<T>, len: usize, decay: f32) {
+        self.timed(|| "ema_update".to_string(), || optim::ema_update(avg, src, len, decay))
+    }
 }

@@ -43,3 +43,14 @@ pub fn sgd_step<T: Real>(params: &mut [T], grads: &[T], velocity: &mut [T], len:
         chunks.for_each(|(p, g)| p.iter_mut().zip(g).for_each(|(p, &g)| *p -= lr * g));
     }
 }
+
+/// Exponential moving average of a buffer: `avg = decay * avg + (1 - decay) * src` over the
+/// first `len` elements (weight averaging, as torch's `AveragedModel` with an EMA function).
+pub fn ema_update<T: Real>(avg: &mut [T], src: &[T], len: usize, decay: f32) {
+    let (d, e) = (T::of(decay), T::of(1.0 - decay));
+    avg[..len].par_chunks_mut(PAR_CHUNK).zip(src[..len].par_chunks(PAR_CHUNK)).for_each(|(a, s)| {
+        for (a, &s) in a.iter_mut().zip(s) {
+            *a = d * *a + e * s;
+        }
+    });
+}

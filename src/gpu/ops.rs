@@ -602,6 +602,21 @@ impl Backend for GpuBackend {
         let grid = self.grid(len);
         self.dispatch("sgd_step", &[grads, params, velocity], &prm, grid);
     }
+
+    fn ema_update(&mut self, avg: &mut GpuBuf, src: &GpuBuf, len: usize, decay: f32) {
+        let prm = OptimParams {
+            len: len as u32,
+            step: 0.0,
+            beta1: decay,
+            beta2: 0.0,
+            eps: 0.0,
+            inv_sqrt_c2: 0.0,
+            decay: 1.0,
+            momentum: 0.0,
+        };
+        let grid = self.grid(len);
+        self.dispatch("ema_update", &[src, avg], &prm, grid);
+    }
 }
 
 fn pool_params(l: &Pool, n: usize) -> PoolParams {

@@ -436,6 +436,15 @@ fn optim_cases(p: &mut Pair) -> Result<Vec<CaseResult>> {
         }
         out.push(p.check(&format!("sgd_step len={len} momentum {momentum} x2"), &gp, &cp, ULP_TOL.0, ULP_TOL.1)?);
     }
+    // An odd length, not a multiple of the workgroup; only the first `len` elements move.
+    let (len, cap) = (777, 800);
+    let (mut ga, mut ca) = p.f32s(&random(150, cap, -1.0, 1.0))?;
+    for t in 0..3 {
+        let (gs, cs) = p.f32s(&random(151 + t, cap, -1.0, 1.0))?;
+        p.g.ema_update(&mut ga, &gs, len, 0.9);
+        p.c.ema_update(&mut ca, &cs, len, 0.9);
+    }
+    out.push(p.check(&format!("ema_update len={len} of {cap} x3"), &ga, &ca, ULP_TOL.0, ULP_TOL.1)?);
     Ok(out)
 }
 

@@ -70,6 +70,7 @@ pub const KERNELS: &[Kernel] = &[
     k("mse_forward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
     k("adam_step", "optim", &[(0, R), (1, W), (2, W), (3, W)]),
     k("sgd_step", "optim", &[(0, R), (1, W), (2, W)]),
+    k("ema_update", "optim", &[(0, R), (2, W)]),
     k("maxpool_forward", "pool", &[(0, R), (1, W), (2, W)]),
     k("maxpool_backward", "pool", &[(0, R), (1, W), (2, W)]),
     k("bias_backward", "reduce", &[(0, R), (2, W)]),

@@ -338,6 +338,10 @@ pub struct Recipe {
     pub augment: Option<Augment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Keep an exponential moving average of the weights and batch-norm statistics with this
+    /// decay per step (0.999, say), and evaluate and save the average instead of the last step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f32>,
     /// Fraction of the training set held out for validation (the last examples).
     #[serde(default)]
     pub validation: f32,
@@ -363,6 +367,7 @@ impl Default for Recipe {
             schedule: Schedule::default(),
             augment: None,
             early_stopping: None,
+            ema: None,
             validation: 0.0,
             normalize: Normalize::default(),
         }
@@ -416,6 +421,11 @@ impl Recipe {
             if es.monitor == Monitor::ValLoss && self.validation <= 0.0 {
                 return Err("early stopping on val_loss needs a validation split (validation = 0.1, say)".into());
             }
+        }
+        if let Some(d) = self.ema
+            && !(d > 0.0 && d < 1.0)
+        {
+            return Err(format!("ema is the averaging decay per step, in (0, 1) (0.999, say); got {d}"));
         }
         if !(0.0..1.0).contains(&self.validation) {
             return Err(format!("validation must be a fraction in [0, 1), got {}", self.validation));

@@ -133,6 +133,9 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
     let mut net = Network::new(b, arch.clone(), batch.max(EVAL_BATCH), &params, &state)?;
     if let Some(ts) = cfg.resume.as_ref().and_then(|c| c.train.as_ref()) {
         net.set_opt_state(b, &ts.m, &ts.v)?;
+        if let Some((ap, as_)) = &ts.average {
+            net.set_average(b, ap, as_)?;
+        }
     }
     let mut best = best_init;
 
@@ -194,6 +197,8 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
         }
         progress.epoch = epoch + 1;
         progress.seconds += seconds;
+        // With weight averaging (`ema`), the average is what is evaluated, kept and saved.
+        net.swap_average();
         let test_res = net.evaluate(b, &test_dev)?;
         let val_res = match &val_dev {
             Some(v) => Some(net.evaluate(b, v)?),
@@ -238,10 +243,13 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
                 stop = progress.wait >= es.patience;
             }
         }
+        // The live weights back in place, for the next epoch and the checkpoint.
+        net.swap_average();
         if cfg.checkpoints {
             let (p, s) = net.get_params(b)?;
             let (m, v) = net.get_opt_state(b)?;
-            let ts = TrainState { progress: progress.clone(), m, v, best: best.clone() };
+            let average = net.get_average(b)?;
+            let ts = TrainState { progress: progress.clone(), m, v, best: best.clone(), average };
             modelfile::save(&ckpt_path, &arch, &p, &s, cfg.run_info.clone(), Some(&ts))?;
         }
         if stop {
@@ -257,7 +265,9 @@ pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dat
         }
     }
 
-    // The final model: the best epoch's weights if early stopping keeps them.
+    // The final model: the best epoch's weights if early stopping keeps them, else the last
+    // epoch's (their average, with `ema`).
+    net.swap_average();
     let mut final_test = None;
     if let (Some(es), Some((p, s))) = (es, best.as_ref())
         && es.restore_best
