@@ -121,7 +121,7 @@ struct TrainArgs {
     lr: Option<f32>,
     /// Keep an exponential moving average of the weights with this decay per step (e.g.
     /// 0.999), evaluate it and save it (default: the recipe's, usually none)
-    #[arg(long, value_name = "DECAY")]
+    #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
     ema: Option<f32>,
     /// Seed for initialisation, shuffling, dropout and augmentation
     #[arg(long, default_value_t = 1)]

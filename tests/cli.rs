@@ -53,6 +53,8 @@ fn bad_settings_and_files_give_one_line_errors() {
     check(with(&["--arch", "mlp", "--lr", "NaN"]), "learning rate");
     check(with(&["--arch", "mlp", "--lr", "inf"]), "learning rate");
     check(with(&["--arch", "mlp", "--epochs", "0"]), "epochs");
+    check(with(&["--arch", "mlp", "--ema", "1"]), "averaging decay");
+    check(with(&["--arch", "mlp", "--ema", "-0.5"]), "averaging decay");
     check(with(&["--arch", "mlp", "--limit", "0"]), "limit");
     check(with(&["--arch", "mlp", "--threads", "0"]), "threads");
     check(with(&["--arch", "mlp", "--resume"]), "no checkpoint");
