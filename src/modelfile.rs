@@ -9,8 +9,9 @@
 //! The metadata carries the model file (architecture and recipe, TOML), the normalisation,
 //! the final metrics and how the run went. A checkpoint adds the optimizer state, the best
 //! weights so far, the weight average if the recipe keeps one, and the scheduler's position
-//! (`optimizer.m.*`, `optimizer.v.*`, `best.*`, `average.*`, `checkpoint` metadata). Files are written to a temporary name and renamed into place, so a
-//! killed run never leaves a half-written file.
+//! (`optimizer.m.*`, `optimizer.v.*`, `best.*`, `average.*`, `checkpoint` metadata). Files are
+//! written to a temporary name and renamed into place, so a killed run never leaves a
+//! half-written file.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -242,20 +243,19 @@ pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
                 serde_json::from_str(text).map_err(|e| Error::model(path, format!("bad checkpoint metadata: {e}")))?;
             let m = get("optimizer.m.", &arch.params, arch.n_params, false)?.unwrap_or_default();
             let v = get("optimizer.v.", &arch.params, arch.n_params, false)?.unwrap_or_default();
-            let best = match (
-                get("best.", &arch.params, arch.n_params, false)?,
-                get("best.", &arch.state, arch.n_state, false)?,
-            ) {
-                (Some(p), Some(s)) => Some((p, s)),
-                _ => None,
+            // A full model under a prefix (best epoch, weight average): parameters and statistics.
+            let model_at = |prefix: &str| -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+                Ok(
+                    match (
+                        get(prefix, &arch.params, arch.n_params, false)?,
+                        get(prefix, &arch.state, arch.n_state, false)?,
+                    ) {
+                        (Some(p), Some(s)) => Some((p, s)),
+                        _ => None,
+                    },
+                )
             };
-            let average = match (
-                get("average.", &arch.params, arch.n_params, false)?,
-                get("average.", &arch.state, arch.n_state, false)?,
-            ) {
-                (Some(p), Some(s)) => Some((p, s)),
-                _ => None,
-            };
+            let (best, average) = (model_at("best.")?, model_at("average.")?);
             Some(TrainState { progress, m, v, best, average })
         }
         None => None,
