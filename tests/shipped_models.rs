@@ -25,6 +25,7 @@ const SHIPPED: &[&str] = &[
     "cnn5-s5",
     "cnn5-e60-s6",
     "cnn5-e60-ema-s6",
+    "cnn5-ema-s1",
 ];
 
 /// The ensembles the README reports (`gpu-train eval --model A --model B ...`): members and
@@ -37,6 +38,8 @@ const ENSEMBLES: &[(&[&str], f64)] = &[
     (&["cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9971),
     (&["cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-ema-s6"], 0.9968),
     (&["cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-ema-s6"], 0.9971),
+    (&["cnn5-ema-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-ema-s6"], 0.9969),
+    (&["cnn4", "cnn5-ema-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-ema-s6"], 0.9970),
 ];
 
 fn shipped() -> Vec<std::path::PathBuf> {
