@@ -61,8 +61,23 @@ pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) 
     Ok(Scored { name: name.to_string(), scores: r.scores, classes, loss: r.loss })
 }
 
-/// The ensemble of several models: their scores averaged.
-pub fn ensemble(members: &[Scored], labels: &[u8]) -> Result<Scored> {
+/// The views of test-time augmentation (`eval --tta`): the image itself and its four
+/// one-pixel shifts, as (dx, dy).
+pub const TTA_SHIFTS: [(isize, isize); 5] = [(0, 0), (0, -1), (0, 1), (-1, 0), (1, 0)];
+
+/// Runs one model over every view in `TTA_SHIFTS` of a data set and averages its scores
+/// (probabilities, or outputs for an MSE model); the loss is the model's own loss of that
+/// average.
+pub fn score_tta<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
+    let views =
+        TTA_SHIFTS.iter().map(|&(dx, dy)| score(b, model, name, &data.shifted(dx, dy))).collect::<Result<Vec<_>>>()?;
+    let mut avg = average(&views, &data.labels, model.arch.recipe().loss)?;
+    avg.name = format!("{name} (tta x{})", views.len());
+    Ok(avg)
+}
+
+/// The mean of several score sets over the same examples, with `loss` computed from it.
+fn average(members: &[Scored], labels: &[u8], loss: Loss) -> Result<Scored> {
     let classes = members[0].classes;
     if members.iter().any(|m| m.classes != classes) {
         return Err(Error::Config("ensemble members must have the same number of classes".into()));
@@ -71,9 +86,23 @@ pub fn ensemble(members: &[Scored], labels: &[u8]) -> Result<Scored> {
     for m in members {
         scores.iter_mut().zip(&m.scores).for_each(|(a, &s)| *a += s / members.len() as f32);
     }
-    let loss = scores.chunks(classes).zip(labels).map(|(p, &y)| -(p[y as usize].max(1e-12) as f64).ln()).sum::<f64>()
-        / labels.len().max(1) as f64;
+    let per_example = |(p, &y): (&[f32], &u8)| match loss {
+        Loss::CrossEntropy => -(p[y as usize].max(1e-12) as f64).ln(),
+        Loss::Mse => {
+            p.iter()
+                .enumerate()
+                .map(|(k, &v)| (v as f64 - if k == y as usize { 1.0 } else { 0.0 }).powi(2))
+                .sum::<f64>()
+                / classes as f64
+        }
+    };
+    let loss = scores.chunks(classes).zip(labels).map(per_example).sum::<f64>() / labels.len().max(1) as f64;
     Ok(Scored { name: format!("ensemble of {}", members.len()), scores, classes, loss })
+}
+
+/// The ensemble of several models: their scores averaged, scored by cross-entropy.
+pub fn ensemble(members: &[Scored], labels: &[u8]) -> Result<Scored> {
+    average(members, labels, Loss::CrossEntropy)
 }
 
 /// counts[true][predicted]

@@ -158,6 +158,10 @@ struct EvalArgs {
     /// Print only the summary, without the confusion matrix
     #[arg(long)]
     brief: bool,
+    /// Test-time augmentation: score each model on every image and its four one-pixel shifts
+    /// and average the five (takes 5x as long)
+    #[arg(long)]
+    tta: bool,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
@@ -479,10 +483,12 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let (_, test) = a.data.load()?;
     let chosen = choose_backend(&a.device)?;
     with_backend!(chosen, b => {
-        println!("evaluating on {} test images from {} ({})", test.len(), a.data.dir().display(), b.name());
+        let views = if a.tta { format!(", {} views each (--tta)", evaluate::TTA_SHIFTS.len()) } else { String::new() };
+        println!("evaluating on {} test images{views} from {} ({})", test.len(), a.data.dir().display(), b.name());
         let mut scored = Vec::new();
         for (m, path) in models.iter().zip(&a.models) {
-            let s = evaluate::score(b, m, &path.display().to_string(), &test)?;
+            let name = path.display().to_string();
+            let s = if a.tta { evaluate::score_tta(b, m, &name, &test)? } else { evaluate::score(b, m, &name, &test)? };
             let acc = s.accuracy(&test.labels);
             let recorded = m.metrics().and_then(|v| v["test_accuracy"].as_f64());
             let rec = recorded.map_or(String::new(), |r| format!(" (recorded at save: {:.2}%)", 100.0 * r));

@@ -110,6 +110,9 @@ fn train_then_eval_agree_and_predict_works() {
     let (code, ens, _) = gpu_train(&["eval", "--backend", "cpu", "--brief", "--model", p(&out), "--model", p(&out)]);
     assert_eq!(code, 0);
     assert!(ens.contains("ensemble of 2: accuracy"), "{ens}");
+    let (code, tta, err) = gpu_train(&["eval", "--backend", "cpu", "--brief", "--tta", "--model", p(&out)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(tta.contains("5 views each (--tta)") && tta.contains("(tta x5): mlp | accuracy"), "{tta}");
     // A test digit drawn dark on a light, larger canvas: predict's top class is the label
     // the model gives the original image.
     let (_, test) = gpu_train::data::load_dir(&mnist_dir()).unwrap();

@@ -108,3 +108,19 @@ fn bad_data_gives_typed_errors() {
     let e = data::load_dir(tmp.path()).unwrap_err().to_string();
     assert!(e.contains("10000 images but 60000 labels"), "{e}");
 }
+
+#[test]
+fn shifted_moves_whole_pixels_and_fills_with_zero() {
+    // Two 2x3 images (rows of 3).
+    let ds =
+        data::Dataset { images: vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], labels: vec![3, 4], height: 2, width: 3 };
+    assert_eq!(ds.shifted(0, 0).images, ds.images);
+    assert_eq!(ds.shifted(1, 0).images, [0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11], "right");
+    assert_eq!(ds.shifted(-1, 0).images, [2, 3, 0, 5, 6, 0, 8, 9, 0, 11, 12, 0], "left");
+    assert_eq!(ds.shifted(0, 1).images, [0, 0, 0, 1, 2, 3, 0, 0, 0, 7, 8, 9], "down");
+    assert_eq!(ds.shifted(0, -1).images, [4, 5, 6, 0, 0, 0, 10, 11, 12, 0, 0, 0], "up");
+    assert_eq!(ds.shifted(-2, 1).images, [0, 0, 0, 3, 0, 0, 0, 0, 0, 9, 0, 0], "two left, one down");
+    assert_eq!(ds.shifted(3, 0).images, [0; 12], "all the way out");
+    let s = ds.shifted(1, -1);
+    assert_eq!((s.labels, s.height, s.width), (ds.labels, 2, 3));
+}

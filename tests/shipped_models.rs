@@ -1,6 +1,7 @@
 //! The trained models in models/: each evaluates (CPU backend, all 10,000 test images) to
 //! exactly the accuracy recorded in its metadata, the ensembles the README reports to their
-//! stated accuracy, and, where a GPU adapter exists, the GPU backend agrees with the CPU.
+//! stated accuracy (with test-time augmentation too), and, where a GPU adapter exists, the
+//! GPU backend agrees with the CPU.
 
 mod common;
 
@@ -42,6 +43,13 @@ const ENSEMBLES: &[(&[&str], f64)] = &[
     (&["cnn4", "cnn5-ema-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-ema-s6"], 0.9970),
 ];
 
+/// The README's figures with test-time augmentation (`gpu-train eval --tta --model ...`): a
+/// single model and an ensemble, each averaging five shifted views per model.
+const WITH_TTA: &[(&[&str], f64)] = &[
+    (&["cnn5-e60-s6"], 0.9971),
+    (&["cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9972),
+];
+
 fn shipped() -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(repo().join("models"))
         .unwrap()
@@ -74,6 +82,57 @@ fn shipped_models_evaluate_to_their_recorded_accuracy() {
         let acc = evaluate::ensemble(&s, &test.labels).unwrap().accuracy(&test.labels);
         assert!((acc - stated).abs() < 1e-9, "ensemble {members:?}: accuracy {acc}, the README states {stated}");
     }
+}
+
+#[test]
+fn shipped_models_with_test_time_augmentation_score_as_the_readme_states() {
+    let test = data::load_dir(&mnist_dir()).unwrap().1;
+    let mut scores = std::collections::HashMap::new();
+    for (members, stated) in WITH_TTA {
+        for name in members.iter() {
+            scores.entry(*name).or_insert_with(|| {
+                let m = modelfile::load(&repo().join(format!("models/{name}.safetensors")), None).unwrap();
+                evaluate::score_tta(&mut CpuBackend::new(), &m, name, &test).unwrap()
+            });
+        }
+        let s: Vec<_> = members.iter().map(|m| scores[m].clone()).collect();
+        let acc = evaluate::ensemble(&s, &test.labels).unwrap().accuracy(&test.labels);
+        assert!((acc - stated).abs() < 1e-9, "{members:?} with --tta: accuracy {acc}, the README states {stated}");
+    }
+}
+
+/// `eval --tta` on a shipped model: its scores are the mean of the model's scores on the
+/// five views (shifted here by the test's own code) and its loss the cross-entropy of that
+/// mean.
+#[test]
+fn test_time_augmentation_averages_the_five_shifted_views() {
+    let test = data::load_dir(&mnist_dir()).unwrap().1.take(300);
+    let m = modelfile::load(&repo().join("models/cnn5-s1.safetensors"), None).unwrap();
+    let mut cpu = CpuBackend::new();
+    let tta = evaluate::score_tta(&mut cpu, &m, "cnn5-s1", &test).unwrap();
+    let shift = |dx: i32, dy: i32| {
+        let mut v = test.clone();
+        for (i, px) in v.images.iter_mut().enumerate() {
+            let (y, x) = ((i % 784 / 28) as i32 - dy, (i % 28) as i32 - dx);
+            let inside = (0..28).contains(&y) && (0..28).contains(&x);
+            *px = if inside { test.images[i / 784 * 784 + (y * 28 + x) as usize] } else { 0 };
+        }
+        v
+    };
+    let views = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)];
+    let mut mean = vec![0f64; tta.scores.len()];
+    for (dx, dy) in views {
+        let s = evaluate::score(&mut cpu, &m, "view", &shift(dx, dy)).unwrap();
+        mean.iter_mut().zip(&s.scores).for_each(|(a, &v)| *a += v as f64 / 5.0);
+    }
+    for (i, (&got, &want)) in tta.scores.iter().zip(&mean).enumerate() {
+        assert!((got as f64 - want).abs() < 1e-5, "score {i}: tta {got}, mean of the views {want}");
+    }
+    let loss = -mean.chunks(10).zip(&test.labels).map(|(p, &y)| p[y as usize].ln()).sum::<f64>() / 300.0;
+    assert!((tta.loss - loss).abs() < 1e-4, "loss {} against {loss}", tta.loss);
+    // The views differ from one another, so the mean is not just the unshifted scores.
+    let plain = evaluate::score(&mut cpu, &m, "plain", &test).unwrap();
+    assert!(plain.scores.iter().zip(&tta.scores).any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
 /// GPU (if any) against CPU on the first 200 test images of cnn4 and one cnn5: at most one

@@ -61,6 +61,29 @@ impl Dataset {
         self.labels.iter().copied().max()
     }
 
+    /// Every image moved `dx` pixels right and `dy` pixels down (negative: left, up), with
+    /// zero filling what comes in from outside. Exact (whole pixels), for test-time
+    /// augmentation.
+    pub fn shifted(&self, dx: isize, dy: isize) -> Dataset {
+        let (h, w) = (self.height as isize, self.width as isize);
+        let mut images = vec![0u8; self.images.len()];
+        for (out, img) in images.chunks_mut(self.image_len()).zip(self.images.chunks(self.image_len())) {
+            for y in 0..h {
+                let sy = y - dy;
+                if !(0..h).contains(&sy) {
+                    continue;
+                }
+                for x in 0..w {
+                    let sx = x - dx;
+                    if (0..w).contains(&sx) {
+                        out[(y * w + x) as usize] = img[(sy * w + sx) as usize];
+                    }
+                }
+            }
+        }
+        Dataset { images, labels: self.labels.clone(), height: self.height, width: self.width }
+    }
+
     /// Builds a data set from IDX images and labels, checking they belong together.
     pub fn from_idx(images: idx::IdxImages, labels: Vec<u8>, what: &str) -> Result<Dataset> {
         if images.count != labels.len() {
