@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# How the shipped models in models/ were trained: every preset with its own recipe, then
-# five seeds of cnn5 for the ensemble, one cnn5 with its schedule over 60 epochs, and the same
-# with weight averaging (--ema). Logs and checkpoints go to runs/; rerun one line to reproduce
-# one model (add --backend gpu on a machine with a GPU).
+# How the shipped models in models/ were trained: every preset with its own recipe (cnn4 with
+# two seeds), then five seeds of cnn5 for the ensemble, one cnn5 with its schedule over 60
+# epochs, and the same with weight averaging (--ema). Logs and checkpoints go to runs/; rerun
+# one line to reproduce one model (add --backend gpu on a machine with a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
@@ -16,6 +16,7 @@ train cnn-a cnn-a 1 --backend cpu
 train fc-b fc-b 1 --backend cpu
 train cnn2 cnn2 1 --backend cpu
 train cnn4 cnn4 1 --backend cpu
+train cnn4-s2 cnn4 2 --backend cpu
 for s in 1 2 3 4 5; do train "cnn5-s$s" cnn5 "$s" --backend cpu; done
 train cnn5-e60-s6 cnn5 6 --epochs 60 --backend cpu
 # The same run with weight averaging: the live weights follow the run above bit for bit.
