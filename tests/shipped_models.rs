@@ -139,7 +139,8 @@ fn test_time_augmentation_averages_the_five_shifted_views() {
 }
 
 /// GPU (if any) against CPU on the first 200 test images of both cnn4 and one cnn5: at most one
-/// prediction may differ (a near-tie flipped by a different summation order).
+/// prediction may differ (a near-tie flipped by a different summation order); and the same
+/// with test-time augmentation, probability by probability.
 #[test]
 fn shipped_models_agree_on_the_gpu() {
     let g = gpu_train::gpu::GpuBackend::new(None);
@@ -156,4 +157,11 @@ fn shipped_models_agree_on_the_gpu() {
         let differ = on_gpu.iter().zip(&on_cpu).filter(|(a, b)| a != b).count();
         assert!(differ <= 1, "{name}: {differ} of 200 predictions differ between GPU and CPU");
     }
+    // `eval --tta` on the GPU: the README's single-model TTA figure, on the first 100 images.
+    let test = test.take(100);
+    let m = modelfile::load(&repo().join("models/cnn5-e60-s6.safetensors"), None).unwrap();
+    let on_gpu = evaluate::score_tta(&mut g, &m, "tta", &test).unwrap();
+    let on_cpu = evaluate::score_tta(&mut CpuBackend::new(), &m, "tta", &test).unwrap();
+    let worst = on_gpu.scores.iter().zip(&on_cpu.scores).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst < 1e-3, "cnn5-e60-s6 with --tta: GPU and CPU probabilities differ by {worst}");
 }
