@@ -19,6 +19,7 @@ train cnn4 cnn4 1 --backend cpu
 train cnn4-s2 cnn4 2 --backend cpu
 for s in 1 2 3 4 5; do train "cnn5-s$s" cnn5 "$s" --backend cpu; done
 train cnn5-e60-s6 cnn5 6 --epochs 60 --backend cpu
+train cnn5-e60-s7 cnn5 7 --epochs 60 --backend cpu   # a second sample of the line above
 # The same run with weight averaging: the live weights follow the run above bit for bit.
 train cnn5-e60-ema-s6 cnn5 6 --epochs 60 --ema 0.999 --backend cpu
 train cnn5-ema-s1 cnn5 1 --ema 0.999 --backend cpu   # likewise, cnn5-s1 with averaging

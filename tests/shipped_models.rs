@@ -26,6 +26,7 @@ const SHIPPED: &[&str] = &[
     "cnn5-s4",
     "cnn5-s5",
     "cnn5-e60-s6",
+    "cnn5-e60-s7",
     "cnn5-e60-ema-s6",
     "cnn5-ema-s1",
 ];
@@ -44,6 +45,8 @@ const ENSEMBLES: &[(&[&str], f64)] = &[
     (&["cnn4", "cnn5-ema-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-ema-s6"], 0.9970),
     (&["cnn4", "cnn4-s2"], 0.9962),
     (&["cnn4", "cnn4-s2", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9972),
+    (&["cnn5-e60-s6", "cnn5-e60-s7"], 0.9968),
+    (&["cnn4", "cnn4-s2", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6", "cnn5-e60-s7"], 0.9969),
 ];
 
 /// The README's figures with test-time augmentation (`gpu-train eval --tta --model ...`): a
@@ -51,6 +54,7 @@ const ENSEMBLES: &[(&[&str], f64)] = &[
 const WITH_TTA: &[(&[&str], f64)] = &[
     (&["cnn5-e60-s6"], 0.9971),
     (&["cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9972),
+    (&["cnn5-e60-s7"], 0.9968),
 ];
 
 fn shipped() -> Vec<std::path::PathBuf> {
