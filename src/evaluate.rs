@@ -88,13 +88,7 @@ fn average(members: &[Scored], labels: &[u8], loss: Loss) -> Result<Scored> {
     }
     let per_example = |(p, &y): (&[f32], &u8)| match loss {
         Loss::CrossEntropy => -(p[y as usize].max(1e-12) as f64).ln(),
-        Loss::Mse => {
-            p.iter()
-                .enumerate()
-                .map(|(k, &v)| (v as f64 - if k == y as usize { 1.0 } else { 0.0 }).powi(2))
-                .sum::<f64>()
-                / classes as f64
-        }
+        Loss::Mse => crate::cpu::loss::mse_row(&p.iter().map(|&v| v as f64).collect::<Vec<_>>(), y as usize).0,
     };
     let loss = scores.chunks(classes).zip(labels).map(per_example).sum::<f64>() / labels.len().max(1) as f64;
     Ok(Scored { name: format!("ensemble of {}", members.len()), scores, classes, loss })

@@ -86,7 +86,7 @@ fn onehot<T: Real>(j: usize, y: usize) -> T {
 }
 
 /// (mean over classes of (y - onehot)^2, correct) of one row.
-fn mse_row<T: Real>(z: &[T], y: usize) -> (T, bool) {
+pub fn mse_row<T: Real>(z: &[T], y: usize) -> (T, bool) {
     let sq: T = z.iter().enumerate().map(|(j, &v)| (v - onehot::<T>(j, y)).powi(2)).sum();
     (sq / T::of(z.len() as f32), argmax(z).0 == y)
 }
