@@ -80,8 +80,10 @@ fn whole_models_match_the_cpu_reference() {
               { type = 'relu' }, { type = 'max_pool2d' }, { type = 'dropout', p = 0.3 }, { type = 'flatten' }, \
               { type = 'dense', units = 12, bias = false }, { type = 'batch_norm' }, { type = 'tanh' }, { type = 'dense', units = 10 }]\n\
               [train]\naugment = { chance = 1.0 }\nema = 0.5\n";
-    let mut specs: Vec<ModelSpec> =
-        ["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "b2"].iter().map(|n| presets::load(n).unwrap()).collect();
+    let mut specs: Vec<ModelSpec> = ["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "cnn6", "b2"]
+        .iter()
+        .map(|n| presets::load(n).unwrap())
+        .collect();
     specs.push(presets::parse(bn, "bn").unwrap());
     let n = 3;
     let data = mnist(2 * n);

@@ -64,6 +64,22 @@ fn seed_architectures_have_the_seeds_shapes() {
     assert_eq!(r.early_stopping.unwrap().patience, 15);
 }
 
+/// cnn6, our no-pooling design: five valid 5x5 convolutions take 28x28 down to 8x8, and one
+/// dense layer with batch norm on its logits classifies the 8x8x80 map.
+#[test]
+fn cnn6_shrinks_the_image_without_pooling() {
+    let a = arch("cnn6");
+    let convs: Vec<Shape> =
+        a.layers.iter().zip(&a.shapes[1..]).filter(|(l, _)| matches!(l, Layer::Conv2d(_))).map(|(_, s)| *s).collect();
+    let image = |c, h| Shape::Image { c, h, w: h };
+    assert_eq!(convs, [image(16, 24), image(32, 20), image(48, 16), image(64, 12), image(80, 8)]);
+    assert!(!a.layers.iter().any(|l| matches!(l, Layer::MaxPool2d(_) | Layer::Dropout { .. })));
+    assert!(matches!(a.layers.last(), Some(Layer::BatchNorm(_))));
+    let convs = 25 * (16 + 32 * 16 + 48 * 32 + 64 * 48 + 80 * 64);
+    let batch_norms = 2 * (16 + 32 + 48 + 64 + 80 + 10);
+    assert_eq!(a.param_count(), convs + 8 * 8 * 80 * 10 + batch_norms);
+}
+
 #[test]
 fn tensors_are_named_like_torch_sequential() {
     let names: Vec<String> = arch("cnn4").params.iter().map(|t| t.name.clone()).collect();

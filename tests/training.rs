@@ -75,7 +75,7 @@ fn whole_model_gradients_match_finite_differences() {
               { type = 'relu' },\n{ type = 'max_pool2d' },\n{ type = 'flatten' },\n{ type = 'dense', units = 12, bias = false },\n\
               { type = 'batch_norm' },\n{ type = 'tanh' },\n{ type = 'dense', units = 10 }]\n";
     let mut specs: Vec<ModelSpec> =
-        ["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "b2", "a-cnn6"].iter().map(|n| spec(n)).collect();
+        ["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "cnn6", "b2", "a-cnn6"].iter().map(|n| spec(n)).collect();
     specs.push(presets::parse(bn, "bn").unwrap());
     let data = Dataset {
         images: uniform(77, 3 * 784, 1.0, 256.0).iter().map(|&v| v as u8).collect(),
