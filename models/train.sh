@@ -23,4 +23,5 @@ train cnn5-e60-s7 cnn5 7 --epochs 60 --backend cpu   # a second sample of the li
 # The same run with weight averaging: the live weights follow the run above bit for bit.
 train cnn5-e60-ema-s6 cnn5 6 --epochs 60 --ema 0.999 --backend cpu
 train cnn5-ema-s1 cnn5 1 --ema 0.999 --backend cpu   # likewise, cnn5-s1 with averaging
+train cnn6-s1 cnn6 1 --backend cpu   # the no-pooling design, for ensembles with cnn5
 train cnn3 cnn3 1 --backend cpu

@@ -29,6 +29,7 @@ const SHIPPED: &[&str] = &[
     "cnn5-e60-s7",
     "cnn5-e60-ema-s6",
     "cnn5-ema-s1",
+    "cnn6-s1",
 ];
 
 /// The ensembles the README reports (`gpu-train eval --model A --model B ...`): members and
@@ -47,6 +48,8 @@ const ENSEMBLES: &[(&[&str], f64)] = &[
     (&["cnn4", "cnn4-s2", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9972),
     (&["cnn5-e60-s6", "cnn5-e60-s7"], 0.9968),
     (&["cnn4", "cnn4-s2", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6", "cnn5-e60-s7"], 0.9969),
+    (&["cnn4", "cnn4-s2", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6", "cnn6-s1"], 0.9972),
+    (&["cnn5-s1", "cnn6-s1"], 0.9973),
 ];
 
 /// The README's figures with test-time augmentation (`gpu-train eval --tta --model ...`): a
@@ -55,6 +58,7 @@ const WITH_TTA: &[(&[&str], f64)] = &[
     (&["cnn5-e60-s6"], 0.9971),
     (&["cnn4", "cnn5-s1", "cnn5-s2", "cnn5-s3", "cnn5-s4", "cnn5-s5", "cnn5-e60-s6"], 0.9972),
     (&["cnn5-e60-s7"], 0.9968),
+    (&["cnn6-s1"], 0.9968),
 ];
 
 fn shipped() -> Vec<std::path::PathBuf> {
@@ -142,8 +146,8 @@ fn test_time_augmentation_averages_the_five_shifted_views() {
     assert!(plain.scores.iter().zip(&tta.scores).any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
-/// GPU (if any) against CPU on the first 200 test images of both cnn4 and one cnn5: at most one
-/// prediction may differ (a near-tie flipped by a different summation order); and the same
+/// GPU (if any) against CPU on the first 200 test images of both cnn4, one cnn5 and cnn6: at
+/// most one prediction may differ (a near-tie flipped by a different summation order); and the same
 /// with test-time augmentation, probability by probability.
 #[test]
 fn shipped_models_agree_on_the_gpu() {
@@ -154,7 +158,7 @@ fn shipped_models_agree_on_the_gpu() {
         Err(e) => return eprintln!("skipping: {e}"),
     };
     let test = data::load_dir(&mnist_dir()).unwrap().1.take(200);
-    for name in ["cnn4", "cnn4-s2", "cnn5-s1"] {
+    for name in ["cnn4", "cnn4-s2", "cnn5-s1", "cnn6-s1"] {
         let m = modelfile::load(&repo().join("models").join(format!("{name}.safetensors")), None).unwrap();
         let on_gpu = evaluate::score(&mut g, &m, name, &test).unwrap().predictions();
         let on_cpu = evaluate::score(&mut CpuBackend::new(), &m, name, &test).unwrap().predictions();
