@@ -103,6 +103,7 @@ def main():
         "commit": sh(f"git -C {ROOT} rev-parse --short HEAD") + (" (dirty)" if sh(f"git -C {ROOT} status --porcelain -uno") else ""),
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "machine": machine(),
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("GPU_TRAIN_")},
         "results": results,
     }
     name = args.name or f"{args.device}-{args.arch}-{datetime.date.today().isoformat()}"

@@ -45,14 +45,76 @@ const BACKWARD_INPUT: u32 = 1u;
 const BACKWARD_WEIGHT: u32 = 2u;
 
 
-// Input element (s, ci, oy*stride + ky - pad, ox*stride + kx - pad) of b, or 0 in the padding.
-fn im2col(s: u32, ci: u32, ky: u32, kx: u32, p: u32) -> f32 {
-    let iy = i32((p / prm.w_out) * prm.stride + ky) - i32(prm.pad_h);
-    let ix = i32((p % prm.w_out) * prm.stride + kx) - i32(prm.pad_w);
-    if iy < 0 || ix < 0 || iy >= i32(prm.h_in) || ix >= i32(prm.w_in) {
-        return 0.0;
+// Index arithmetic, not multiply-adds, is what limits a naive implicit GEMM: decoding a
+// column or a K index into (image, channel, y, x) takes integer divisions by run-time sizes,
+// tens of instructions each. So each thread decodes the one B column it loads once, before
+// the K loop (col_decode), and each K step's 16 reduction indices are decoded once per
+// workgroup into `ktab` (k_decode); a tile load is then a few adds and compares.
+var<workgroup> ktab: array<vec4<i32>, 16>;
+
+// What a thread's B column stands for, per mode:
+//   forward          col = (s, oy, ox): (offset of image s, oy*stride - pad_h, ox*stride - pad_w, 0)
+//   backward_input   col = (s, iy, ix): (offset of dout image s, iy + pad_h, ix + pad_w, 0)
+//   backward_weight  col = (ci, ky, kx): (offset of channel ci, ky - pad_h, kx - pad_w, 0)
+fn col_decode(mode: u32, col: u32) -> vec4<i32> {
+    let khw = prm.kh * prm.kw;
+    let pp = prm.h_out * prm.w_out;
+    let q = prm.h_in * prm.w_in;
+    switch mode {
+        case FORWARD: {
+            let s = col / pp;
+            let p = col - s * pp;
+            let oy = p / prm.w_out;
+            let ox = p - oy * prm.w_out;
+            return vec4(i32(s * prm.c_in * q), i32(oy * prm.stride) - i32(prm.pad_h), i32(ox * prm.stride) - i32(prm.pad_w), 0);
+        }
+        case BACKWARD_INPUT: {
+            let s = col / q;
+            let r = col - s * q;
+            let iy = r / prm.w_in;
+            let ix = r - iy * prm.w_in;
+            return vec4(i32(s * prm.c_out * pp), i32(iy + prm.pad_h), i32(ix + prm.pad_w), 0);
+        }
+        default: {
+            let ci = col / khw;
+            let r = col - ci * khw;
+            let ky = r / prm.kw;
+            let kx = r - ky * prm.kw;
+            return vec4(i32(ci * q), i32(ky) - i32(prm.pad_h), i32(kx) - i32(prm.pad_w), 0);
+        }
     }
-    return b[((s * prm.c_in + ci) * prm.h_in + u32(iy)) * prm.w_in + u32(ix)];
+}
+
+// What reduction index k stands for, per mode:
+//   forward          k = (ci, ky, kx): (offset of (ci, ky, kx) in an input image, ky, kx, 0)
+//   backward_input   k = (co, ky, kx): (offset of W[co, 0, ky, kx], offset of channel co in a dout image, ky, kx)
+//   backward_weight  k = (s, oy, ox):  (offset of dout[s, 0, oy, ox], offset of input image s, oy, ox)
+fn k_decode(mode: u32, k: u32) -> vec4<i32> {
+    let khw = prm.kh * prm.kw;
+    let pp = prm.h_out * prm.w_out;
+    switch mode {
+        case FORWARD: {
+            let ci = k / khw;
+            let r = k - ci * khw;
+            let ky = r / prm.kw;
+            let kx = r - ky * prm.kw;
+            return vec4(i32((ci * prm.h_in + ky) * prm.w_in + kx), i32(ky), i32(kx), 0);
+        }
+        case BACKWARD_INPUT: {
+            let co = k / khw;
+            let r = k - co * khw;
+            let ky = r / prm.kw;
+            let kx = r - ky * prm.kw;
+            return vec4(i32(co * prm.c_in * khw + r), i32(co * pp), i32(ky), i32(kx));
+        }
+        default: {
+            let s = k / pp;
+            let p = k - s * pp;
+            let oy = p / prm.w_out;
+            let ox = p - oy * prm.w_out;
+            return vec4(i32(s * prm.c_out * pp + p), i32(s * prm.c_in * prm.h_in * prm.w_in), i32(oy), i32(ox));
+        }
+    }
 }
 
 fn dims(mode: u32) -> vec3<u32> {
@@ -64,62 +126,64 @@ fn dims(mode: u32) -> vec3<u32> {
     }
 }
 
-fn load_a(mode: u32, row: u32, k: u32) -> f32 {
-    let khw = prm.kh * prm.kw;
+// Element (row, k) of A, with kt = k_decode(k).
+fn load_a(mode: u32, row: u32, k: u32, kt: vec4<i32>) -> f32 {
     switch mode {
         case FORWARD: {
             // W (c_out, c_in*kh*kw)
-            return a[prm.w_off + row * prm.c_in * khw + k];
+            return a[prm.w_off + row * prm.c_in * prm.kh * prm.kw + k];
         }
         case BACKWARD_INPUT: {
-            // W[co, ci = row, ky, kx] with k = (co, ky, kx)
-            let co = k / khw;
-            let r = k % khw;
-            return a[prm.w_off + (co * prm.c_in + row) * khw + r];
+            // W[co, ci = row, ky, kx]
+            return a[prm.w_off + u32(kt.x) + row * prm.kh * prm.kw];
         }
         default: {
-            // dout[s, co = row, p] with k = (s, p)
-            let pp = prm.h_out * prm.w_out;
-            return a[((k / pp) * prm.c_out + row) * pp + k % pp];
+            // dout[s, co = row, oy, ox]
+            return a[u32(kt.x) + row * prm.h_out * prm.w_out];
         }
     }
 }
 
-fn load_b(mode: u32, k: u32, col: u32) -> f32 {
-    let khw = prm.kh * prm.kw;
+// Element (k, col) of B, with cb = col_decode(col) and kt = k_decode(k); 0 in the padding.
+fn load_b(mode: u32, cb: vec4<i32>, kt: vec4<i32>) -> f32 {
     switch mode {
         case FORWARD: {
-            // col = (s, p), k = (ci, ky, kx)
-            let pp = prm.h_out * prm.w_out;
-            let r = k % khw;
-            return im2col(col / pp, k / khw, r / prm.kw, r % prm.kw, col % pp);
+            // inp[s, ci, oy*stride + ky - pad_h, ox*stride + kx - pad_w]
+            let iy = cb.y + kt.y;
+            let ix = cb.z + kt.z;
+            if iy < 0 || ix < 0 || iy >= i32(prm.h_in) || ix >= i32(prm.w_in) {
+                return 0.0;
+            }
+            return b[u32(cb.x + kt.x + cb.y * i32(prm.w_in) + cb.z)];
         }
         case BACKWARD_INPUT: {
-            // dout[s, co, oy, ox] with iy = oy*stride + ky - pad; col = (s, iy, ix), k = (co, ky, kx)
-            let q = prm.h_in * prm.w_in;
-            let s = col / q;
-            let iy = (col % q) / prm.w_in + prm.pad_h;
-            let ix = col % prm.w_in + prm.pad_w;
-            let co = k / khw;
-            let ky = (k % khw) / prm.kw;
-            let kx = k % prm.kw;
-            if iy < ky || ix < kx {
+            // dout[s, co, oy, ox] where oy*stride = iy + pad_h - ky, ox*stride = ix + pad_w - kx
+            var oy = cb.y - kt.z;
+            var ox = cb.z - kt.w;
+            if oy < 0 || ox < 0 {
                 return 0.0;
             }
-            let ty = iy - ky;
-            let tx = ix - kx;
-            let oy = ty / prm.stride;
-            let ox = tx / prm.stride;
-            if ty % prm.stride != 0u || tx % prm.stride != 0u || oy >= prm.h_out || ox >= prm.w_out {
+            if prm.stride != 1u {
+                let st = i32(prm.stride);
+                if oy % st != 0 || ox % st != 0 {
+                    return 0.0;
+                }
+                oy /= st;
+                ox /= st;
+            }
+            if oy >= i32(prm.h_out) || ox >= i32(prm.w_out) {
                 return 0.0;
             }
-            return b[((s * prm.c_out + co) * prm.h_out + oy) * prm.w_out + ox];
+            return b[u32(cb.x + kt.y + oy * i32(prm.w_out) + ox)];
         }
         default: {
-            // im2col of the input: k = (s, p), col = (ci, ky, kx)
-            let pp = prm.h_out * prm.w_out;
-            let r = col % khw;
-            return im2col(k / pp, col / khw, r / prm.kw, r % prm.kw, k % pp);
+            // inp[s, ci, oy*stride + ky - pad_h, ox*stride + kx - pad_w]
+            let iy = kt.z * i32(prm.stride) + cb.y;
+            let ix = kt.w * i32(prm.stride) + cb.z;
+            if iy < 0 || ix < 0 || iy >= i32(prm.h_in) || ix >= i32(prm.w_in) {
+                return 0.0;
+            }
+            return b[u32(kt.y + cb.x + iy * i32(prm.w_in) + ix)];
         }
     }
 }
@@ -142,25 +206,39 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let n0 = tile_n * TN;
     let tx = lid % 16u;
     let ty = lid / 16u;
-    var acc: array<f32, 16>;
+    // A tile: this thread loads rows m0 + am + 16 r (r = 0..3) at K offset ka, along K
+    // (contiguous for W and dout). B tile: column n0 + bn at K offsets bk + 4 r, along the
+    // column (contiguous pixels).
+    let ka = lid % TK;
+    let am = lid / TK;
+    let bn = lid % TN;
+    let bk = lid / TN;
+    let col_ok = n0 + bn < d.y;
+    var cb = vec4(0);
+    if col_ok {
+        cb = col_decode(mode, n0 + bn);
+    }
+    var acc: Acc;
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
+        if lid < TK {
+            ktab[lid] = k_decode(mode, k0 + lid);
+        }
+        workgroupBarrier();
+        let a_ok = k0 + ka < k_end;
+        let kta = ktab[ka];
         for (var r = 0u; r < 4u; r++) {
-            let e = lid + r * WG;
-            // A: along k (contiguous for W and dout); B: along the column (contiguous pixels).
-            let mm = e / TK;
-            let ka = e % TK;
+            let mm = am + 16u * r;
             var av = 0.0;
-            if m0 + mm < d.x && k0 + ka < k_end {
-                av = load_a(mode, m0 + mm, k0 + ka);
+            if a_ok && m0 + mm < d.x {
+                av = load_a(mode, m0 + mm, k0 + ka, kta);
             }
             a_tile[ka * TM + mm] = av;
-            let nn = e % TN;
-            let kb = e / TN;
+            let kb = bk + 4u * r;
             var bv = 0.0;
-            if n0 + nn < d.y && k0 + kb < k_end {
-                bv = load_b(mode, k0 + kb, n0 + nn);
+            if col_ok && k0 + kb < k_end {
+                bv = load_b(mode, cb, ktab[kb]);
             }
-            b_tile[kb * TN + nn] = bv;
+            b_tile[kb * TN + bn] = bv;
         }
         workgroupBarrier();
         tile_multiply(tx, ty, &acc);
@@ -168,12 +246,13 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
     for (var i = 0u; i < 4u; i++) {
         let row = m0 + ty + 16u * i;
+        let accs = acc_row(acc, i);
         for (var j = 0u; j < 4u; j++) {
             let col = n0 + tx + 16u * j;
             if row >= d.x || col >= d.y {
                 continue;
             }
-            let v = acc[i * 4u + j];
+            let v = accs[j];
             switch mode {
                 case FORWARD: {
                     let pp = prm.h_out * prm.w_out;

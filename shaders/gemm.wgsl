@@ -43,7 +43,7 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let n0 = tile_n * TN;
     let tx = lid % 16u;
     let ty = lid / 16u;
-    var acc: array<f32, 16>;
+    var acc: Acc;
     for (var k0 = 0u; k0 < prm.k; k0 += TK) {
         for (var r = 0u; r < 4u; r++) {
             let e = lid + r * WG;
@@ -83,10 +83,11 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
     for (var i = 0u; i < 4u; i++) {
         let row = m0 + ty + 16u * i;
+        let accs = acc_row(acc, i);
         for (var j = 0u; j < 4u; j++) {
             let col = n0 + tx + 16u * j;
             if row < prm.m && col < prm.n {
-                var v = acc[i * 4u + j];
+                var v = accs[j];
                 if prm.has_bias == 1u {
                     v += b[prm.bias_off + col];
                 }

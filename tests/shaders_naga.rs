@@ -69,3 +69,21 @@ fn shaders_translate_to_spirv_msl_hlsl_and_glsl() {
         }
     }
 }
+
+/// `GPU_TRAIN_SHADER_DIR`: a file in the directory replaces its built-in copy, the others stay.
+#[test]
+fn a_shader_directory_overrides_only_the_files_it_holds() {
+    let dir = std::env::temp_dir().join(format!("gpu-train-shader-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tile.wgsl"), "// tile under test\n").unwrap();
+    let conv = shaders::module_source_overridden("conv2d", &dir).unwrap();
+    assert!(conv.contains("// tile under test"));
+    assert!(!conv.contains("fn tile_multiply"));
+    assert!(conv.contains("fn conv2d_forward") && conv.contains("fn mix32"));
+    // Families without the tile, and an empty directory, give the built-in source.
+    assert_eq!(shaders::module_source_overridden("activation", &dir), shaders::module_source("activation"));
+    std::fs::remove_file(dir.join("tile.wgsl")).unwrap();
+    assert_eq!(shaders::module_source_overridden("conv2d", &dir), shaders::module_source("conv2d"));
+    assert_eq!(shaders::module_source_overridden("no-such-family", &dir), None);
+    std::fs::remove_dir(&dir).unwrap();
+}

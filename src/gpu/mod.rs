@@ -239,11 +239,19 @@ impl GpuBackend {
         };
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         if !self.modules.contains_key(kernel.family) {
-            let source = shaders::module_source(kernel.family).unwrap_or_default();
-            let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let source = shaders::module_source_from_env(kernel.family).unwrap_or_default();
+            let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.family),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
+            };
+            let module = if std::env::var_os("GPU_TRAIN_UNCHECKED_SHADERS").is_some() {
+                // Measurement only: without the bounds checks wgpu adds to every array
+                // access. Every index our kernels compute is guarded by its own size test,
+                // which the GPU tests exercise; this switch is what measures their cost.
+                unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+            } else {
+                self.device.create_shader_module(desc)
+            };
             self.modules.insert(kernel.family, module);
         }
         let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel

@@ -84,6 +84,26 @@ pub fn module_source(family: &str) -> Option<String> {
     FAMILIES.iter().find(|(f, _)| *f == family).map(|(_, src)| format!("{COMMON}\n{tile}\n{src}"))
 }
 
+/// For kernel work: with `GPU_TRAIN_SHADER_DIR` set, the GPU backend reads each file from
+/// that directory where it has one (`common.wgsl`, `tile.wgsl`, `<family>.wgsl`) instead of
+/// the built-in copy, so a shader can be edited and measured without rebuilding.
+pub fn module_source_from_env(family: &str) -> Option<String> {
+    match std::env::var_os("GPU_TRAIN_SHADER_DIR") {
+        Some(dir) => module_source_overridden(family, std::path::Path::new(&dir)),
+        None => module_source(family),
+    }
+}
+
+/// module_source, with each file that `dir` holds in place of the built-in one.
+pub fn module_source_overridden(family: &str, dir: &std::path::Path) -> Option<String> {
+    let read = |name: &str, builtin: &str| {
+        std::fs::read_to_string(dir.join(format!("{name}.wgsl"))).unwrap_or_else(|_| builtin.to_string())
+    };
+    let (_, src) = FAMILIES.iter().find(|(f, _)| *f == family)?;
+    let tile = if TILED.contains(&family) { read("tile", TILE) } else { String::new() };
+    Some(format!("{}\n{tile}\n{}", read("common", COMMON), read(family, src)))
+}
+
 pub fn kernel(entry: &str) -> Option<&'static Kernel> {
     KERNELS.iter().find(|k| k.entry == entry)
 }
