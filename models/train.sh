@@ -24,4 +24,10 @@ train cnn5-e60-s7 cnn5 7 --epochs 60 --backend cpu   # a second sample of the li
 train cnn5-e60-ema-s6 cnn5 6 --epochs 60 --ema 0.999 --backend cpu
 train cnn5-ema-s1 cnn5 1 --ema 0.999 --backend cpu   # likewise, cnn5-s1 with averaging
 train cnn6-s1 cnn6 1 --backend cpu   # the no-pooling design, for ensembles with cnn5
+# Seeds 2-5 on a lent NVIDIA H100 (Vulkan), with GPU_TRAIN_UNCHECKED_SHADERS=1 (the shaders
+# without wgpu's runtime checks, as measured in README's Speed section): about 65 s each.
+# Seed 2 ran its first 4 epochs there with the kernels before commit 0ebdc06, then, when the
+# session's device time ran short, epochs 5-30 on the CPU (the same line with --backend cpu
+# --resume), so rerunning its line alone does not give that file bit for bit.
+for s in 2 3 4 5; do GPU_TRAIN_UNCHECKED_SHADERS=1 train "cnn6-s$s" cnn6 "$s" --backend gpu; done
 train cnn3 cnn3 1 --backend cpu
