@@ -52,35 +52,34 @@ const BACKWARD_WEIGHT: u32 = 2u;
 // workgroup into `ktab` (k_decode); a tile load is then a few adds and compares.
 var<workgroup> ktab: array<vec4<i32>, 16>;
 
+// (i / (h w), i / w % h, i % w): an index over (outer, row, column) of an h x w grid split
+// into its three parts, e.g. (ci, ky, kx) of a kernel or (s, oy, ox) of the output.
+fn split3(i: u32, h: u32, w: u32) -> vec3<u32> {
+    let o = i / (h * w);
+    let r = i - o * h * w;
+    let y = r / w;
+    return vec3(o, y, r - y * w);
+}
+
 // What a thread's B column stands for, per mode:
 //   forward          col = (s, oy, ox): (offset of image s, oy*stride - pad_h, ox*stride - pad_w, 0)
 //   backward_input   col = (s, iy, ix): (offset of dout image s, iy + pad_h, ix + pad_w, 0)
 //   backward_weight  col = (ci, ky, kx): (offset of channel ci, ky - pad_h, kx - pad_w, 0)
 fn col_decode(mode: u32, col: u32) -> vec4<i32> {
-    let khw = prm.kh * prm.kw;
     let pp = prm.h_out * prm.w_out;
     let q = prm.h_in * prm.w_in;
     switch mode {
         case FORWARD: {
-            let s = col / pp;
-            let p = col - s * pp;
-            let oy = p / prm.w_out;
-            let ox = p - oy * prm.w_out;
-            return vec4(i32(s * prm.c_in * q), i32(oy * prm.stride) - i32(prm.pad_h), i32(ox * prm.stride) - i32(prm.pad_w), 0);
+            let d = split3(col, prm.h_out, prm.w_out);
+            return vec4(i32(d.x * prm.c_in * q), i32(d.y * prm.stride) - i32(prm.pad_h), i32(d.z * prm.stride) - i32(prm.pad_w), 0);
         }
         case BACKWARD_INPUT: {
-            let s = col / q;
-            let r = col - s * q;
-            let iy = r / prm.w_in;
-            let ix = r - iy * prm.w_in;
-            return vec4(i32(s * prm.c_out * pp), i32(iy + prm.pad_h), i32(ix + prm.pad_w), 0);
+            let d = split3(col, prm.h_in, prm.w_in);
+            return vec4(i32(d.x * prm.c_out * pp), i32(d.y + prm.pad_h), i32(d.z + prm.pad_w), 0);
         }
         default: {
-            let ci = col / khw;
-            let r = col - ci * khw;
-            let ky = r / prm.kw;
-            let kx = r - ky * prm.kw;
-            return vec4(i32(ci * q), i32(ky) - i32(prm.pad_h), i32(kx) - i32(prm.pad_w), 0);
+            let d = split3(col, prm.kh, prm.kw);
+            return vec4(i32(d.x * q), i32(d.y) - i32(prm.pad_h), i32(d.z) - i32(prm.pad_w), 0);
         }
     }
 }
@@ -90,29 +89,19 @@ fn col_decode(mode: u32, col: u32) -> vec4<i32> {
 //   backward_input   k = (co, ky, kx): (offset of W[co, 0, ky, kx], offset of channel co in a dout image, ky, kx)
 //   backward_weight  k = (s, oy, ox):  (offset of dout[s, 0, oy, ox], offset of input image s, oy, ox)
 fn k_decode(mode: u32, k: u32) -> vec4<i32> {
-    let khw = prm.kh * prm.kw;
     let pp = prm.h_out * prm.w_out;
     switch mode {
         case FORWARD: {
-            let ci = k / khw;
-            let r = k - ci * khw;
-            let ky = r / prm.kw;
-            let kx = r - ky * prm.kw;
-            return vec4(i32((ci * prm.h_in + ky) * prm.w_in + kx), i32(ky), i32(kx), 0);
+            let d = split3(k, prm.kh, prm.kw);
+            return vec4(i32((d.x * prm.h_in + d.y) * prm.w_in + d.z), i32(d.y), i32(d.z), 0);
         }
         case BACKWARD_INPUT: {
-            let co = k / khw;
-            let r = k - co * khw;
-            let ky = r / prm.kw;
-            let kx = r - ky * prm.kw;
-            return vec4(i32(co * prm.c_in * khw + r), i32(co * pp), i32(ky), i32(kx));
+            let d = split3(k, prm.kh, prm.kw);
+            return vec4(i32((d.x * prm.c_in * prm.kh + d.y) * prm.kw + d.z), i32(d.x * pp), i32(d.y), i32(d.z));
         }
         default: {
-            let s = k / pp;
-            let p = k - s * pp;
-            let oy = p / prm.w_out;
-            let ox = p - oy * prm.w_out;
-            return vec4(i32(s * prm.c_out * pp + p), i32(s * prm.c_in * prm.h_in * prm.w_in), i32(oy), i32(ox));
+            let d = split3(k, prm.h_out, prm.w_out);
+            return vec4(i32((d.x * prm.c_out * prm.h_out + d.y) * prm.w_out + d.z), i32(d.x * prm.c_in * prm.h_in * prm.w_in), i32(d.y), i32(d.z));
         }
     }
 }
