@@ -227,6 +227,13 @@ fn main() -> ExitCode {
         // SAFETY: the process is still single-threaded here.
         unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
+    // Like any Unix filter: `gpu-train presets | head` ends quietly when the reader closes the
+    // pipe, instead of panicking in println! on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

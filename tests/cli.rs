@@ -163,3 +163,25 @@ fn bench_prints_one_json_line_and_presets_list() {
     let (_, out, _) = gpu_train(&["presets", "cnn4"]);
     assert!(out.contains("name = \"cnn4\""));
 }
+
+/// `gpu-train presets | head -1`: when the reader goes away, gpu-train stops without a panic
+/// message (it dies of SIGPIPE, as Unix filters do). The read end is closed before gpu-train
+/// has written anything, so its first write meets the broken pipe.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpu-train"))
+        .args(["presets"])
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gpu-train");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
+}
