@@ -80,8 +80,15 @@ pub const KERNELS: &[Kernel] = &[
 /// The complete module source of a family: common helpers (and, for the GEMM families, the
 /// tile), then the family's file.
 pub fn module_source(family: &str) -> Option<String> {
-    let tile = if TILED.contains(&family) { TILE } else { "" };
-    FAMILIES.iter().find(|(f, _)| *f == family).map(|(_, src)| format!("{COMMON}\n{tile}\n{src}"))
+    compose(family, |_, builtin| builtin.to_string())
+}
+
+/// common, tile (GEMM families only) and the family's file, each as `file(name, built-in)`
+/// gives it.
+fn compose(family: &str, file: impl Fn(&str, &str) -> String) -> Option<String> {
+    let (_, src) = FAMILIES.iter().find(|(f, _)| *f == family)?;
+    let tile = if TILED.contains(&family) { file("tile", TILE) } else { String::new() };
+    Some(format!("{}\n{tile}\n{}", file("common", COMMON), file(family, src)))
 }
 
 /// For kernel work: with `GPU_TRAIN_SHADER_DIR` set, the GPU backend reads each file from
@@ -96,12 +103,9 @@ pub fn module_source_from_env(family: &str) -> Option<String> {
 
 /// module_source, with each file that `dir` holds in place of the built-in one.
 pub fn module_source_overridden(family: &str, dir: &std::path::Path) -> Option<String> {
-    let read = |name: &str, builtin: &str| {
+    compose(family, |name, builtin| {
         std::fs::read_to_string(dir.join(format!("{name}.wgsl"))).unwrap_or_else(|_| builtin.to_string())
-    };
-    let (_, src) = FAMILIES.iter().find(|(f, _)| *f == family)?;
-    let tile = if TILED.contains(&family) { read("tile", TILE) } else { String::new() };
-    Some(format!("{}\n{tile}\n{}", read("common", COMMON), read(family, src)))
+    })
 }
 
 pub fn kernel(entry: &str) -> Option<&'static Kernel> {
