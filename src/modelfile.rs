@@ -68,6 +68,18 @@ impl Loaded {
     pub fn metrics(&self) -> Option<serde_json::Value> {
         self.metadata.get("metrics").and_then(|m| serde_json::from_str(m).ok())
     }
+
+    /// The names of the model's classes, in output order: the `classes` metadata (a JSON list
+    /// of strings, written when the model was trained on a data set with named classes), else
+    /// "0", "1", ...
+    pub fn class_names(&self) -> Vec<String> {
+        let k = self.arch.classes();
+        self.metadata
+            .get("classes")
+            .and_then(|c| serde_json::from_str::<Vec<String>>(c).ok())
+            .filter(|names| names.len() == k)
+            .unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect())
+    }
 }
 
 fn bytes_of(v: &[f32]) -> Vec<u8> {

@@ -311,6 +311,14 @@ pub struct Normalize {
     pub std: f32,
 }
 
+impl Normalize {
+    /// Mean and standard deviation of each of `channels` input channels (inputs are
+    /// `(pixel/255 - mean[c]) / std[c]`).
+    pub fn per_channel(&self, channels: usize) -> (Vec<f32>, Vec<f32>) {
+        (vec![self.mean; channels], vec![self.std; channels])
+    }
+}
+
 impl Default for Normalize {
     /// Plain pixel/255, as both seeds and our model files use.
     fn default() -> Self {
