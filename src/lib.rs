@@ -13,7 +13,9 @@ pub mod model;
 pub mod modelfile;
 pub mod network;
 pub mod predict;
+pub mod reference;
 pub mod rng;
+pub mod selftest;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
-//! CPU ops on hand-computed cases, and the fast convolution against a direct, obviously
-//! right one (ndarray loops) on awkward random shapes.
+//! CPU ops on hand-computed cases, and the fast convolution against its definition
+//! (`reference::conv2d_forward`, an ndarray loop nest in f64) on awkward random shapes.
 
 mod common;
 
@@ -8,7 +8,8 @@ use gpu_train::backend::{AdamStep, Epilogue, Gather, SgdStep};
 use gpu_train::cpu::{batchnorm, conv2d, data, dense, dropout, loss, optim, pool};
 use gpu_train::data::augment::Augment;
 use gpu_train::model::{BatchNorm, Conv2d, Dense, Pool};
-use ndarray::{Array4, ArrayView4};
+use gpu_train::reference;
+use ndarray::{ArrayView1, ArrayView4};
 
 fn conv(
     c_in: usize,
@@ -20,26 +21,6 @@ fn conv(
     pad: (usize, usize),
 ) -> Conv2d {
     Conv2d::new(c_in, (h, w), c_out, k, stride, pad, 0, Some(c_out * c_in * k.0 * k.1))
-}
-
-/// Direct convolution: the definition, one output at a time.
-fn conv_direct(x: ArrayView4<f32>, w: ArrayView4<f32>, b: &[f32], l: &Conv2d) -> Array4<f32> {
-    let n = x.shape()[0];
-    Array4::from_shape_fn((n, l.c_out, l.h_out, l.w_out), |(s, co, oy, ox)| {
-        let mut acc = b[co] as f64;
-        for ci in 0..l.c_in {
-            for ky in 0..l.kh {
-                for kx in 0..l.kw {
-                    let iy = (oy * l.stride + ky) as isize - l.pad_h as isize;
-                    let ix = (ox * l.stride + kx) as isize - l.pad_w as isize;
-                    if iy >= 0 && ix >= 0 && (iy as usize) < l.h_in && (ix as usize) < l.w_in {
-                        acc += x[[s, ci, iy as usize, ix as usize]] as f64 * w[[co, ci, ky, kx]] as f64;
-                    }
-                }
-            }
-        }
-        acc as f32
-    })
 }
 
 #[test]
@@ -80,10 +61,14 @@ fn conv2d_matches_direct_convolution_on_awkward_shapes() {
         let x = uniform(100 + ci as u64, n * l.in_len(), -1.0, 1.0);
         let mut y = vec![0.0; n * l.out_len()];
         conv2d::conv2d_forward(&mut y, &x, &params, &l, n, Epilogue::default());
-        let xv = ArrayView4::from_shape((n, l.c_in, l.h_in, l.w_in), &x).unwrap();
-        let wv = ArrayView4::from_shape((l.c_out, l.c_in, l.kh, l.kw), &params[..l.weight_len()]).unwrap();
-        let want = conv_direct(xv, wv, &params[l.b_off.unwrap()..], &l);
-        assert_close(&format!("conv case {ci}"), &y, want.as_slice().unwrap(), 1e-5, 1e-5);
+        let (x64, p64): (Vec<f64>, Vec<f64>) =
+            (x.iter().map(|&v| v as f64).collect(), params.iter().map(|&v| v as f64).collect());
+        let xv = ArrayView4::from_shape((n, l.c_in, l.h_in, l.w_in), &x64).unwrap();
+        let wv = ArrayView4::from_shape((l.c_out, l.c_in, l.kh, l.kw), &p64[..l.weight_len()]).unwrap();
+        let bv = ArrayView1::from(&p64[l.b_off.unwrap()..]);
+        let want = reference::conv2d_forward(xv, wv, Some(bv), l.stride, (l.pad_h, l.pad_w));
+        let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+        assert_close(&format!("conv case {ci}"), &y, &want, 1e-5, 1e-5);
     }
 }
 

@@ -1,6 +1,6 @@
-//! The GPU backend against the CPU reference, on whatever adapter wgpu finds (in CI,
-//! lavapipe through Vulkan; with CI=true a missing adapter fails instead of skipping):
-//! every kernel (the selftest suite), a grid past 65,535 workgroups, whole models (logits,
+//! The GPU backend against the reference definitions and the CPU backend, on whatever adapter
+//! wgpu finds (in CI, lavapipe through Vulkan; with CI=true a missing adapter fails instead of
+//! skipping): every kernel against both (the selftest suite), a grid past 65,535 workgroups, whole models (logits,
 //! loss, every gradient, parameters after three Adam steps with dropout and augmentation on,
 //! a weight average), and training on the GPU then evaluating on both backends.
 
@@ -10,10 +10,11 @@ use common::*;
 use gpu_train::backend::Backend;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data::{self, Dataset};
-use gpu_train::gpu::{GpuBackend, selftest};
+use gpu_train::gpu::GpuBackend;
 use gpu_train::model::spec::{ModelSpec, Optimizer};
 use gpu_train::model::{Act, Arch, presets};
 use gpu_train::network::{DeviceData, Network, StepArgs};
+use gpu_train::selftest;
 
 fn gpu() -> Option<GpuBackend> {
     match GpuBackend::new(None) {
@@ -27,9 +28,9 @@ fn gpu() -> Option<GpuBackend> {
 }
 
 #[test]
-fn every_kernel_matches_the_cpu_reference() {
+fn every_kernel_matches_the_reference_and_the_cpu() {
     let Some(mut g) = gpu() else { return };
-    let results = selftest::run(&mut g, "");
+    let results = selftest::run(Some(&mut g), "");
     let failed: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.line()).collect();
     assert!(results.len() > 100, "only {} cases ran", results.len());
     assert!(

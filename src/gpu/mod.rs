@@ -8,7 +8,6 @@
 
 pub mod device;
 mod ops;
-pub mod selftest;
 pub mod shaders;
 
 use std::collections::HashMap;

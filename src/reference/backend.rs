@@ -1,0 +1,390 @@
+//! The reference definitions behind the `Backend` trait: flat f64 buffers in, the layer's
+//! tensors viewed at their offsets as ndarray arrays, the definition called, the result
+//! written back. Fused epilogues are unfused here (bias, then activation, then dropout), as
+//! the definitions compose them.
+
+use ndarray::{Array1, ArrayView1, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut1};
+
+use super::*;
+use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
+use crate::cpu::data::packed_byte;
+use crate::data::augment::batch_altered;
+use crate::error::Result;
+use crate::model::{BatchNorm, Conv2d, Dense, Pool};
+
+/// The reference as a backend: every op is the definition in `reference`, in f64.
+#[derive(Debug, Default)]
+pub struct Reference;
+
+impl Reference {
+    pub fn new() -> Self {
+        Reference
+    }
+}
+
+// Shapes are right by construction (the layer structs come from `model::Arch`, the lengths
+// from the caller's buffers), so a view that does not fit is a bug in the caller.
+fn view4<'a>(v: &'a [f64], at: usize, shape: (usize, usize, usize, usize)) -> ArrayView4<'a, f64> {
+    let len = shape.0 * shape.1 * shape.2 * shape.3;
+    ArrayView4::from_shape(shape, &v[at..at + len]).expect("buffer holds the tensor")
+}
+
+fn view2<'a>(v: &'a [f64], at: usize, shape: (usize, usize)) -> ArrayView2<'a, f64> {
+    ArrayView2::from_shape(shape, &v[at..at + shape.0 * shape.1]).expect("buffer holds the tensor")
+}
+
+fn view3<'a>(v: &'a [f64], shape: (usize, usize, usize)) -> ArrayView3<'a, f64> {
+    ArrayView3::from_shape(shape, &v[..shape.0 * shape.1 * shape.2]).expect("buffer holds the tensor")
+}
+
+fn view1(v: &[f64], at: usize, len: usize) -> ArrayView1<'_, f64> {
+    ArrayView1::from(&v[at..at + len])
+}
+
+/// Writes `src` (any shape, in its logical order) at `at`.
+fn put<'a>(dst: &mut [f64], at: usize, src: impl IntoIterator<Item = &'a f64>) {
+    for (d, &s) in dst[at..].iter_mut().zip(src) {
+        *d = s;
+    }
+}
+
+/// Bias, activation and dropout after a conv or dense forward, over the batch's flat output.
+fn epilogue(y: &mut [f64], epi: Epilogue) {
+    if let Some(a) = epi.act {
+        let v = activation_forward(ArrayView1::from(&*y), a);
+        put(y, 0, &v);
+    }
+    if let Some((p, key)) = epi.dropout {
+        let v = dropout_forward(ArrayView1::from(&*y), p, key);
+        put(y, 0, &v);
+    }
+}
+
+fn conv_shape(l: &Conv2d, n: usize) -> [(usize, usize, usize, usize); 3] {
+    [(n, l.c_in, l.h_in, l.w_in), (l.c_out, l.c_in, l.kh, l.kw), (n, l.c_out, l.h_out, l.w_out)]
+}
+
+/// Writes (probabilities or scores, per-example loss, correct) for batch `slot`.
+fn write_stats(stats: &mut [f64], slot: usize, loss: &Array1<f64>, correct: &[bool]) {
+    stats[2 * slot] = loss.sum();
+    stats[2 * slot + 1] = correct.iter().filter(|&&c| c).count() as f64;
+}
+
+fn flat(v: &mut [f64], len: usize) -> ArrayViewMut1<'_, f64> {
+    ArrayViewMut1::from(&mut v[..len])
+}
+
+impl Backend for Reference {
+    type Buf = Vec<f64>;
+    type IBuf = Vec<u32>;
+
+    fn name(&self) -> String {
+        "reference (ndarray, f64)".into()
+    }
+
+    fn alloc(&mut self, len: usize) -> Result<Vec<f64>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn alloc_u32(&mut self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+
+    fn upload(&mut self, dst: &mut Vec<f64>, data: &[f32]) -> Result<()> {
+        dst.iter_mut().zip(data).for_each(|(d, &v)| *d = v as f64);
+        Ok(())
+    }
+
+    fn upload_u32(&mut self, dst: &mut Vec<u32>, data: &[u32]) -> Result<()> {
+        dst[..data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download(&mut self, src: &Vec<f64>, len: usize) -> Result<Vec<f32>> {
+        Ok(src[..len].iter().map(|&v| v as f32).collect())
+    }
+
+    fn download_u32(&mut self, src: &Vec<u32>, len: usize) -> Result<Vec<u32>> {
+        Ok(src[..len].to_vec())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn gather_batch(
+        &mut self,
+        x: &mut Vec<f64>,
+        y: &mut Vec<u32>,
+        images: &Vec<u32>,
+        labels: &Vec<u32>,
+        perm: &Vec<u32>,
+        g: &Gather,
+    ) {
+        let (h, w) = (g.height, g.width);
+        let altered = g.augment.filter(|&(a, key)| batch_altered(key, a.chance));
+        for j in 0..g.n {
+            let idx = perm[g.start + j] as usize;
+            let img = ndarray::Array2::from_shape_fn((h, w), |(r, c)| packed_byte(images, (idx * h + r) * w + c));
+            let affine = altered.map(|(a, key)| Affine::draw(key, j as u32, &a, h, w));
+            let v = sample_image(img.view(), affine.as_ref(), g.mean as f64, g.std as f64);
+            put(x, j * h * w, &v);
+            y[j] = labels[idx];
+        }
+    }
+
+    fn conv2d_forward(
+        &mut self,
+        out: &mut Vec<f64>,
+        inp: &Vec<f64>,
+        params: &Vec<f64>,
+        l: &Conv2d,
+        n: usize,
+        epi: Epilogue,
+    ) {
+        let [xs, ws, _] = conv_shape(l, n);
+        let b = l.b_off.map(|at| view1(params, at, l.c_out));
+        let y = conv2d_forward(view4(inp, 0, xs), view4(params, l.w_off, ws), b, l.stride, (l.pad_h, l.pad_w));
+        put(out, 0, &y);
+        epilogue(&mut out[..y.len()], epi);
+    }
+
+    fn conv2d_backward_input(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, params: &Vec<f64>, l: &Conv2d, n: usize) {
+        let [_, ws, ys] = conv_shape(l, n);
+        let dx = conv2d_backward_input(
+            view4(dout, 0, ys),
+            view4(params, l.w_off, ws),
+            (l.h_in, l.w_in),
+            l.stride,
+            (l.pad_h, l.pad_w),
+        );
+        put(dinp, 0, &dx);
+    }
+
+    fn conv2d_backward_weight(&mut self, grads: &mut Vec<f64>, dout: &Vec<f64>, inp: &Vec<f64>, l: &Conv2d, n: usize) {
+        let [xs, _, ys] = conv_shape(l, n);
+        let (dw, db) =
+            conv2d_backward_weight(view4(dout, 0, ys), view4(inp, 0, xs), (l.kh, l.kw), l.stride, (l.pad_h, l.pad_w));
+        put(grads, l.w_off, &dw);
+        if let Some(at) = l.b_off {
+            put(grads, at, &db);
+        }
+    }
+
+    fn dense_forward(
+        &mut self,
+        out: &mut Vec<f64>,
+        inp: &Vec<f64>,
+        params: &Vec<f64>,
+        l: &Dense,
+        n: usize,
+        epi: Epilogue,
+    ) {
+        let b = l.b_off.map(|at| view1(params, at, l.n_out));
+        let y = dense_forward(view2(inp, 0, (n, l.n_in)), view2(params, l.w_off, (l.n_out, l.n_in)), b);
+        put(out, 0, &y);
+        epilogue(&mut out[..y.len()], epi);
+    }
+
+    fn dense_backward_input(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, params: &Vec<f64>, l: &Dense, n: usize) {
+        let dx = dense_backward_input(view2(dout, 0, (n, l.n_out)), view2(params, l.w_off, (l.n_out, l.n_in)));
+        put(dinp, 0, &dx);
+    }
+
+    fn dense_backward_weight(&mut self, grads: &mut Vec<f64>, dout: &Vec<f64>, inp: &Vec<f64>, l: &Dense, n: usize) {
+        let (dw, db) = dense_backward_weight(view2(dout, 0, (n, l.n_out)), view2(inp, 0, (n, l.n_in)));
+        put(grads, l.w_off, &dw);
+        if let Some(at) = l.b_off {
+            put(grads, at, &db);
+        }
+    }
+
+    fn activation_forward(&mut self, out: &mut Vec<f64>, inp: &Vec<f64>, len: usize, act: Act) {
+        put(out, 0, &activation_forward(view1(inp, 0, len), act));
+    }
+
+    fn activation_backward(
+        &mut self,
+        dinp: &mut Vec<f64>,
+        dout: &Vec<f64>,
+        out: &Vec<f64>,
+        len: usize,
+        act: Act,
+        scale: f32,
+    ) {
+        put(dinp, 0, &activation_backward(view1(dout, 0, len), view1(out, 0, len), act, scale as f64));
+    }
+
+    fn maxpool_forward(&mut self, out: &mut Vec<f64>, argmax: &mut Vec<u32>, inp: &Vec<f64>, l: &Pool, n: usize) {
+        let (y, arg) = maxpool_forward(view4(inp, 0, (n, l.c, l.h_in, l.w_in)), l.size, l.stride);
+        put(out, 0, &y);
+        for (d, &a) in argmax.iter_mut().zip(&arg) {
+            *d = a;
+        }
+    }
+
+    fn maxpool_backward(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, argmax: &Vec<u32>, l: &Pool, n: usize) {
+        let shape = (n, l.c, l.h_out, l.w_out);
+        let arg = ArrayView4::from_shape(shape, &argmax[..l.out_len() * n]).expect("buffer holds the positions");
+        put(dinp, 0, &maxpool_backward(view4(dout, 0, shape), arg, (l.h_in, l.w_in)));
+    }
+
+    fn dropout_forward(&mut self, out: &mut Vec<f64>, inp: &Vec<f64>, len: usize, p: f32, key: u32) {
+        put(out, 0, &dropout_forward(view1(inp, 0, len), p, key));
+    }
+
+    fn dropout_backward(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, len: usize, p: f32, key: u32) {
+        // The mask is a constant factor: its backward is the forward applied to dout.
+        put(dinp, 0, &dropout_forward(view1(dout, 0, len), p, key));
+    }
+
+    fn batchnorm_forward(
+        &mut self,
+        out: &mut Vec<f64>,
+        saved: &mut Vec<f64>,
+        state: &mut Vec<f64>,
+        inp: &Vec<f64>,
+        params: &Vec<f64>,
+        l: &BatchNorm,
+        n: usize,
+        train: bool,
+    ) {
+        let x = view3(inp, (n, l.c, l.hw));
+        let (gamma, beta) = (view1(params, l.gamma_off, l.c), view1(params, l.beta_off, l.c));
+        let (mean, var) = if train {
+            channel_moments(x)
+        } else {
+            (view1(state, l.mean_off, l.c).to_owned(), view1(state, l.var_off, l.c).to_owned())
+        };
+        put(out, 0, &batchnorm_forward(x, gamma, beta, mean.view(), var.view(), l.eps as f64));
+        if train {
+            for c in 0..l.c {
+                saved[2 * c] = mean[c];
+                saved[2 * c + 1] = 1.0 / (var[c] + l.eps as f64).sqrt();
+            }
+            let running = (view1(state, l.mean_off, l.c), view1(state, l.var_off, l.c));
+            let (rm, rv) = batchnorm_running(running, (mean.view(), var.view()), n * l.hw, l.momentum as f64);
+            put(state, l.mean_off, &rm);
+            put(state, l.var_off, &rv);
+        }
+    }
+
+    fn batchnorm_backward(
+        &mut self,
+        dinp: &mut Vec<f64>,
+        grads: &mut Vec<f64>,
+        dout: &Vec<f64>,
+        inp: &Vec<f64>,
+        _saved: &Vec<f64>,
+        params: &Vec<f64>,
+        l: &BatchNorm,
+        n: usize,
+    ) {
+        // The definition recomputes the batch statistics from the input instead of trusting
+        // the forward's saved copy.
+        let shape = (n, l.c, l.hw);
+        let (dx, dgamma, dbeta) =
+            batchnorm_backward(view3(dout, shape), view3(inp, shape), view1(params, l.gamma_off, l.c), l.eps as f64);
+        put(dinp, 0, &dx);
+        put(grads, l.gamma_off, &dgamma);
+        put(grads, l.beta_off, &dbeta);
+    }
+
+    fn softmax_xent_forward_backward(
+        &mut self,
+        dlogits: &mut Vec<f64>,
+        stats: &mut Vec<f64>,
+        slot: usize,
+        logits: &Vec<f64>,
+        labels: &Vec<u32>,
+        n: usize,
+        classes: usize,
+        scale: f32,
+    ) {
+        let (p, loss, correct) = softmax_xent(view2(logits, 0, (n, classes)), &labels[..n]);
+        put(dlogits, 0, &softmax_xent_backward(p.view(), &labels[..n], scale as f64));
+        write_stats(stats, slot, &loss, &correct);
+    }
+
+    fn softmax_xent_forward(
+        &mut self,
+        probs: &mut Vec<f64>,
+        probs_at: usize,
+        stats: &mut Vec<f64>,
+        slot: usize,
+        logits: &Vec<f64>,
+        labels: &Vec<u32>,
+        n: usize,
+        classes: usize,
+    ) {
+        let (p, loss, correct) = softmax_xent(view2(logits, 0, (n, classes)), &labels[..n]);
+        put(probs, probs_at * classes, &p);
+        write_stats(stats, slot, &loss, &correct);
+    }
+
+    fn mse_forward_backward(
+        &mut self,
+        dout: &mut Vec<f64>,
+        stats: &mut Vec<f64>,
+        slot: usize,
+        outputs: &Vec<f64>,
+        labels: &Vec<u32>,
+        n: usize,
+        classes: usize,
+        scale: f32,
+    ) {
+        let z = view2(outputs, 0, (n, classes));
+        let (loss, correct) = mse(z, &labels[..n]);
+        put(dout, 0, &mse_backward(z, &labels[..n], scale as f64));
+        write_stats(stats, slot, &loss, &correct);
+    }
+
+    fn mse_forward(
+        &mut self,
+        probs: &mut Vec<f64>,
+        probs_at: usize,
+        stats: &mut Vec<f64>,
+        slot: usize,
+        outputs: &Vec<f64>,
+        labels: &Vec<u32>,
+        n: usize,
+        classes: usize,
+    ) {
+        let z = view2(outputs, 0, (n, classes));
+        let (loss, correct) = mse(z, &labels[..n]);
+        put(probs, probs_at * classes, z);
+        write_stats(stats, slot, &loss, &correct);
+    }
+
+    fn adam_step(
+        &mut self,
+        params: &mut Vec<f64>,
+        grads: &Vec<f64>,
+        m: &mut Vec<f64>,
+        v: &mut Vec<f64>,
+        len: usize,
+        a: &AdamStep,
+    ) {
+        let (mut p1, mut m1, mut v1) = (flat(params, len).to_owned(), flat(m, len).to_owned(), flat(v, len).to_owned());
+        adam_step(&mut p1, view1(grads, 0, len), &mut m1, &mut v1, a);
+        put(params, 0, &p1);
+        put(m, 0, &m1);
+        put(v, 0, &v1);
+    }
+
+    fn sgd_step(&mut self, params: &mut Vec<f64>, grads: &Vec<f64>, velocity: &mut Vec<f64>, len: usize, s: &SgdStep) {
+        let mut p1 = flat(params, len).to_owned();
+        let mut b1 = if s.momentum > 0.0 { flat(velocity, len).to_owned() } else { Array1::zeros(0) };
+        sgd_step(&mut p1, view1(grads, 0, len), &mut b1, s.lr as f64, s.momentum as f64);
+        put(params, 0, &p1);
+        if s.momentum > 0.0 {
+            put(velocity, 0, &b1);
+        }
+    }
+
+    fn ema_update(&mut self, avg: &mut Vec<f64>, src: &Vec<f64>, len: usize, decay: f32) {
+        let mut a1 = flat(avg, len).to_owned();
+        ema_update(&mut a1, view1(src, 0, len), decay as f64);
+        put(avg, 0, &a1);
+    }
+}

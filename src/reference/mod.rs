@@ -1,0 +1,412 @@
+//! The definition of every op: the plain reference that judges both backends.
+//!
+//! One function per op and direction, written the obvious way in f64 on `ndarray` arrays: a
+//! loop nest or an array expression straight from the op's definition. No fusion, no
+//! intrinsics, no threads, no blocking; slow, and meant to be read. The chain of trust is
+//! finite differences -> these functions (`tests/reference.rs` checks every backward here
+//! numerically) -> the fast CPU backend and every GPU kernel (`gpu-train selftest`,
+//! `tests/reference.rs`, `tests/gpu_parity.rs`), as llm.c keeps its naive CPU reference beside
+//! every optimised kernel.
+//!
+//! `Reference` (in `backend.rs`) runs these behind the `Backend` trait, so the judge calls
+//! all three implementations through one interface, and whole models can run on it too.
+
+mod backend;
+
+pub use backend::Reference;
+
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
+
+use crate::backend::AdamStep;
+use crate::model::Act;
+use crate::rng::draw;
+
+/// The input position that output position `o` reads through kernel tap `k`, if it lies
+/// inside the unpadded input of length `size` (zero padding everywhere else).
+fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
+}
+
+/// y (n, c_out, h_out, w_out) = b[o] + sum over (ci, ky, kx) of x (n, c_in, h, w) at the tap
+/// times w (c_out, c_in, kh, kw); h_out = (h + 2 pad_h - kh) / stride + 1, likewise w_out.
+pub fn conv2d_forward(
+    x: ArrayView4<f64>,
+    w: ArrayView4<f64>,
+    b: Option<ArrayView1<f64>>,
+    stride: usize,
+    (pad_h, pad_w): (usize, usize),
+) -> Array4<f64> {
+    let (n, c_in, h, wd) = x.dim();
+    let (c_out, _, kh, kw) = w.dim();
+    let (h_out, w_out) = ((h + 2 * pad_h - kh) / stride + 1, (wd + 2 * pad_w - kw) / stride + 1);
+    let mut y = Array4::zeros((n, c_out, h_out, w_out));
+    for ((s, o, oy, ox), v) in y.indexed_iter_mut() {
+        let mut sum = b.map_or(0.0, |b| b[o]);
+        for ci in 0..c_in {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    if let (Some(iy), Some(ix)) = (tap(oy, ky, stride, pad_h, h), tap(ox, kx, stride, pad_w, wd)) {
+                        sum += x[[s, ci, iy, ix]] * w[[o, ci, ky, kx]];
+                    }
+                }
+            }
+        }
+        *v = sum;
+    }
+    y
+}
+
+/// dx (n, c_in, h, w): every input position collects dy (n, c_out, h_out, w_out) times the
+/// weight of each tap that read it (the forward's loop nest, transposed).
+pub fn conv2d_backward_input(
+    dy: ArrayView4<f64>,
+    w: ArrayView4<f64>,
+    (h, wd): (usize, usize),
+    stride: usize,
+    (pad_h, pad_w): (usize, usize),
+) -> Array4<f64> {
+    let (n, c_out, h_out, w_out) = dy.dim();
+    let (_, c_in, kh, kw) = w.dim();
+    let mut dx = Array4::zeros((n, c_in, h, wd));
+    for s in 0..n {
+        for o in 0..c_out {
+            for oy in 0..h_out {
+                for ox in 0..w_out {
+                    for ci in 0..c_in {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let (Some(iy), Some(ix)) =
+                                    (tap(oy, ky, stride, pad_h, h), tap(ox, kx, stride, pad_w, wd))
+                                else {
+                                    continue;
+                                };
+                                dx[[s, ci, iy, ix]] += dy[[s, o, oy, ox]] * w[[o, ci, ky, kx]];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dx
+}
+
+/// dw (c_out, c_in, kh, kw) = sum over (n, oy, ox) of dy times the input at the tap;
+/// db (c_out) = sum of dy over (n, oy, ox).
+pub fn conv2d_backward_weight(
+    dy: ArrayView4<f64>,
+    x: ArrayView4<f64>,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    (pad_h, pad_w): (usize, usize),
+) -> (Array4<f64>, Array1<f64>) {
+    let (n, c_out, h_out, w_out) = dy.dim();
+    let (_, c_in, h, wd) = x.dim();
+    let mut dw = Array4::zeros((c_out, c_in, kh, kw));
+    for ((o, ci, ky, kx), v) in dw.indexed_iter_mut() {
+        for s in 0..n {
+            for oy in 0..h_out {
+                for ox in 0..w_out {
+                    if let (Some(iy), Some(ix)) = (tap(oy, ky, stride, pad_h, h), tap(ox, kx, stride, pad_w, wd)) {
+                        *v += dy[[s, o, oy, ox]] * x[[s, ci, iy, ix]];
+                    }
+                }
+            }
+        }
+    }
+    let db = dy.sum_axis(Axis(3)).sum_axis(Axis(2)).sum_axis(Axis(0));
+    (dw, db)
+}
+
+/// y (n, n_out) = x (n, n_in) w^T (n_in, n_out) + b (n_out).
+pub fn dense_forward(x: ArrayView2<f64>, w: ArrayView2<f64>, b: Option<ArrayView1<f64>>) -> Array2<f64> {
+    let y = x.dot(&w.t());
+    match b {
+        Some(b) => y + b,
+        None => y,
+    }
+}
+
+/// dx (n, n_in) = dy (n, n_out) w (n_out, n_in).
+pub fn dense_backward_input(dy: ArrayView2<f64>, w: ArrayView2<f64>) -> Array2<f64> {
+    dy.dot(&w)
+}
+
+/// dw (n_out, n_in) = dy^T (n_out, n) x (n, n_in); db (n_out) = column sums of dy.
+pub fn dense_backward_weight(dy: ArrayView2<f64>, x: ArrayView2<f64>) -> (Array2<f64>, Array1<f64>) {
+    (dy.t().dot(&x), dy.sum_axis(Axis(0)))
+}
+
+/// act(x), one element.
+pub fn act(x: f64, a: Act) -> f64 {
+    match a {
+        Act::Relu => x.max(0.0),
+        Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        Act::Tanh => x.tanh(),
+    }
+}
+
+/// act'(x) written in terms of the output y = act(x), which is what the backward keeps:
+/// relu [y > 0], sigmoid y (1 - y), tanh 1 - y^2.
+pub fn act_grad(y: f64, a: Act) -> f64 {
+    match a {
+        Act::Relu => f64::from(u8::from(y > 0.0)),
+        Act::Sigmoid => y * (1.0 - y),
+        Act::Tanh => 1.0 - y * y,
+    }
+}
+
+/// y = act(x), element-wise (any shape, flattened).
+pub fn activation_forward(x: ArrayView1<f64>, a: Act) -> Array1<f64> {
+    x.mapv(|v| act(v, a))
+}
+
+/// dx = dy * act'(.) * scale, from the forward's output y.
+pub fn activation_backward(dy: ArrayView1<f64>, y: ArrayView1<f64>, a: Act, scale: f64) -> Array1<f64> {
+    &dy * &y.mapv(|y| act_grad(y, a) * scale)
+}
+
+/// The inverted-dropout multiplier of element i (of the batch's flat buffer) under `key`:
+/// kept (1 / (1 - p)) when the i-th draw is at least p, else dropped (0).
+pub fn dropout_mask(len: usize, p: f32, key: u32) -> Array1<f64> {
+    Array1::from_shape_fn(len, |i| if draw(key, i as u32) >= p { 1.0 / (1.0 - p as f64) } else { 0.0 })
+}
+
+/// y = x * mask (and, the mask being a constant, dx = dy * mask).
+pub fn dropout_forward(x: ArrayView1<f64>, p: f32, key: u32) -> Array1<f64> {
+    &x * &dropout_mask(x.len(), p, key)
+}
+
+/// y (n, c, h_out, w_out) = maximum of each size x size window of x (n, c, h, w) at stride
+/// steps (no padding, floor mode); argmax (same shape) = the first maximum's position in its
+/// plane, y * w + x, windows scanned row by row.
+pub fn maxpool_forward(x: ArrayView4<f64>, size: usize, stride: usize) -> (Array4<f64>, Array4<u32>) {
+    let (n, c, h, w) = x.dim();
+    let shape = (n, c, (h - size) / stride + 1, (w - size) / stride + 1);
+    let mut y = Array4::zeros(shape);
+    let mut arg = Array4::zeros(shape);
+    for ((s, ch, oy, ox), v) in y.indexed_iter_mut() {
+        let (mut best, mut at) = (f64::NEG_INFINITY, 0);
+        for ky in 0..size {
+            for kx in 0..size {
+                let (iy, ix) = (oy * stride + ky, ox * stride + kx);
+                if x[[s, ch, iy, ix]] > best || (ky, kx) == (0, 0) {
+                    (best, at) = (x[[s, ch, iy, ix]], iy * w + ix);
+                }
+            }
+        }
+        *v = best;
+        arg[[s, ch, oy, ox]] = at as u32;
+    }
+    (y, arg)
+}
+
+/// dx (n, c, h, w): each window's gradient dy (n, c, h_out, w_out) goes to its maximum.
+pub fn maxpool_backward(dy: ArrayView4<f64>, argmax: ArrayView4<u32>, (h, w): (usize, usize)) -> Array4<f64> {
+    let (n, c, _, _) = dy.dim();
+    let mut dx = Array4::zeros((n, c, h, w));
+    for ((s, ch, oy, ox), &g) in dy.indexed_iter() {
+        let at = argmax[[s, ch, oy, ox]] as usize;
+        dx[[s, ch, at / w, at % w]] += g;
+    }
+    dx
+}
+
+/// Per-channel mean and biased variance of x (n, c, hw) over n and hw.
+pub fn channel_moments(x: ArrayView3<f64>) -> (Array1<f64>, Array1<f64>) {
+    let m = (x.len_of(Axis(0)) * x.len_of(Axis(2))) as f64;
+    let mean = x.sum_axis(Axis(2)).sum_axis(Axis(0)) / m;
+    let centred = &x - &mean.view().insert_axis(Axis(1));
+    let var = centred.mapv(|v| v * v).sum_axis(Axis(2)).sum_axis(Axis(0)) / m;
+    (mean, var)
+}
+
+/// y (n, c, hw) = gamma (x - mean) / sqrt(var + eps) + beta, per channel, with the given
+/// statistics (the batch's in training, the running ones in evaluation).
+pub fn batchnorm_forward(
+    x: ArrayView3<f64>,
+    gamma: ArrayView1<f64>,
+    beta: ArrayView1<f64>,
+    mean: ArrayView1<f64>,
+    var: ArrayView1<f64>,
+    eps: f64,
+) -> Array3<f64> {
+    let mut y = x.to_owned();
+    for ((_, c, _), v) in y.indexed_iter_mut() {
+        *v = gamma[c] * (*v - mean[c]) / (var[c] + eps).sqrt() + beta[c];
+    }
+    y
+}
+
+/// The running statistics after one training batch: an exponential average with weight
+/// `momentum` of the batch mean and the unbiased batch variance (var m / (m - 1), m = n hw).
+pub fn batchnorm_running(
+    running: (ArrayView1<f64>, ArrayView1<f64>),
+    batch: (ArrayView1<f64>, ArrayView1<f64>),
+    m: usize,
+    momentum: f64,
+) -> (Array1<f64>, Array1<f64>) {
+    let unbiased = if m > 1 { &batch.1 * (m as f64 / (m - 1) as f64) } else { batch.1.to_owned() };
+    let mean = &running.0 * (1.0 - momentum) + &batch.0 * momentum;
+    let var = &running.1 * (1.0 - momentum) + unbiased * momentum;
+    (mean, var)
+}
+
+/// Training-mode batch norm backward, with xhat = (x - mean) / sqrt(var + eps) and m = n hw:
+/// dbeta = sum dy, dgamma = sum dy xhat, dx = gamma / (m sqrt(var + eps)) (m dy - dbeta -
+/// xhat dgamma), per channel; x and dy (n, c, hw).
+pub fn batchnorm_backward(
+    dy: ArrayView3<f64>,
+    x: ArrayView3<f64>,
+    gamma: ArrayView1<f64>,
+    eps: f64,
+) -> (Array3<f64>, Array1<f64>, Array1<f64>) {
+    let (mean, var) = channel_moments(x);
+    let m = (x.len_of(Axis(0)) * x.len_of(Axis(2))) as f64;
+    let mut xhat = x.to_owned();
+    for ((_, c, _), v) in xhat.indexed_iter_mut() {
+        *v = (*v - mean[c]) / (var[c] + eps).sqrt();
+    }
+    let dbeta = dy.sum_axis(Axis(2)).sum_axis(Axis(0));
+    let dgamma = (&dy * &xhat).sum_axis(Axis(2)).sum_axis(Axis(0));
+    let mut dx = dy.to_owned();
+    for ((s, c, i), v) in dx.indexed_iter_mut() {
+        let k = gamma[c] / (m * (var[c] + eps).sqrt());
+        *v = k * (m * dy[[s, c, i]] - dbeta[c] - xhat[[s, c, i]] * dgamma[c]);
+    }
+    (dx, dgamma, dbeta)
+}
+
+/// The index of a row's first maximum (the predicted class).
+pub fn argmax(row: ArrayView1<f64>) -> usize {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = j;
+        }
+    }
+    best
+}
+
+/// Per example of z (n, classes): softmax probabilities (n, classes), the cross-entropy
+/// -log p[label] (n) and whether the first maximum is the label.
+pub fn softmax_xent(z: ArrayView2<f64>, labels: &[u32]) -> (Array2<f64>, Array1<f64>, Vec<bool>) {
+    let mut p = z.to_owned();
+    let mut loss = Array1::zeros(z.nrows());
+    let mut correct = Vec::new();
+    for (s, mut row) in p.rows_mut().into_iter().enumerate() {
+        let max = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let log_sum = row.mapv(|v| (v - max).exp()).sum().ln() + max;
+        let y = labels[s] as usize;
+        loss[s] = log_sum - row[y];
+        correct.push(argmax(row.view()) == y);
+        row.mapv_inplace(|v| (v - log_sum).exp());
+    }
+    (p, loss, correct)
+}
+
+/// The one-hot targets (n, classes) of `labels`.
+pub fn onehot(labels: &[u32], classes: usize) -> Array2<f64> {
+    Array2::from_shape_fn((labels.len(), classes), |(s, j)| f64::from(u8::from(labels[s] as usize == j)))
+}
+
+/// d(scale * sum of the cross-entropies) / dz = (softmax - onehot) * scale, (n, classes).
+pub fn softmax_xent_backward(p: ArrayView2<f64>, labels: &[u32], scale: f64) -> Array2<f64> {
+    (&p - &onehot(labels, p.ncols())) * scale
+}
+
+/// Per example of z (n, classes): the mean over classes of (z - onehot)^2 (n), and whether
+/// the first maximum is the label.
+pub fn mse(z: ArrayView2<f64>, labels: &[u32]) -> (Array1<f64>, Vec<bool>) {
+    let d = &z - &onehot(labels, z.ncols());
+    let loss = d.mapv(|v| v * v).mean_axis(Axis(1)).unwrap_or_else(|| Array1::zeros(z.nrows()));
+    let correct = z.rows().into_iter().zip(labels).map(|(r, &y)| argmax(r) == y as usize).collect();
+    (loss, correct)
+}
+
+/// d(scale * sum of the per-example losses) / dz = 2 (z - onehot) / classes * scale.
+pub fn mse_backward(z: ArrayView2<f64>, labels: &[u32], scale: f64) -> Array2<f64> {
+    (&z - &onehot(labels, z.ncols())) * (2.0 * scale / z.ncols() as f64)
+}
+
+/// One step of Adam (Kingma & Ba) with decoupled weight decay (AdamW): m and v are the
+/// moment averages, m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t), and
+/// p <- p (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps).
+pub fn adam_step(p: &mut Array1<f64>, g: ArrayView1<f64>, m: &mut Array1<f64>, v: &mut Array1<f64>, a: &AdamStep) {
+    let (b1, b2, lr, eps) = (a.beta1 as f64, a.beta2 as f64, a.lr as f64, a.eps as f64);
+    *m = &*m * b1 + &g * (1.0 - b1);
+    *v = &*v * b2 + &g.mapv(|g| g * g) * (1.0 - b2);
+    let m_hat = &*m / (1.0 - b1.powi(a.t as i32));
+    let v_hat = &*v / (1.0 - b2.powi(a.t as i32));
+    *p = &*p * (1.0 - lr * a.weight_decay as f64) - m_hat / (v_hat.mapv(f64::sqrt) + eps) * lr;
+}
+
+/// One step of SGD as torch.optim.SGD: with momentum, b <- momentum b + g and p <- p - lr b;
+/// without, p <- p - lr g.
+pub fn sgd_step(p: &mut Array1<f64>, g: ArrayView1<f64>, b: &mut Array1<f64>, lr: f64, momentum: f64) {
+    if momentum > 0.0 {
+        *b = &*b * momentum + g;
+        *p = &*p - &*b * lr;
+    } else {
+        *p = &*p - &g * lr;
+    }
+}
+
+/// avg <- decay avg + (1 - decay) src.
+pub fn ema_update(avg: &mut Array1<f64>, src: ArrayView1<f64>, decay: f64) {
+    *avg = &*avg * decay + &src * (1.0 - decay);
+}
+
+/// One augmentation draw: zoom in [lo, hi], rotation theta in [-rotate, rotate] (radians),
+/// shift (tx, ty) in [-shift, shift] times (w, h), from the draws 4j + 1 ... 4j + 4 of the
+/// batch's key for image j (`data::augment` documents the map).
+pub struct Affine {
+    pub zoom: f64,
+    pub theta: f64,
+    pub tx: f64,
+    pub ty: f64,
+}
+
+impl Affine {
+    pub fn draw(key: u32, j: u32, aug: &crate::data::augment::Augment, h: usize, w: usize) -> Affine {
+        let u = |k: u32| draw(key, 4 * j + k + 1) as f64;
+        Affine {
+            zoom: aug.zoom[0] as f64 + u(0) * (aug.zoom[1] - aug.zoom[0]) as f64,
+            theta: (2.0 * u(1) - 1.0) * (aug.rotate as f64).to_radians(),
+            tx: (2.0 * u(2) - 1.0) * aug.shift as f64 * w as f64,
+            ty: (2.0 * u(3) - 1.0) * aug.shift as f64 * h as f64,
+        }
+    }
+
+    /// Where output pixel (x, y) samples the source: the image zoomed by `zoom` and rotated
+    /// by `theta` about its centre (cx, cy), then shifted by (tx, ty); so the source point is
+    /// the centre plus R(-theta) / zoom applied to (x - cx - tx, y - cy - ty).
+    fn source(&self, x: f64, y: f64, cx: f64, cy: f64) -> (f64, f64) {
+        let (dx, dy) = (x - cx - self.tx, y - cy - self.ty);
+        let (c, s) = (self.theta.cos() / self.zoom, self.theta.sin() / self.zoom);
+        (cx + c * dx + s * dy, cy - s * dx + c * dy)
+    }
+}
+
+/// One image (h, w) of bytes as model input: (pixel/255 - mean) / std, sampled bilinearly
+/// (zero outside the image) through `affine` when the image is augmented.
+pub fn sample_image(img: ArrayView2<u8>, affine: Option<&Affine>, mean: f64, std: f64) -> Array2<f64> {
+    let (h, w) = img.dim();
+    let px = |x: f64, y: f64| -> f64 {
+        if x < 0.0 || y < 0.0 || x >= w as f64 || y >= h as f64 { 0.0 } else { img[[y as usize, x as usize]] as f64 }
+    };
+    Array2::from_shape_fn((h, w), |(y, x)| {
+        let v = match affine {
+            None => img[[y, x]] as f64,
+            Some(a) => {
+                let (sx, sy) = a.source(x as f64, y as f64, (w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+                let (x0, y0) = (sx.floor(), sy.floor());
+                let (fx, fy) = (sx - x0, sy - y0);
+                let top = px(x0, y0) * (1.0 - fx) + px(x0 + 1.0, y0) * fx;
+                let bottom = px(x0, y0 + 1.0) * (1.0 - fx) + px(x0 + 1.0, y0 + 1.0) * fx;
+                top * (1.0 - fy) + bottom * fy
+            }
+        };
+        (v / 255.0 - mean) / std
+    })
+}

@@ -1,0 +1,524 @@
+//! The op-by-op judge: every op of the fast CPU backend and every GPU kernel against the
+//! definitions in `reference` (ndarray, f64), and the GPU against the CPU as before, on
+//! seeded random inputs of awkward shapes (batch 1, odd sizes, channel counts that are not
+//! multiples of the tile, grids folded past the per-dimension workgroup limit).
+//! `gpu-train selftest` prints it as a table; `tests/reference.rs` (CPU) and
+//! `tests/gpu_parity.rs` (GPU) assert it.
+//!
+//! Each case is written once, generic over `Backend`, and run on the reference, the CPU and
+//! (when there is one) the GPU; their outputs are compared elementwise as
+//! |x - want| <= atol + rtol |want|. Tolerances, set per output:
+//!
+//! Backend against backend (GPU against CPU):
+//! - exact (0, 0): data movement, masks and max selection, which involve no rounding choices.
+//! - 1e-6 + 1e-5 rel: one transcendental per element (exp, tanh) or a short sum; WGSL's
+//!   exp/sqrt may differ from the host's by a few ulps.
+//! - 1e-4 + 1e-4 rel: products summed over up to ~3000 terms in a different order (GPU tiles
+//!   vs. CPU GEMM blocks); the f32 rounding difference grows with the term count.
+//! - batch norm 1e-4 + 1e-4 rel: the CPU sums in f64, the GPU in f32 trees.
+//! - augmented gather 2e-2 absolute: WGSL's sin/cos are only required to be accurate to
+//!   about 2^-11, which moves a sampling point by up to ~0.01 pixel.
+//!
+//! The CPU against the reference (f64, rounded once to f32 when read back): the same bounds,
+//! since a backend's distance from the exact value is at most what it may differ from another
+//! backend, except where the reference makes one more rounding than the backend or one less,
+//! or computes more exactly than the GPU is allowed to:
+//! - data movement that also scales (dropout's x / (1 - p)): 2.4e-7 relative, two f32
+//!   roundings, where backend against backend is exact (both round alike).
+//! - the CPU's augmented gather 1e-4 absolute: it computes the sampling point in f32, the
+//!   reference in f64; at coordinates up to ~30 pixels that moves a point by ~1e-5 pixel
+//!   (7e-6 measured).
+//!
+//! The GPU against the reference: the looser of the two bounds, element by element (a GPU may
+//! be as far from the exact value as it may be from the CPU, e.g. its sin/cos).
+
+use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
+use crate::cpu::CpuBackend;
+use crate::data::augment::Augment;
+use crate::error::Result;
+use crate::gpu::GpuBackend;
+use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
+use crate::reference::Reference;
+use crate::rng;
+
+/// atol, rtol.
+type Tol = (f32, f32);
+
+const EXACT: Tol = (0.0, 0.0);
+const ULP_TOL: Tol = (1e-6, 1e-5);
+const GEMM_TOL: Tol = (1e-4, 1e-4);
+/// Two f32 roundings of the same product (see the module comment).
+const ROUNDED: Tol = (0.0, 2.4e-7);
+
+/// One output of a case, as read back from one backend.
+struct Out {
+    name: String,
+    values: Vec<f32>,
+    /// Between two fast backends (GPU against CPU).
+    pair: Tol,
+    /// The CPU against the reference (the GPU gets the looser of this and `pair`).
+    reference: Tol,
+}
+
+impl Out {
+    fn new(name: impl Into<String>, values: Vec<f32>, pair: Tol, reference: Tol) -> Out {
+        Out { name: name.into(), values, pair, reference }
+    }
+
+    fn labels(name: impl Into<String>, values: Vec<u32>) -> Out {
+        Out::new(name, values.into_iter().map(|v| v as f32).collect(), EXACT, EXACT)
+    }
+}
+
+/// One comparison of a case: `who` ("gpu~ref", "cpu~ref", "gpu~cpu").
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub who: &'static str,
+    pub max_abs_err: f32,
+    /// Worst element outside the tolerance (index, got, want).
+    pub worst: Option<(usize, f32, f32)>,
+}
+
+/// One output's outcome over every comparison made for it.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub name: String,
+    pub values: usize,
+    pub checks: Vec<Check>,
+    pub error: Option<String>,
+}
+
+impl CaseResult {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.checks.iter().all(|c| c.worst.is_none())
+    }
+
+    pub fn line(&self) -> String {
+        let status = if self.passed() { "pass" } else { "FAIL" };
+        let mut detail = String::new();
+        for c in &self.checks {
+            detail.push_str(&format!("  {} {:.1e}", c.who, c.max_abs_err));
+        }
+        if let Some(e) = &self.error {
+            detail.push_str(&format!("  {e}"));
+        }
+        for c in &self.checks {
+            if let Some((i, got, want)) = c.worst {
+                detail.push_str(&format!("  {} worst [{i}]: {got} vs {want}", c.who));
+            }
+        }
+        format!("{status}  {:<52} {:>8} values {detail}", self.name, self.values)
+    }
+}
+
+fn compare(who: &'static str, got: &[f32], want: &[f32], (atol, rtol): Tol) -> Check {
+    let mut max_abs_err = 0f32;
+    let mut worst: Option<(usize, f32, f32, f32)> = None;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        // NaN on both sides agrees; NaN on one side never does.
+        let within = err <= atol + rtol * w.abs();
+        let bad = !(within || g.is_nan() && w.is_nan());
+        if err.is_finite() {
+            max_abs_err = max_abs_err.max(err);
+        }
+        if bad && worst.is_none_or(|x| err > x.3 || err.is_nan()) {
+            worst = Some((i, g, w, err));
+        }
+    }
+    Check { who, max_abs_err, worst: worst.map(|(i, g, w, _)| (i, g, w)) }
+}
+
+fn random(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let mut r = rng::stream(seed, 0x5e1f, n as u64);
+    (0..n).map(|_| lo + (hi - lo) * rng::unit_f64(&mut r) as f32).collect()
+}
+
+fn conv(
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: (usize, usize),
+) -> Conv2d {
+    Conv2d::new(c_in, (h, w), c_out, k, stride, pad, 64, Some(64 + (c_out * c_in * k.0 * k.1).div_ceil(64) * 64))
+}
+
+fn up<B: Backend>(b: &mut B, data: &[f32]) -> Result<B::Buf> {
+    let mut buf = b.alloc(data.len())?;
+    b.upload(&mut buf, data)?;
+    Ok(buf)
+}
+
+fn up_u32<B: Backend>(b: &mut B, data: &[u32]) -> Result<B::IBuf> {
+    let mut buf = b.alloc_u32(data.len())?;
+    b.upload_u32(&mut buf, data)?;
+    Ok(buf)
+}
+
+fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    for (n, h, w, n_images) in [(3usize, 28usize, 28usize, 5usize), (1, 5, 7, 2), (17, 6, 9, 20)] {
+        let bytes: Vec<u8> = random(n as u64, n_images * h * w, 0.0, 256.0).iter().map(|&v| v as u8).collect();
+        let packed: Vec<u32> =
+            bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i))).collect();
+        let labels: Vec<u32> = (0..n_images as u32).map(|i| i % 10).collect();
+        let perm: Vec<u32> = rng::epoch_permutation(3, 0, n_images).into_iter().collect();
+        let (images, labels, perm) = (up_u32(b, &packed)?, up_u32(b, &labels)?, up_u32(b, &perm)?);
+        for aug in [None, Some(Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2 })] {
+            let mut x = b.alloc(n * h * w)?;
+            let mut y = b.alloc_u32(n)?;
+            let start = n_images - n;
+            let g = Gather { start, n, height: h, width: w, mean: 0.1307, std: 0.3081, augment: aug.map(|a| (a, 77)) };
+            b.gather_batch(&mut x, &mut y, &images, &labels, &perm, &g);
+            let (name, pair, reference) = match aug {
+                None => (format!("gather_batch n={n} {h}x{w}"), (1e-6, 1e-6), (1e-6, 1e-6)),
+                Some(_) => (format!("gather_batch n={n} {h}x{w} augmented"), (2e-2 / 0.3081, 1e-6), (1e-4, 1e-6)),
+            };
+            out.push(Out::new(&name, b.download(&x, n * h * w)?, pair, reference));
+            out.push(Out::labels(format!("{name} labels"), b.download_u32(&y, n)?));
+        }
+    }
+    Ok(out)
+}
+
+fn conv_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.3, 99)) };
+    let cases = [
+        (1, conv(1, 28, 28, 16, (5, 5), 1, (2, 2)), Epilogue::act(Some(Act::Relu))),
+        (3, conv(3, 7, 5, 5, (3, 3), 2, (1, 1)), Epilogue::act(Some(Act::Tanh))),
+        (2, conv(5, 9, 11, 70, (2, 4), 1, (1, 3)), Epilogue::act(Some(Act::Sigmoid))),
+        (4, conv(3, 14, 14, 7, (5, 5), 1, (2, 2)), relu_dropout),
+        (2, conv(2, 6, 6, 3, (6, 6), 1, (0, 0)), Epilogue::default()),
+    ];
+    for (i, (n, l, epi)) in cases.into_iter().enumerate() {
+        let plen = l.b_off.unwrap_or(0) + l.c_out + 7;
+        let tag = format!(
+            "n={n} {}x{}x{}->{} k{}x{} s{} p{},{}",
+            l.c_in, l.h_in, l.w_in, l.c_out, l.kh, l.kw, l.stride, l.pad_h, l.pad_w
+        );
+        let w = up(b, &random(10 + i as u64, plen, -0.5, 0.5))?;
+        let x = up(b, &random(20 + i as u64, n * l.in_len(), -1.0, 1.0))?;
+        let mut y = b.alloc(n * l.out_len())?;
+        b.conv2d_forward(&mut y, &x, &w, &l, n, epi);
+        out.push(Out::new(format!("conv2d_forward {tag}"), b.download(&y, n * l.out_len())?, GEMM_TOL, GEMM_TOL));
+        let d = up(b, &random(30 + i as u64, n * l.out_len(), -1.0, 1.0))?;
+        let mut dx = b.alloc(n * l.in_len())?;
+        b.conv2d_backward_input(&mut dx, &d, &w, &l, n);
+        let dx = b.download(&dx, n * l.in_len())?;
+        out.push(Out::new(format!("conv2d_backward_input {tag}"), dx, GEMM_TOL, GEMM_TOL));
+        let mut g = up(b, &vec![7.0; plen])?;
+        b.conv2d_backward_weight(&mut g, &d, &x, &l, n);
+        out.push(Out::new(format!("conv2d_backward_weight {tag}"), b.download(&g, plen)?, GEMM_TOL, GEMM_TOL));
+    }
+    Ok(out)
+}
+
+fn dense_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.2, 7)) };
+    for (i, (n, ni, no, epi)) in [
+        (1, 13, 7, Epilogue::act(Some(Act::Sigmoid))),
+        (5, 70, 130, relu_dropout),
+        (33, 784, 10, Epilogue::default()),
+        (3, 3136, 10, Epilogue::act(Some(Act::Tanh))),
+        (9, 100, 37, relu_dropout),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let l = Dense { n_in: ni, n_out: no, w_off: 64, b_off: Some(64 + (ni * no).div_ceil(64) * 64) };
+        let plen = l.b_off.unwrap_or(0) + no + 3;
+        let tag = format!("n={n} {ni}->{no}{}", if epi.dropout.is_some() { " +relu+dropout" } else { "" });
+        let w = up(b, &random(40 + i as u64, plen, -0.5, 0.5))?;
+        let x = up(b, &random(50 + i as u64, n * ni, -1.0, 1.0))?;
+        let mut y = b.alloc(n * no)?;
+        b.dense_forward(&mut y, &x, &w, &l, n, epi);
+        out.push(Out::new(format!("dense_forward {tag}"), b.download(&y, n * no)?, GEMM_TOL, GEMM_TOL));
+        let d = up(b, &random(60 + i as u64, n * no, -1.0, 1.0))?;
+        let mut dx = b.alloc(n * ni)?;
+        b.dense_backward_input(&mut dx, &d, &w, &l, n);
+        out.push(Out::new(format!("dense_backward_input {tag}"), b.download(&dx, n * ni)?, GEMM_TOL, GEMM_TOL));
+        let mut g = up(b, &vec![7.0; plen])?;
+        b.dense_backward_weight(&mut g, &d, &x, &l, n);
+        out.push(Out::new(format!("dense_backward_weight {tag}"), b.download(&g, plen)?, GEMM_TOL, GEMM_TOL));
+    }
+    Ok(out)
+}
+
+fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let len = 1001;
+    let mut x = random(70, len, -6.0, 6.0);
+    x[0] = 0.0;
+    x[1] = 90.0;
+    x[2] = -90.0;
+    for act in [Act::Relu, Act::Sigmoid, Act::Tanh] {
+        let gx = up(b, &x)?;
+        let mut y = b.alloc(len)?;
+        b.activation_forward(&mut y, &gx, len, act);
+        out.push(Out::new(format!("activation_forward {act:?} len={len}"), b.download(&y, len)?, ULP_TOL, ULP_TOL));
+        // The backward from the same outputs (the CPU's) on every side.
+        let mut y_host = vec![0f32; len];
+        crate::cpu::activation::activation_forward(&mut y_host, &x, len, act);
+        let y = up(b, &y_host)?;
+        let d = up(b, &random(71, len, -1.0, 1.0))?;
+        let mut dx = b.alloc(len)?;
+        b.activation_backward(&mut dx, &d, &y, len, act, 1.25);
+        out.push(Out::new(format!("activation_backward {act:?} len={len}"), b.download(&dx, len)?, ULP_TOL, ULP_TOL));
+    }
+    Ok(out)
+}
+
+fn pool_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let cases = [
+        (2, Pool { c: 3, h_in: 6, w_in: 8, h_out: 3, w_out: 4, size: 2, stride: 2 }),
+        (1, Pool { c: 2, h_in: 7, w_in: 5, h_out: 3, w_out: 2, size: 2, stride: 2 }),
+        (3, Pool { c: 5, h_in: 7, w_in: 7, h_out: 3, w_out: 3, size: 3, stride: 2 }),
+    ];
+    for (i, (n, l)) in cases.into_iter().enumerate() {
+        let tag = format!("n={n} c={} {}x{} size {} stride {}", l.c, l.h_in, l.w_in, l.size, l.stride);
+        // Rounded values make ties, which every side must break the same way.
+        let x: Vec<f32> = random(80 + i as u64, n * l.in_len(), -2.0, 2.0).iter().map(|v| (v * 4.0).round()).collect();
+        let x = up(b, &x)?;
+        let (mut y, mut arg) = (b.alloc(n * l.out_len())?, b.alloc_u32(n * l.out_len())?);
+        b.maxpool_forward(&mut y, &mut arg, &x, &l, n);
+        out.push(Out::new(format!("maxpool_forward {tag}"), b.download(&y, n * l.out_len())?, EXACT, EXACT));
+        out.push(Out::labels(format!("maxpool_forward {tag} argmax"), b.download_u32(&arg, n * l.out_len())?));
+        let d = up(b, &random(90 + i as u64, n * l.out_len(), -1.0, 1.0))?;
+        let mut dx = b.alloc(n * l.in_len())?;
+        b.maxpool_backward(&mut dx, &d, &arg, &l, n);
+        out.push(Out::new(format!("maxpool_backward {tag}"), b.download(&dx, n * l.in_len())?, ULP_TOL, ULP_TOL));
+    }
+    Ok(out)
+}
+
+fn dropout_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    for (len, prob, key) in [(1001usize, 0.3f32, 5u32), (7, 0.5, 9), (4096, 0.2, 0xdead_beef)] {
+        let x = up(b, &random(100, len, -1.0, 1.0))?;
+        let mut y = b.alloc(len)?;
+        b.dropout_forward(&mut y, &x, len, prob, key);
+        out.push(Out::new(format!("dropout_forward len={len} p={prob}"), b.download(&y, len)?, EXACT, ROUNDED));
+        let mut dx = b.alloc(len)?;
+        b.dropout_backward(&mut dx, &x, len, prob, key);
+        out.push(Out::new(format!("dropout_backward len={len} p={prob}"), b.download(&dx, len)?, EXACT, ROUNDED));
+    }
+    Ok(out)
+}
+
+fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let bn_tol = (1e-4, 1e-4);
+    for (i, (n, c, hw)) in [(4usize, 3usize, 10usize), (1, 5, 49), (7, 300, 1)].into_iter().enumerate() {
+        let l = BatchNorm { c, hw, eps: 1e-5, momentum: 0.1, gamma_off: 0, beta_off: 320, mean_off: 0, var_off: 320 };
+        let tag = format!("n={n} c={c} hw={hw}");
+        let mut params = random(110 + i as u64, 640, 0.5, 1.5);
+        params[320..].copy_from_slice(&random(111 + i as u64, 320, -0.5, 0.5));
+        let p = up(b, &params)?;
+        let x = up(b, &random(112 + i as u64, n * c * hw, -2.0, 3.0))?;
+        let mut state0 = vec![0.0f32; 640];
+        state0[320..].fill(1.0);
+        let mut state = up(b, &state0)?;
+        let mut saved = b.alloc(2 * c)?;
+        let mut y = b.alloc(n * c * hw)?;
+        for train in [true, false] {
+            b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &l, n, train);
+            let mode = if train { "train" } else { "eval" };
+            out.push(Out::new(format!("batchnorm_forward {mode} {tag}"), b.download(&y, n * c * hw)?, bn_tol, bn_tol));
+        }
+        let stats = b.download(&state, 640)?;
+        out.push(Out::new(format!("batchnorm_forward {tag} running stats"), stats, (1e-5, 1e-4), (1e-5, 1e-4)));
+        // Backward, from the training forward's saved statistics.
+        b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &l, n, true);
+        let d = up(b, &random(113 + i as u64, n * c * hw, -1.0, 1.0))?;
+        let mut dx = b.alloc(n * c * hw)?;
+        let mut g = b.alloc(640)?;
+        b.batchnorm_backward(&mut dx, &mut g, &d, &x, &saved, &p, &l, n);
+        out.push(Out::new(format!("batchnorm_backward {tag} dx"), b.download(&dx, n * c * hw)?, bn_tol, bn_tol));
+        out.push(Out::new(format!("batchnorm_backward {tag} dgamma/dbeta"), b.download(&g, 640)?, bn_tol, bn_tol));
+    }
+    Ok(out)
+}
+
+fn loss_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let stats_tol = (1e-5, 1e-5);
+    for (i, (n, classes)) in [(1usize, 10usize), (300, 10), (37, 7)].into_iter().enumerate() {
+        let tag = format!("n={n} classes={classes}");
+        let mut z = random(120 + i as u64, n * classes, -4.0, 4.0);
+        z[0] = 80.0; // a large logit stays finite
+        let labels: Vec<u32> = (0..n as u32).map(|j| (j * 7 + 3) % classes as u32).collect();
+        let (gz, gl) = (up(b, &z)?, up_u32(b, &labels)?);
+        let slot = 2;
+        let mut stats = b.alloc(2 * (slot + 1))?;
+        let mut d = b.alloc(n * classes)?;
+        let scale = 1.0 / n as f32;
+        let name = format!("softmax_xent_forward_backward {tag}");
+        b.softmax_xent_forward_backward(&mut d, &mut stats, slot, &gz, &gl, n, classes, scale);
+        out.push(Out::new(&name, b.download(&d, n * classes)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
+        let at = 3;
+        let mut probs = b.alloc((n + at) * classes)?;
+        b.softmax_xent_forward(&mut probs, at, &mut stats, slot, &gz, &gl, n, classes);
+        let name = format!("softmax_xent_forward {tag}");
+        out.push(Out::new(&name, b.download(&probs, (n + at) * classes)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
+        let zt: Vec<f32> = z.iter().map(|v| (v / 4.0).tanh()).collect();
+        let gzt = up(b, &zt)?;
+        b.mse_forward_backward(&mut d, &mut stats, slot, &gzt, &gl, n, classes, scale);
+        let name = format!("mse_forward_backward {tag}");
+        out.push(Out::new(&name, b.download(&d, n * classes)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
+        b.mse_forward(&mut probs, at, &mut stats, slot, &gzt, &gl, n, classes);
+        let name = format!("mse_forward {tag}");
+        out.push(Out::new(&name, b.download(&probs, (n + at) * classes)?, EXACT, EXACT));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
+    }
+    Ok(out)
+}
+
+fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let len = 1000;
+    let mut p = up(b, &random(130, len, -1.0, 1.0))?;
+    let (mut m, mut v) = (b.alloc(len)?, b.alloc(len)?);
+    for t in 1..=3 {
+        let g = up(b, &random(130 + t as u64, len, -1.0, 1.0))?;
+        let a = AdamStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: if t == 3 { 0.01 } else { 0.0 },
+            t,
+        };
+        b.adam_step(&mut p, &g, &mut m, &mut v, len, &a);
+    }
+    out.push(Out::new(format!("adam_step len={len} x3"), b.download(&p, len)?, ULP_TOL, ULP_TOL));
+    out.push(Out::new(format!("adam_step len={len} x3 v"), b.download(&v, len)?, (1e-9, ULP_TOL.1), (1e-9, ULP_TOL.1)));
+    for momentum in [0.0, 0.9] {
+        let mut p = up(b, &random(140, len, -1.0, 1.0))?;
+        let mut vel = b.alloc(len)?;
+        for t in 0..2 {
+            let g = up(b, &random(141 + t, len, -1.0, 1.0))?;
+            b.sgd_step(&mut p, &g, &mut vel, len, &SgdStep { lr: 0.05, momentum });
+        }
+        let name = format!("sgd_step len={len} momentum {momentum} x2");
+        out.push(Out::new(name, b.download(&p, len)?, ULP_TOL, ULP_TOL));
+    }
+    // An odd length, not a multiple of the workgroup; only the first `len` elements move.
+    let (len, cap) = (777, 800);
+    let mut avg = up(b, &random(150, cap, -1.0, 1.0))?;
+    for t in 0..3 {
+        let src = up(b, &random(151 + t, cap, -1.0, 1.0))?;
+        b.ema_update(&mut avg, &src, len, 0.9);
+    }
+    out.push(Out::new(format!("ema_update len={len} of {cap} x3"), b.download(&avg, cap)?, ULP_TOL, ULP_TOL));
+    Ok(out)
+}
+
+type Cases<B> = fn(&mut B) -> Result<Vec<Out>>;
+
+/// One family of cases, instantiated for each backend.
+struct Family {
+    name: &'static str,
+    reference: Cases<Reference>,
+    cpu: Cases<CpuBackend>,
+    gpu: Cases<GpuBackend>,
+    /// Also run on the GPU with grids folded at 3 workgroups per dimension.
+    fold: bool,
+}
+
+macro_rules! family {
+    ($name:literal, $f:ident, $fold:literal) => {
+        Family { name: $name, reference: $f::<Reference>, cpu: $f::<CpuBackend>, gpu: $f::<GpuBackend>, fold: $fold }
+    };
+}
+
+const FAMILIES: &[Family] = &[
+    family!("gather_batch", gather_cases, false),
+    family!("conv2d", conv_cases, true),
+    family!("dense", dense_cases, true),
+    family!("activation", activation_cases, true),
+    family!("maxpool", pool_cases, true),
+    family!("dropout", dropout_cases, false),
+    family!("batchnorm", batchnorm_cases, false),
+    family!("loss", loss_cases, false),
+    family!("optim", optim_cases, false),
+];
+
+fn failed(name: String, e: impl std::fmt::Display) -> CaseResult {
+    CaseResult { name, values: 0, checks: Vec::new(), error: Some(e.to_string()) }
+}
+
+/// Judges one family: the CPU against the reference and, given a GPU run, the GPU against
+/// both.
+fn judge(reference: &[Out], cpu: &[Out], gpu: Option<&[Out]>, suffix: &str) -> Vec<CaseResult> {
+    let mut results = Vec::new();
+    for (k, r) in reference.iter().enumerate() {
+        let mut res =
+            CaseResult { name: format!("{}{suffix}", r.name), values: r.values.len(), checks: Vec::new(), error: None };
+        let mut check = |who, got: Option<&Out>, want: &Out, tol: Tol| match got {
+            Some(o) if o.name == want.name && o.values.len() == want.values.len() => {
+                res.checks.push(compare(who, &o.values, &want.values, tol))
+            }
+            _ => res.error = Some(format!("{who}: outputs do not line up")),
+        };
+        match gpu {
+            Some(g) => {
+                let loosest = (r.reference.0.max(r.pair.0), r.reference.1.max(r.pair.1));
+                check("gpu~ref", g.get(k), r, loosest);
+                check("cpu~ref", cpu.get(k), r, r.reference);
+                if let Some(c) = cpu.get(k) {
+                    check("gpu~cpu", g.get(k), c, c.pair);
+                }
+            }
+            None => check("cpu~ref", cpu.get(k), r, r.reference),
+        }
+        results.push(res);
+    }
+    results
+}
+
+/// Runs every case whose family contains `filter` (all if empty): the CPU against the
+/// reference, and the GPU against both when `gpu` is given (also with folded grids).
+pub fn run(mut gpu: Option<&mut GpuBackend>, filter: &str) -> Vec<CaseResult> {
+    let mut out = Vec::new();
+    let (mut r, mut c) = (Reference::new(), CpuBackend::new());
+    for f in FAMILIES.iter().filter(|f| filter.is_empty() || f.name.contains(filter)) {
+        let (want, cpu) = match ((f.reference)(&mut r), (f.cpu)(&mut c)) {
+            (Ok(want), Ok(cpu)) => (want, cpu),
+            (Err(e), _) | (_, Err(e)) => {
+                out.push(failed(f.name.to_string(), e));
+                continue;
+            }
+        };
+        let Some(g) = gpu.as_deref_mut() else {
+            out.extend(judge(&want, &cpu, None, ""));
+            continue;
+        };
+        match (f.gpu)(g) {
+            Ok(got) => out.extend(judge(&want, &cpu, Some(&got), "")),
+            Err(e) => out.push(failed(f.name.to_string(), e)),
+        }
+        if f.fold {
+            // The launchers fold grids wider than the per-dimension workgroup limit into two
+            // dimensions. With the limit lowered to 3, small ops already need folding: every
+            // kernel family's index arithmetic for folded grids runs without huge buffers.
+            let saved = g.max_groups;
+            g.max_groups = 3;
+            let folded = (f.gpu)(g);
+            g.max_groups = saved;
+            match folded {
+                Ok(got) => out.extend(judge(&want, &cpu, Some(&got), " (grid folded at 3)")),
+                Err(e) => out.push(failed(format!("{} (grid folded at 3)", f.name), e)),
+            }
+        }
+    }
+    out
+}
