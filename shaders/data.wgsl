@@ -1,16 +1,20 @@
 // Batch gathering on the device (src/cpu/data.rs, src/data/augment.rs): one thread per
-// output pixel. Images stay in device memory as bytes packed four to a u32; each batch
-// reads examples perm[start..start+n], turns bytes into (pixel/255 - mean) / std, and, if
-// the batch is altered (draw(key, 0) < chance), resamples each image through its own
-// zoom-rotate-shift map (one bilinear sample, zero fill), with the same draws as the CPU.
+// output value (example, channel, row, column). Images stay in device memory as bytes packed
+// four to a u32 (c, h, w per example); each batch reads examples perm[start..start+n], turns
+// bytes into (pixel/255 - mean[c]) / std[c], mirrors an image left to right if its flip draw
+// says so, and, if the batch is altered (draw(key, 0) < chance), resamples each image
+// through its own zoom-rotate-shift map (one bilinear sample, zero fill), with the same
+// draws as the CPU. A data set split over several buffers is gathered once per buffer:
+// `images` then holds examples first..first+count, and the other examples are skipped.
 
 struct Params {
+    mean: vec4<f32>,
+    std_dev: vec4<f32>,
     start: u32,
     n: u32,
+    channels: u32,
     height: u32,
     width: u32,
-    mean: f32,
-    std_dev: f32,
     augment: u32,   // 0: none; 1: augment this batch if its draw says so
     key: u32,
     chance: f32,
@@ -18,6 +22,9 @@ struct Params {
     zoom_hi: f32,
     rotate: f32,    // radians
     shift: f32,
+    flip: u32,      // 1: mirror each image whose draw 0x80000000 + j is below 1/2
+    first: u32,
+    count: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -27,30 +34,38 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<u32>;
 
-fn pixel(img: u32, px: i32, py: i32) -> f32 {
+fn pixel(plane: u32, px: i32, py: i32) -> f32 {
     if px < 0 || py < 0 || px >= i32(prm.width) || py >= i32(prm.height) {
         return 0.0;
     }
-    let i = img + u32(py) * prm.width + u32(px);
+    let i = plane + u32(py) * prm.width + u32(px);
     return f32((images[i / 4u] >> ((i % 4u) * 8u)) & 0xffu);
 }
 
 @compute @workgroup_size(256)
 fn gather_batch(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
-    let len = prm.height * prm.width;
+    let hw = prm.height * prm.width;
+    let len = prm.channels * hw;
     if i >= prm.n * len {
         return;
     }
     let j = i / len;
-    let p = i % len;
+    let c = (i % len) / hw;
+    let p = i % hw;
     let idx = perm[prm.start + j];
-    if p == 0u {
+    if idx < prm.first || idx - prm.first >= prm.count {
+        return;
+    }
+    if i % len == 0u {
         y[j] = labels[idx];
     }
-    let img = idx * len;
-    let ox = p % prm.width;
+    let plane = (idx - prm.first) * len + c * hw;
+    var ox = p % prm.width;
     let oy = p / prm.width;
+    if prm.flip == 1u && draw(prm.key, 0x80000000u + j) < 0.5 {
+        ox = prm.width - 1u - ox;
+    }
     var v: f32;
     if prm.augment == 1u && draw(prm.key, 0u) < prm.chance {
         let zoom = prm.zoom_lo + draw(prm.key, 4u * j + 1u) * (prm.zoom_hi - prm.zoom_lo);
@@ -71,11 +86,11 @@ fn gather_batch(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
         let fy = sy - fy0;
         let x0 = i32(fx0);
         let y0 = i32(fy0);
-        let top = pixel(img, x0, y0) * (1.0 - fx) + pixel(img, x0 + 1, y0) * fx;
-        let bottom = pixel(img, x0, y0 + 1) * (1.0 - fx) + pixel(img, x0 + 1, y0 + 1) * fx;
+        let top = pixel(plane, x0, y0) * (1.0 - fx) + pixel(plane, x0 + 1, y0) * fx;
+        let bottom = pixel(plane, x0, y0 + 1) * (1.0 - fx) + pixel(plane, x0 + 1, y0 + 1) * fx;
         v = top * (1.0 - fy) + bottom * fy;
     } else {
-        v = pixel(img, i32(ox), i32(oy));
+        v = pixel(plane, i32(ox), i32(oy));
     }
-    x[i] = v * (1.0 / (255.0 * prm.std_dev)) - prm.mean / prm.std_dev;
+    x[i] = v * (1.0 / (255.0 * prm.std_dev[c])) - prm.mean[c] / prm.std_dev[c];
 }

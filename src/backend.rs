@@ -19,18 +19,28 @@ use crate::data::augment::Augment;
 use crate::error::Result;
 use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
+/// The most input channels an image may have (grayscale, gray + alpha, RGB, RGBA).
+pub const MAX_CHANNELS: usize = 4;
+
 /// Arguments of `gather_batch`: which examples, and how to turn bytes into inputs.
 #[derive(Debug, Clone, Copy)]
 pub struct Gather {
     /// First position in the permutation.
     pub start: usize,
     pub n: usize,
+    pub channels: usize,
     pub height: usize,
     pub width: usize,
-    pub mean: f32,
-    pub std: f32,
+    /// Per channel (the first `channels` entries): inputs are (pixel/255 - mean) / std.
+    pub mean: [f32; MAX_CHANNELS],
+    pub std: [f32; MAX_CHANNELS],
     /// Augmentation and the key of this batch's draws (see `data::augment`).
     pub augment: Option<(Augment, u32)>,
+    /// The examples the `images` buffer holds: data-set indices `first..first + count`. A data
+    /// set too large for one buffer is split over several (`network::DeviceData`), and each
+    /// gather over one of them writes only the batch's examples that it holds.
+    pub first: usize,
+    pub count: usize,
 }
 
 /// What `conv2d_forward` and `dense_forward` apply to each output after the bias.
@@ -103,9 +113,10 @@ pub trait Backend {
     /// Starts the work enqueued so far (a GPU submit) without waiting for it.
     fn flush(&mut self) -> Result<()>;
 
-    /// x (n, 1, h, w) and y (n) from the data set's examples `perm[start..start+n]`:
-    /// `(pixel/255 - mean) / std`, resampled by the batch's augmentation if it has one.
-    /// `images` holds the data set's bytes packed four to a u32, little-endian.
+    /// x (n, c, h, w) and y (n) from the data set's examples `perm[start..start+n]`:
+    /// `(pixel/255 - mean[c]) / std[c]`, resampled by the batch's augmentation if it has one.
+    /// `images` holds examples `g.first..g.first + g.count` as bytes (c, h, w per example)
+    /// packed four to a u32, little-endian; examples outside that range are left as they are.
     #[allow(clippy::too_many_arguments)]
     fn gather_batch(
         &mut self,

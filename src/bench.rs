@@ -12,8 +12,9 @@ use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::Arch;
-use crate::network::{DeviceData, Network, StepArgs};
+use crate::network::{DeviceData, Network};
 use crate::rng;
+use crate::train::{Epoch, run_steps};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
@@ -76,7 +77,7 @@ pub fn bench<B: Backend>(
     let _ = b.download(&stats, 1)?;
     let setup_seconds = t0.elapsed().as_secs_f64();
 
-    let dataset_bytes = 4 * (data.images.len().div_ceil(4) + 2 * data.len());
+    let dataset_bytes = data.images.len().div_ceil(4) * 4 + 8 * data.len();
     let (parameter_state_bytes, activation_bytes) = (net.parameter_state_bytes(), net.activation_bytes());
     let footprint = Footprint {
         dataset_bytes,
@@ -84,24 +85,25 @@ pub fn bench<B: Backend>(
         activation_bytes,
         total_bytes: dataset_bytes + parameter_state_bytes + activation_bytes,
     };
+    // Steps `first..first + count` of a run over the same shuffle every epoch, through the
+    // trainer's own step loop.
     let mut run = |b: &mut B, count: usize, first: usize| -> Result<f64> {
         let t = Instant::now();
-        for i in first..first + count {
-            let slot = i % batches;
-            let args = StepArgs {
-                start: slot * batch,
-                n: batch,
-                slot,
-                global_step: i as u32,
-                epoch: 1 + (i / batches) as u32,
+        let mut i = first;
+        while i < first + count {
+            let (epoch, step) = (i / batches, i % batches);
+            let e = Epoch {
+                index: epoch,
+                n: batches * batch,
+                batch,
                 lr: recipe.optimizer.lr(),
                 seed: 1,
                 augment: if augment { recipe.augment } else { None },
+                first_step: (epoch * batches) as u32,
             };
-            net.train_step(b, &dev, &perm, &mut stats, &args);
-            if (i + 1) % 64 == 0 {
-                b.flush()?;
-            }
+            let end = (step + first + count - i).min(batches);
+            run_steps(b, &mut net, &dev, &perm, &mut stats, &e, step..end, |_, _, _| Ok(()))?;
+            i += end - step;
         }
         let s = b.download(&stats, 2)?;
         if !s[0].is_finite() {

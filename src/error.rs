@@ -40,6 +40,10 @@ pub enum Error {
 
     #[error("GPU: {0}")]
     Gpu(String),
+
+    /// Something would not fit in host or device memory (checked before allocating).
+    #[error("too large: {0}")]
+    Memory(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

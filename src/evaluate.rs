@@ -25,7 +25,7 @@ impl Scored {
         self.scores.chunks(self.classes).map(argmax).collect()
     }
 
-    pub fn accuracy(&self, labels: &[u8]) -> f64 {
+    pub fn accuracy(&self, labels: &[u32]) -> f64 {
         let hits = self.predictions().iter().zip(labels).filter(|&(&p, &y)| p == y as usize).count();
         hits as f64 / labels.len().max(1) as f64
     }
@@ -45,10 +45,10 @@ pub fn argmax(row: &[f32]) -> usize {
 /// Runs one model over a data set on backend `b`.
 pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
     let arch = model.arch.clone();
-    if [1, data.height, data.width] != arch.spec.input {
+    if data.shape() != arch.spec.input {
         return Err(Error::Data(format!(
-            "images are 1x{}x{}, model {name} expects {:?}",
-            data.height, data.width, arch.spec.input
+            "images are {}x{}x{}, model {name} expects {:?}",
+            data.channels, data.height, data.width, arch.spec.input
         )));
     }
     let classes = arch.classes();
@@ -77,7 +77,7 @@ pub fn score_tta<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Datas
 }
 
 /// The mean of several score sets over the same examples, with `loss` computed from it.
-fn average(members: &[Scored], labels: &[u8], loss: Loss) -> Result<Scored> {
+fn average(members: &[Scored], labels: &[u32], loss: Loss) -> Result<Scored> {
     let classes = members[0].classes;
     if members.iter().any(|m| m.classes != classes) {
         return Err(Error::Config("ensemble members must have the same number of classes".into()));
@@ -86,7 +86,7 @@ fn average(members: &[Scored], labels: &[u8], loss: Loss) -> Result<Scored> {
     for m in members {
         scores.iter_mut().zip(&m.scores).for_each(|(a, &s)| *a += s / members.len() as f32);
     }
-    let per_example = |(p, &y): (&[f32], &u8)| match loss {
+    let per_example = |(p, &y): (&[f32], &u32)| match loss {
         Loss::CrossEntropy => -(p[y as usize].max(1e-12) as f64).ln(),
         Loss::Mse => crate::cpu::loss::mse_row(&p.iter().map(|&v| v as f64).collect::<Vec<_>>(), y as usize).0,
     };
@@ -95,12 +95,12 @@ fn average(members: &[Scored], labels: &[u8], loss: Loss) -> Result<Scored> {
 }
 
 /// The ensemble of several models: their scores averaged, scored by cross-entropy.
-pub fn ensemble(members: &[Scored], labels: &[u8]) -> Result<Scored> {
+pub fn ensemble(members: &[Scored], labels: &[u32]) -> Result<Scored> {
     average(members, labels, Loss::CrossEntropy)
 }
 
 /// counts[true][predicted]
-pub fn confusion(pred: &[usize], labels: &[u8], classes: usize) -> Vec<Vec<usize>> {
+pub fn confusion(pred: &[usize], labels: &[u32], classes: usize) -> Vec<Vec<usize>> {
     let mut m = vec![vec![0; classes]; classes];
     for (&p, &y) in pred.iter().zip(labels) {
         m[y as usize][p] += 1;
@@ -108,23 +108,49 @@ pub fn confusion(pred: &[usize], labels: &[u8], classes: usize) -> Vec<Vec<usize
     m
 }
 
-/// The confusion matrix and per-class accuracy as a text table.
-pub fn report(s: &Scored, labels: &[u8]) -> String {
+/// The confusion matrix (up to 20 classes) and the accuracy of each class as text, classes
+/// named by `names` (in label order).
+pub fn report(s: &Scored, labels: &[u32], names: &[String]) -> String {
     let pred = s.predictions();
     let m = confusion(&pred, labels, s.classes);
-    let mut out = String::from("confusion matrix (rows: true class, columns: predicted)\n      ");
+    let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let acc = |c: usize, row: &[usize]| {
+        let total: usize = row.iter().sum();
+        if total == 0 { 0.0 } else { 100.0 * row[c] as f64 / total as f64 }
+    };
+    let mut out = String::new();
+    if s.classes > 20 {
+        out.push_str(
+            "accuracy per class (true class: correct / images)
+",
+        );
+        for (c, row) in m.iter().enumerate() {
+            out.push_str(&format!(
+                "  {:<24} {:>6.2}%  {} / {}
+",
+                name(c),
+                acc(c, row),
+                row[c],
+                row.iter().sum::<usize>()
+            ));
+        }
+        return out;
+    }
+    // Columns as wide as the longest class name (at least 6), names cut at 12 characters.
+    let short = |c: usize| name(c).chars().take(12).collect::<String>();
+    let w = (0..s.classes).map(|c| short(c).chars().count() + 1).max().unwrap_or(6).max(6);
+    out.push_str("confusion matrix (rows: true class, columns: predicted)\n");
+    out.push_str(&" ".repeat(w));
     for c in 0..s.classes {
-        out.push_str(&format!("{c:>6}"));
+        out.push_str(&format!("{:>w$}", short(c)));
     }
     out.push_str("   acc\n");
     for (c, row) in m.iter().enumerate() {
-        out.push_str(&format!("{c:>6}"));
+        out.push_str(&format!("{:>w$}", short(c)));
         for v in row {
-            out.push_str(&format!("{v:>6}"));
+            out.push_str(&format!("{v:>w$}"));
         }
-        let total: usize = row.iter().sum();
-        let acc = if total == 0 { 0.0 } else { 100.0 * row[c] as f64 / total as f64 };
-        out.push_str(&format!("  {acc:>6.2}%\n"));
+        out.push_str(&format!("  {:>6.2}%\n", acc(c, row)));
     }
     out
 }

@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod gpu;
+pub mod memory;
 pub mod model;
 pub mod modelfile;
 pub mod network;

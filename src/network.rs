@@ -12,10 +12,10 @@
 //! activations. So three buffers serve them all: op k's output gradient is `grad[k % 2]`,
 //! its input's `grad[(k + 1) % 2]`, the pre-activation's `grad[2]`.
 
-use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Epilogue, Gather, MAX_CHANNELS, SgdStep};
 use crate::data::augment::Augment;
 use crate::error::{Error, Result};
-use crate::model::spec::{BiasCorrection, Loss, Normalize, Optimizer};
+use crate::model::spec::{BiasCorrection, Loss, Optimizer};
 use crate::model::{Act, Arch, Layer};
 use crate::rng;
 
@@ -86,39 +86,83 @@ fn split<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
     }
 }
 
-/// The data set on the device: image bytes (packed), labels, and the identity order used
-/// for evaluation.
-pub struct DeviceData<B: Backend> {
+/// Images `first..first + count` of a data set, in one device buffer.
+pub struct Shard<B: Backend> {
     pub images: B::IBuf,
+    pub first: usize,
+    pub count: usize,
+}
+
+/// The data set on the device: image bytes (packed four to a u32, in as many buffers as the
+/// device's per-buffer limit needs), labels, and the identity order used for evaluation.
+pub struct DeviceData<B: Backend> {
+    pub shards: Vec<Shard<B>>,
     pub labels: B::IBuf,
     pub order: B::IBuf,
     pub len: usize,
+    pub channels: usize,
     pub height: usize,
     pub width: usize,
 }
 
+/// Bytes packed four to a u32, little-endian (the last word zero-padded).
+fn pack(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i))).collect()
+}
+
 impl<B: Backend> DeviceData<B> {
-    /// Uploads a data set once; training then only uploads a permutation per epoch.
+    /// Uploads a data set once; training then only uploads a permutation per epoch. A data
+    /// set larger than one buffer may be (128 MB per storage binding on many GPUs) is split
+    /// into shards of whole images, each gathered from separately.
     pub fn upload(b: &mut B, ds: &crate::data::Dataset) -> Result<Self> {
-        let packed: Vec<u32> = ds
-            .images
-            .chunks(4)
-            .map(|c| c.iter().enumerate().fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i)))
-            .collect();
-        if packed.len() > b.max_buffer_len() {
+        let max_words = b.max_buffer_len();
+        let image_len = ds.image_len().max(1);
+        let per_shard = (max_words.saturating_mul(4) / image_len).min(ds.len().max(1));
+        if per_shard == 0 {
             return Err(Error::Data(format!(
-                "the data set ({} MB) exceeds this device's {} MB per buffer; use --limit or the CPU backend",
-                (packed.len() * 4) >> 20,
-                (b.max_buffer_len() * 4) >> 20
+                "one image ({} bytes) exceeds this device's {} MB per buffer",
+                image_len,
+                (max_words * 4) >> 20
             )));
         }
-        let mut images = b.alloc_u32(packed.len().max(1))?;
-        b.upload_u32(&mut images, &packed)?;
+        if ds.len() > max_words {
+            return Err(Error::Data(format!(
+                "the data set's {} labels exceed this device's {} MB per buffer; use --limit",
+                ds.len(),
+                (max_words * 4) >> 20
+            )));
+        }
+        let mut shards = Vec::new();
+        let mut first = 0;
+        while first < ds.len() || shards.is_empty() {
+            let count = per_shard.min(ds.len() - first);
+            let packed = pack(&ds.images[first * image_len..(first + count) * image_len]);
+            let mut images = b.alloc_u32(packed.len().max(1))?;
+            b.upload_u32(&mut images, &packed)?;
+            shards.push(Shard { images, first, count });
+            first += count;
+        }
         let mut labels = b.alloc_u32(ds.len().max(1))?;
-        b.upload_u32(&mut labels, &ds.labels.iter().map(|&l| l as u32).collect::<Vec<_>>())?;
+        b.upload_u32(&mut labels, &ds.labels)?;
         let mut order = b.alloc_u32(ds.len().max(1))?;
         b.upload_u32(&mut order, &(0..ds.len() as u32).collect::<Vec<_>>())?;
-        Ok(DeviceData { images, labels, order, len: ds.len(), height: ds.height, width: ds.width })
+        Ok(DeviceData {
+            shards,
+            labels,
+            order,
+            len: ds.len(),
+            channels: ds.channels,
+            height: ds.height,
+            width: ds.width,
+        })
+    }
+
+    /// Gathers examples `perm[g.start..g.start + g.n]` into `x` and `y`, from every shard.
+    pub fn gather(&self, b: &mut B, x: &mut B::Buf, y: &mut B::IBuf, perm: &B::IBuf, g: &Gather) {
+        for s in &self.shards {
+            let g = Gather { first: s.first, count: s.count, ..*g };
+            b.gather_batch(x, y, &s.images, &self.labels, perm, &g);
+        }
     }
 }
 
@@ -184,7 +228,9 @@ pub struct Network<B: Backend> {
     eval_plan: Vec<Node>,
     eval_out: usize,
     loss: Loss,
-    normalize: Normalize,
+    /// Per input channel: inputs are (pixel/255 - mean) / std.
+    mean: [f32; MAX_CHANNELS],
+    std: [f32; MAX_CHANNELS],
     optimizer: Optimizer,
 }
 
@@ -256,6 +302,11 @@ impl<B: Backend> Network<B> {
         }
         let n_params = arch.n_params;
         let recipe = arch.recipe().clone();
+        let (mut mean, mut std) = ([0f32; MAX_CHANNELS], [1f32; MAX_CHANNELS]);
+        let (m, sd) = recipe.normalize.per_channel(arch.spec.input[0]);
+        for (c, (m, sd)) in m.into_iter().zip(sd).enumerate().take(MAX_CHANNELS) {
+            (mean[c], std[c]) = (m, sd);
+        }
         let with_v = matches!(recipe.optimizer, Optimizer::Adam { .. });
         let with_m = with_v || matches!(recipe.optimizer, Optimizer::Sgd { momentum, .. } if momentum > 0.0);
         let mut net = Network {
@@ -279,7 +330,8 @@ impl<B: Backend> Network<B> {
             eval_plan,
             eval_out,
             loss: recipe.loss,
-            normalize: recipe.normalize,
+            mean,
+            std,
             optimizer: recipe.optimizer,
             arch,
         };
@@ -385,11 +437,14 @@ impl<B: Backend> Network<B> {
         Gather {
             start,
             n,
+            channels: data.channels,
             height: data.height,
             width: data.width,
-            mean: self.normalize.mean,
-            std: self.normalize.std,
+            mean: self.mean,
+            std: self.std,
             augment,
+            first: 0,
+            count: data.len,
         }
     }
 
@@ -530,7 +585,7 @@ impl<B: Backend> Network<B> {
         augment: Option<(Augment, u32)>,
     ) {
         let g = self.gather(start, n, data, augment);
-        b.gather_batch(&mut self.acts[0], &mut self.labels, &data.images, &data.labels, perm, &g);
+        data.gather(b, &mut self.acts[0], &mut self.labels, perm, &g);
     }
 
     /// The buffer holding the model's output (logits) after a training forward.
@@ -604,7 +659,7 @@ impl<B: Backend> Network<B> {
             let start = i * self.cap;
             let n = self.cap.min(data.len - start);
             let g = self.gather(start, n, data, None);
-            b.gather_batch(&mut self.acts[0], &mut self.labels, &data.images, &data.labels, &data.order, &g);
+            data.gather(b, &mut self.acts[0], &mut self.labels, &data.order, &g);
             self.forward(b, n, false, 0, 0);
             let logits = &self.acts[self.eval_out];
             match self.loss {

@@ -1,10 +1,51 @@
-//! Turning an arbitrary picture of a digit into an MNIST-like input: grayscale, light digit
-//! on a dark background, the digit scaled to fit a 20x20 box (keeping its aspect ratio) and
-//! placed so its centre of mass is at the centre of the 28x28 frame, as MNIST was made.
+//! Turning an arbitrary picture into a model's input. Digit models (one channel, trained on
+//! MNIST-style data) get what MNIST was made with: grayscale, light digit on a dark
+//! background, the digit scaled to fit a 20x20 box (keeping its aspect ratio) and placed so
+//! its centre of mass is at the centre of the 28x28 frame. Every other model gets the picture
+//! as its training data was prepared: channels converted and resized by the model's rule.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
+
+/// How a picture becomes an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prep {
+    /// MNIST's making: invert if dark on light, crop to the ink, fit 20x20, centre by mass.
+    Digits,
+    /// Grayscale, inverted if dark on light, resized to the frame.
+    Raw,
+    /// Channels converted and resized by the model's rule, as its training pictures were.
+    Plain,
+}
+
+impl Prep {
+    /// What a model takes: digits for one-channel square models trained on MNIST-style
+    /// data (or on data the file does not describe, as older files of MNIST models), else
+    /// plain.
+    pub fn for_model(shape: [usize; 3], info: Option<&crate::data::DataInfo>) -> Prep {
+        let digit_shape = shape[0] == 1 && shape[1] == shape[2];
+        if digit_shape && info.is_none_or(|d| d.digits) { Prep::Digits } else { Prep::Plain }
+    }
+}
+
+/// Picture `path` as input bytes (c, h, w) for a model taking `shape`.
+pub fn prepare(path: &Path, shape: [usize; 3], prep: Prep, resize: crate::data::Resize) -> Result<Vec<u8>> {
+    let [c, h, w] = shape;
+    if prep != Prep::Plain && (c != 1 || h != w) {
+        return Err(Error::Config(format!(
+            "MNIST-style preparation needs a one-channel square model; this one takes {shape:?} (use plain)"
+        )));
+    }
+    match prep {
+        Prep::Digits | Prep::Raw => {
+            let (iw, ih, px) = load_gray(path)?;
+            Ok(mnist_like(iw, ih, &px, w, prep == Prep::Raw))
+        }
+        Prep::Plain => crate::data::folder::decode_file(path, shape, resize)
+            .map_err(|reason| Error::Image { path: path.to_path_buf(), reason }),
+    }
+}
 
 /// Loads an image file (PNG, JPEG, BMP) as 8-bit grayscale: (width, height, pixels).
 pub fn load_gray(path: &Path) -> Result<(usize, usize, Vec<u8>)> {

@@ -160,24 +160,67 @@ fn up_u32<B: Backend>(b: &mut B, data: &[u32]) -> Result<B::IBuf> {
 
 fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
-    for (n, h, w, n_images) in [(3usize, 28usize, 28usize, 5usize), (1, 5, 7, 2), (17, 6, 9, 20)] {
-        let bytes: Vec<u8> = random(n as u64, n_images * h * w, 0.0, 256.0).iter().map(|&v| v as u8).collect();
-        let packed: Vec<u32> =
-            bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i))).collect();
+    let mean = [0.1307, 0.5, 0.25, 0.75];
+    let std = [0.3081, 0.5, 0.25, 0.4];
+    let shape_aug = Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2, flip: false };
+    let flip_only = Augment { chance: 0.0, flip: true, ..shape_aug };
+    let both = Augment { flip: true, ..shape_aug };
+    // (batch, channels, height, width, images, shard): with a shard (first, count), the
+    // images buffer holds only those examples, as one buffer of a data set split over
+    // several does; the batch's other examples must be left untouched.
+    let cases = [
+        (3usize, 1usize, 28usize, 28usize, 5usize, None),
+        (1, 1, 5, 7, 2, None),
+        (17, 1, 6, 9, 20, None),
+        (5, 3, 8, 6, 9, None),
+        (4, 4, 5, 5, 6, None),
+        (7, 2, 3, 4, 11, None),
+        (9, 3, 7, 5, 16, Some((4usize, 7usize))),
+    ];
+    for (n, c, h, w, n_images, shard) in cases {
+        let len = c * h * w;
+        let bytes: Vec<u8> = random((n * c) as u64, n_images * len, 0.0, 256.0).iter().map(|&v| v as u8).collect();
+        let (first, count) = shard.unwrap_or((0, n_images));
+        let packed: Vec<u32> = bytes[first * len..(first + count) * len]
+            .chunks(4)
+            .map(|c| c.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i)))
+            .collect();
         let labels: Vec<u32> = (0..n_images as u32).map(|i| i % 10).collect();
         let perm: Vec<u32> = rng::epoch_permutation(3, 0, n_images).into_iter().collect();
         let (images, labels, perm) = (up_u32(b, &packed)?, up_u32(b, &labels)?, up_u32(b, &perm)?);
-        for aug in [None, Some(Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2 })] {
-            let mut x = b.alloc(n * h * w)?;
-            let mut y = b.alloc_u32(n)?;
+        let shard_tag = shard.map_or(String::new(), |(f, k)| format!(" shard {f}..{}", f + k));
+        for aug in [None, Some(shape_aug), Some(flip_only), Some(both)] {
+            // Sentinels show what a gather left untouched.
+            let mut x = up(b, &vec![7.0; n * len])?;
+            let mut y = up_u32(b, &vec![999; n])?;
             let start = n_images - n;
-            let g = Gather { start, n, height: h, width: w, mean: 0.1307, std: 0.3081, augment: aug.map(|a| (a, 77)) };
-            b.gather_batch(&mut x, &mut y, &images, &labels, &perm, &g);
-            let (name, pair, reference) = match aug {
-                None => (format!("gather_batch n={n} {h}x{w}"), (1e-6, 1e-6), (1e-6, 1e-6)),
-                Some(_) => (format!("gather_batch n={n} {h}x{w} augmented"), (2e-2 / 0.3081, 1e-6), (1e-4, 1e-6)),
+            let g = Gather {
+                start,
+                n,
+                channels: c,
+                height: h,
+                width: w,
+                mean,
+                std,
+                augment: aug.map(|a| (a, 77)),
+                first,
+                count,
             };
-            out.push(Out::new(&name, b.download(&x, n * h * w)?, pair, reference));
+            b.gather_batch(&mut x, &mut y, &images, &labels, &perm, &g);
+            let what = match aug {
+                None => "",
+                Some(a) if a.chance == 0.0 => " flipped",
+                Some(a) if a.flip => " augmented+flipped",
+                Some(_) => " augmented",
+            };
+            let name = format!("gather_batch n={n} {c}x{h}x{w}{what}{shard_tag}");
+            // Resampled: WGSL's sin/cos (module comment), over the smallest std.
+            let (pair, reference) = if aug.is_some_and(|a| a.chance > 0.0) {
+                ((2e-2 / 0.25, 1e-6), (1e-4, 1e-6))
+            } else {
+                ((1e-6, 1e-6), (1e-6, 1e-6))
+            };
+            out.push(Out::new(&name, b.download(&x, n * len)?, pair, reference));
             out.push(Out::labels(format!("{name} labels"), b.download_u32(&y, n)?));
         }
     }

@@ -217,13 +217,24 @@ fn gather_batch_normalises_permutes_and_augments() {
     let labels = [7u32, 8, 9];
     let perm = [2u32, 0, 1];
     let (mut x, mut y) = (vec![0.0; 8], vec![0; 2]);
-    let g = Gather { start: 1, n: 2, height: 2, width: 2, mean: 0.5, std: 0.5, augment: None };
+    let g = Gather {
+        start: 1,
+        n: 2,
+        channels: 1,
+        height: 2,
+        width: 2,
+        mean: [0.5; 4],
+        std: [0.5; 4],
+        augment: None,
+        first: 0,
+        count: 3,
+    };
     data::gather_batch(&mut x, &mut y, &images, &labels, &perm, &g);
     assert_eq!(y, vec![7, 8]);
     let want: Vec<f32> = [0u8, 0, 0, 255, 1, 2, 3, 255].iter().map(|&b| (b as f32 / 255.0 - 0.5) / 0.5).collect();
     assert_close("gather", &x, &want, 1e-6, 1e-6);
     // Chance 0 never alters a batch; chance 1 always does (and the same key repeats).
-    let aug = Augment { chance: 0.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2 };
+    let aug = Augment { chance: 0.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2, flip: false };
     let mut xa = vec![0.0; 8];
     data::gather_batch(&mut xa, &mut y, &images, &labels, &perm, &Gather { augment: Some((aug, 3)), ..g });
     assert_eq!(xa, x);
@@ -233,6 +244,27 @@ fn gather_batch_normalises_permutes_and_augments() {
     data::gather_batch(&mut x2, &mut y, &images, &labels, &perm, &Gather { augment: Some((aug, 3)), ..g });
     assert_ne!(x1, x);
     assert_eq!(x1, x2);
+    // Two RGB 1x2 images, each channel normalised by its own statistics; the second is
+    // mirrored when flipping (image 1 of the batch under key 3: whichever its draw says).
+    let rgb: Vec<u8> = vec![10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120];
+    let images: Vec<u32> = rgb.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let (mean, std) = ([0.1, 0.2, 0.3, 0.0], [0.5, 0.25, 0.125, 1.0]);
+    let g = Gather { start: 0, n: 2, channels: 3, height: 1, width: 2, mean, std, augment: None, first: 0, count: 2 };
+    let (mut x, mut y) = (vec![0.0; 12], vec![0; 2]);
+    data::gather_batch(&mut x, &mut y, &images, &[4, 5], &[0, 1], &g);
+    let want: Vec<f32> =
+        rgb.iter().enumerate().map(|(i, &b)| (b as f32 / 255.0 - mean[i / 2 % 3]) / std[i / 2 % 3]).collect();
+    assert_close("rgb gather", &x, &want, 1e-6, 1e-6);
+    let flip = Augment { chance: 0.0, flip: true, ..aug };
+    let mut xf = vec![0.0; 12];
+    data::gather_batch(&mut xf, &mut y, &images, &[4, 5], &[0, 1], &Gather { augment: Some((flip, 3)), ..g });
+    for j in 0..2u32 {
+        let flipped = gpu_train::data::augment::image_flipped(3, j);
+        for v in 0..6 {
+            let src = if flipped { v ^ 1 } else { v };
+            assert_eq!(xf[6 * j as usize + v], x[6 * j as usize + src], "image {j} value {v} (flipped: {flipped})");
+        }
+    }
 }
 
 /// The direct convolution (stride 1; used when the CPU has AVX-512 or AVX2), with every

@@ -51,9 +51,10 @@ fn reader_agrees_byte_for_byte_with_the_mnist_crate() {
     let (train, test) = data::load_dir(&mnist_dir()).unwrap();
     assert_eq!((train.height, train.width, train.len(), test.len()), (28, 28, 60_000, 10_000));
     assert!(train.images == theirs.trn_img, "training images differ");
-    assert!(train.labels == theirs.trn_lbl, "training labels differ");
+    let widen = |v: &[u8]| v.iter().map(|&l| l as u32).collect::<Vec<u32>>();
+    assert!(train.labels == widen(&theirs.trn_lbl), "training labels differ");
     assert!(test.images == theirs.tst_img, "test images differ");
-    assert!(test.labels == theirs.tst_lbl, "test labels differ");
+    assert!(test.labels == widen(&theirs.tst_lbl), "test labels differ");
     // The raw files read the same as the gzip ones.
     let raw = data::load_dir(tmp.path()).unwrap();
     assert!(raw.0.images == train.images && raw.1.labels == test.labels);
@@ -112,8 +113,14 @@ fn bad_data_gives_typed_errors() {
 #[test]
 fn shifted_moves_whole_pixels_and_fills_with_zero() {
     // Two 2x3 images (rows of 3).
-    let ds =
-        data::Dataset { images: vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], labels: vec![3, 4], height: 2, width: 3 };
+    let ds = data::Dataset {
+        images: vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        labels: vec![3, 4],
+        channels: 1,
+        height: 2,
+        width: 3,
+        classes: data::numbered_classes(5),
+    };
     assert_eq!(ds.shifted(0, 0).images, ds.images);
     assert_eq!(ds.shifted(1, 0).images, [0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11], "right");
     assert_eq!(ds.shifted(-1, 0).images, [2, 3, 0, 5, 6, 0, 8, 9, 0, 11, 12, 0], "left");

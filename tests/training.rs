@@ -35,6 +35,7 @@ fn run(spec: ModelSpec, seed: u64, out: &Path, resume: Option<&Path>, data: &(Da
         progress: false,
         checkpoints: true,
         run_info: Default::default(),
+        data: Default::default(),
     };
     train::train(&mut CpuBackend::new(), cfg, data.0.clone(), &data.1).unwrap()
 }
@@ -44,7 +45,7 @@ fn params_of(path: &Path) -> Vec<f32> {
 }
 
 /// Mean loss of f64 logits, as the model's loss function defines it.
-fn host_loss(logits: &[f64], labels: &[u8], classes: usize, mse: bool) -> f64 {
+fn host_loss(logits: &[f64], labels: &[u32], classes: usize, mse: bool) -> f64 {
     let mut total = 0.0;
     for (z, &y) in logits.chunks(classes).zip(labels) {
         if mse {
@@ -80,8 +81,10 @@ fn whole_model_gradients_match_finite_differences() {
     let data = Dataset {
         images: uniform(77, 3 * 784, 1.0, 256.0).iter().map(|&v| v as u8).collect(),
         labels: vec![3, 1, 4],
+        channels: 1,
         height: 28,
         width: 28,
+        classes: gpu_train::data::numbered_classes(10),
     };
     for spec in specs {
         let name = spec.name.clone();

@@ -16,7 +16,8 @@ use crate::rng::draw;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Augment {
-    /// Probability that a batch is altered at all.
+    /// Probability that a batch gets the zoom, rotation and shift (seed B's per-batch draw).
+    #[serde(default = "one")]
     pub chance: f32,
     /// Zoom factor range (>1 enlarges the digit).
     #[serde(default = "default_zoom")]
@@ -27,6 +28,14 @@ pub struct Augment {
     /// Largest shift as a fraction of the width (x) and height (y), either way.
     #[serde(default = "default_shift")]
     pub shift: f32,
+    /// Mirror each image left to right with probability 1/2, drawn per image whether or not
+    /// its batch gets the rest (off for digits, whose mirror images are other glyphs).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flip: bool,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 fn default_zoom() -> [f32; 2] {
@@ -82,13 +91,53 @@ pub fn image_transform(key: u32, j: u32, aug: &Augment, h: usize, w: usize) -> T
     Transform { a: theta.cos() / zoom, b: theta.sin() / zoom, tx, ty }
 }
 
-/// Writes one image as f32 `(pixel/255 - mean) / std`, resampled through `tf` if given.
-pub fn sample_image(out: &mut [f32], img: &[u8], h: usize, w: usize, tf: Option<Transform>, mean: f32, std: f32) {
+/// Draws 0x8000_0000 + j decide the mirroring of image j, apart from the affine draws 4j + k.
+const FLIP_DRAWS: u32 = 0x8000_0000;
+
+/// Whether image `j` of the batch drawn under `key` is mirrored (when the recipe flips).
+pub fn image_flipped(key: u32, j: u32) -> bool {
+    draw(key, FLIP_DRAWS + j) < 0.5
+}
+
+/// Writes one image of `c` planes of `h x w` bytes as f32 `(pixel/255 - mean[c]) / std[c]`,
+/// mirrored left to right if `flip`, resampled through `tf` if given (the same map for every
+/// channel).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_image(
+    out: &mut [f32],
+    img: &[u8],
+    (c, h, w): (usize, usize, usize),
+    tf: Option<Transform>,
+    flip: bool,
+    mean: &[f32],
+    std: &[f32],
+) {
+    for ch in 0..c {
+        let plane = &img[ch * h * w..(ch + 1) * h * w];
+        sample_plane(&mut out[ch * h * w..(ch + 1) * h * w], plane, h, w, tf, flip, mean[ch], std[ch]);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_plane(
+    out: &mut [f32],
+    img: &[u8],
+    h: usize,
+    w: usize,
+    tf: Option<Transform>,
+    flip: bool,
+    mean: f32,
+    std: f32,
+) {
     let scale = 1.0 / (255.0 * std);
     let shift = mean / std;
+    // Output column x shows column `mirror(x)` of the (transformed) image.
+    let mirror = |x: usize| if flip { w - 1 - x } else { x };
     let Some(t) = tf else {
-        for (o, &p) in out.iter_mut().zip(img) {
-            *o = p as f32 * scale - shift;
+        for y in 0..h {
+            for x in 0..w {
+                out[y * w + x] = img[y * w + mirror(x)] as f32 * scale - shift;
+            }
         }
         return;
     };
@@ -99,7 +148,7 @@ pub fn sample_image(out: &mut [f32], img: &[u8], h: usize, w: usize, tf: Option<
     };
     for y in 0..h {
         for x in 0..w {
-            let dx = x as f32 - cx - t.tx;
+            let dx = mirror(x) as f32 - cx - t.tx;
             let dy = y as f32 - cy - t.ty;
             let sx = cx + t.a * dx + t.b * dy;
             let sy = cy - t.b * dx + t.a * dy;
@@ -125,8 +174,8 @@ mod tests {
         let mut a = vec![0.0; 20];
         let mut b = vec![0.0; 20];
         let id = Transform { a: 1.0, b: 0.0, tx: 0.0, ty: 0.0 };
-        sample_image(&mut a, &img, 4, 5, None, 0.0, 1.0);
-        sample_image(&mut b, &img, 4, 5, Some(id), 0.0, 1.0);
+        sample_image(&mut a, &img, (1, 4, 5), None, false, &[0.0], &[1.0]);
+        sample_image(&mut b, &img, (1, 4, 5), Some(id), false, &[0.0], &[1.0]);
         assert_eq!(a, b);
         assert!((a[3] - 39.0 / 255.0).abs() < 1e-7);
     }
@@ -138,7 +187,7 @@ mod tests {
         img[4] = 255;
         let mut out = vec![0.0; 9];
         let t = Transform { a: 1.0, b: 0.0, tx: 1.0, ty: 0.0 };
-        sample_image(&mut out, &img, 3, 3, Some(t), 0.0, 1.0);
+        sample_image(&mut out, &img, (1, 3, 3), Some(t), false, &[0.0], &[1.0]);
         assert_eq!(out, vec![0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]);
     }
 
@@ -150,14 +199,14 @@ mod tests {
         let mut out = vec![0.0; 9];
         let th = std::f32::consts::FRAC_PI_2;
         let t = Transform { a: th.cos(), b: th.sin(), tx: 0.0, ty: 0.0 };
-        sample_image(&mut out, &img, 3, 3, Some(t), 0.0, 1.0);
+        sample_image(&mut out, &img, (1, 3, 3), Some(t), false, &[0.0], &[1.0]);
         assert!((out[7] - 1.0).abs() < 1e-5, "{out:?}");
         assert!(out.iter().sum::<f32>() - 1.0 < 1e-5);
     }
 
     #[test]
     fn transforms_stay_in_range() {
-        let aug = Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2 };
+        let aug = Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2, flip: false };
         for j in 0..1000 {
             let t = image_transform(12345, j, &aug, 28, 28);
             let zoom = 1.0 / (t.a * t.a + t.b * t.b).sqrt();
@@ -165,5 +214,32 @@ mod tests {
             assert!(t.b.atan2(t.a).abs() <= 25f32.to_radians() + 1e-5);
             assert!(t.tx.abs() <= 5.6 + 1e-5 && t.ty.abs() <= 5.6 + 1e-5);
         }
+    }
+
+    #[test]
+    fn flip_mirrors_each_channel_and_normalises_it_by_its_own_statistics() {
+        // Two channels of 2x3: a ramp and its double.
+        let img: Vec<u8> = vec![0, 10, 20, 30, 40, 50, 0, 20, 40, 60, 80, 100];
+        let mut out = vec![0.0; 12];
+        sample_image(&mut out, &img, (2, 2, 3), None, true, &[0.0, 0.5], &[1.0, 2.0]);
+        let want: Vec<f32> = [20, 10, 0, 50, 40, 30]
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .chain([40, 20, 0, 100, 80, 60].iter().map(|&v| (v as f32 / 255.0 - 0.5) / 2.0))
+            .collect();
+        for (o, w) in out.iter().zip(&want) {
+            assert!((o - w).abs() < 1e-6, "{out:?} vs {want:?}");
+        }
+        // An identity transform with the flip gives the same mirror.
+        let mut t = vec![0.0; 12];
+        let id = Transform { a: 1.0, b: 0.0, tx: 0.0, ty: 0.0 };
+        sample_image(&mut t, &img, (2, 2, 3), Some(id), true, &[0.0, 0.5], &[1.0, 2.0]);
+        assert_eq!(out, t);
+    }
+
+    #[test]
+    fn about_half_the_images_are_flipped() {
+        let flipped = (0..10_000).filter(|&j| image_flipped(99, j)).count();
+        assert!((4800..5200).contains(&flipped), "{flipped}");
     }
 }

@@ -74,12 +74,13 @@ struct PoolParams {
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct DataParams {
+    mean: [f32; 4],
+    std_dev: [f32; 4],
     start: u32,
     n: u32,
+    channels: u32,
     height: u32,
     width: u32,
-    mean: f32,
-    std_dev: f32,
     augment: u32,
     key: u32,
     chance: f32,
@@ -87,6 +88,9 @@ struct DataParams {
     zoom_hi: f32,
     rotate: f32,
     shift: f32,
+    flip: u32,
+    first: u32,
+    count: u32,
 }
 
 /// shaders/batchnorm.wgsl
@@ -285,12 +289,13 @@ impl Backend for GpuBackend {
             None => (None, 0),
         };
         let prm = DataParams {
-            start: g.start as u32,
-            n: g.n as u32,
-            height: g.height as u32,
-            width: g.width as u32,
             mean: g.mean,
             std_dev: g.std,
+            start: g.start as u32,
+            n: g.n as u32,
+            channels: g.channels as u32,
+            height: g.height as u32,
+            width: g.width as u32,
             augment: aug.is_some() as u32,
             key,
             chance: aug.map_or(0.0, |a| a.chance),
@@ -298,8 +303,11 @@ impl Backend for GpuBackend {
             zoom_hi: aug.map_or(1.0, |a| a.zoom[1]),
             rotate: aug.map_or(0.0, |a| a.rotate.to_radians()),
             shift: aug.map_or(0.0, |a| a.shift),
+            flip: aug.is_some_and(|a| a.flip) as u32,
+            first: g.first as u32,
+            count: g.count as u32,
         };
-        let grid = self.grid(g.n * g.height * g.width);
+        let grid = self.grid(g.n * g.channels * g.height * g.width);
         self.dispatch("gather_batch", &[images, labels, perm, x, y], &prm, grid);
     }
 

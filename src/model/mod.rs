@@ -196,6 +196,13 @@ impl TensorInfo {
     }
 }
 
+/// The largest input height or width.
+pub const MAX_SIDE: usize = 4096;
+
+/// Elements in any one tensor or activation at most (2^40, far past any machine's memory),
+/// so that shape arithmetic cannot overflow.
+const MAX_ELEMENTS: usize = 1 << 40;
+
 /// Tensors start at multiples of 64 floats (256 bytes): aligned vector loads on every
 /// backend, and a whole tensor can be bound at its offset on a GPU.
 pub const TENSOR_ALIGN: usize = 64;
@@ -211,12 +218,18 @@ struct Table {
 }
 
 impl Table {
-    fn add(&mut self, layer: usize, suffix: &str, kind: TensorKind, shape: Vec<usize>) -> usize {
+    /// Adds a tensor; errs when its size (or the total) is past any machine's memory.
+    fn add(&mut self, layer: usize, suffix: &str, kind: TensorKind, shape: Vec<usize>) -> Result<usize, String> {
         let offset = self.len;
+        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS);
+        let total = len.and_then(|n| offset.checked_add(n)).filter(|&n| n <= MAX_ELEMENTS);
+        let Some(total) = total else {
+            return Err(format!("its {suffix} of shape {shape:?} is too large for any machine"));
+        };
         let info = TensorInfo { name: format!("{layer}.{suffix}"), shape, offset, layer, kind };
-        self.len = align(offset + info.len());
+        self.len = align(total);
         self.tensors.push(info);
-        offset
+        Ok(offset)
     }
 }
 
@@ -242,6 +255,16 @@ impl Arch {
         if c == 0 || h == 0 || w == 0 {
             return Err(Error::arch(&name, format!("input shape {:?} has a zero dimension", spec.input)));
         }
+        if c > crate::backend::MAX_CHANNELS {
+            return Err(Error::arch(
+                &name,
+                format!("input has {c} channels; at most {} (grayscale, RGB, RGBA)", crate::backend::MAX_CHANNELS),
+            ));
+        }
+        if h > MAX_SIDE || w > MAX_SIDE {
+            return Err(Error::arch(&name, format!("input {h}x{w} is larger than {MAX_SIDE} pixels a side")));
+        }
+        spec.train.normalize.validate(Some(c)).map_err(|e| Error::arch(&name, e))?;
         if spec.layers.is_empty() {
             return Err(Error::arch(&name, "the layer list is empty"));
         }
@@ -271,8 +294,12 @@ impl Arch {
                     if h + 2 * pad_h < kh || w + 2 * pad_w < kw {
                         return Err(err(i, format!("{kh}x{kw} kernel is larger than the padded {h}x{w} input")));
                     }
-                    let w_off = params.add(i, "weight", TensorKind::Weight, vec![filters, c, kh, kw]);
-                    let b_off = bias.then(|| params.add(i, "bias", TensorKind::Bias, vec![filters]));
+                    let w_off =
+                        params.add(i, "weight", TensorKind::Weight, vec![filters, c, kh, kw]).map_err(|e| err(i, e))?;
+                    let b_off = match bias {
+                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![filters]).map_err(|e| err(i, e))?),
+                        false => None,
+                    };
                     Layer::Conv2d(Conv2d::new(c, (h, w), filters, (kh, kw), stride, (pad_h, pad_w), w_off, b_off))
                 }
                 (LayerSpec::Conv2d { .. }, Shape::Flat(_)) => {
@@ -282,8 +309,11 @@ impl Arch {
                     if units == 0 {
                         return Err(err(i, "dense needs at least 1 unit".into()));
                     }
-                    let w_off = params.add(i, "weight", TensorKind::Weight, vec![units, n]);
-                    let b_off = bias.then(|| params.add(i, "bias", TensorKind::Bias, vec![units]));
+                    let w_off = params.add(i, "weight", TensorKind::Weight, vec![units, n]).map_err(|e| err(i, e))?;
+                    let b_off = match bias {
+                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![units]).map_err(|e| err(i, e))?),
+                        false => None,
+                    };
                     Layer::Dense(Dense { n_in: n, n_out: units, w_off, b_off })
                 }
                 (LayerSpec::Dense { .. }, Shape::Image { .. }) => {
@@ -338,13 +368,28 @@ impl Arch {
                         hw,
                         eps,
                         momentum,
-                        gamma_off: params.add(i, "weight", TensorKind::Weight, vec![c]),
-                        beta_off: params.add(i, "bias", TensorKind::Bias, vec![c]),
-                        mean_off: state.add(i, "running_mean", TensorKind::RunningMean, vec![c]),
-                        var_off: state.add(i, "running_var", TensorKind::RunningVar, vec![c]),
+                        gamma_off: params.add(i, "weight", TensorKind::Weight, vec![c]).map_err(|e| err(i, e))?,
+                        beta_off: params.add(i, "bias", TensorKind::Bias, vec![c]).map_err(|e| err(i, e))?,
+                        mean_off: state
+                            .add(i, "running_mean", TensorKind::RunningMean, vec![c])
+                            .map_err(|e| err(i, e))?,
+                        var_off: state.add(i, "running_var", TensorKind::RunningVar, vec![c]).map_err(|e| err(i, e))?,
                     })
                 }
             };
+            // Sizes far past any memory are refused here, before any arithmetic on them can
+            // overflow; what fits is checked against the machine before allocating.
+            let too_big = |n: Option<usize>| n.is_none_or(|n| n > MAX_ELEMENTS);
+            let size = match layer {
+                Layer::Conv2d(c) => {
+                    [c.c_out.checked_mul(c.h_out).and_then(|v| v.checked_mul(c.w_out)), Some(params.len)]
+                }
+                Layer::Dense(d) => [Some(d.n_out), Some(params.len)],
+                _ => [Some(0), Some(0)],
+            };
+            if size.iter().any(|&n| too_big(n)) {
+                return Err(err(i, "its output or parameters are too large for any machine".into()));
+            }
             shape = match layer {
                 Layer::Conv2d(c) => Shape::Image { c: c.c_out, h: c.h_out, w: c.w_out },
                 Layer::Dense(d) => Shape::Flat(d.n_out),

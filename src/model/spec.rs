@@ -304,25 +304,88 @@ pub enum Monitor {
     ValLoss,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Normalize {
-    pub mean: f32,
-    pub std: f32,
+/// Input normalisation: inputs are `(pixel/255 - mean[c]) / std[c]` per channel c.
+///
+/// `normalize = { mean = 0.1307, std = 0.3081 }` (one value for every channel), `{ mean =
+/// [0.49, 0.48, 0.45], std = [0.25, 0.24, 0.26] }` (one per channel), or `"auto"`: the mean
+/// and standard deviation of each channel over the training set, computed when training
+/// starts and written into the saved model file as values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Normalize {
+    Auto(AutoTag),
+    Values { mean: PerChannel, std: PerChannel },
+}
+
+/// The word `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoTag {
+    Auto,
+}
+
+/// One number for every channel, or a list with one per channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerChannel {
+    All(f32),
+    Each(Vec<f32>),
+}
+
+impl PerChannel {
+    fn values(&self, channels: usize) -> Vec<f32> {
+        match self {
+            PerChannel::All(v) => vec![*v; channels],
+            PerChannel::Each(v) => v.clone(),
+        }
+    }
 }
 
 impl Normalize {
+    /// Per-channel values: one mean and one standard deviation per channel.
+    pub fn values(mean: Vec<f32>, std: Vec<f32>) -> Normalize {
+        Normalize::Values { mean: PerChannel::Each(mean), std: PerChannel::Each(std) }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        matches!(self, Normalize::Auto(_))
+    }
+
     /// Mean and standard deviation of each of `channels` input channels (inputs are
-    /// `(pixel/255 - mean[c]) / std[c]`).
+    /// `(pixel/255 - mean[c]) / std[c]`); `"auto"` not yet resolved reads as plain pixel/255.
     pub fn per_channel(&self, channels: usize) -> (Vec<f32>, Vec<f32>) {
-        (vec![self.mean; channels], vec![self.std; channels])
+        match self {
+            Normalize::Auto(_) => (vec![0.0; channels], vec![1.0; channels]),
+            Normalize::Values { mean, std } => (mean.values(channels), std.values(channels)),
+        }
+    }
+
+    /// Checks the values, and their count against the input's channels when given.
+    pub fn validate(&self, channels: Option<usize>) -> Result<(), String> {
+        let Normalize::Values { mean, std } = self else { return Ok(()) };
+        let mut count = channels;
+        for (what, v) in [("mean", mean), ("std", std)] {
+            let PerChannel::Each(list) = v else { continue };
+            let channels = *count.get_or_insert(list.len());
+            if list.len() != channels || list.is_empty() {
+                return Err(format!(
+                    "normalize {what} has {} value(s), expected {channels} (one per input channel) or a single number",
+                    list.len()
+                ));
+            }
+        }
+        let (mean, std) = self.per_channel(count.unwrap_or(1));
+        if !(mean.iter().all(|m| m.is_finite()) && std.iter().all(|s| *s > 0.0 && s.is_finite())) {
+            return Err("normalize needs finite means and standard deviations > 0".into());
+        }
+        Ok(())
     }
 }
 
 impl Default for Normalize {
     /// Plain pixel/255, as both seeds and our model files use.
     fn default() -> Self {
-        Normalize { mean: 0.0, std: 1.0 }
+        Normalize::Values { mean: PerChannel::All(0.0), std: PerChannel::All(1.0) }
     }
 }
 
@@ -438,9 +501,7 @@ impl Recipe {
         if !(0.0..1.0).contains(&self.validation) {
             return Err(format!("validation must be a fraction in [0, 1), got {}", self.validation));
         }
-        if !(self.normalize.std > 0.0 && self.normalize.std.is_finite() && self.normalize.mean.is_finite()) {
-            return Err("normalize needs a finite mean and std > 0".into());
-        }
-        Ok(())
+        // The channel count is checked against the input's by `Arch::new`.
+        self.normalize.validate(None)
     }
 }

@@ -8,7 +8,7 @@ use ndarray::{Array1, ArrayView1, ArrayView2, ArrayView3, ArrayView4, ArrayViewM
 use super::*;
 use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
 use crate::cpu::data::packed_byte;
-use crate::data::augment::batch_altered;
+use crate::data::augment::{batch_altered, image_flipped};
 use crate::error::Result;
 use crate::model::{BatchNorm, Conv2d, Dense, Pool};
 
@@ -121,14 +121,21 @@ impl Backend for Reference {
         perm: &Vec<u32>,
         g: &Gather,
     ) {
-        let (h, w) = (g.height, g.width);
+        let (c, h, w) = (g.channels, g.height, g.width);
         let altered = g.augment.filter(|&(a, key)| batch_altered(key, a.chance));
         for j in 0..g.n {
             let idx = perm[g.start + j] as usize;
-            let img = ndarray::Array2::from_shape_fn((h, w), |(r, c)| packed_byte(images, (idx * h + r) * w + c));
+            if !(g.first..g.first + g.count).contains(&idx) {
+                continue;
+            }
+            let at = (idx - g.first) * c * h * w;
+            let img = ndarray::Array3::from_shape_fn((c, h, w), |(ch, r, col)| {
+                packed_byte(images, at + (ch * h + r) * w + col)
+            });
             let affine = altered.map(|(a, key)| Affine::draw(key, j as u32, &a, h, w));
-            let v = sample_image(img.view(), affine.as_ref(), g.mean as f64, g.std as f64);
-            put(x, j * h * w, &v);
+            let flip = g.augment.is_some_and(|(a, key)| a.flip && image_flipped(key, j as u32));
+            let v = sample_image(img.view(), affine.as_ref(), flip, &g.mean, &g.std);
+            put(x, j * c * h * w, &v);
             y[j] = labels[idx];
         }
     }

@@ -388,25 +388,33 @@ impl Affine {
     }
 }
 
-/// One image (h, w) of bytes as model input: (pixel/255 - mean) / std, sampled bilinearly
+/// One image (c, h, w) of bytes as model input: (pixel/255 - mean[c]) / std[c], mirrored left
+/// to right when `flip` (output column x shows column w - 1 - x), and sampled bilinearly
 /// (zero outside the image) through `affine` when the image is augmented.
-pub fn sample_image(img: ArrayView2<u8>, affine: Option<&Affine>, mean: f64, std: f64) -> Array2<f64> {
-    let (h, w) = img.dim();
-    let px = |x: f64, y: f64| -> f64 {
-        if x < 0.0 || y < 0.0 || x >= w as f64 || y >= h as f64 { 0.0 } else { img[[y as usize, x as usize]] as f64 }
+pub fn sample_image(
+    img: ArrayView3<u8>,
+    affine: Option<&Affine>,
+    flip: bool,
+    mean: &[f32],
+    std: &[f32],
+) -> Array3<f64> {
+    let (_, h, w) = img.dim();
+    let px = |c: usize, x: f64, y: f64| -> f64 {
+        if x < 0.0 || y < 0.0 || x >= w as f64 || y >= h as f64 { 0.0 } else { img[[c, y as usize, x as usize]] as f64 }
     };
-    Array2::from_shape_fn((h, w), |(y, x)| {
+    Array3::from_shape_fn(img.dim(), |(c, y, x)| {
+        let x = if flip { w - 1 - x } else { x };
         let v = match affine {
-            None => img[[y, x]] as f64,
+            None => img[[c, y, x]] as f64,
             Some(a) => {
                 let (sx, sy) = a.source(x as f64, y as f64, (w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
                 let (x0, y0) = (sx.floor(), sy.floor());
                 let (fx, fy) = (sx - x0, sy - y0);
-                let top = px(x0, y0) * (1.0 - fx) + px(x0 + 1.0, y0) * fx;
-                let bottom = px(x0, y0 + 1.0) * (1.0 - fx) + px(x0 + 1.0, y0 + 1.0) * fx;
+                let top = px(c, x0, y0) * (1.0 - fx) + px(c, x0 + 1.0, y0) * fx;
+                let bottom = px(c, x0, y0 + 1.0) * (1.0 - fx) + px(c, x0 + 1.0, y0 + 1.0) * fx;
                 top * (1.0 - fy) + bottom * fy
             }
         };
-        (v / 255.0 - mean) / std
+        (v / 255.0 - mean[c] as f64) / std[c] as f64
     })
 }

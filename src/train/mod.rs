@@ -1,6 +1,12 @@
 //! The scheduler: epochs of seeded shuffles and batches, the learning-rate schedule, test
 //! evaluation each epoch, early stopping, checkpoints, progress output and divergence checks.
 //!
+//! `train` reads as its steps: `Trainer::new` checks the data against the model and puts
+//! both on the device (or picks up a checkpoint), then each epoch is `run_epoch` (the step
+//! loop, which `bench` drives too), `evaluate` (test and validation figures, printed and
+//! logged), `early_stop` and `checkpoint`; `finish` restores the best epoch if asked and
+//! saves the model.
+//!
 //! Everything random derives from (seed, epoch, step) (see `rng`), so the same seed on the
 //! same backend gives the same result bit for bit, and `--resume` continues a run exactly.
 
@@ -8,16 +14,18 @@ pub mod schedule;
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::backend::Backend;
-use crate::data::Dataset;
+use crate::data::augment::Augment;
+use crate::data::{DataInfo, Dataset};
 use crate::error::{Error, Result};
 use crate::model::Arch;
-use crate::model::spec::Monitor;
+use crate::model::spec::{EarlyStopping, Monitor, Normalize, Recipe};
 use crate::modelfile::{self, Loaded, Progress, TrainState};
 use crate::network::{DeviceData, EvalResult, Network, StepArgs};
 use crate::rng;
@@ -26,7 +34,7 @@ use crate::rng;
 pub const EVAL_BATCH: usize = 256;
 
 /// How many training steps are enqueued between flushes (GPU submits).
-const STEPS_PER_FLUSH: usize = 64;
+pub const STEPS_PER_FLUSH: usize = 64;
 
 pub struct TrainConfig {
     /// The architecture, with the recipe as it will be used (CLI overrides applied).
@@ -41,6 +49,8 @@ pub struct TrainConfig {
     pub checkpoints: bool,
     /// Free text recorded in the model's metadata (backend, device, command).
     pub run_info: HashMap<String, String>,
+    /// Where the data came from, recorded in the model file (class names, resize rule).
+    pub data: DataInfo,
 }
 
 /// One epoch's figures, as printed and logged.
@@ -72,248 +82,409 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
+/// The steps of one epoch: what every step of it shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Epoch {
+    /// 0-based.
+    pub index: usize,
+    /// Training examples (the last batch may be partial).
+    pub n: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub seed: u64,
+    pub augment: Option<Augment>,
+    /// Steps taken in the whole run before this epoch's first.
+    pub first_step: u32,
+}
+
+impl Epoch {
+    pub fn steps(&self) -> usize {
+        self.n.div_ceil(self.batch)
+    }
+
+    fn args(&self, step: usize) -> StepArgs {
+        let start = step * self.batch;
+        StepArgs {
+            start,
+            n: self.batch.min(self.n - start),
+            slot: step,
+            global_step: self.first_step + step as u32,
+            epoch: self.index as u32 + 1,
+            lr: self.lr,
+            seed: self.seed,
+            augment: self.augment,
+        }
+    }
+}
+
+/// Enqueues steps `steps` of epoch `e` over the permutation `perm` (each step's loss and hits
+/// into `stats[step]`), submitting every `STEPS_PER_FLUSH` steps and calling `after_flush`
+/// with the number of steps done and the stats. Training and `bench` both run their steps
+/// through here.
+#[allow(clippy::too_many_arguments)]
+pub fn run_steps<B: Backend>(
+    b: &mut B,
+    net: &mut Network<B>,
+    data: &DeviceData<B>,
+    perm: &B::IBuf,
+    stats: &mut B::Buf,
+    e: &Epoch,
+    steps: Range<usize>,
+    mut after_flush: impl FnMut(&mut B, usize, &B::Buf) -> Result<()>,
+) -> Result<()> {
+    for step in steps {
+        net.train_step(b, data, perm, stats, &e.args(step));
+        if (step + 1) % STEPS_PER_FLUSH == 0 {
+            b.flush()?;
+            after_flush(b, step + 1, stats)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a data set fits a model: image shape, class count, label range.
+pub fn check_data(arch: &Arch, ds: &Dataset, what: &str) -> Result<()> {
+    if ds.shape() != arch.spec.input {
+        return Err(Error::Data(format!(
+            "{what} images are {}x{}x{} (channels x height x width), the model '{}' expects {:?}",
+            ds.channels,
+            ds.height,
+            ds.width,
+            arch.name(),
+            arch.spec.input
+        )));
+    }
+    let classes = arch.classes();
+    if !ds.classes.is_empty() && ds.classes.len() != classes {
+        let names = ds.classes.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+        let more = if ds.classes.len() > 8 { ", ..." } else { "" };
+        return Err(Error::Data(format!(
+            "the {what} set has {} classes ({names}{more}) but the model '{}' gives {classes} outputs; \
+             its last layer must have one unit per class: set units = {} (`gpu-train presets NAME > my.toml`, edit, \
+             then --arch my.toml)",
+            ds.classes.len(),
+            arch.name(),
+            ds.classes.len()
+        )));
+    }
+    if let Some(max) = ds.max_label().filter(|&m| m as usize >= classes) {
+        return Err(Error::Data(format!(
+            "{what} set has label {max}, but the model '{}' has {classes} outputs",
+            arch.name()
+        )));
+    }
+    Ok(())
+}
+
+/// A training run in progress: the network and data on the device and the scheduler's state.
+pub struct Trainer<B: Backend> {
+    arch: Arch,
+    recipe: Recipe,
+    cfg: TrainConfig,
+    net: Network<B>,
+    train: DeviceData<B>,
+    test: DeviceData<B>,
+    val: Option<DeviceData<B>>,
+    n: usize,
+    stats: B::Buf,
+    perm: B::IBuf,
+    progress: Progress,
+    /// Early stopping's best weights so far (when it restores them).
+    best: Option<(Vec<f32>, Vec<f32>)>,
+    metrics_log: std::fs::File,
+    history: Vec<EpochReport>,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// Checks the recipe and data, holds out the validation share, resolves `normalize =
+    /// "auto"` from the training images, uploads everything and starts fresh or from the
+    /// checkpoint in `cfg.resume`.
+    pub fn new(b: &mut B, mut cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<Self> {
+        cfg.arch.spec.train.validate().map_err(Error::Config)?;
+        check_data(&cfg.arch, &train, "training")?;
+        check_data(&cfg.arch, test, "test")?;
+        let recipe = cfg.arch.recipe().clone();
+        let val_count = (recipe.validation as f64 * train.len() as f64).round() as usize;
+        let (train, val) = train.split_tail(val_count);
+        if train.is_empty() {
+            return Err(Error::Data("no training examples left (check --limit and validation)".into()));
+        }
+        if recipe.normalize.is_auto() {
+            let (mean, std) = train.channel_stats();
+            println!("normalize auto: per-channel mean {mean:.4?}, std {std:.4?} over the training images");
+            cfg.arch.spec.train.normalize = Normalize::values(mean, std);
+        }
+        let arch = cfg.arch.clone();
+        let recipe = arch.recipe().clone();
+
+        let train_dev = DeviceData::upload(b, &train)?;
+        let test_dev = DeviceData::upload(b, test)?;
+        let val = if val.is_empty() { None } else { Some(DeviceData::upload(b, &val)?) };
+
+        let (params, state, progress, best) = match &cfg.resume {
+            Some(ck) => {
+                let ts = ck
+                    .train
+                    .as_ref()
+                    .ok_or_else(|| Error::Config("the resume file is a model, not a checkpoint".into()))?;
+                (ck.params.clone(), ck.state.clone(), ts.progress.clone(), ts.best.clone())
+            }
+            None => {
+                let (p, s) = arch.init(recipe.init, cfg.seed);
+                let progress = Progress {
+                    epoch: 0,
+                    global_step: 0,
+                    seed: cfg.seed,
+                    best_value: None,
+                    best_epoch: 0,
+                    wait: 0,
+                    seconds: 0.0,
+                };
+                (p, s, progress, None)
+            }
+        };
+        let mut net = Network::new(b, arch.clone(), recipe.batch.max(EVAL_BATCH), &params, &state)?;
+        if let Some(ts) = cfg.resume.as_ref().and_then(|c| c.train.as_ref()) {
+            net.set_opt_state(b, &ts.m, &ts.v)?;
+            if let Some((ap, as_)) = &ts.average {
+                net.set_average(b, ap, as_)?;
+            }
+        }
+        let n = train.len();
+        let stats = b.alloc(2 * n.div_ceil(recipe.batch))?;
+        let perm = b.alloc_u32(n)?;
+        let metrics_log = open_metrics(&modelfile::metrics_path(&cfg.out), cfg.resume.is_some())?;
+        Ok(Trainer {
+            arch,
+            recipe,
+            cfg,
+            net,
+            train: train_dev,
+            test: test_dev,
+            val,
+            n,
+            stats,
+            perm,
+            progress,
+            best,
+            metrics_log,
+            history: Vec::new(),
+        })
+    }
+
+    /// The epochs still to run (0-based).
+    pub fn epochs(&self) -> Range<usize> {
+        self.progress.epoch..self.recipe.epochs
+    }
+
+    fn epoch_plan(&self, index: usize) -> Epoch {
+        Epoch {
+            index,
+            n: self.n,
+            batch: self.recipe.batch,
+            lr: schedule::lr_at(&self.recipe.schedule, self.recipe.optimizer.lr(), index, self.recipe.epochs),
+            seed: self.progress.seed,
+            augment: self.recipe.augment,
+            first_step: self.progress.global_step,
+        }
+    }
+
+    /// Every step of epoch `index` over a fresh shuffle, with a progress bar and a look at
+    /// the running loss every few seconds (a diverging run stops there, not at the epoch's
+    /// end). Returns the epoch's mean training loss and accuracy and its seconds.
+    pub fn run_epoch(&mut self, b: &mut B, index: usize) -> Result<(f64, f64, f64, f32)> {
+        let e = self.epoch_plan(index);
+        let steps = e.steps();
+        b.upload_u32(&mut self.perm, &rng::epoch_permutation(e.seed, index, self.n))?;
+        let bar = progress_bar(self.cfg.progress, steps, index, self.recipe.epochs);
+        let t0 = Instant::now();
+        let mut last_peek = Instant::now();
+        let (batch, ckpt, checkpoints) = (e.batch, modelfile::checkpoint_path(&self.cfg.out), self.cfg.checkpoints);
+        let progress = &self.progress;
+        let peek = |b: &mut B, done: usize, stats: &B::Buf| -> Result<()> {
+            bar.set_position(done as u64);
+            if last_peek.elapsed() > Duration::from_secs(3) {
+                last_peek = Instant::now();
+                let s = b.download(stats, 2 * done)?;
+                let loss = s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() / (done * batch) as f64;
+                if !loss.is_finite() {
+                    bar.finish_and_clear();
+                    return Err(diverged(index, progress, &ckpt, checkpoints));
+                }
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+            Ok(())
+        };
+        run_steps(b, &mut self.net, &self.train, &self.perm, &mut self.stats, &e, 0..steps, peek)?;
+        let s = b.download(&self.stats, 2 * steps)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let loss = s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() / self.n as f64;
+        let acc = s.iter().skip(1).step_by(2).map(|&v| v as f64).sum::<f64>() / self.n as f64;
+        if !loss.is_finite() {
+            return Err(diverged(index, &self.progress, &ckpt, checkpoints));
+        }
+        self.progress.epoch = index + 1;
+        self.progress.global_step += steps as u32;
+        self.progress.seconds += seconds;
+        Ok((loss, acc, seconds, e.lr))
+    }
+
+    /// Test (and validation) figures of the weights to keep (the average's, with `ema`),
+    /// printed as one line and appended to the metrics log; the live weights stay in place.
+    pub fn evaluate(&mut self, b: &mut B, (loss, acc, seconds, lr): (f64, f64, f64, f32)) -> Result<EpochReport> {
+        self.net.swap_average();
+        let test = self.net.evaluate(b, &self.test);
+        let val = match &self.val {
+            Some(v) => self.net.evaluate(b, v).map(Some),
+            None => Ok(None),
+        };
+        self.net.swap_average();
+        let (test, val) = (test?, val?);
+        let report = EpochReport {
+            epoch: self.progress.epoch,
+            train_loss: loss,
+            train_acc: acc,
+            val_loss: val.as_ref().map(|r| r.loss),
+            val_acc: val.as_ref().map(|r| r.accuracy()),
+            test_loss: test.loss,
+            test_acc: test.accuracy(),
+            lr,
+            seconds,
+            images_per_second: self.n as f64 / seconds,
+        };
+        println!("{}", epoch_line(&report, self.recipe.epochs));
+        let line = serde_json::to_string(&report).unwrap_or_default();
+        let path = modelfile::metrics_path(&self.cfg.out);
+        writeln!(self.metrics_log, "{line}").map_err(|e| Error::io(&path, e))?;
+        self.history.push(report.clone());
+        Ok(report)
+    }
+
+    /// Seed B's early stopping: the relative improvement of the monitored loss. Keeps the
+    /// best weights when they are to be restored; true when patience has run out.
+    pub fn early_stop(&mut self, b: &mut B, r: &EpochReport) -> Result<bool> {
+        let Some(es) = self.recipe.early_stopping else { return Ok(false) };
+        let value = match es.monitor {
+            Monitor::TrainLoss => r.train_loss,
+            Monitor::ValLoss => r.val_loss.unwrap_or(r.train_loss),
+        };
+        let p = &mut self.progress;
+        if p.best_value.is_none_or(|best| value < best * (1.0 - es.min_delta as f64)) {
+            p.best_value = Some(value);
+            p.best_epoch = r.epoch;
+            p.wait = 0;
+            if es.restore_best {
+                self.net.swap_average();
+                let kept = self.net.get_params(b);
+                self.net.swap_average();
+                self.best = Some(kept?);
+            }
+            return Ok(false);
+        }
+        p.wait += 1;
+        if p.wait < es.patience {
+            return Ok(false);
+        }
+        println!(
+            "early stopping: no {}% improvement of the {} in {} epochs; best was epoch {}",
+            es.min_delta * 100.0,
+            monitored(&es),
+            p.wait,
+            p.best_epoch
+        );
+        Ok(true)
+    }
+
+    /// Writes the checkpoint (weights, optimizer state, scheduler position, best weights,
+    /// average) atomically, when the run keeps them.
+    pub fn checkpoint(&mut self, b: &mut B) -> Result<()> {
+        if !self.cfg.checkpoints {
+            return Ok(());
+        }
+        let (p, s) = self.net.get_params(b)?;
+        let (m, v) = self.net.get_opt_state(b)?;
+        let average = self.net.get_average(b)?;
+        let ts = TrainState { progress: self.progress.clone(), m, v, best: self.best.clone(), average };
+        let path = modelfile::checkpoint_path(&self.cfg.out);
+        modelfile::save(&path, &self.arch, &p, &s, self.cfg.run_info.clone(), Some(&ts))
+    }
+
+    /// The final model: the best epoch's weights if early stopping keeps them, else the last
+    /// epoch's (their average, with `ema`); evaluated on the test set and saved.
+    pub fn finish(mut self, b: &mut B, stopped_early: bool) -> Result<TrainSummary> {
+        self.net.swap_average();
+        let es = self.recipe.early_stopping;
+        let mut final_test = None;
+        if let (Some(es), Some((p, s))) = (es, self.best.as_ref())
+            && es.restore_best
+            && self.progress.best_epoch != self.progress.epoch
+        {
+            self.net.set_params(b, p, s)?;
+            let r = self.net.evaluate(b, &self.test)?;
+            println!(
+                "restored the weights of epoch {} (best {}): test acc {}",
+                self.progress.best_epoch,
+                monitored(&es),
+                pct(r.accuracy())
+            );
+            final_test = Some(r);
+        }
+        let final_test = match final_test {
+            Some(r) => r,
+            None => self.net.evaluate(b, &self.test)?,
+        };
+        let (p, s) = self.net.get_params(b)?;
+        let metrics = serde_json::json!({
+            "test_accuracy": final_test.accuracy(),
+            "test_error": 1.0 - final_test.accuracy(),
+            "test_loss": final_test.loss,
+            "test_count": final_test.count,
+            "epochs": self.progress.epoch,
+            "best_epoch": self.progress.best_epoch,
+            "train_seconds": self.progress.seconds,
+            "seed": self.progress.seed,
+        });
+        let mut meta = self.cfg.run_info.clone();
+        meta.insert("metrics".into(), metrics.to_string());
+        let (mean, std) = self.recipe.normalize.per_channel(self.arch.spec.input[0]);
+        meta.insert(
+            "normalization".into(),
+            serde_json::json!({ "input": "pixel / 255", "mean": mean, "std": std }).to_string(),
+        );
+        self.cfg.data.record(&mut meta);
+        modelfile::save(&self.cfg.out, &self.arch, &p, &s, meta, None)?;
+        Ok(TrainSummary {
+            epochs_run: self.progress.epoch,
+            best_epoch: self.progress.best_epoch,
+            final_test,
+            history: self.history,
+            seconds: self.progress.seconds,
+            stopped_early,
+        })
+    }
+}
+
+fn monitored(es: &EarlyStopping) -> &'static str {
+    if es.monitor == Monitor::ValLoss { "validation loss" } else { "training loss" }
+}
+
 /// Trains `cfg.arch` on `train` (after holding out the recipe's validation share), testing on
 /// `test` after every epoch; saves the model to `cfg.out` and returns the summary.
 pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<TrainSummary> {
-    let arch = cfg.arch.clone();
-    let recipe = arch.recipe().clone();
-    recipe.validate().map_err(Error::Config)?;
-    let classes = arch.classes();
-    for (what, ds) in [("training", &train), ("test", test)] {
-        if let Some(max) = ds.max_label().filter(|&m| m as usize >= classes) {
-            return Err(Error::Data(format!(
-                "{what} set has label {max}, but the model '{}' has {classes} outputs",
-                arch.name()
-            )));
-        }
-        if [1, ds.height, ds.width] != arch.spec.input {
-            return Err(Error::Data(format!(
-                "{what} images are 1x{}x{}, the model expects {:?}",
-                ds.height, ds.width, arch.spec.input
-            )));
-        }
-    }
-    let val_count = (recipe.validation as f64 * train.len() as f64).round() as usize;
-    let (train, val) = train.split_tail(val_count);
-    if train.is_empty() {
-        return Err(Error::Data("no training examples left (check --limit and validation)".into()));
-    }
-    let n = train.len();
-    let batch = recipe.batch;
-    let steps = n.div_ceil(batch);
-
-    let train_dev = DeviceData::upload(b, &train)?;
-    let test_dev = DeviceData::upload(b, test)?;
-    let val_dev = if val.is_empty() { None } else { Some(DeviceData::upload(b, &val)?) };
-
-    // Fresh start or resume.
-    let (params, state, mut progress, best_init) = match cfg.resume {
-        Some(ref ck) => {
-            let ts = ck
-                .train
-                .as_ref()
-                .ok_or_else(|| Error::Config("the resume file is a model, not a checkpoint".into()))?;
-            (ck.params.clone(), ck.state.clone(), ts.progress.clone(), ts.best.clone())
-        }
-        None => {
-            let (p, s) = arch.init(recipe.init, cfg.seed);
-            let progress = Progress {
-                epoch: 0,
-                global_step: 0,
-                seed: cfg.seed,
-                best_value: None,
-                best_epoch: 0,
-                wait: 0,
-                seconds: 0.0,
-            };
-            (p, s, progress, None)
-        }
-    };
-    let seed = progress.seed;
-    let mut net = Network::new(b, arch.clone(), batch.max(EVAL_BATCH), &params, &state)?;
-    if let Some(ts) = cfg.resume.as_ref().and_then(|c| c.train.as_ref()) {
-        net.set_opt_state(b, &ts.m, &ts.v)?;
-        if let Some((ap, as_)) = &ts.average {
-            net.set_average(b, ap, as_)?;
-        }
-    }
-    let mut best = best_init;
-
-    let mut stats = b.alloc(2 * steps)?;
-    let mut perm = b.alloc_u32(n)?;
-    let metrics_path = modelfile::metrics_path(&cfg.out);
-    let ckpt_path = modelfile::checkpoint_path(&cfg.out);
-    let mut metrics_log = open_metrics(&metrics_path, cfg.resume.is_some())?;
-    let mut history = Vec::new();
+    let mut t = Trainer::new(b, cfg, train, test)?;
     let mut stopped_early = false;
-    let base_lr = recipe.optimizer.lr();
-    let es = recipe.early_stopping;
-
-    for epoch in progress.epoch..recipe.epochs {
-        let lr = schedule::lr_at(&recipe.schedule, base_lr, epoch, recipe.epochs);
-        b.upload_u32(&mut perm, &rng::epoch_permutation(seed, epoch, n))?;
-        let bar = progress_bar(cfg.progress, steps, epoch, recipe.epochs);
-        let t0 = Instant::now();
-        let mut last_peek = Instant::now();
-        for step in 0..steps {
-            let start = step * batch;
-            let args = StepArgs {
-                start,
-                n: batch.min(n - start),
-                slot: step,
-                global_step: progress.global_step,
-                epoch: epoch as u32 + 1,
-                lr,
-                seed,
-                augment: recipe.augment,
-            };
-            net.train_step(b, &train_dev, &perm, &mut stats, &args);
-            progress.global_step += 1;
-            if (step + 1) % STEPS_PER_FLUSH == 0 {
-                b.flush()?;
-                bar.set_position(step as u64 + 1);
-                // Every few seconds, look at the running loss: for the bar, and to stop a
-                // diverging run early rather than at the end of the epoch.
-                if last_peek.elapsed() > Duration::from_secs(3) {
-                    last_peek = Instant::now();
-                    let s = b.download(&stats, 2 * (step + 1))?;
-                    let seen = (step + 1).min(steps) * batch;
-                    let loss = s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() / seen as f64;
-                    if !loss.is_finite() {
-                        bar.finish_and_clear();
-                        return Err(diverged(epoch, &progress, &ckpt_path, cfg.checkpoints));
-                    }
-                    bar.set_message(format!("loss {loss:.4}"));
-                }
-            }
-        }
-        let s = b.download(&stats, 2 * steps)?;
-        let seconds = t0.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-        let train_loss = s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() / n as f64;
-        let train_acc = s.iter().skip(1).step_by(2).map(|&v| v as f64).sum::<f64>() / n as f64;
-        if !train_loss.is_finite() {
-            return Err(diverged(epoch, &progress, &ckpt_path, cfg.checkpoints));
-        }
-        progress.epoch = epoch + 1;
-        progress.seconds += seconds;
-        // With weight averaging (`ema`), the average is what is evaluated, kept and saved.
-        net.swap_average();
-        let test_res = net.evaluate(b, &test_dev)?;
-        let val_res = match &val_dev {
-            Some(v) => Some(net.evaluate(b, v)?),
-            None => None,
-        };
-        let report = EpochReport {
-            epoch: epoch + 1,
-            train_loss,
-            train_acc,
-            val_loss: val_res.as_ref().map(|r| r.loss),
-            val_acc: val_res.as_ref().map(|r| r.accuracy()),
-            test_loss: test_res.loss,
-            test_acc: test_res.accuracy(),
-            lr,
-            seconds,
-            images_per_second: n as f64 / seconds,
-        };
-        println!("{}", epoch_line(&report, recipe.epochs));
-        if let Some(f) = metrics_log.as_mut() {
-            let line = serde_json::to_string(&report).unwrap_or_default();
-            writeln!(f, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-        }
-        history.push(report);
-
-        // Early stopping (seed B: relative improvement of the monitored loss).
-        let mut stop = false;
-        if let Some(es) = es {
-            let value = match es.monitor {
-                Monitor::TrainLoss => train_loss,
-                Monitor::ValLoss => val_res.as_ref().map_or(train_loss, |r| r.loss),
-            };
-            let improved = progress.best_value.is_none_or(|b| value < b * (1.0 - es.min_delta as f64));
-            if improved {
-                progress.best_value = Some(value);
-                progress.best_epoch = epoch + 1;
-                progress.wait = 0;
-                if es.restore_best {
-                    best = Some(net.get_params(b)?);
-                }
-            } else {
-                progress.wait += 1;
-                stop = progress.wait >= es.patience;
-            }
-        }
-        // The live weights back in place, for the next epoch and the checkpoint.
-        net.swap_average();
-        if cfg.checkpoints {
-            let (p, s) = net.get_params(b)?;
-            let (m, v) = net.get_opt_state(b)?;
-            let average = net.get_average(b)?;
-            let ts = TrainState { progress: progress.clone(), m, v, best: best.clone(), average };
-            modelfile::save(&ckpt_path, &arch, &p, &s, cfg.run_info.clone(), Some(&ts))?;
-        }
+    for epoch in t.epochs() {
+        let figures = t.run_epoch(b, epoch)?;
+        let report = t.evaluate(b, figures)?;
+        let stop = t.early_stop(b, &report)?;
+        t.checkpoint(b)?;
         if stop {
-            println!(
-                "early stopping: no {}% improvement of the {} in {} epochs; best was epoch {}",
-                es.map_or(0.0, |e| e.min_delta * 100.0),
-                if es.is_some_and(|e| e.monitor == Monitor::ValLoss) { "validation loss" } else { "training loss" },
-                progress.wait,
-                progress.best_epoch
-            );
             stopped_early = true;
             break;
         }
     }
-
-    // The final model: the best epoch's weights if early stopping keeps them, else the last
-    // epoch's (their average, with `ema`).
-    net.swap_average();
-    let mut final_test = None;
-    if let (Some(es), Some((p, s))) = (es, best.as_ref())
-        && es.restore_best
-        && progress.best_epoch != progress.epoch
-    {
-        net.set_params(b, p, s)?;
-        let r = net.evaluate(b, &test_dev)?;
-        println!(
-            "restored the weights of epoch {} (best {}): test acc {}",
-            progress.best_epoch,
-            if es.monitor == Monitor::ValLoss { "validation loss" } else { "training loss" },
-            pct(r.accuracy())
-        );
-        final_test = Some(r);
-    }
-    let final_test = match final_test {
-        Some(r) => r,
-        None => net.evaluate(b, &test_dev)?,
-    };
-    let (p, s) = net.get_params(b)?;
-    let metrics = serde_json::json!({
-        "test_accuracy": final_test.accuracy(),
-        "test_error": 1.0 - final_test.accuracy(),
-        "test_loss": final_test.loss,
-        "test_count": final_test.count,
-        "epochs": progress.epoch,
-        "best_epoch": progress.best_epoch,
-        "train_seconds": progress.seconds,
-        "seed": seed,
-    });
-    let mut meta = cfg.run_info.clone();
-    meta.insert("metrics".into(), metrics.to_string());
-    meta.insert(
-        "normalization".into(),
-        serde_json::json!({ "input": "pixel / 255", "mean": recipe.normalize.mean, "std": recipe.normalize.std })
-            .to_string(),
-    );
-    modelfile::save(&cfg.out, &arch, &p, &s, meta, None)?;
-    Ok(TrainSummary {
-        epochs_run: progress.epoch,
-        best_epoch: progress.best_epoch,
-        final_test,
-        history,
-        seconds: progress.seconds,
-        stopped_early,
-    })
+    t.finish(b, stopped_early)
 }
 
 fn diverged(epoch: usize, progress: &Progress, ckpt: &Path, checkpoints: bool) -> Error {
@@ -328,18 +499,17 @@ fn diverged(epoch: usize, progress: &Progress, ckpt: &Path, checkpoints: bool) -
     ))
 }
 
-fn open_metrics(path: &Path, append: bool) -> Result<Option<std::fs::File>> {
+fn open_metrics(path: &Path, append: bool) -> Result<std::fs::File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .append(append)
         .truncate(!append)
         .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    Ok(Some(f))
+        .map_err(|e| Error::io(path, e))
 }
 
 fn progress_bar(enabled: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {

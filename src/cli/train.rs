@@ -1,0 +1,175 @@
+//! `gpu-train train` (the default command).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+
+use super::{DataArgs, DeviceArgs, choose_backend, file_stem};
+use gpu_train::backend::Backend;
+use gpu_train::model::spec::{BiasCorrection, Optimizer};
+use gpu_train::model::{Arch, presets};
+use gpu_train::modelfile;
+use gpu_train::train;
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    /// Architecture: a preset (`gpu-train presets`) or a model file (.toml)
+    #[arg(long, required = true)]
+    pub arch: Option<String>,
+    /// Epochs (default: the recipe's)
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size (default: the recipe's)
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Base learning rate (default: the recipe's)
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f32>,
+    /// Keep an exponential moving average of the weights with this decay per step (e.g.
+    /// 0.999), evaluate it and save it (default: the recipe's, usually none)
+    #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
+    ema: Option<f32>,
+    /// Seed for initialisation, shuffling, dropout, augmentation and --val-split
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Train on the first N training images only
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Model file to write (default: runs/<arch>.safetensors); a checkpoint goes beside it
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run whose checkpoint is beside --out (runs/<arch>.ckpt.safetensors)
+    #[arg(long)]
+    resume: bool,
+    /// Continue from this checkpoint file instead
+    #[arg(long, value_name = "CHECKPOINT")]
+    resume_from: Option<PathBuf>,
+    /// Do not write a checkpoint after each epoch
+    #[arg(long)]
+    no_checkpoint: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let arch_name = a.arch.clone().ok_or_else(|| anyhow!("--arch is required"))?;
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}.safetensors", file_stem(&arch_name))));
+    let resume_path = match (&a.resume_from, a.resume) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(modelfile::checkpoint_path(&out)),
+        (None, false) => None,
+    };
+    let resume = match resume_path {
+        None => None,
+        Some(path) => {
+            if !path.exists() {
+                bail!(
+                    "no checkpoint to resume from at {} (it is written beside --out after each epoch)",
+                    path.display()
+                );
+            }
+            let ck = modelfile::load(&path, None).with_context(|| "cannot resume")?;
+            if ck.train.is_none() {
+                bail!(
+                    "{} is a finished model, not a checkpoint; resume from the .ckpt.safetensors file",
+                    path.display()
+                );
+            }
+            Some(ck)
+        }
+    };
+    // The spec: the checkpoint's when resuming (only --epochs may change), else the preset.
+    let mut spec = match &resume {
+        Some(ck) => ck.arch.spec.clone(),
+        None => presets::load(&arch_name)?,
+    };
+    if let Some(e) = a.epochs {
+        spec.train.epochs = e;
+    }
+    if resume.is_none() {
+        if let Some(bs) = a.batch {
+            spec.train.batch = bs;
+        }
+        if let Some(lr) = a.lr {
+            spec.train.optimizer.set_lr(lr);
+        }
+        if let Some(d) = a.ema {
+            spec.train.ema = Some(d);
+        }
+    } else if a.batch.is_some() || a.lr.is_some() || a.ema.is_some() {
+        eprintln!("note: resuming keeps the checkpoint's batch size, learning rate and weight averaging");
+    }
+    spec.train.validate().map_err(|e| anyhow!("invalid setting: {e}"))?;
+    if a.limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    let arch = Arch::new(spec)?;
+    let seed = resume.as_ref().and_then(|c| c.train.as_ref()).map_or(a.seed, |t| t.progress.seed);
+    let splits = a.data.load(arch.spec.input, seed)?;
+    let (train_ds, test_ds) = match a.limit {
+        Some(n) => (splits.train.take(n), splits.test),
+        None => (splits.train, splits.test),
+    };
+    let chosen = choose_backend(&a.device)?;
+    let mut run_info = HashMap::new();
+    run_info.insert(
+        "run".into(),
+        serde_json::json!({ "backend": chosen.label(), "seed": seed, "train_images": train_ds.len() }).to_string(),
+    );
+    crate::with_backend!(chosen, b => {
+        let r = arch.recipe();
+        println!(
+            "gpu-train: {} on {} | {} training / {} test images in {} classes | {} epochs, batch {}, {} | seed {seed}",
+            arch.name(), b.name(), train_ds.len(), test_ds.len(), train_ds.classes.len(), r.epochs, r.batch,
+            describe_optimizer(&r.optimizer),
+        );
+        print!("{}", arch.summary());
+        if let Some(d) = r.ema {
+            println!("weight average: decay {d} per step; the test figures and the saved model are the average's");
+        }
+        if let Some(ck) = &resume {
+            let p = &ck.train.as_ref().expect("checked above").progress;
+            println!("resuming after epoch {} (step {})", p.epoch, p.global_step);
+        }
+        let mut info = run_info;
+        info.insert("device".into(), b.name());
+        let cfg = train::TrainConfig {
+            arch: arch.clone(),
+            seed,
+            out: out.clone(),
+            resume,
+            progress: std::io::stderr().is_terminal(),
+            checkpoints: !a.no_checkpoint,
+            run_info: info,
+            data: splits.info.clone(),
+        };
+        let s = train::train(b, cfg, train_ds, &test_ds)?;
+        println!(
+            "done: {} epochs in {:.1}s; test accuracy {:.2}% (error {:.2}%), loss {:.4}; model saved to {}",
+            s.epochs_run,
+            s.seconds,
+            100.0 * s.final_test.accuracy(),
+            100.0 * (1.0 - s.final_test.accuracy()),
+            s.final_test.loss,
+            out.display()
+        );
+    });
+    Ok(())
+}
+
+fn describe_optimizer(o: &Optimizer) -> String {
+    match *o {
+        Optimizer::Adam { lr, weight_decay, .. } if weight_decay > 0.0 => format!("adamw lr {lr} wd {weight_decay}"),
+        Optimizer::Adam { lr, bias_correction: BiasCorrection::Epoch, .. } => {
+            format!("adam lr {lr} (bias correction per epoch, as seed B)")
+        }
+        Optimizer::Adam { lr, .. } => format!("adam lr {lr}"),
+        Optimizer::Sgd { lr, momentum } if momentum > 0.0 => format!("sgd lr {lr} momentum {momentum}"),
+        Optimizer::Sgd { lr, .. } => format!("sgd lr {lr}"),
+    }
+}

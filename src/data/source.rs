@@ -1,0 +1,341 @@
+//! `--data PATH`: any image-classification data set, recognised by what is there.
+//!
+//! In order: the four IDX files of MNIST and its kin; CIFAR-10 or CIFAR-100 binary batch
+//! files (`cifar`); a folder per class, either split (`PATH/train/<class>/*` and
+//! `PATH/test/<class>/*`, or `PATH/val/<class>/*`) or not (`PATH/<class>/*`, of which
+//! `--val-split` holds out a share as the test set, drawn with the run's seed). Whatever the
+//! source, images are brought to the model's input shape: channels converted and, when the
+//! size differs, resized by `--resize`. Folders of pictures are decoded once and cached
+//! (`cache`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use super::cache::{self, Header, Packed};
+use super::folder::{self, Listing};
+use super::{DataInfo, Dataset, Resize, cifar};
+use crate::error::{Error, Result};
+use crate::rng;
+
+/// The share of a single folder of classes held out as the test set when `--val-split` is
+/// not given.
+pub const DEFAULT_VAL_SPLIT: f32 = 0.2;
+
+/// How to load a data set for a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The model's input (channels, height, width).
+    pub shape: [usize; 3],
+    pub resize: Resize,
+    /// A single folder of classes: the share held out as the test set.
+    pub val_split: Option<f32>,
+    /// The run's seed (draws that split).
+    pub seed: u64,
+    /// Leave pictures that do not decode out (listed) instead of stopping.
+    pub skip_bad: bool,
+    /// Read and write the packed cache of decoded pictures.
+    pub cache: bool,
+    pub cache_dir: Option<PathBuf>,
+    /// Show a progress bar while decoding (on a terminal).
+    pub progress: bool,
+}
+
+impl LoadOptions {
+    pub fn new(shape: [usize; 3]) -> LoadOptions {
+        LoadOptions {
+            shape,
+            resize: Resize::default(),
+            val_split: None,
+            seed: 1,
+            skip_bad: false,
+            cache: true,
+            cache_dir: None,
+            progress: false,
+        }
+    }
+}
+
+/// A loaded data set: both splits and where they came from.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    pub train: Dataset,
+    pub test: Dataset,
+    pub info: DataInfo,
+}
+
+/// Loads the data set at `path` for a model whose input is `o.shape`.
+pub fn load(path: &Path, o: &LoadOptions) -> Result<Splits> {
+    if !path.exists() {
+        return Err(Error::Data(format!("{}: no such file or folder", path.display())));
+    }
+    if !path.is_dir() {
+        return Err(Error::Data(format!(
+            "{}: --data takes a folder (of IDX files, CIFAR batch files, or a folder per class)",
+            path.display()
+        )));
+    }
+    let info = |source: &str, classes: &[String], digits| DataInfo {
+        source: source.into(),
+        path: path.display().to_string(),
+        classes: classes.to_vec(),
+        resize: None,
+        digits,
+    };
+    if super::has_idx(path) {
+        let (train, test) = super::load_dir(path)?;
+        let mut info = info("idx", &train.classes, true);
+        return adapt(train, test, o, &mut info);
+    }
+    if let Some(layout) = cifar::detect(path) {
+        let (train, test) = cifar::load(&layout)?;
+        let mut info = info(layout.name(), &train.classes, false);
+        return adapt(train, test, o, &mut info);
+    }
+    let test_dir = ["test", "val"].iter().map(|d| path.join(d)).find(|d| d.is_dir());
+    let (train, test) = match (path.join("train"), test_dir) {
+        (train, Some(test)) if train.is_dir() => {
+            let (tr, te) = (folder::list(&train)?, folder::list(&test)?);
+            same_classes(&tr, &te, &train, &test)?;
+            let (mut train, test) = decode_cached(path, &tr, Some(&te), o)?;
+            // Class folders come in order; a fixed shuffle makes `--limit` and the recipe's
+            // validation share draw from every class.
+            let perm = rng::epoch_permutation(0, 0, train.len());
+            train = train.select(&perm.iter().map(|&i| i as usize).collect::<Vec<_>>());
+            (train, test)
+        }
+        (train, None) if train.is_dir() => {
+            return Err(Error::Data(format!(
+                "{}: has a train/ folder but no test/ or val/ beside it; add one, or point --data at train/ and use --val-split",
+                path.display()
+            )));
+        }
+        _ => {
+            let listing = folder::list(path)?;
+            let split = o.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
+            if !(split > 0.0 && split < 1.0) {
+                return Err(Error::Config(format!("--val-split must be a fraction in (0, 1), got {split}")));
+            }
+            if o.val_split.is_none() {
+                println!(
+                    "data: one folder per class and no test/ folder: holding out {:.0}% as the test set (--val-split)",
+                    100.0 * split
+                );
+            }
+            let (all, _) = decode_cached(path, &listing, None, o)?;
+            split_by_seed(all, split, o.seed)?
+        }
+    };
+    // Pictures of any size went through the resize rule (those of the input's size unchanged).
+    let mut info = info("folder", &train.classes, false);
+    info.resize = Some(o.resize);
+    Ok(Splits { train, test, info })
+}
+
+/// Train and test class folders must name the same classes.
+fn same_classes(tr: &Listing, te: &Listing, train: &Path, test: &Path) -> Result<()> {
+    if tr.classes == te.classes {
+        return Ok(());
+    }
+    let only = |a: &Listing, b: &Listing| -> String {
+        let v: Vec<&str> = a.classes.iter().filter(|c| !b.classes.contains(c)).map(String::as_str).take(10).collect();
+        if v.is_empty() { "-".into() } else { v.join(", ") }
+    };
+    Err(Error::Data(format!(
+        "the class folders of {} and {} differ (only in the first: {}; only in the second: {}); both need the same classes",
+        train.display(),
+        test.display(),
+        only(tr, te),
+        only(te, tr)
+    )))
+}
+
+/// A single folder's pictures split into training and test sets by a permutation drawn from
+/// the run's seed.
+fn split_by_seed(all: Dataset, share: f32, seed: u64) -> Result<(Dataset, Dataset)> {
+    let perm: Vec<usize> = rng::epoch_permutation(seed, 0x5b1, all.len()).iter().map(|&i| i as usize).collect();
+    let test_len = ((all.len() as f64 * share as f64).round() as usize).clamp(1, all.len().saturating_sub(1));
+    if all.len() < 2 {
+        return Err(Error::Data("at least two pictures are needed to hold some out as a test set".into()));
+    }
+    let cut = all.len() - test_len;
+    Ok((all.select(&perm[..cut]), all.select(&perm[cut..])))
+}
+
+fn bar(enabled: bool, len: usize) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("decoding [{bar:30}] {pos}/{len} pictures, {per_sec}, ETA {eta}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Decodes a folder listing (and, for a split layout, the test listing), or reads it from the
+/// cache when the pictures have not changed since it was written.
+fn decode_cached(root: &Path, train: &Listing, test: Option<&Listing>, o: &LoadOptions) -> Result<(Dataset, Dataset)> {
+    let files: Vec<&(PathBuf, u32)> = train.files.iter().chain(test.iter().flat_map(|t| t.files.iter())).collect();
+    let ignored = train.ignored.len() + test.map_or(0, |t| t.ignored.len());
+    if ignored > 0 {
+        let first = train.ignored.iter().chain(test.iter().flat_map(|t| t.ignored.iter())).next();
+        println!(
+            "note: ignored {ignored} file(s) that are not pictures by their extension (e.g. {})",
+            first.map_or_else(String::new, |p| p.display().to_string())
+        );
+    }
+    let len = o.shape.iter().product::<usize>();
+    crate::memory::check_host(
+        &format!("the {} decoded pictures ({}x{}x{} bytes each)", files.len(), o.shape[0], o.shape[1], o.shape[2]),
+        (files.len() * len) as u64,
+        "use a smaller input size in the model file or fewer pictures",
+    )?;
+    let make = |(images, labels): (Vec<u8>, Vec<u32>)| Dataset {
+        images,
+        labels,
+        channels: o.shape[0],
+        height: o.shape[1],
+        width: o.shape[2],
+        classes: train.classes.clone(),
+    };
+    let cache_file = if o.cache {
+        let key = cache::key(root, &files, o.shape, o.resize)?;
+        cache::location(root, o.cache_dir.as_deref()).map(|dir| (cache::file(&dir, root, &key), key))
+    } else {
+        None
+    };
+    if let Some(((path, _), key)) = &cache_file {
+        let t = Instant::now();
+        match cache::read(path, key) {
+            Ok(Some((header, packed))) => {
+                report_skipped(&header.skipped, o.skip_bad, true)?;
+                println!(
+                    "data: {} pictures in {} classes from {}, read from the cache {} in {:.2}s",
+                    header.train + header.test,
+                    header.classes.len(),
+                    root.display(),
+                    path.display(),
+                    t.elapsed().as_secs_f64()
+                );
+                return Ok((make(packed.train), make(packed.test)));
+            }
+            Ok(None) => {}
+            Err(why) => println!("note: the cache {} does not match its data ({why}); rebuilding it", path.display()),
+        }
+    }
+    let t = Instant::now();
+    let progress = bar(o.progress, files.len());
+    let tr = folder::decode_all(&train.files, o.shape, o.resize, o.skip_bad, &progress)?;
+    let te = match test {
+        Some(t) => folder::decode_all(&t.files, o.shape, o.resize, o.skip_bad, &progress)?,
+        None => folder::Decoded::default(),
+    };
+    progress.finish_and_clear();
+    let skipped: Vec<(PathBuf, String)> = tr.skipped.iter().chain(&te.skipped).cloned().collect();
+    report_skipped(&skipped, o.skip_bad, false)?;
+    if tr.labels.is_empty() || (test.is_some() && te.labels.is_empty()) {
+        return Err(Error::Data(format!("{}: no picture could be decoded", root.display())));
+    }
+    let mut where_cached = String::new();
+    let packed = Packed { train: (tr.images, tr.labels), test: (te.images, te.labels) };
+    if let Some(((path, prefix), key)) = &cache_file {
+        let header = Header {
+            key: key.clone(),
+            shape: o.shape,
+            train: packed.train.1.len(),
+            test: packed.test.1.len(),
+            classes: train.classes.clone(),
+            skipped: skipped.clone(),
+            crc32: 0,
+        };
+        match cache::write(path, prefix, header, &packed) {
+            Ok(()) => where_cached = format!("; cached in {}", path.display()),
+            Err(e) => println!("note: could not write the cache ({e}); the next run decodes again"),
+        }
+    }
+    println!(
+        "data: decoded {} pictures in {} classes from {} in {:.1}s on {} threads{where_cached}",
+        packed.train.1.len() + packed.test.1.len(),
+        train.classes.len(),
+        root.display(),
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
+    Ok((make(packed.train), make(packed.test)))
+}
+
+/// Lists the pictures left out with --skip-bad; without it, a cached record of a bad picture
+/// is the same error as decoding it.
+fn report_skipped(skipped: &[(PathBuf, String)], skip_bad: bool, cached: bool) -> Result<()> {
+    let Some((first, why)) = skipped.first() else { return Ok(()) };
+    if !skip_bad {
+        return Err(Error::Image {
+            path: first.clone(),
+            reason: format!("{why} (pass --skip-bad to leave unreadable pictures out)"),
+        });
+    }
+    let from = if cached { " (as recorded in the cache)" } else { "" };
+    println!("note: skipped {} picture(s) that could not be decoded{from}:", skipped.len());
+    for (p, why) in skipped {
+        println!("  {}: {why}", p.display());
+    }
+    Ok(())
+}
+
+/// IDX splits (as `--data-dir` names them) brought to the model's input shape.
+pub fn from_idx(train: Dataset, test: Dataset, dir: &Path, digits: bool, o: &LoadOptions) -> Result<Splits> {
+    let mut info = DataInfo {
+        source: "idx".into(),
+        path: dir.display().to_string(),
+        classes: train.classes.clone(),
+        resize: None,
+        digits,
+    };
+    adapt(train, test, o, &mut info)
+}
+
+/// IDX or CIFAR images brought to the model's input shape, if theirs differs.
+fn adapt(train: Dataset, test: Dataset, o: &LoadOptions, info: &mut DataInfo) -> Result<Splits> {
+    let convert = |ds: Dataset| -> Result<Dataset> {
+        if ds.shape() == o.shape {
+            return Ok(ds);
+        }
+        crate::memory::check_host(
+            &format!("{} images converted to {:?}", ds.len(), o.shape),
+            (ds.len() * o.shape.iter().product::<usize>()) as u64,
+            "use a smaller input size in the model file",
+        )?;
+        let images: Vec<u8> = (0..ds.len())
+            .into_par_iter()
+            .flat_map_iter(|i| folder::to_input(&as_picture(&ds, i), o.shape, o.resize))
+            .collect();
+        Ok(Dataset { images, channels: o.shape[0], height: o.shape[1], width: o.shape[2], ..ds })
+    };
+    if (train.height, train.width) != (o.shape[1], o.shape[2]) {
+        info.resize = Some(o.resize);
+    }
+    Ok(Splits { train: convert(train)?, test: convert(test)?, info: info.clone() })
+}
+
+/// Image `i` of a data set as a picture (planar bytes to the image crate's interleaved ones).
+fn as_picture(ds: &Dataset, i: usize) -> image::DynamicImage {
+    let (c, h, w) = (ds.channels, ds.height, ds.width);
+    let img = ds.image(i);
+    let mut px = vec![0u8; c * h * w];
+    for ch in 0..c {
+        for p in 0..h * w {
+            px[p * c + ch] = img[ch * h * w + p];
+        }
+    }
+    let (w, h) = (w as u32, h as u32);
+    let pic = match c {
+        1 => image::GrayImage::from_raw(w, h, px).map(image::DynamicImage::ImageLuma8),
+        2 => image::GrayAlphaImage::from_raw(w, h, px).map(image::DynamicImage::ImageLumaA8),
+        3 => image::RgbImage::from_raw(w, h, px).map(image::DynamicImage::ImageRgb8),
+        _ => image::RgbaImage::from_raw(w, h, px).map(image::DynamicImage::ImageRgba8),
+    };
+    pic.unwrap_or_else(|| image::DynamicImage::new_luma8(w, h))
+}
