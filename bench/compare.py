@@ -219,6 +219,7 @@ def main():
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "gpu-train"))
     ap.add_argument("--python", default=sys.executable, help="Python with torch installed")
     ap.add_argument("--name", default=None, help="results file name (default: device-arch-date)")
+    ap.add_argument("--note", default=None, help="a remark to keep in the results file")
     args = ap.parse_args()
     start = time.monotonic()
     deadline = None if args.deadline is None else start + args.deadline
@@ -246,6 +247,8 @@ def main():
                      "warmup": args.warmup, "torch_args": args.torch_args},
         "results": [],
     }
+    if args.note:
+        record["note"] = args.note
 
     def write():
         with open(path, "w") as f:

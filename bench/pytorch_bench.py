@@ -264,7 +264,16 @@ def dynamo_counters():
     out = {}
     try:
         out["unique_graphs"] = counters["stats"]["unique_graphs"]
-        out["graph_breaks"] = dict(counters["graph_break"])
+        # Expected: one at backward() and Optimizer.step's own two (around its body).
+        breaks = {}
+        for reason, n in counters["graph_break"].items():
+            first = reason.strip().splitlines()[0][:200]
+            breaks[first] = breaks.get(first, 0) + n
+        out["graph_breaks"] = breaks
+        # Whether the compile hit Inductor's and AOTAutograd's on-disk caches (a warm cache
+        # makes compile_seconds much smaller than on a fresh machine), and cudagraph skips.
+        out["caches"] = {k: v for k, v in list(counters["inductor"].items()) + list(counters["aot_autograd"].items())
+                         if "cache" in k}
         skips = {k: v for k, v in counters["inductor"].items() if "cudagraph" in k}
         if skips:
             out["inductor_cudagraph"] = skips
