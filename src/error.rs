@@ -40,6 +40,11 @@ pub enum Error {
 
     #[error("GPU: {0}")]
     Gpu(String),
+
+    /// A model that cannot be written as ONNX (a layer on an input its op cannot take, an
+    /// option that does not apply to it).
+    #[error("cannot export {name} to ONNX: {reason}")]
+    Export { name: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
