@@ -1,4 +1,4 @@
-//! The `gpu-train` command line: train (the default), eval, predict, bench, presets,
+//! The `gpu-train` command line: train (the default), eval, predict, export, bench, presets,
 //! devices, selftest. Errors end as one line on stderr and a non-zero exit.
 
 use std::collections::HashMap;
@@ -13,6 +13,7 @@ use gpu_train::backend::Backend;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data::{self, Dataset, DatasetKind};
 use gpu_train::evaluate;
+use gpu_train::export;
 use gpu_train::gpu::{GpuBackend, device};
 use gpu_train::model::{Arch, presets};
 use gpu_train::modelfile::{self, Loaded};
@@ -45,6 +46,8 @@ enum Cmd {
     Eval(EvalArgs),
     /// Classify image files with a saved model
     Predict(PredictArgs),
+    /// Write a saved model as ONNX (opset 13), for onnxruntime, OpenCV, TensorRT, browsers
+    Export(ExportArgs),
     /// Time training steps and print one JSON line
     Bench(BenchArgs),
     /// List the built-in architectures, or print one as a model file
@@ -187,6 +190,22 @@ struct PredictArgs {
 }
 
 #[derive(Args)]
+struct ExportArgs {
+    /// Model file (safetensors)
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// ONNX file to write
+    #[arg(long, value_name = "OUT")]
+    onnx: PathBuf,
+    /// Output class probabilities (a final softmax) instead of logits
+    #[arg(long)]
+    softmax: bool,
+    /// Architecture, for files that do not record one
+    #[arg(long)]
+    arch: Option<String>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Architecture: a preset or a model file
     #[arg(long, default_value = "cnn4")]
@@ -277,6 +296,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Train(a)) => cmd_train(a),
         Some(Cmd::Eval(a)) => cmd_eval(a),
         Some(Cmd::Predict(a)) => cmd_predict(a),
+        Some(Cmd::Export(a)) => cmd_export(a),
         Some(Cmd::Bench(a)) => cmd_bench(a),
         Some(Cmd::Presets { name }) => cmd_presets(name),
         Some(Cmd::Devices) => cmd_devices(),
@@ -549,6 +569,22 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
             println!("{}: {}  [top 3: {}]", path.display(), order[0], top.join(", "));
         }
     });
+    Ok(())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let model = load_model(&a.model, a.arch.as_deref())?;
+    let e = export::write(&model, &a.onnx, a.softmax)?;
+    let [c, h, w] = model.arch.spec.input;
+    println!(
+        "wrote {}: ONNX opset {}, {} nodes, {:.1} kB; input (N, {c}, {h}, {w}) pixel/255, output {} (N, {})",
+        a.onnx.display(),
+        export::OPSET,
+        e.nodes,
+        e.bytes.len() as f64 / 1e3,
+        e.output,
+        model.arch.classes()
+    );
     Ok(())
 }
 
