@@ -574,7 +574,8 @@ fn cmd_predict(a: PredictArgs) -> Result<()> {
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
     let model = load_model(&a.model, a.arch.as_deref())?;
-    let e = export::write(&model, &a.onnx, a.softmax)?;
+    let e = export::export(&model, a.softmax)?;
+    modelfile::write_atomic(&a.onnx, &e.bytes).context("cannot write the ONNX file")?;
     let [c, h, w] = model.arch.spec.input;
     println!(
         "wrote {}: ONNX opset {}, {} nodes, {:.1} kB; input (N, {c}, {h}, {w}) pixel/255, output {} (N, {})",

@@ -368,7 +368,7 @@ fn bad_input_gives_one_line_errors() {
     let file = tmp.path().join("file");
     std::fs::write(&file, b"").unwrap();
     let model = repo().join("models/mlp.safetensors");
-    fails_with(&["export", "--model", p(&model), "--onnx", p(&file.join("out.onnx"))], "file");
+    fails_with(&["export", "--model", p(&model), "--onnx", p(&file.join("out.onnx"))], "cannot write the ONNX file");
     fails_with(&["export", "--model", p(&model), "--onnx", p(tmp.path())], p(tmp.path()));
     fails_with(&["export", "--model", p(&model)], "--onnx");
     // With --arch, PyTorch's file exports.

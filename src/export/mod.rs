@@ -65,9 +65,9 @@ pub fn export(model: &Loaded, softmax: bool) -> Result<Exported> {
     let arch = &model.arch;
     let err = |reason: String| Error::Export { name: arch.name().to_string(), reason };
     if softmax && arch.recipe().loss == Loss::Mse {
-        return Err(err("it is trained with mse against one-hot targets, so its outputs are scores, not logits; \
-             --softmax does not apply (export without it)"
-            .into()));
+        let why = "it is trained with mse against one-hot targets, so its outputs are scores, not logits; \
+                   --softmax does not apply (export without it)";
+        return Err(err(why.into()));
     }
     let [c, h, w] = arch.spec.input;
     let mut g = Builder { model, nodes: Vec::new(), initializers: Vec::new(), cur: "input".into() };
@@ -93,7 +93,7 @@ pub fn export(model: &Loaded, softmax: bool) -> Result<Exported> {
         initializer: g.initializers,
         doc_string: None,
         input: vec![value("input", &[None, Some(c), Some(h), Some(w)], "pixel / 255, NCHW")],
-        output: vec![value(output, &[None, Some(classes)], output)],
+        output: vec![value(output, &[None, Some(classes)], &format!("{output}, one row of {classes} per image"))],
     };
     let proto = ModelProto {
         ir_version: Some(IR_VERSION),
