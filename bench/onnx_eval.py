@@ -16,6 +16,7 @@ only.
 import argparse
 import gzip
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,7 +66,9 @@ def main():
     images = read_idx(args.data_dir, "t10k", "images-idx3-ubyte")
     labels = read_idx(args.data_dir, "t10k", "labels-idx1-ubyte")
     n = len(labels)
-    print(f"onnxruntime {ort.__version__}, {n} test images from {args.data_dir}")
+    shown = os.path.relpath(args.data_dir)
+    shown = args.data_dir if shown.startswith("..") else shown
+    print(f"onnxruntime {ort.__version__}, {n} test images from {shown}")
     failed = 0
     for path in args.models:
         if not path.is_file():
