@@ -44,6 +44,11 @@ pub enum Error {
     /// Something would not fit in host or device memory (checked before allocating).
     #[error("too large: {0}")]
     Memory(String),
+
+    /// A model that cannot be written as ONNX (a layer on an input its op cannot take, an
+    /// option that does not apply to it).
+    #[error("cannot export {name} to ONNX: {reason}")]
+    Export { name: String, reason: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -42,15 +42,20 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Runs one model over a data set on backend `b`.
-pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
-    let arch = model.arch.clone();
-    if data.shape() != arch.spec.input {
+fn check_input(model: &Loaded, name: &str, data: &Dataset) -> Result<()> {
+    if data.shape() != model.arch.spec.input {
         return Err(Error::Data(format!(
             "images are {}x{}x{}, model {name} expects {:?}",
-            data.channels, data.height, data.width, arch.spec.input
+            data.channels, data.height, data.width, model.arch.spec.input
         )));
     }
+    Ok(())
+}
+
+/// Runs one model over a data set on backend `b`.
+pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
+    check_input(model, name, data)?;
+    let arch = model.arch.clone();
     let classes = arch.classes();
     if let Some(m) = data.max_label().filter(|&m| m as usize >= classes) {
         return Err(Error::Data(format!("label {m} is out of range for model {name} with {classes} outputs")));
@@ -59,6 +64,15 @@ pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) 
     let mut net = Network::new(b, arch, EVAL_BATCH, &model.params, &model.state)?;
     let r = net.evaluate(b, &dev)?;
     Ok(Scored { name: name.to_string(), scores: r.scores, classes, loss: r.loss })
+}
+
+/// The final layer's outputs of one model for every example, (count, classes): logits for a
+/// cross-entropy model (what `score` turns into probabilities), the scores of an MSE one.
+pub fn logits<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Vec<f32>> {
+    check_input(model, name, data)?;
+    let dev = DeviceData::upload(b, data)?;
+    let mut net = Network::new(b, model.arch.clone(), EVAL_BATCH, &model.params, &model.state)?;
+    net.outputs(b, &dev)
 }
 
 /// The views of test-time augmentation (`eval --tta`): the image itself and its four

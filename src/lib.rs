@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod export;
 pub mod gpu;
 pub mod memory;
 pub mod model;

@@ -1,5 +1,5 @@
-//! The `gpu-train` command line: train (the default), eval, predict, bench, presets,
-//! devices, selftest; one file per command in `cli/`. Errors end as one line on stderr and a
+//! The `gpu-train` command line: train (the default), eval, predict, export, bench,
+//! presets, devices, selftest; one file per command in `cli/`. Errors end as one line on stderr and a
 //! non-zero exit.
 
 mod cli;
@@ -35,6 +35,8 @@ enum Cmd {
     Eval(cli::eval::EvalArgs),
     /// Classify image files with a saved model
     Predict(cli::predict::PredictArgs),
+    /// Write a saved model as ONNX (opset 13), for onnxruntime, OpenCV, TensorRT, browsers
+    Export(cli::export::ExportArgs),
     /// Time training steps and print one JSON line
     Bench(cli::bench::BenchArgs),
     /// List the built-in architectures, or print one as a model file
@@ -105,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Train(a)) => cli::train::run(a),
         Some(Cmd::Eval(a)) => cli::eval::run(a),
         Some(Cmd::Predict(a)) => cli::predict::run(a),
+        Some(Cmd::Export(a)) => cli::export::run(a),
         Some(Cmd::Bench(a)) => cli::bench::run(a),
         Some(Cmd::Presets { name }) => cli::info::presets(name),
         Some(Cmd::Devices) => cli::info::devices(),

@@ -648,6 +648,29 @@ impl<B: Backend> Network<B> {
         }
     }
 
+    /// Runs examples `start..start + n` of `data` through the evaluation plan (no dropout,
+    /// batch-norm running statistics), leaving their outputs (n, classes) in
+    /// `acts[eval_out]`.
+    fn forward_eval(&mut self, b: &mut B, data: &DeviceData<B>, start: usize, n: usize) {
+        let g = self.gather(start, n, data, None);
+        data.gather(b, &mut self.acts[0], &mut self.labels, &data.order, &g);
+        self.forward(b, n, false, 0, 0);
+    }
+
+    /// The final layer's outputs for a whole data set, (count, classes), in evaluation mode:
+    /// the logits of a cross-entropy model, which `evaluate` turns into probabilities. Reads
+    /// back once per batch.
+    pub fn outputs(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<Vec<f32>> {
+        let classes = self.arch.classes();
+        let mut out = Vec::with_capacity(data.len * classes);
+        for start in (0..data.len).step_by(self.cap) {
+            let n = self.cap.min(data.len - start);
+            self.forward_eval(b, data, start, n);
+            out.extend(b.download(&self.acts[self.eval_out], n * classes)?);
+        }
+        Ok(out)
+    }
+
     /// Evaluates on a whole data set (no dropout, batch-norm running statistics), in batches
     /// of the buffers' capacity, reading back once at the end.
     pub fn evaluate(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
@@ -658,9 +681,7 @@ impl<B: Backend> Network<B> {
         for i in 0..batches {
             let start = i * self.cap;
             let n = self.cap.min(data.len - start);
-            let g = self.gather(start, n, data, None);
-            data.gather(b, &mut self.acts[0], &mut self.labels, &data.order, &g);
-            self.forward(b, n, false, 0, 0);
+            self.forward_eval(b, data, start, n);
             let logits = &self.acts[self.eval_out];
             match self.loss {
                 Loss::CrossEntropy => {
