@@ -18,7 +18,7 @@ use common::*;
 use gpu_train::backend::{AdamStep, Backend};
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data;
-use gpu_train::model::spec::ModelSpec;
+use gpu_train::model::spec::{ModelSpec, Normalize};
 use gpu_train::model::{Act, Arch, presets};
 use gpu_train::network::{DeviceData, Network};
 use gpu_train::reference::{self as r, Reference};
@@ -255,16 +255,30 @@ fn whole_models_match_the_reference() {
     let mut specs: Vec<ModelSpec> =
         ["mlp", "cnn-a", "cnn2", "cnn4", "cnn6", "b2"].iter().map(|n| presets::load(n).unwrap()).collect();
     specs.push(presets::parse(bn, "bn").unwrap());
+    specs.push(presets::load("vgg").unwrap());
     let n = 3;
-    let data = data::load_dir(&mnist_dir()).unwrap().0.take(n);
-    for spec in specs {
+    let digits = data::load_dir(&mnist_dir()).unwrap().0.take(n);
+    // RGB pictures for the VGG-style preset, normalised per channel.
+    let colour = data::Dataset {
+        images: uniform(8, n * 3 * 32 * 32, 0.0, 256.0).iter().map(|&v| v as u8).collect(),
+        labels: vec![3, 1, 4],
+        channels: 3,
+        height: 32,
+        width: 32,
+        classes: data::numbered_classes(10),
+    };
+    for mut spec in specs {
+        let data = if spec.input[0] == 3 { &colour } else { &digits };
+        if spec.input[0] == 3 {
+            spec.train.normalize = Normalize::values(vec![0.49, 0.48, 0.45], vec![0.25, 0.24, 0.26]);
+        }
         let name = spec.name.clone();
         let arch = Arch::new(spec).unwrap();
         let (params, state) = arch.init(arch.recipe().init, 4);
         let mut c = CpuBackend::new();
         let mut r = Reference::new();
-        let cdev = DeviceData::upload(&mut c, &data).unwrap();
-        let rdev = DeviceData::upload(&mut r, &data).unwrap();
+        let cdev = DeviceData::upload(&mut c, data).unwrap();
+        let rdev = DeviceData::upload(&mut r, data).unwrap();
         let mut cnet = Network::new(&mut c, arch.clone(), n, &params, &state).unwrap();
         let mut rnet = Network::new(&mut r, arch.clone(), n, &params, &state).unwrap();
         let (mut cstats, mut rstats) = (c.alloc(2).unwrap(), r.alloc(2).unwrap());

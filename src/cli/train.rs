@@ -115,6 +115,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(n) => (splits.train.take(n), splits.test),
         None => (splits.train, splits.test),
     };
+    train::check_data(&arch, &train_ds, "training")?;
+    train::check_data(&arch, &test_ds, "test")?;
     let chosen = choose_backend(&a.device)?;
     let mut run_info = HashMap::new();
     run_info.insert(

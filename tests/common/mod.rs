@@ -87,3 +87,38 @@ pub fn sample_indices(n: usize, k: usize) -> Vec<usize> {
 pub fn dot(r: &[f32], y: &[f32]) -> f64 {
     r.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum()
 }
+
+/// Whether this is CI (`CI=true`), where a missing tool fails a test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// A Python interpreter that imports `modules` (comma-separated), or None (skip, with a
+/// message) outside CI; `GPU_TRAIN_PYTHON` names another interpreter.
+pub fn python_with(modules: &str, install: &str) -> Option<String> {
+    let py = std::env::var("GPU_TRAIN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let why = match std::process::Command::new(&py).args(["-c", &format!("import {modules}")]).output() {
+        Ok(o) if o.status.success() => return Some(py),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
+        Err(e) => e.to_string(),
+    };
+    let msg = format!("{py} cannot import {modules} ({why}); {install}");
+    assert!(!ci(), "CI=true but {msg}");
+    eprintln!("skipping: {msg}");
+    None
+}
+
+/// Runs the gpu-train binary from the repository root: (exit code, stdout, stderr).
+pub fn gpu_train_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-train"))
+        .args(args)
+        .current_dir(repo())
+        .env("CI", "")
+        .output()
+        .expect("run gpu-train");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
