@@ -101,6 +101,12 @@ pub trait Backend {
         usize::MAX
     }
 
+    /// Whether buffers live in host memory (the CPU backends), so that what a model needs is
+    /// checked against the host's memory before allocating.
+    fn allocates_on_host(&self) -> bool {
+        false
+    }
+
     /// A zero-filled buffer of `len` elements.
     fn alloc(&mut self, len: usize) -> Result<Self::Buf>;
     fn alloc_u32(&mut self, len: usize) -> Result<Self::IBuf>;

@@ -66,6 +66,7 @@ pub fn bench<B: Backend>(
     }
     let t0 = Instant::now();
     let recipe = arch.recipe().clone();
+    crate::network::check_fits(b, &arch, batch)?;
     let (params, state) = arch.init(recipe.init, 1);
     let name = arch.name().to_string();
     let dev = DeviceData::upload(b, data)?;

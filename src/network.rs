@@ -74,6 +74,44 @@ fn plan(arch: &Arch, train: bool) -> (Vec<Node>, usize) {
     (nodes, cur)
 }
 
+/// Fails, before anything is allocated, when a model with batches of up to `cap` examples
+/// cannot fit: its parameters with their gradients, optimizer state and average (and a host
+/// copy), and, on a backend in host memory, every activation and gradient buffer of a batch,
+/// against the host's available memory. (A GPU's per-buffer limit is checked by
+/// `Network::new`; its total memory is not something wgpu reports, and running out of it is
+/// reported by wgpu as one error.)
+pub fn check_fits<B: Backend>(b: &B, arch: &Arch, cap: usize) -> Result<()> {
+    // Parameters: values, gradients, Adam's two moments and an average in the backend's
+    // buffers, and the host copies made at initialisation and saving: at most seven copies on
+    // the host with a CPU backend, three with a GPU.
+    let copies = if b.allocates_on_host() { 7 } else { 3 };
+    let params = 4 * copies * (arch.n_params as u64 + arch.n_state as u64);
+    crate::memory::check_host(
+        &format!("the model's {} parameters with their gradients and optimizer state", arch.param_count()),
+        params,
+        "use fewer filters or units",
+    )?;
+    if b.allocates_on_host() {
+        // Every layer boundary's activations, and three gradient buffers of the largest.
+        let per_example: u64 = arch.shapes.iter().map(|s| s.len() as u64).sum::<u64>()
+            + 3 * arch.shapes.iter().map(|s| s.len() as u64).max().unwrap_or(0);
+        let (widest, at) = arch.shapes.iter().enumerate().map(|(i, s)| (s.len(), i)).max().unwrap_or((0, 0));
+        crate::memory::check_host(
+            &format!(
+                "the activations of a batch of {cap} ({} values per example; the widest, after layer {}, {})",
+                per_example,
+                at.saturating_sub(1),
+                arch.shapes[at]
+            ),
+            4 * per_example.saturating_mul(cap as u64) + params,
+            &format!(
+                "use a smaller --batch or fewer filters (the widest layer alone holds {widest} values per example)"
+            ),
+        )?;
+    }
+    Ok(())
+}
+
 /// `(&mut v[a], &v[b])` for a != b.
 fn split<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
     assert_ne!(a, b, "an op cannot write the buffer it reads");
@@ -240,6 +278,7 @@ impl<B: Backend> Network<B> {
         if cap == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
+        check_fits(b, &arch, cap)?;
         let (train_plan, train_out) = plan(&arch, true);
         let (eval_plan, eval_out) = plan(&arch, false);
         let nb = arch.layers.len() + 1;

@@ -65,6 +65,16 @@ fn bad_settings_and_files_give_one_line_errors() {
     check(with(&["--arch", p(&bad)]), "flatten");
     std::fs::write(&bad, "name = 'bad'\nlayers = [[[\n").unwrap();
     check(with(&["--arch", p(&bad)]), "bad.toml");
+    // A model far too large for the machine: refused before anything is allocated.
+    let big = tmp.path().join("big.toml");
+    std::fs::write(
+        &big,
+        "name = 'big'\nlayers = [{ type = 'conv2d', filters = 2000000, kernel = 5, padding = 2 }, { type = 'relu' }, \
+         { type = 'flatten' }, { type = 'dense', units = 10 }]\n",
+    )
+    .unwrap();
+    check(with(&["--arch", p(&big)]), "too large");
+    check(with(&["--arch", "mlp", "--batch", "100000000"]), "too large");
     // A truncated data file.
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -162,6 +172,16 @@ fn bench_prints_one_json_line_and_presets_list() {
     assert!(out.contains("cnn4 (b12)") && out.contains("a-fc7"));
     let (_, out, _) = gpu_train(&["presets", "cnn4"]);
     assert!(out.contains("name = \"cnn4\""));
+    // A model for RGB 32x32 without a data set to match: random pictures, said so.
+    let (code, out, err) =
+        gpu_train(&["bench", "--arch", "vgg", "--batch", "2", "--steps", "2", "--warmup", "1", "--backend", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["data"], "synthetic");
+    // The selftest judges the CPU alone when asked.
+    let (code, out, err) = gpu_train(&["selftest", "--backend", "cpu", "dense"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("15 of 15 cases passed") && out.contains("cpu~ref"), "{out}");
 }
 
 /// `gpu-train presets | head -1`: when the reader goes away, gpu-train stops without a panic

@@ -87,6 +87,10 @@ impl<T: Real> Backend for Cpu<T> {
         format!("cpu ({t} thread{}{p})", if t == 1 { "" } else { "s" })
     }
 
+    fn allocates_on_host(&self) -> bool {
+        true
+    }
+
     fn alloc(&mut self, len: usize) -> Result<Vec<T>> {
         Ok(vec![T::zero(); len])
     }

@@ -82,6 +82,10 @@ impl Backend for Reference {
         "reference (ndarray, f64)".into()
     }
 
+    fn allocates_on_host(&self) -> bool {
+        true
+    }
+
     fn alloc(&mut self, len: usize) -> Result<Vec<f64>> {
         Ok(vec![0.0; len])
     }

@@ -217,6 +217,7 @@ impl<B: Backend> Trainer<B> {
         let arch = cfg.arch.clone();
         let recipe = arch.recipe().clone();
 
+        crate::network::check_fits(b, &arch, recipe.batch.max(EVAL_BATCH))?;
         let train_dev = DeviceData::upload(b, &train)?;
         let test_dev = DeviceData::upload(b, test)?;
         let val = if val.is_empty() { None } else { Some(DeviceData::upload(b, &val)?) };
