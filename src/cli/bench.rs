@@ -58,7 +58,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // time of a step does not depend on the pixels, so other shapes get random ones.
     let given = a.data.data.is_some() || a.data.data_dir.is_some() || a.data.dataset.is_some();
     let (train_ds, data_kind) = if given || shape == [1, 28, 28] {
-        (a.data.load(shape, 1)?.train, "real")
+        // The loader's notes on stderr: stdout is the one JSON line.
+        let s = a.data.load_quietly(shape, 1)?;
+        s.notes.iter().for_each(|n| eprintln!("{n}"));
+        (s.train, "real")
     } else {
         (synthetic(shape, arch.classes(), a.batch), "synthetic")
     };

@@ -83,8 +83,16 @@ impl DataArgs {
             .unwrap_or_else(|| self.dataset.unwrap_or(DatasetKind::Mnist).default_dir())
     }
 
-    /// Loads the data set for a model taking `shape` (channels, height, width).
+    /// Loads the data set for a model taking `shape` (channels, height, width), printing what
+    /// the loader noted on stdout.
     pub fn load(&self, shape: [usize; 3], seed: u64) -> Result<Splits> {
+        let s = self.load_quietly(shape, seed)?;
+        s.notes.iter().for_each(|n| println!("{n}"));
+        Ok(s)
+    }
+
+    /// Loads the data set, leaving its notes to the caller.
+    pub fn load_quietly(&self, shape: [usize; 3], seed: u64) -> Result<Splits> {
         let o = LoadOptions {
             resize: self.resize,
             val_split: self.val_split,

@@ -58,16 +58,25 @@ impl LoadOptions {
     }
 }
 
-/// A loaded data set: both splits and where they came from.
+/// A loaded data set: both splits, where they came from, and what loading it found worth
+/// saying (decoding time, the cache, ignored and skipped files), for the caller to print.
 #[derive(Debug, Clone)]
 pub struct Splits {
     pub train: Dataset,
     pub test: Dataset,
     pub info: DataInfo,
+    pub notes: Vec<String>,
 }
 
 /// Loads the data set at `path` for a model whose input is `o.shape`.
 pub fn load(path: &Path, o: &LoadOptions) -> Result<Splits> {
+    let mut notes = Vec::new();
+    let mut s = load_noting(path, o, &mut notes)?;
+    s.notes = notes;
+    Ok(s)
+}
+
+fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<Splits> {
     if !path.exists() {
         return Err(Error::Data(format!("{}: no such file or folder", path.display())));
     }
@@ -99,7 +108,7 @@ pub fn load(path: &Path, o: &LoadOptions) -> Result<Splits> {
         (train, Some(test)) if train.is_dir() => {
             let (tr, te) = (folder::list(&train)?, folder::list(&test)?);
             same_classes(&tr, &te, &train, &test)?;
-            let (mut train, test) = decode_cached(path, &tr, Some(&te), o)?;
+            let (mut train, test) = decode_cached(path, &tr, Some(&te), o, notes)?;
             // Class folders come in order; a fixed shuffle makes `--limit` and the recipe's
             // validation share draw from every class.
             let perm = rng::epoch_permutation(0, 0, train.len());
@@ -119,19 +128,19 @@ pub fn load(path: &Path, o: &LoadOptions) -> Result<Splits> {
                 return Err(Error::Config(format!("--val-split must be a fraction in (0, 1), got {split}")));
             }
             if o.val_split.is_none() {
-                println!(
+                notes.push(format!(
                     "data: one folder per class and no test/ folder: holding out {:.0}% as the test set (--val-split)",
                     100.0 * split
-                );
+                ));
             }
-            let (all, _) = decode_cached(path, &listing, None, o)?;
+            let (all, _) = decode_cached(path, &listing, None, o, notes)?;
             split_by_seed(all, split, o.seed)?
         }
     };
     // Pictures of any size went through the resize rule (those of the input's size unchanged).
     let mut info = info("folder", &train.classes, false);
     info.resize = Some(o.resize);
-    Ok(Splits { train, test, info })
+    Ok(Splits { train, test, info, notes: Vec::new() })
 }
 
 /// Train and test class folders must name the same classes.
@@ -177,15 +186,21 @@ fn bar(enabled: bool, len: usize) -> ProgressBar {
 
 /// Decodes a folder listing (and, for a split layout, the test listing), or reads it from the
 /// cache when the pictures have not changed since it was written.
-fn decode_cached(root: &Path, train: &Listing, test: Option<&Listing>, o: &LoadOptions) -> Result<(Dataset, Dataset)> {
+fn decode_cached(
+    root: &Path,
+    train: &Listing,
+    test: Option<&Listing>,
+    o: &LoadOptions,
+    notes: &mut Vec<String>,
+) -> Result<(Dataset, Dataset)> {
     let files: Vec<&(PathBuf, u32)> = train.files.iter().chain(test.iter().flat_map(|t| t.files.iter())).collect();
     let ignored = train.ignored.len() + test.map_or(0, |t| t.ignored.len());
     if ignored > 0 {
         let first = train.ignored.iter().chain(test.iter().flat_map(|t| t.ignored.iter())).next();
-        println!(
+        notes.push(format!(
             "note: ignored {ignored} file(s) that are not pictures by their extension (e.g. {})",
             first.map_or_else(String::new, |p| p.display().to_string())
-        );
+        ));
     }
     let len = o.shape.iter().product::<usize>();
     crate::memory::check_host(
@@ -211,19 +226,21 @@ fn decode_cached(root: &Path, train: &Listing, test: Option<&Listing>, o: &LoadO
         let t = Instant::now();
         match cache::read(path, key) {
             Ok(Some((header, packed))) => {
-                report_skipped(&header.skipped, o.skip_bad, true)?;
-                println!(
+                report_skipped(&header.skipped, o.skip_bad, true, notes)?;
+                notes.push(format!(
                     "data: {} pictures in {} classes from {}, read from the cache {} in {:.2}s",
                     header.train + header.test,
                     header.classes.len(),
                     root.display(),
                     path.display(),
                     t.elapsed().as_secs_f64()
-                );
+                ));
                 return Ok((make(packed.train), make(packed.test)));
             }
             Ok(None) => {}
-            Err(why) => println!("note: the cache {} does not match its data ({why}); rebuilding it", path.display()),
+            Err(why) => {
+                notes.push(format!("note: the cache {} does not match its data ({why}); rebuilding it", path.display()))
+            }
         }
     }
     let t = Instant::now();
@@ -235,7 +252,7 @@ fn decode_cached(root: &Path, train: &Listing, test: Option<&Listing>, o: &LoadO
     };
     progress.finish_and_clear();
     let skipped: Vec<(PathBuf, String)> = tr.skipped.iter().chain(&te.skipped).cloned().collect();
-    report_skipped(&skipped, o.skip_bad, false)?;
+    report_skipped(&skipped, o.skip_bad, false, notes)?;
     if tr.labels.is_empty() || (test.is_some() && te.labels.is_empty()) {
         return Err(Error::Data(format!("{}: no picture could be decoded", root.display())));
     }
@@ -253,23 +270,23 @@ fn decode_cached(root: &Path, train: &Listing, test: Option<&Listing>, o: &LoadO
         };
         match cache::write(path, prefix, header, &packed) {
             Ok(()) => where_cached = format!("; cached in {}", path.display()),
-            Err(e) => println!("note: could not write the cache ({e}); the next run decodes again"),
+            Err(e) => notes.push(format!("note: could not write the cache ({e}); the next run decodes again")),
         }
     }
-    println!(
+    notes.push(format!(
         "data: decoded {} pictures in {} classes from {} in {:.1}s on {} threads{where_cached}",
         packed.train.1.len() + packed.test.1.len(),
         train.classes.len(),
         root.display(),
         t.elapsed().as_secs_f64(),
         rayon::current_num_threads()
-    );
+    ));
     Ok((make(packed.train), make(packed.test)))
 }
 
 /// Lists the pictures left out with --skip-bad; without it, a cached record of a bad picture
 /// is the same error as decoding it.
-fn report_skipped(skipped: &[(PathBuf, String)], skip_bad: bool, cached: bool) -> Result<()> {
+fn report_skipped(skipped: &[(PathBuf, String)], skip_bad: bool, cached: bool, notes: &mut Vec<String>) -> Result<()> {
     let Some((first, why)) = skipped.first() else { return Ok(()) };
     if !skip_bad {
         return Err(Error::Image {
@@ -278,9 +295,9 @@ fn report_skipped(skipped: &[(PathBuf, String)], skip_bad: bool, cached: bool) -
         });
     }
     let from = if cached { " (as recorded in the cache)" } else { "" };
-    println!("note: skipped {} picture(s) that could not be decoded{from}:", skipped.len());
+    notes.push(format!("note: skipped {} picture(s) that could not be decoded{from}:", skipped.len()));
     for (p, why) in skipped {
-        println!("  {}: {why}", p.display());
+        notes.push(format!("  {}: {why}", p.display()));
     }
     Ok(())
 }
@@ -317,7 +334,7 @@ fn adapt(train: Dataset, test: Dataset, o: &LoadOptions, info: &mut DataInfo) ->
     if (train.height, train.width) != (o.shape[1], o.shape[2]) {
         info.resize = Some(o.resize);
     }
-    Ok(Splits { train: convert(train)?, test: convert(test)?, info: info.clone() })
+    Ok(Splits { train: convert(train)?, test: convert(test)?, info: info.clone(), notes: Vec::new() })
 }
 
 /// Image `i` of a data set as a picture (planar bytes to the image crate's interleaved ones).
