@@ -52,6 +52,7 @@ fn synthetic(shape: [usize; 3], classes: usize, batch: usize) -> Dataset {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    super::init_threads(a.device.threads)?;
     let arch = Arch::new(presets::load(&a.arch)?)?;
     let shape = arch.spec.input;
     // The shipped MNIST unless the model takes another shape or --data says otherwise; the

@@ -35,6 +35,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    super::init_threads(a.device.threads)?;
     let models = a.models.iter().map(|p| load_model(p, a.arch.as_deref())).collect::<Result<Vec<_>>>()?;
     let shape = models[0].arch.spec.input;
     if let Some((m, p)) = models.iter().zip(&a.models).find(|(m, _)| m.arch.spec.input != shape) {

@@ -120,7 +120,7 @@ impl DataArgs {
     }
 }
 
-/// Sets up the CPU thread pool (once per process).
+/// Sets up the CPU thread pool: first thing in a command, before loading data uses it.
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
     if let Some(t) = threads {
         if t == 0 {
@@ -152,7 +152,6 @@ impl Chosen {
 /// `auto`: the best adapter if it is a real GPU; with only a software adapter (llvmpipe,
 /// far slower than the CPU backend) or none, the CPU, saying why in one line.
 pub fn choose_backend(d: &DeviceArgs) -> Result<Chosen> {
-    init_threads(d.threads)?;
     match d.backend {
         BackendChoice::Cpu => Ok(Chosen::Cpu(CpuBackend::new())),
         BackendChoice::Gpu => Ok(Chosen::Gpu(Box::new(GpuBackend::new(d.adapter)?))),

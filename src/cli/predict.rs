@@ -33,6 +33,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: PredictArgs) -> Result<()> {
+    super::init_threads(a.device.threads)?;
     let model = load_model(&a.model, a.arch.as_deref())?;
     let shape = model.arch.spec.input;
     let info = DataInfo::recorded(&model.metadata);

@@ -57,6 +57,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    super::init_threads(a.device.threads)?;
     let arch_name = a.arch.clone().ok_or_else(|| anyhow!("--arch is required"))?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}.safetensors", file_stem(&arch_name))));
     let resume_path = match (&a.resume_from, a.resume) {

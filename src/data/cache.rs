@@ -13,6 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::Resize;
@@ -46,14 +47,19 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The key of a folder's pictures as they are now (see the module comment).
 pub fn key(root: &Path, files: &[&(PathBuf, u32)], shape: [usize; 3], resize: Resize) -> Result<String> {
+    // One stat per picture, on all cores; then hashed in order.
+    let lines: Vec<String> = files
+        .par_iter()
+        .map(|(path, label)| {
+            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            let rel = path.strip_prefix(root).unwrap_or(path);
+            Ok(format!("{}\t{}\t{:?}\t{label}\n", rel.display(), meta.len(), mtime.map(|d| d.as_nanos())))
+        })
+        .collect::<Result<_>>()?;
     let mut h = Sha256::new();
     h.update(format!("gpu-train cache 1 {shape:?} {resize:?} {}\n", root.display()));
-    for (path, label) in files {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        let rel = path.strip_prefix(root).unwrap_or(path);
-        h.update(format!("{}\t{}\t{:?}\t{label}\n", rel.display(), meta.len(), mtime.map(|d| d.as_nanos())));
-    }
+    lines.iter().for_each(|l| h.update(l));
     Ok(hex(&h.finalize()))
 }
 

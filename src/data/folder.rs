@@ -45,13 +45,23 @@ fn is_hidden(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
 }
 
-/// The entries of a directory, sorted by name (hidden ones left out).
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .map(|e| e.map(|e| e.path()).map_err(|err| Error::io(dir, err)))
-        .collect::<Result<_>>()?;
-    v.retain(|p| !is_hidden(p));
+/// The entries of a directory, sorted by name (hidden ones left out), each with whether it
+/// is a directory (from the entry's type, so no extra stat except for symbolic links).
+fn sorted_entries(dir: &Path) -> Result<Vec<(PathBuf, bool)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|err| Error::io(dir, err))?;
+        let path = e.path();
+        if is_hidden(&path) {
+            continue;
+        }
+        let is_dir = match e.file_type() {
+            Ok(t) if t.is_symlink() => path.is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(_) => path.is_dir(),
+        };
+        v.push((path, is_dir));
+    }
     v.sort();
     Ok(v)
 }
@@ -61,8 +71,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, ignored: &mut Vec<PathBuf>, depth: u
     if depth > 32 {
         return Err(Error::Data(format!("{}: folders nested more than 32 deep (a link loop?)", dir.display())));
     }
-    for p in sorted_entries(dir)? {
-        if p.is_dir() {
+    for (p, is_dir) in sorted_entries(dir)? {
+        if is_dir {
             walk(&p, out, ignored, depth + 1)?;
         } else if is_picture(&p) {
             out.push(p);
@@ -78,8 +88,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, ignored: &mut Vec<PathBuf>, depth: u
 pub fn list(root: &Path) -> Result<Listing> {
     let mut listing = Listing::default();
     let mut class_dirs = Vec::new();
-    for p in sorted_entries(root)? {
-        if p.is_dir() {
+    for (p, is_dir) in sorted_entries(root)? {
+        if is_dir {
             class_dirs.push(p);
         } else {
             listing.ignored.push(p);

@@ -274,7 +274,7 @@ fn decode_cached(
         }
     }
     notes.push(format!(
-        "data: decoded {} pictures in {} classes from {} in {:.1}s on {} threads{where_cached}",
+        "data: decoded {} pictures in {} classes from {} in {:.1}s on {} thread(s){where_cached}",
         packed.train.1.len() + packed.test.1.len(),
         train.classes.len(),
         root.display(),
