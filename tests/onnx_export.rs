@@ -24,6 +24,7 @@ use gpu_train::data::{self, Dataset};
 use gpu_train::evaluate;
 use gpu_train::export;
 use gpu_train::model::spec::Loss;
+use gpu_train::model::spec::Normalize;
 use gpu_train::model::{Arch, Layer, presets};
 use gpu_train::modelfile::{self, Loaded};
 use serde_json::Value;
@@ -138,7 +139,7 @@ fn check_with_onnxruntime(py: &str, dir: &Path, images: &Dataset, cases: &[Case]
     let x: Vec<u8> = images.images.iter().flat_map(|&p| (p as f32 / 255.0).to_le_bytes()).collect();
     let input = dir.join("input.f32");
     std::fs::write(&input, x).unwrap();
-    let shape = [images.len(), 1, images.height, images.width];
+    let shape = [images.len(), images.channels, images.height, images.width];
     let mut manifest = Vec::new();
     for case in cases {
         let model = dir.join(format!("{}.onnx", case.name));
@@ -164,7 +165,7 @@ fn check_with_onnxruntime(py: &str, dir: &Path, images: &Dataset, cases: &[Case]
         let output = if case.softmax { "probabilities" } else { "logits" };
         assert_eq!(
             r["inputs"],
-            serde_json::json!([{ "name": "input", "shape": ["N", 1, 28, 28], "type": "tensor(float)" }])
+            serde_json::json!([{ "name": "input", "shape": ["N", images.channels, images.height, images.width], "type": "tensor(float)" }])
         );
         assert_eq!(r["outputs"], serde_json::json!([{ "name": output, "shape": ["N", k], "type": "tensor(float)" }]));
         assert_eq!(r["opset"], serde_json::json!([["", 13]]), "{}", case.name);
@@ -198,11 +199,35 @@ fn every_preset_agrees_with_onnxruntime() {
     let Some(py) = python() else { return };
     let images = mnist_test(IMAGES);
     let mut cases = Vec::new();
+    let mut colour = Vec::new();
     for p in presets::PRESETS {
-        cases.extend(cases_for(p.name, preset_model(p.name), &images));
+        let mut m = preset_model(p.name);
+        if m.arch.spec.input == [1, 28, 28] {
+            cases.extend(cases_for(p.name, m, &images));
+        } else {
+            // Colour presets (normalize = "auto" is resolved when training): per-channel
+            // values, so the Sub and Div constants are checked channel by channel.
+            m.arch.spec.train.normalize = Normalize::values(vec![0.49, 0.48, 0.45], vec![0.25, 0.24, 0.26]);
+            colour.push((p.name, m));
+        }
     }
     let tmp = tempfile::tempdir().unwrap();
     let results = check_with_onnxruntime(&py, tmp.path(), &images, &cases);
+    assert!(!colour.is_empty(), "the RGB presets");
+    for (name, m) in colour {
+        let [c, h, w] = m.arch.spec.input;
+        let pictures = Dataset {
+            images: uniform(3, IMAGES * c * h * w, 0.0, 256.0).iter().map(|&v| v as u8).collect(),
+            labels: (0..IMAGES as u32).map(|i| i % 10).collect(),
+            channels: c,
+            height: h,
+            width: w,
+            classes: data::numbered_classes(m.arch.classes()),
+        };
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        check_with_onnxruntime(&py, &dir, &pictures, &cases_for(name, m, &pictures));
+    }
     // The shipped cnn4 carries its class names, shape, normalisation, metrics and model file.
     let r = &results["cnn4"];
     let cnn4 = modelfile::load(&repo().join("models/cnn4.safetensors"), None).unwrap();
