@@ -221,13 +221,13 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             if a_ok && m0 + mm < d.x {
                 av = load_a(mode, m0 + mm, k0 + ka, kta);
             }
-            a_tile[ka * TM + mm] = av;
+            a_tile[tile_index(ka, mm)][mm >> 4u] = av;
             let kb = bk + 4u * r;
             var bv = 0.0;
             if col_ok && k0 + kb < k_end {
                 bv = load_b(mode, cb, ktab[kb]);
             }
-            b_tile[kb * TN + bn] = bv;
+            b_tile[tile_index(kb, bn)][bn >> 4u] = bv;
         }
         workgroupBarrier();
         tile_multiply(tx, ty, &acc);

@@ -61,7 +61,7 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             if m0 + mm < prm.m && k0 + ka < prm.k {
                 av = a[prm.a_off + (m0 + mm) * prm.a_rs + (k0 + ka) * prm.a_cs];
             }
-            a_tile[ka * TM + mm] = av;
+            a_tile[tile_index(ka, mm)][mm >> 4u] = av;
             var nn: u32;
             var kb: u32;
             if prm.b_rs == 1u {
@@ -75,7 +75,7 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             if n0 + nn < prm.n && k0 + kb < prm.k {
                 bv = b[prm.b_off + (k0 + kb) * prm.b_rs + (n0 + nn) * prm.b_cs];
             }
-            b_tile[kb * TN + nn] = bv;
+            b_tile[tile_index(kb, nn)][nn >> 4u] = bv;
         }
         workgroupBarrier();
         tile_multiply(tx, ty, &acc);
