@@ -101,6 +101,13 @@ pub trait Backend {
         usize::MAX
     }
 
+    /// (dispatches recorded, host seconds spent recording and submitting them) so far, for
+    /// backends that record work for a device (see `bench`); None for those that compute
+    /// as they are called.
+    fn host_counters(&self) -> Option<(u64, f64)> {
+        None
+    }
+
     /// Whether buffers live in host memory (the CPU backends), so that what a model needs is
     /// checked against the host's memory before allocating.
     fn allocates_on_host(&self) -> bool {

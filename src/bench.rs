@@ -32,6 +32,12 @@ pub struct BenchResult {
     pub seconds_per_epoch: f64,
     pub images_per_second: f64,
     pub augment: bool,
+    /// GPU: dispatches recorded per timed step, and the host's seconds per step recording
+    /// and submitting them (the CPU cost of a step apart from waiting for the GPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatches_per_step: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_seconds_per_step: Option<f64>,
     /// What training needs at the least: the data set, parameters with their gradients and
     /// optimizer state, and one batch's forward activations (bytes).
     pub footprint: Footprint,
@@ -113,7 +119,12 @@ pub fn bench<B: Backend>(
         Ok(t.elapsed().as_secs_f64())
     };
     let warmup_seconds = run(b, warmup, 0)?;
+    let before = b.host_counters();
     let seconds = run(b, steps, warmup)?;
+    let per_step = |after: (u64, f64), before: (u64, f64)| {
+        ((after.0 - before.0) as f64 / steps as f64, (after.1 - before.1) / steps as f64)
+    };
+    let host = before.zip(b.host_counters()).map(|(b0, b1)| per_step(b1, b0));
     let per_step = seconds / steps as f64;
     Ok(BenchResult {
         arch: name,
@@ -128,6 +139,8 @@ pub fn bench<B: Backend>(
         seconds_per_epoch: per_step * EPOCH_IMAGES.div_ceil(batch) as f64,
         images_per_second: batch as f64 / per_step,
         augment,
+        dispatches_per_step: host.map(|h| h.0),
+        host_seconds_per_step: host.map(|h| h.1),
         footprint,
     })
 }

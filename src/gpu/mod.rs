@@ -109,6 +109,10 @@ pub struct GpuBackend {
     errors: Arc<Mutex<Vec<String>>>,
     /// Seconds spent building shader modules and pipelines.
     pub compile_seconds: f64,
+    /// Dispatches recorded, and host seconds spent recording and submitting them (building
+    /// pipelines excluded): what a step costs the CPU, apart from the GPU's own time.
+    pub dispatches: u64,
+    pub host_seconds: f64,
     profiler: Option<Profiler>,
     memory: Arc<MemoryCount>,
 }
@@ -195,6 +199,8 @@ impl GpuBackend {
             staging: None,
             errors,
             compile_seconds: 0.0,
+            dispatches: 0,
+            host_seconds: 0.0,
             profiler: None,
             memory: {
                 let m = Arc::new(MemoryCount::default());
@@ -349,6 +355,13 @@ impl GpuBackend {
             return;
         }
         self.pipeline(entry);
+        let t = Instant::now();
+        self.record(entry, bufs, params, groups);
+        self.dispatches += 1;
+        self.host_seconds += t.elapsed().as_secs_f64();
+    }
+
+    fn record<P: Pod>(&mut self, entry: &'static str, bufs: &[&GpuBuf], params: &P, groups: [u32; 3]) {
         let Some(kernel) = shaders::kernel(entry) else { return };
         if bufs.len() != kernel.bindings.len() {
             self.fail(format!("{entry}: {} buffers for {} bindings", bufs.len(), kernel.bindings.len()));
@@ -378,7 +391,7 @@ impl GpuBackend {
         let profiler_full = self.profiler.as_ref().is_some_and(|p| 2 * p.pending.len() as u32 >= p.capacity);
         if self.arena.len() + SLOT > SLOT * ARENA_SLOTS || profiler_full {
             // Submit what is recorded (and, when profiling, read its timings), then go on.
-            if let Err(e) = self.submit() {
+            if let Err(e) = self.submit_recorded() {
                 self.fail(e.to_string());
                 return;
             }
@@ -428,6 +441,13 @@ impl GpuBackend {
 
     /// Ends the pass and submits everything recorded, with the parameter arena written first.
     fn submit(&mut self) -> Result<()> {
+        let t = Instant::now();
+        let r = self.submit_recorded();
+        self.host_seconds += t.elapsed().as_secs_f64();
+        r
+    }
+
+    fn submit_recorded(&mut self) -> Result<()> {
         self.pass = None;
         if let Some(mut enc) = self.encoder.take() {
             if let Some(p) = self.profiler.as_mut().filter(|p| !p.pending.is_empty()) {

@@ -243,6 +243,10 @@ impl Backend for GpuBackend {
         format!("{} ({:?})", self.info.name, self.info.backend)
     }
 
+    fn host_counters(&self) -> Option<(u64, f64)> {
+        Some((self.dispatches, self.host_seconds))
+    }
+
     fn max_buffer_len(&self) -> usize {
         (self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size) / 4) as usize
     }
