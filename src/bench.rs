@@ -104,6 +104,7 @@ pub fn bench<B: Backend>(
                 n: batches * batch,
                 batch,
                 lr: recipe.optimizer.lr(),
+                stepwise: None,
                 seed: 1,
                 augment: if augment { recipe.augment } else { None },
                 first_step: (epoch * batches) as u32,

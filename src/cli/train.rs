@@ -118,11 +118,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     train::check_data(&arch, &train_ds, "training")?;
     train::check_data(&arch, &test_ds, "test")?;
-    let chosen = choose_backend(&a.device)?;
+    let mut chosen = choose_backend(&a.device)?;
+    // Every GPU pipeline is built before the first step, so training time is training alone.
+    let mut compile_seconds = None;
+    if let super::Chosen::Gpu(g) = &mut chosen {
+        let t = g.compile_all()?;
+        println!(
+            "built {} GPU pipelines in {t:.2}s (not counted as training time)",
+            gpu_train::gpu::shaders::KERNELS.len()
+        );
+        compile_seconds = Some(t);
+    }
     let mut run_info = HashMap::new();
     run_info.insert(
         "run".into(),
-        serde_json::json!({ "backend": chosen.label(), "seed": seed, "train_images": train_ds.len() }).to_string(),
+        serde_json::json!({
+            "backend": chosen.label(), "seed": seed, "train_images": train_ds.len(),
+            "shader_compile_seconds": compile_seconds,
+        })
+        .to_string(),
     );
     crate::with_backend!(chosen, b => {
         let r = arch.recipe();

@@ -23,6 +23,7 @@ pub const PRESETS: &[Preset] = &[
     Preset { name: "cnn5", alias: None, source: include_str!("../../models/cnn5.toml") },
     Preset { name: "cnn6", alias: None, source: include_str!("../../models/cnn6.toml") },
     Preset { name: "vgg", alias: None, source: include_str!("../../models/vgg.toml") },
+    Preset { name: "speedrun", alias: None, source: include_str!("../../models/speedrun.toml") },
     Preset { name: "a-cnn1", alias: None, source: include_str!("../../models/seeds/a-cnn1.toml") },
     Preset { name: "a-cnn2", alias: None, source: include_str!("../../models/seeds/a-cnn2.toml") },
     Preset { name: "a-cnn3", alias: None, source: include_str!("../../models/seeds/a-cnn3.toml") },

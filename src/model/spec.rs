@@ -269,6 +269,24 @@ pub enum Schedule {
         #[serde(default)]
         warmup: usize,
     },
+    /// One cycle, step by step rather than epoch by epoch (for runs of an epoch or two): a
+    /// linear rise from `start` x base to the base rate over the first `warmup` share of all
+    /// steps, then a linear fall to `final_lr`.
+    OneCycle {
+        #[serde(default = "one_cycle_warmup")]
+        warmup: f32,
+        #[serde(default = "one_cycle_start")]
+        start: f32,
+        #[serde(default)]
+        final_lr: f32,
+    },
+}
+
+fn one_cycle_warmup() -> f32 {
+    0.2
+}
+fn one_cycle_start() -> f32 {
+    0.1
 }
 
 fn half() -> f32 {
@@ -479,6 +497,15 @@ impl Recipe {
             }
             Schedule::Cosine { min_lr, .. } if !(min_lr >= 0.0 && min_lr.is_finite()) => {
                 return Err("cosine schedule needs min_lr >= 0".into());
+            }
+            Schedule::OneCycle { warmup, start, final_lr }
+                if !((0.0..1.0).contains(&warmup)
+                    && start > 0.0
+                    && start <= 1.0
+                    && final_lr >= 0.0
+                    && final_lr.is_finite()) =>
+            {
+                return Err("one_cycle schedule needs 0 <= warmup < 1, 0 < start <= 1 and final_lr >= 0".into());
             }
             _ => {}
         }

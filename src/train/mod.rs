@@ -90,7 +90,10 @@ pub struct Epoch {
     /// Training examples (the last batch may be partial).
     pub n: usize,
     pub batch: usize,
+    /// The epoch's learning rate (its first step's, for a step-wise schedule).
     pub lr: f32,
+    /// Step-wise schedule: (schedule, base rate, epochs); None: `lr` for every step.
+    pub stepwise: Option<(crate::model::spec::Schedule, f32, usize)>,
     pub seed: u64,
     pub augment: Option<Augment>,
     /// Steps taken in the whole run before this epoch's first.
@@ -110,7 +113,10 @@ impl Epoch {
             slot: step,
             global_step: self.first_step + step as u32,
             epoch: self.index as u32 + 1,
-            lr: self.lr,
+            lr: match self.stepwise {
+                Some((s, base, epochs)) => schedule::lr_at_step(&s, base, self.index, epochs, step, self.steps()),
+                None => self.lr,
+            },
             seed: self.seed,
             augment: self.augment,
         }
@@ -284,6 +290,8 @@ impl<B: Backend> Trainer<B> {
             n: self.n,
             batch: self.recipe.batch,
             lr: schedule::lr_at(&self.recipe.schedule, self.recipe.optimizer.lr(), index, self.recipe.epochs),
+            stepwise: matches!(self.recipe.schedule, crate::model::spec::Schedule::OneCycle { .. })
+                .then(|| (self.recipe.schedule, self.recipe.optimizer.lr(), self.recipe.epochs)),
             seed: self.progress.seed,
             augment: self.recipe.augment,
             first_step: self.progress.global_step,

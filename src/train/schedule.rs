@@ -1,10 +1,29 @@
-//! Learning-rate schedules: the rate for epoch `e` (0-based) is a pure function of the epoch,
-//! so a resumed run picks up exactly where it stopped.
+//! Learning-rate schedules: the rate for epoch `e` (0-based) is a pure function of the epoch
+//! (or, for `one_cycle`, of the step), so a resumed run picks up exactly where it stopped.
 
 use crate::model::spec::Schedule;
 
+/// The rate for step `step` (0-based) of epoch `epoch` when an epoch has `steps` steps: the
+/// epoch's rate, except for the step-wise `one_cycle`.
+pub fn lr_at_step(schedule: &Schedule, base: f32, epoch: usize, epochs: usize, step: usize, steps: usize) -> f32 {
+    let Schedule::OneCycle { warmup, start, final_lr } = *schedule else {
+        return lr_at(schedule, base, epoch, epochs);
+    };
+    let total = (epochs * steps).max(1) as f64;
+    let t = (epoch * steps + step) as f64 / total;
+    let (base, warmup, start, final_lr) = (base as f64, warmup as f64, start as f64, final_lr as f64);
+    let lr = if t < warmup {
+        base * (start + (1.0 - start) * t / warmup)
+    } else {
+        base + (final_lr - base) * (t - warmup) / (1.0 - warmup).max(1e-12)
+    };
+    lr as f32
+}
+
+/// The rate of epoch `epoch` (at its first step, for `one_cycle`).
 pub fn lr_at(schedule: &Schedule, base: f32, epoch: usize, epochs: usize) -> f32 {
     match *schedule {
+        Schedule::OneCycle { .. } => lr_at_step(schedule, base, epoch, epochs, 0, 1),
         Schedule::Constant => base,
         Schedule::Step { every, factor } => base * factor.powi((epoch / every) as i32),
         Schedule::Tunable { warmup, halve_every, halve_until, late_halve_every } => {
@@ -38,6 +57,20 @@ pub fn lr_at(schedule: &Schedule, base: f32, epoch: usize, epochs: usize) -> f32
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_cycle_rises_then_falls_step_by_step() {
+        let s = Schedule::OneCycle { warmup: 0.25, start: 0.1, final_lr: 0.0 };
+        // 2 epochs of 10 steps: warm-up over steps 0-4, then down to 0 at step 20.
+        let at = |e, k| lr_at_step(&s, 1.0, e, 2, k, 10);
+        assert!((at(0, 0) - 0.1).abs() < 1e-7);
+        assert!((at(0, 5) - 1.0).abs() < 1e-7);
+        assert!((at(1, 5) - 1.0 / 3.0).abs() < 1e-6);
+        assert!(at(1, 9) > 0.0 && at(1, 9) < 0.07);
+        // Every other schedule is per epoch.
+        let c = Schedule::Cosine { min_lr: 0.0, warmup: 0 };
+        assert_eq!(lr_at_step(&c, 1.0, 3, 10, 7, 100), lr_at(&c, 1.0, 3, 10));
+    }
 
     #[test]
     fn seed_b_tunable_schedule_matches_the_seed_code() {
