@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod info;
 pub mod predict;
+pub mod probe;
 pub mod train;
 
 use std::io::IsTerminal;
