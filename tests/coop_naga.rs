@@ -135,3 +135,18 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
+
+/// The stand-in that runs the kernel's tiling on adapters without cooperative matrices
+/// (tests/gpu_parity.rs) needs nothing beyond f16.
+#[test]
+fn the_emulated_kernel_needs_no_cooperative_matrices() {
+    for cfg in coop::all_configs() {
+        let src = coop::emulated_source(&cfg);
+        let module =
+            naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{cfg:?}: {}", e.emit_to_string(&src)));
+        Validator::new(ValidationFlags::all(), Capabilities::SHADER_FLOAT16)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{cfg:?}: {}", e.emit_to_string(&src)));
+        assert!(module.entry_points.iter().any(|e| e.name == coop::KERNEL.entry));
+    }
+}

@@ -161,7 +161,7 @@ pub fn choose(adapter: &wgpu::Adapter) -> std::result::Result<CoopConfig, String
     let info = adapter.get_info();
     let (feature, props) = offered(adapter);
     if !feature {
-        return Err(format!("{} offers no cooperative matrices (see `gpu-train devices`)", info.name));
+        return Err(format!("{} offers no cooperative matrices", info.name));
     }
     let f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
     let has = |size: u32, ab: Scalar| {
@@ -210,6 +210,67 @@ pub fn shader_source(cfg: &CoopConfig) -> String {
     )
 }
 
+/// Test support: the kernel with each cooperative op replaced by plain WGSL, so its tiling,
+/// padding, strides and epilogue run on any adapter (lavapipe in CI) against the CPU. A
+/// matrix value becomes a slot in workgroup memory (A and B: two each, reused every step; C:
+/// the four accumulators), shared by the workgroup's invocations, which split each load,
+/// product and store between them with a barrier after each, products in f32 from AB
+/// operands. What it cannot check is the hardware's own load/store layout, which
+/// tests/coop_naga.rs (SPIR-V `RowMajorKHR`) and `gpu-train probe` do.
+#[doc(hidden)]
+pub fn emulated_source(cfg: &CoopConfig) -> String {
+    let (s, ab) = (cfg.size, cfg.operand.wgsl());
+    let f16 = if cfg.operand == Operand::F16 { "enable f16;\n" } else { "" };
+    // emu_load_<tile>(offset, stride) -> slot: the CS x CS block at tile[offset], row-major.
+    let load = |tile: &str, slots: &str, count: &str, n: u32| {
+        format!(
+            "fn emu_load_{tile}(o: u32, stride: u32) -> u32 {{\n\
+             \x20   let slot = {count} % {n}u;\n    {count} += 1u;\n\
+             \x20   for (var i = emu_lid; i < CS * CS; i += CWG) {{ {slots}[slot * CS * CS + i] = {tile}[o + i / CS * stride + i % CS]; }}\n\
+             \x20   workgroupBarrier();\n    return slot;\n}}\n"
+        )
+    };
+    let head = format!(
+        "{f16}// Emulated (src/gpu/coop.rs) for {}.\n\
+         const CS: u32 = {s}u;\nconst CWG: u32 = {}u;\nalias AB = {ab};\n\
+         alias MatA = u32;\nalias MatB = u32;\nalias MatC = u32;\n\
+         var<workgroup> emu_a: array<{ab}, {}>;\nvar<workgroup> emu_b: array<{ab}, {}>;\nvar<workgroup> emu_c: array<f32, {}>;\n\
+         var<private> emu_lid: u32;\nvar<private> emu_na: u32;\nvar<private> emu_nb: u32;\nvar<private> emu_nc: u32;\n\
+         {}{}{}\
+         // c = a * b + c in place (the kernel always assigns the product to c).\n\
+         fn emu_mma(a: u32, b: u32, c: u32) -> u32 {{\n\
+         \x20   for (var i = emu_lid; i < CS * CS; i += CWG) {{\n\
+         \x20       var d = emu_c[c * CS * CS + i];\n\
+         \x20       for (var k = 0u; k < CS; k++) {{\n\
+         \x20           d = fma(f32(emu_a[a * CS * CS + i / CS * CS + k]), f32(emu_b[b * CS * CS + k * CS + i % CS]), d);\n\
+         \x20       }}\n\
+         \x20       emu_c[c * CS * CS + i] = d;\n    }}\n    workgroupBarrier();\n    return c;\n}}\n\
+         fn emu_store_c_tile(m: u32, o: u32, stride: u32) {{\n\
+         \x20   for (var i = emu_lid; i < CS * CS; i += CWG) {{ c_tile[o + i / CS * stride + i % CS] = emu_c[m * CS * CS + i]; }}\n}}\n",
+        cfg.describe(),
+        cfg.subgroup,
+        2 * s * s,
+        2 * s * s,
+        4 * s * s,
+        load("a_tile", "emu_a", "emu_na", 2),
+        load("b_tile", "emu_b", "emu_nb", 2),
+        load("c_tile", "emu_c", "emu_nc", 4),
+    );
+    let mut body = SOURCE.replace("coopMultiplyAdd(", "emu_mma(").replace("coopStoreT(", "emu_store_c_tile(").replace(
+        "    let tile_n = wid.x + wid.y * nwg.x;",
+        "    emu_lid = lid;\n    let tile_n = wid.x + wid.y * nwg.x;",
+    );
+    for tile in ["a_tile", "b_tile", "c_tile"] {
+        for mat in ["MatA", "MatB", "MatC"] {
+            body = body.replace(&format!("coopLoadT<{mat}>(&{tile}["), &format!("emu_load_{tile}(("));
+        }
+        body = body.replace(&format!(", &{tile}["), ", (");
+    }
+    // `emu_load_x((offset], CT)` -> `emu_load_x((offset), CT)`.
+    let body = body.replace("], CT)", "), CT)");
+    format!("{head}\n{COMMON}\n{body}")
+}
+
 /// shaders/coop_gemm.wgsl's Params: the same fields, in the same order, as gemm.wgsl's (a
 /// naga test compares the two structs member by member), so the dense launchers' parameter
 /// block is passed on unchanged.
@@ -242,9 +303,20 @@ impl GpuBackend {
     /// configuration has f16 operands) and the kernel built; an error naming the adapter
     /// where it offers none.
     pub fn open_mixed(adapter: &wgpu::Adapter) -> Result<Self> {
-        let cfg = choose(adapter).map_err(|why| Error::Gpu(format!("--precision mixed: {why}")))?;
+        let cfg =
+            choose(adapter).map_err(|why| Error::Gpu(format!("--precision mixed: {why} (see `gpu-train devices`)")))?;
         let mut g = Self::open(adapter, cfg.features())?;
-        g.build_coop(cfg)?;
+        g.build_coop(cfg, shader_source(&cfg))?;
+        Ok(g)
+    }
+
+    /// Test support: the dense GEMMs on `emulated_source` (no cooperative matrices needed;
+    /// f16 operands need SHADER_F16).
+    #[doc(hidden)]
+    pub fn open_emulated(adapter: &wgpu::Adapter, cfg: CoopConfig) -> Result<Self> {
+        let f16 = if cfg.operand == Operand::F16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() };
+        let mut g = Self::open(adapter, f16)?;
+        g.build_coop(cfg, emulated_source(&cfg))?;
         Ok(g)
     }
 
@@ -261,12 +333,12 @@ impl GpuBackend {
         }
     }
 
-    fn build_coop(&mut self, cfg: CoopConfig) -> Result<()> {
+    fn build_coop(&mut self, cfg: CoopConfig, source: String) -> Result<()> {
         let t = Instant::now();
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(KERNEL.entry),
-            source: wgpu::ShaderSource::Wgsl(shader_source(&cfg).into()),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = KERNEL
             .bindings
