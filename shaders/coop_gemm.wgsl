@@ -22,6 +22,11 @@
 //
 // Layouts: every tile is row-major with row stride CT, read with coopLoadT (naga: `T` =
 // row-major, SPIR-V CooperativeMatrixLayout RowMajorKHR: element (r, c) at p[r * stride + c]).
+// Vulkan wants each coop load/store pointer and stride aligned to min(16 bytes, one row)
+// (VUID-RuntimeSpirv-OpCooperativeMatrixLoadKHR-08986): every offset used below is a
+// multiple of CS elements (16 or 32 bytes for f16, 32 or 64 for f32), each tile's size is a
+// multiple of 16 bytes, and these are the module's only workgroup variables, so the bases
+// are 16-byte aligned however the driver packs them from an aligned start.
 
 struct Params {
     m: u32,
