@@ -1,5 +1,5 @@
 //! The `gpu-train` command line: train (the default), eval, predict, export, bench,
-//! presets, devices, selftest; one file per command in `cli/`. Errors end as one line on stderr and a
+//! presets, devices, probe, selftest; one file per command in `cli/`. Errors end as one line on stderr and a
 //! non-zero exit.
 
 mod cli;
@@ -46,6 +46,9 @@ enum Cmd {
     },
     /// List the GPU adapters wgpu can see
     Devices,
+    /// Show the adapters' cooperative-matrix (tensor-core) configurations and check the
+    /// cooperative GEMM against the CPU where one is offered
+    Probe(cli::probe::ProbeArgs),
     /// Check every CPU op and GPU kernel against the reference definitions (ndarray, f64)
     Selftest(cli::info::SelftestArgs),
 }
@@ -111,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Bench(a)) => cli::bench::run(a),
         Some(Cmd::Presets { name }) => cli::info::presets(name),
         Some(Cmd::Devices) => cli::info::devices(),
+        Some(Cmd::Probe(a)) => cli::probe::run(a),
         Some(Cmd::Selftest(a)) => cli::info::selftest(a),
     }
 }

@@ -205,3 +205,41 @@ fn a_closed_pipe_ends_the_output_quietly() {
     assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}: {err}", out.status);
 }
+
+/// Cooperative matrices (tensor cores): `devices` lists what each adapter offers, `probe` says
+/// plainly when nothing is offered and succeeds, `--precision mixed` without them is one line,
+/// and bench reports the precision and GEMM path it ran.
+#[test]
+fn precision_devices_and_probe_without_cooperative_matrices() {
+    let (code, out, err) = gpu_train(&["devices"]);
+    assert_eq!(code, 0, "{err}");
+    let adapters = !out.starts_with("no GPU adapters found");
+    if adapters {
+        assert!(out.contains("    limits: buffer "), "{out}");
+        assert!(out.contains("    shader features: f16 "), "{out}");
+        assert!(out.contains("    cooperative matrices"), "{out}");
+        assert!(out.contains("    --precision mixed: "), "{out}");
+    }
+    let (code, out, err) = gpu_train(&["probe"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let offered = out.contains("cooperative GEMM cases passed");
+    if adapters && !offered {
+        assert!(out.contains("configurations: none") || out.contains("not probed: "), "{out}");
+        assert!(out.contains("--precision mixed is unavailable here"), "{out}");
+    }
+    if !offered {
+        let want = if adapters { "offers no cooperative matrices" } else { "no GPU adapter" };
+        fails_with(&["bench", "--arch", "mlp", "--steps", "1", "--warmup", "0", "--precision", "mixed"], want);
+        fails_with(&["--arch", "mlp", "--epochs", "1", "--limit", "16", "--precision", "mixed"], want);
+    }
+    fails_with(
+        &["bench", "--arch", "mlp", "--precision", "mixed", "--backend", "cpu"],
+        "the CPU backend computes in f32",
+    );
+    fails_with(&["bench", "--arch", "mlp", "--precision", "half"], "invalid value 'half'");
+    let (code, out, err) =
+        gpu_train(&["bench", "--arch", "mlp", "--batch", "4", "--steps", "2", "--warmup", "1", "--backend", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((v["precision"].as_str(), v["path"].as_str()), (Some("f32"), Some("cpu f32")), "{out}");
+}

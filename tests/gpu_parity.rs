@@ -307,3 +307,112 @@ fn a_data_set_larger_than_one_binding_trains_on_the_gpu() {
     assert_eq!(s.epochs_run, 1);
     assert!(s.history[0].train_loss.is_finite() && s.final_test.count == 100);
 }
+
+/// `--precision mixed`: the dense layers' three products on the cooperative-matrix kernel,
+/// against the CPU. Where the adapter offers cooperative matrices, the real kernel; anywhere
+/// else (lavapipe in CI) the same kernel with its cooperative ops emulated in plain WGSL
+/// (`coop::emulated_source`), which checks the routing from the dense launchers, the tiling,
+/// the zero padding, the strided operands and the epilogue, but not the tensor cores.
+///
+/// Tolerance per element, for a product over K terms with S = sum |a b| (the CPU's product of
+/// the absolute values, bias included): (2u + u^2 + K 2^-21) S, u = 2^-10, the bound derived
+/// in src/gpu/coop/probe.rs (operands rounded to f16 by either neighbour, f32 sums in any
+/// order), times the dropout scale (the activations do not stretch differences), plus 1e-6.
+#[test]
+fn dense_products_on_the_cooperative_kernel_match_the_cpu() {
+    use gpu_train::backend::Epilogue;
+    use gpu_train::gpu::coop::{self, CoopConfig, Operand};
+    use gpu_train::model::Dense;
+    let adapter = match gpu_train::gpu::device::pick(None) {
+        Ok(a) => a,
+        Err(e) if ci() => panic!("CI=true but no GPU adapter: {e}"),
+        Err(e) => return eprintln!("skipping GPU test: {e}"),
+    };
+    let f16 = adapter.features().contains(wgpu::Features::SHADER_F16);
+    let backends: Vec<(GpuBackend, String)> = match coop::choose(&adapter) {
+        Ok(cfg) => vec![(GpuBackend::open_mixed(&adapter).unwrap(), cfg.describe())],
+        Err(why) => {
+            eprintln!("{why}: checking the kernel with its cooperative ops emulated");
+            let operand = if f16 { Operand::F16 } else { Operand::F32 };
+            [
+                CoopConfig { size: 16, operand, subgroup: 32 },
+                CoopConfig { size: 8, operand: Operand::F32, subgroup: 32 },
+            ]
+            .into_iter()
+            .map(|cfg| (GpuBackend::open_emulated(&adapter, cfg).unwrap(), format!("emulated {}", cfg.describe())))
+            .collect()
+        }
+    };
+    let mut cpu = CpuBackend::new();
+    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.2, 7)) };
+    for (mut g, what) in backends {
+        for (i, (n, ni, no, epi)) in [
+            (1, 13, 7, Epilogue::act(Some(Act::Sigmoid))),
+            (5, 70, 130, relu_dropout),
+            (33, 784, 10, Epilogue::default()),
+            (3, 300, 10, Epilogue::act(Some(Act::Tanh))),
+            (40, 100, 37, relu_dropout),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let l = Dense { n_in: ni, n_out: no, w_off: 64, b_off: Some(64 + (ni * no).div_ceil(64) * 64) };
+            let plen = l.b_off.unwrap_or(0) + no + 3;
+            let w = uniform(40 + i as u64, plen, -0.5, 0.5);
+            let x = uniform(50 + i as u64, n * ni, -1.0, 1.0);
+            let d = uniform(60 + i as u64, n * no, -1.0, 1.0);
+            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+            let scale = epi.dropout.map_or(1.0, |(p, _)| 1.0 / (1.0 - p));
+            let tag = format!("{what}, n={n} {ni}->{no}");
+            let check = |name: &str, got: &[f32], want: &[f32], mag: &[f32], k: usize, scale: f32| {
+                let u = 2f32.powi(-10);
+                let rel = 2.0 * u + u * u + k as f32 * 2f32.powi(-21);
+                let worst = (0..want.len())
+                    .map(|j| ((got[j] - want[j]).abs() / (rel * mag[j] * scale + 1e-6), j))
+                    .fold((0.0f32, 0), |a, b| if b.0 > a.0 || b.0.is_nan() { b } else { a });
+                let j = worst.1;
+                assert!(
+                    worst.0 <= 1.0,
+                    "{name} {tag}: element {j}: gpu {} cpu {} (S {}), {:.2} of the tolerance",
+                    got[j],
+                    want[j],
+                    mag[j],
+                    worst.0
+                );
+            };
+            // Forward: K = n_in.
+            let (gx, gw) = (up(&mut g, &x), up(&mut g, &w));
+            let mut gy = g.alloc(n * no).unwrap();
+            g.dense_forward(&mut gy, &gx, &gw, &l, n, epi);
+            let got = g.download(&gy, n * no).unwrap();
+            let (mut want, mut mag) = (vec![0.0; n * no], vec![0.0; n * no]);
+            cpu.dense_forward(&mut want, &x, &w, &l, n, epi);
+            cpu.dense_forward(&mut mag, &abs(&x), &abs(&w), &l, n, Epilogue::default());
+            check("dense_forward", &got, &want, &mag, ni, scale);
+            // Backward to the input: K = n_out.
+            let gd = up(&mut g, &d);
+            let mut gdx = g.alloc(n * ni).unwrap();
+            g.dense_backward_input(&mut gdx, &gd, &gw, &l, n);
+            let got = g.download(&gdx, n * ni).unwrap();
+            let (mut want, mut mag) = (vec![0.0; n * ni], vec![0.0; n * ni]);
+            cpu.dense_backward_input(&mut want, &d, &w, &l, n);
+            cpu.dense_backward_input(&mut mag, &abs(&d), &abs(&w), &l, n);
+            check("dense_backward_input", &got, &want, &mag, no, 1.0);
+            // Backward to the weights (and the f32 bias gradient beside them): K = n.
+            let mut gg = up(&mut g, &vec![7.0; plen]);
+            g.dense_backward_weight(&mut gg, &gd, &gx, &l, n);
+            let got = g.download(&gg, plen).unwrap();
+            let (mut want, mut mag) = (vec![7.0; plen], vec![7.0; plen]);
+            cpu.dense_backward_weight(&mut want, &d, &x, &l, n);
+            cpu.dense_backward_weight(&mut mag, &abs(&d), &abs(&x), &l, n);
+            check("dense_backward_weight", &got, &want, &mag, n, 1.0);
+        }
+        eprintln!("dense products on {what}: all within the f16 bound");
+    }
+}
+
+fn up(g: &mut GpuBackend, data: &[f32]) -> gpu_train::gpu::GpuBuf {
+    let mut b = g.alloc(data.len()).unwrap();
+    g.upload(&mut b, data).unwrap();
+    b
+}

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use super::{Chosen, DataArgs, DeviceArgs, choose_backend};
+use super::{Chosen, DataArgs, DeviceArgs, Precision, choose_backend_for};
 use gpu_train::bench;
 use gpu_train::data::{Dataset, numbered_classes};
 use gpu_train::model::{Arch, presets};
@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Also report the time of each op (CPU) or kernel (GPU, timestamp queries)
     #[arg(long)]
     profile: bool,
+    /// Arithmetic of the GEMMs: f32, mixed (cooperative matrices; `gpu-train devices`) or auto (f32 for now)
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
@@ -66,7 +69,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         (synthetic(shape, arch.classes(), a.batch), "synthetic")
     };
-    let chosen = choose_backend(&a.device)?;
+    let chosen = choose_backend_for(&a.device, a.precision, &arch)?;
     let label = chosen.label();
     let mut r = match chosen {
         Chosen::Cpu(mut c) => {
@@ -75,6 +78,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
             let r = bench::bench(&mut c, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
             let mut v = serde_json::to_value(&r)?;
+            v["precision"] = "f32".into();
+            v["path"] = "cpu f32".into();
             if a.profile {
                 let report = c.profile_report();
                 print_profile("CPU time per training step by op", &report, a.steps + a.warmup, r.seconds_per_step);
@@ -84,12 +89,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         Chosen::Gpu(mut g) => {
             let compile = g.compile_all()?;
+            let (precision, path) = (if g.coop_config().is_some() { "mixed" } else { "f32" }, g.gemm_path());
             if a.profile {
                 g.enable_profiling()?;
             }
             let r = bench::bench(&mut *g, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
             let mut v = serde_json::to_value(&r)?;
             v["shader_compile_seconds"] = compile.into();
+            v["precision"] = precision.into();
+            v["path"] = path.into();
             let peak = g.memory().1;
             v["device_memory_peak_bytes"] = peak.into();
             v["device_memory_over_footprint"] = (peak as f64 / r.footprint.total_bytes as f64).into();

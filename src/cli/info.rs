@@ -65,6 +65,26 @@ pub fn devices() -> Result<()> {
             s.max_workgroup_storage_kb,
             if s.timestamps { "yes" } else { "no" }
         );
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        println!(
+            "    shader features: f16 {}, subgroups {} (subgroup size {}..{})",
+            yes(s.shader_f16),
+            yes(s.subgroups),
+            s.subgroup_sizes.0,
+            s.subgroup_sizes.1
+        );
+        if s.cooperative_configs.is_empty() {
+            println!("    cooperative matrices: none");
+        } else {
+            println!("    cooperative matrices (feature offered: {}):", yes(s.cooperative_matrix));
+            for c in &s.cooperative_configs {
+                println!("      {c}");
+            }
+        }
+        match &s.mixed {
+            Ok(path) => println!("    --precision mixed: {path} (check it with `gpu-train probe`)"),
+            Err(why) => println!("    --precision mixed: unavailable ({why})"),
+        }
     }
     if adapters.len() > 1 {
         println!("`--backend gpu` uses [0]; `--adapter N` picks another.");
@@ -100,8 +120,20 @@ pub fn selftest(a: SelftestArgs) -> Result<()> {
     }
     let failed = results.iter().filter(|r| !r.passed()).count();
     println!("{} of {} cases passed", results.len() - failed, results.len());
+    // The cooperative-matrix kernel (`gpu-train probe`): on its own device, after the rest.
+    let coop_ok = match (&gpu, a.filter.is_none()) {
+        (Some(_), true) => {
+            let report = gpu_train::gpu::coop::probe::run(&device::pick(a.adapter)?);
+            println!("{}", report.lines().join("\n"));
+            report.passed()
+        }
+        _ => true,
+    };
     if failed > 0 {
         bail!("{failed} case(s) failed");
+    }
+    if !coop_ok {
+        bail!("the cooperative-matrix probe failed");
     }
     Ok(())
 }

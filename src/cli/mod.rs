@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod info;
 pub mod predict;
+pub mod probe;
 pub mod train;
 
 use std::io::IsTerminal;
@@ -18,7 +19,7 @@ use gpu_train::cpu::CpuBackend;
 use gpu_train::data::source::{self, LoadOptions, Splits};
 use gpu_train::data::{DatasetKind, Resize};
 use gpu_train::gpu::{GpuBackend, device};
-use gpu_train::model::presets;
+use gpu_train::model::{Arch, Layer, presets};
 use gpu_train::modelfile::{self, Loaded};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -27,6 +28,20 @@ pub enum BackendChoice {
     Auto,
     Cpu,
     Gpu,
+}
+
+/// `--precision` of train and bench.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub enum Precision {
+    /// f32, until the mixed path has been measured on a GPU with tensor cores (it has not been
+    /// run on one yet); `mixed` asks for it explicitly
+    Auto,
+    /// Every kernel in f32, as always
+    F32,
+    /// The dense layers' GEMMs on cooperative matrices (tensor cores): f16 operands, f32 sums;
+    /// master weights, Adam state and loss stay f32. Needs an adapter that offers them (see
+    /// `gpu-train devices`); conv2d layers have no cooperative kernel yet
+    Mixed,
 }
 
 #[derive(Args, Clone)]
@@ -176,6 +191,27 @@ pub fn choose_backend(d: &DeviceArgs) -> Result<Chosen> {
             Ok(Chosen::Gpu(Box::new(GpuBackend::from_adapter(&adapter)?)))
         }
     }
+}
+
+/// `choose_backend`, or for `--precision mixed` the adapter opened with cooperative matrices,
+/// failing in one line where it offers none or the model has layers the cooperative kernel
+/// does not cover.
+pub fn choose_backend_for(d: &DeviceArgs, precision: Precision, arch: &Arch) -> Result<Chosen> {
+    if precision != Precision::Mixed {
+        return choose_backend(d);
+    }
+    if d.backend == BackendChoice::Cpu {
+        bail!("--precision mixed runs on a GPU's cooperative matrices; the CPU backend computes in f32");
+    }
+    let gpu = GpuBackend::open_mixed(&device::pick(d.adapter)?)?;
+    if arch.layers.iter().any(|l| matches!(l, Layer::Conv2d(_))) {
+        bail!(
+            "--precision mixed: {} has conv2d layers, and the conv2d GEMMs have no cooperative-matrix kernel yet \
+             (only the dense layers' GEMMs do); use --precision f32",
+            arch.name()
+        );
+    }
+    Ok(Chosen::Gpu(Box::new(gpu)))
 }
 
 /// Runs `$body` with `$b` bound to the chosen backend (generic code, one copy per backend).

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
-use super::{DataArgs, DeviceArgs, choose_backend, file_stem};
+use super::{Chosen, DataArgs, DeviceArgs, Precision, choose_backend_for, file_stem};
 use gpu_train::backend::Backend;
 use gpu_train::model::spec::{BiasCorrection, Optimizer};
 use gpu_train::model::{Arch, presets};
@@ -50,6 +50,9 @@ pub struct TrainArgs {
     /// Do not write a checkpoint after each epoch
     #[arg(long)]
     no_checkpoint: bool,
+    /// Arithmetic of the GEMMs: f32, mixed (cooperative matrices; `gpu-train devices`) or auto (f32 for now)
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    precision: Precision,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
@@ -118,10 +121,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     train::check_data(&arch, &train_ds, "training")?;
     train::check_data(&arch, &test_ds, "test")?;
-    let mut chosen = choose_backend(&a.device)?;
+    let mut chosen = choose_backend_for(&a.device, a.precision, &arch)?;
+    let coop = match &chosen {
+        Chosen::Gpu(g) => g.coop_config(),
+        Chosen::Cpu(_) => None,
+    };
     // Every GPU pipeline is built before the first step, so training time is training alone.
     let mut compile_seconds = None;
-    if let super::Chosen::Gpu(g) = &mut chosen {
+    if let Chosen::Gpu(g) = &mut chosen {
         let t = g.compile_all()?;
         println!(
             "built {} GPU pipelines in {t:.2}s (not counted as training time)",
@@ -135,6 +142,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         serde_json::json!({
             "backend": chosen.label(), "seed": seed, "train_images": train_ds.len(),
             "shader_compile_seconds": compile_seconds,
+            "precision": if coop.is_some() { "mixed" } else { "f32" },
         })
         .to_string(),
     );
@@ -146,6 +154,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
             describe_optimizer(&r.optimizer),
         );
         print!("{}", arch.summary());
+        if let Some(c) = coop {
+            println!(
+                "precision: mixed, the dense layers' GEMMs on {} (f32 sums; master weights, Adam and loss in f32)",
+                c.describe()
+            );
+        }
         if let Some(d) = r.ema {
             println!("weight average: decay {d} per step; the test figures and the saved model are the average's");
         }

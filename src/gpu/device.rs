@@ -17,6 +17,15 @@ pub struct AdapterSummary {
     pub max_invocations_per_workgroup: u32,
     pub max_workgroup_storage_kb: u32,
     pub timestamps: bool,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub subgroup_sizes: (u32, u32),
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX` offered.
+    pub cooperative_matrix: bool,
+    /// The configurations the adapter lists (see `gpu::coop::describe_property`).
+    pub cooperative_configs: Vec<String>,
+    /// What `--precision mixed` would run on here, or why it cannot.
+    pub mixed: std::result::Result<String, String>,
 }
 
 fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
@@ -81,6 +90,12 @@ pub fn summary(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
         max_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
         max_workgroup_storage_kb: l.max_compute_workgroup_storage_size >> 10,
         timestamps: a.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+        shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+        subgroups: a.features().contains(wgpu::Features::SUBGROUP),
+        subgroup_sizes: (info.subgroup_min_size, info.subgroup_max_size),
+        cooperative_matrix: super::coop::offered(a).0,
+        cooperative_configs: super::coop::offered(a).1.iter().map(super::coop::describe_property).collect(),
+        mixed: super::coop::choose(a).map(|c| c.describe()),
     }
 }
 

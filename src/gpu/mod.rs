@@ -6,6 +6,7 @@
 //! so nothing is allocated per step. Pipelines and bind groups are made once (bind groups
 //! are cached by the buffers they bind). Nothing is read back until `download`.
 
+pub mod coop;
 pub mod device;
 mod ops;
 pub mod shaders;
@@ -115,6 +116,8 @@ pub struct GpuBackend {
     pub host_seconds: f64,
     profiler: Option<Profiler>,
     memory: Arc<MemoryCount>,
+    /// `--precision mixed`: the configuration the dense GEMMs run on (src/gpu/coop.rs).
+    coop: Option<coop::CoopConfig>,
 }
 
 impl GpuBackend {
@@ -125,13 +128,27 @@ impl GpuBackend {
     }
 
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        Self::open(adapter, wgpu::Features::empty())
+    }
+
+    /// `from_adapter` with `extra` features too (which the adapter must offer).
+    fn open(adapter: &wgpu::Adapter, extra: wgpu::Features) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let features = (adapter.features() & wgpu::Features::TIMESTAMP_QUERY) | extra;
+        let experimental = if extra.intersects(wgpu::Features::all_experimental_mask()) {
+            // SAFETY: the one experimental feature asked for is cooperative matrices
+            // (`open_mixed`), used only by shaders/coop_gemm.wgsl, whose coop loads and
+            // stores all address whole matrices inside workgroup tiles it sizes itself.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("gpu-train"),
             required_features: features,
             required_limits: limits.clone(),
+            experimental_features: experimental,
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
@@ -207,6 +224,7 @@ impl GpuBackend {
                 m.add((SLOT * ARENA_SLOTS) as i64);
                 m
             },
+            coop: None,
         })
     }
 
@@ -362,7 +380,7 @@ impl GpuBackend {
     }
 
     fn record<P: Pod>(&mut self, entry: &'static str, bufs: &[&GpuBuf], params: &P, groups: [u32; 3]) {
-        let Some(kernel) = shaders::kernel(entry) else { return };
+        let Some(kernel) = shaders::kernel(entry).or_else(|| coop::kernel(entry)) else { return };
         if bufs.len() != kernel.bindings.len() {
             self.fail(format!("{entry}: {} buffers for {} bindings", bufs.len(), kernel.bindings.len()));
             return;

@@ -223,6 +223,12 @@ impl GpuBackend {
 
     /// A dense-layer product: tiled, or (few rows or columns, long K) one workgroup per output.
     fn gemm(&mut self, entry: &'static str, bufs: [&GpuBuf; 3], mut prm: GemmParams) {
+        if self.coop.is_some() {
+            // --precision mixed: every dense product on the cooperative-matrix kernel
+            // (src/gpu/coop.rs), which takes this parameter block as it is.
+            self.coop_dispatch(bufs, prm.m, prm.n, &prm);
+            return;
+        }
         if prm.m.min(prm.n) < 16 && prm.k >= 64 {
             let grid = self.tile_grid((prm.m * prm.n) as usize, 1);
             self.dispatch("gemm_skinny", &bufs, &prm, grid);
