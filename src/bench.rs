@@ -145,3 +145,36 @@ pub fn bench<B: Backend>(
         footprint,
     })
 }
+
+/// Floating-point operations (2 per multiply-add) per training step of the conv and dense
+/// GEMM kernels, by kernel name, for batches of `batch`: what `bench --profile` divides by
+/// each kernel's time to give its achieved FLOP/s. The first layer computes no input
+/// gradient (the network's input needs none).
+pub fn gemm_flops_per_step(arch: &Arch, batch: usize) -> Vec<(&'static str, f64)> {
+    use crate::model::Layer;
+    let mut totals: Vec<(&'static str, f64)> = Vec::new();
+    let mut add = |name: &'static str, flops: f64| match totals.iter_mut().find(|t| t.0 == name) {
+        Some(t) => t.1 += flops,
+        None => totals.push((name, flops)),
+    };
+    let first = arch.layers.iter().position(|l| matches!(l, Layer::Conv2d(_) | Layer::Dense(_)));
+    for (i, layer) in arch.layers.iter().enumerate() {
+        let (macs, ops) = match layer {
+            Layer::Conv2d(c) => (
+                (batch * c.out_len() * c.c_in * c.kh * c.kw) as f64,
+                ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"],
+            ),
+            Layer::Dense(d) => {
+                ((batch * d.n_in * d.n_out) as f64, ["dense_forward", "dense_backward_input", "dense_backward_weight"])
+            }
+            _ => continue,
+        };
+        for (k, op) in ops.into_iter().enumerate() {
+            if k == 1 && Some(i) == first {
+                continue;
+            }
+            add(op, 2.0 * macs);
+        }
+    }
+    totals
+}

@@ -93,6 +93,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if a.profile {
                 g.enable_profiling()?;
             }
+            let flops = bench::gemm_flops_per_step(&arch, a.batch);
             let r = bench::bench(&mut *g, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
             let mut v = serde_json::to_value(&r)?;
             v["shader_compile_seconds"] = compile.into();
@@ -107,14 +108,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let report = g.profile_report()?;
                 let total: f64 = report.iter().map(|k| k.1).sum();
                 eprintln!("GPU time per training step by kernel ({} steps, timestamp queries):", a.steps + a.warmup);
+                let mut rates = serde_json::Map::new();
                 for (name, secs, n) in &report {
+                    // The GEMM kernels' achieved rate: their FLOPs per step over their time.
+                    let rate = flops.iter().find(|f| f.0 == name).map(|f| f.1 / (secs / steps));
+                    if let Some(r) = rate {
+                        rates.insert(name.clone(), (r / 1e12).into());
+                    }
                     eprintln!(
-                        "  {name:<32} {:>9.1} us  {:>5.1}%  {:>5.1} dispatches/step",
+                        "  {name:<32} {:>9.1} us  {:>5.1}%  {:>5.1} dispatches/step{}",
                         1e6 * secs / steps,
                         100.0 * secs / total,
-                        *n as f64 / steps
+                        *n as f64 / steps,
+                        rate.map_or(String::new(), |r| format!("  {:.2} TFLOP/s", r / 1e12))
                     );
                 }
+                v["kernel_tflops"] = serde_json::Value::Object(rates);
                 eprintln!(
                     "  {:<32} {:>9.1} us (kernels alone; the step took {:.1} us)",
                     "total",
