@@ -7,6 +7,7 @@
 //! are cached by the buffers they bind). Nothing is read back until `download`.
 
 pub mod device;
+mod kernels;
 mod ops;
 pub mod shaders;
 
