@@ -1,18 +1,16 @@
 //! shaders/activation.wgsl: an activation on its own (when it cannot be fused into the
 //! producing GEMM's epilogue) and its gradient.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::Act;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct ActParams {
-    len: u32,
-    act: u32,
-    /// backward: multiplies the gradient (the dropout scale after a fused relu + dropout)
-    scale: f32,
+params! {
+    pub(super) struct ActParams {
+        len: u32,
+        act: u32,
+        /// backward: multiplies the gradient (the dropout scale after a fused relu + dropout)
+        scale: f32,
+    }
 }
 
 /// out = act(inp), `len` elements.

@@ -1,24 +1,22 @@
 //! shaders/batchnorm.wgsl: per-channel statistics (one workgroup per channel), then an
 //! elementwise pass; the backward likewise reduces, then applies.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::BatchNorm;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct BnParams {
-    n: u32,
-    c: u32,
-    hw: u32,
-    eps: f32,
-    momentum: f32,
-    gamma_off: u32,
-    beta_off: u32,
-    mean_off: u32,
-    var_off: u32,
-    train: u32,
+params! {
+    pub(super) struct BnParams {
+        n: u32,
+        c: u32,
+        hw: u32,
+        eps: f32,
+        momentum: f32,
+        gamma_off: u32,
+        beta_off: u32,
+        mean_off: u32,
+        var_off: u32,
+        train: u32,
+    }
 }
 
 fn bn_params(l: &BatchNorm, n: usize, train: bool) -> BnParams {

@@ -2,43 +2,41 @@
 //! and both backwards; the weight gradient's long sum is split into chunks whose partials
 //! `reduce::sum_partials` adds in order.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{TILE, TK, act_code, dropout_fields, reduce};
 use crate::backend::Epilogue;
 use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::Conv2d;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct ConvParams {
-    n: u32,
-    c_in: u32,
-    h_in: u32,
-    w_in: u32,
-    c_out: u32,
-    h_out: u32,
-    w_out: u32,
-    kh: u32,
-    kw: u32,
-    stride: u32,
-    pad_h: u32,
-    pad_w: u32,
-    w_off: u32,
-    b_off: u32,
-    has_bias: u32,
-    act: u32,
-    tiles_n: u32,
-    tiles_m: u32,
-    /// backward_weight: length of one split of K
-    split_len: u32,
-    /// where C starts in c
-    c_off: u32,
-    /// forward: dropout after the activation (see common.wgsl's epilogue)
-    has_dropout: u32,
-    drop_key: u32,
-    drop_p: f32,
-    drop_scale: f32,
+params! {
+    pub(super) struct ConvParams {
+        n: u32,
+        c_in: u32,
+        h_in: u32,
+        w_in: u32,
+        c_out: u32,
+        h_out: u32,
+        w_out: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        pad_h: u32,
+        pad_w: u32,
+        w_off: u32,
+        b_off: u32,
+        has_bias: u32,
+        act: u32,
+        tiles_n: u32,
+        tiles_m: u32,
+        /// backward_weight: length of one split of K
+        split_len: u32,
+        /// where C starts in c
+        c_off: u32,
+        /// forward: dropout after the activation (see common.wgsl's epilogue)
+        has_dropout: u32,
+        drop_key: u32,
+        drop_p: f32,
+        drop_scale: f32,
+    }
 }
 
 fn conv_params(l: &Conv2d, n: usize, epi: Epilogue, tiles_n: usize, tiles_m: usize) -> ConvParams {

@@ -1,34 +1,32 @@
 //! shaders/data.wgsl: a batch gathered on the device from the packed data set through the
 //! epoch's permutation, normalised and (when asked) augmented.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::backend::Gather;
 use crate::gpu::{GpuBackend, GpuBuf};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct DataParams {
-    mean: [f32; 4],
-    std_dev: [f32; 4],
-    start: u32,
-    n: u32,
-    channels: u32,
-    height: u32,
-    width: u32,
-    /// 0: none; 1: augment this batch if its draw says so
-    augment: u32,
-    key: u32,
-    chance: f32,
-    zoom_lo: f32,
-    zoom_hi: f32,
-    /// radians
-    rotate: f32,
-    shift: f32,
-    /// 1: mirror each image whose draw 0x80000000 + j is below 1/2
-    flip: u32,
-    first: u32,
-    count: u32,
+params! {
+    pub(super) struct DataParams {
+        mean: [f32; 4],
+        std_dev: [f32; 4],
+        start: u32,
+        n: u32,
+        channels: u32,
+        height: u32,
+        width: u32,
+        /// 0: none; 1: augment this batch if its draw says so
+        augment: u32,
+        key: u32,
+        chance: f32,
+        zoom_lo: f32,
+        zoom_hi: f32,
+        /// radians
+        rotate: f32,
+        shift: f32,
+        /// 1: mirror each image whose draw 0x80000000 + j is below 1/2
+        flip: u32,
+        first: u32,
+        count: u32,
+    }
 }
 
 pub(in crate::gpu) fn gather_batch(

@@ -1,17 +1,15 @@
 //! shaders/dropout.wgsl: dropout on its own (when it follows no GEMM epilogue); the backward
 //! draws the same mask from the same key.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::gpu::{GpuBackend, GpuBuf};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct DropoutParams {
-    len: u32,
-    key: u32,
-    p: f32,
-    scale: f32,
+params! {
+    pub(super) struct DropoutParams {
+        len: u32,
+        key: u32,
+        p: f32,
+        scale: f32,
+    }
 }
 
 /// out = inp * mask / (1 - p), `len` elements; the mask comes from `key`.

@@ -2,38 +2,37 @@
 //! dropout fused into the forward's epilogue): 64x64 tiles, or one workgroup per output when
 //! the product has few rows or columns and a long K.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{TILE, act_code, dropout_fields, reduce};
 use crate::backend::Epilogue;
 use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::Dense;
 
-/// Element (i, j) of A is a[a_off + i * a_rs + j * a_cs]; likewise B; C is row-major
-/// from c_off with row stride c_rs.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Default)]
-pub(super) struct GemmParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    tiles_n: u32,
-    a_off: u32,
-    a_rs: u32,
-    a_cs: u32,
-    b_off: u32,
-    b_rs: u32,
-    b_cs: u32,
-    c_off: u32,
-    c_rs: u32,
-    bias_off: u32,
-    has_bias: u32,
-    act: u32,
-    /// dense_forward: dropout after the activation (common.wgsl's epilogue)
-    has_dropout: u32,
-    drop_key: u32,
-    drop_p: f32,
-    drop_scale: f32,
+params! {
+    /// Element (i, j) of A is a[a_off + i * a_rs + j * a_cs]; likewise B; C is row-major
+    /// from c_off with row stride c_rs.
+    #[derive(Default)]
+    pub(super) struct GemmParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        tiles_n: u32,
+        a_off: u32,
+        a_rs: u32,
+        a_cs: u32,
+        b_off: u32,
+        b_rs: u32,
+        b_cs: u32,
+        c_off: u32,
+        c_rs: u32,
+        bias_off: u32,
+        has_bias: u32,
+        act: u32,
+        /// dense_forward: dropout after the activation (common.wgsl's epilogue)
+        has_dropout: u32,
+        drop_key: u32,
+        drop_p: f32,
+        drop_scale: f32,
+    }
 }
 
 /// A dense-layer product: tiled, or (few rows or columns, long K) one workgroup per output.

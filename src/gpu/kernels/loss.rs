@@ -2,20 +2,18 @@
 //! count written to `stats[2 * slot]` and `stats[2 * slot + 1]`; the training kernels also
 //! write the gradient, the evaluation kernels the outputs from row `probs_at` on.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::gpu::{GpuBackend, GpuBuf};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct LossParams {
-    n: u32,
-    classes: u32,
-    slot: u32,
-    /// forward-backward: gradient scale (1 / batch)
-    scale: f32,
-    /// forward: first example's row in probs
-    probs_at: u32,
+params! {
+    pub(super) struct LossParams {
+        n: u32,
+        classes: u32,
+        slot: u32,
+        /// forward-backward: gradient scale (1 / batch)
+        scale: f32,
+        /// forward: first example's row in probs
+        probs_at: u32,
+    }
 }
 
 fn loss_params(n: usize, classes: usize, slot: usize, scale: f32, probs_at: usize) -> LossParams {

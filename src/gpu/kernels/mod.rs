@@ -4,6 +4,12 @@
 //! computes the grid and records the dispatch; `impl Backend for GpuBackend` (`../ops.rs`)
 //! only calls them. The binding rows stay in `shaders::KERNELS`, the one list that pipelines
 //! are built from.
+//!
+//! `PARAMS` lists every family's parameter block with its WGSL struct; `tests/shaders_naga.rs`
+//! checks each field by field against the shader.
+
+#[macro_use]
+pub mod layout;
 
 pub(super) mod activation;
 pub(super) mod batchnorm;
@@ -18,6 +24,34 @@ pub(super) mod reduce;
 
 use crate::backend::Epilogue;
 use crate::model::Act;
+use layout::ParamsLayout;
+
+/// A family's uniform block: the WGSL struct bound at `@group(1) @binding(0)` in
+/// `shaders/<family>.wgsl`, and the Rust struct its launchers fill.
+#[derive(Debug, Clone, Copy)]
+pub struct FamilyParams {
+    pub family: &'static str,
+    pub wgsl: &'static str,
+    pub rust: ParamsLayout,
+}
+
+const fn family(family: &'static str, wgsl: &'static str, rust: ParamsLayout) -> FamilyParams {
+    FamilyParams { family, wgsl, rust }
+}
+
+/// Every family's parameter block (one each: the ops of a family share it).
+pub const PARAMS: &[FamilyParams] = &[
+    family("activation", "Params", activation::ActParams::LAYOUT),
+    family("batchnorm", "Params", batchnorm::BnParams::LAYOUT),
+    family("conv2d", "Params", conv2d::ConvParams::LAYOUT),
+    family("data", "Params", data::DataParams::LAYOUT),
+    family("dropout", "Params", dropout::DropoutParams::LAYOUT),
+    family("gemm", "Params", gemm::GemmParams::LAYOUT),
+    family("loss", "Params", loss::LossParams::LAYOUT),
+    family("optim", "Params", optim::OptimParams::LAYOUT),
+    family("pool", "Params", pool::PoolParams::LAYOUT),
+    family("reduce", "Params", reduce::ReduceParams::LAYOUT),
+];
 
 /// The shaders' activation code (0: none).
 fn act_code(act: Option<Act>) -> u32 {

@@ -1,24 +1,22 @@
 //! shaders/optim.wgsl: one dispatch over the whole flat parameter buffer per update.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::backend::{AdamStep, SgdStep};
 use crate::gpu::{GpuBackend, GpuBuf};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct OptimParams {
-    len: u32,
-    /// adam: lr / (1 - beta1^t); sgd: lr
-    step: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    /// adam: 1 / sqrt(1 - beta2^t)
-    inv_sqrt_c2: f32,
-    /// 1 - lr * weight_decay (AdamW)
-    decay: f32,
-    momentum: f32,
+params! {
+    pub(super) struct OptimParams {
+        len: u32,
+        /// adam: lr / (1 - beta1^t); sgd: lr
+        step: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        /// adam: 1 / sqrt(1 - beta2^t)
+        inv_sqrt_c2: f32,
+        /// 1 - lr * weight_decay (AdamW)
+        decay: f32,
+        momentum: f32,
+    }
 }
 
 pub(in crate::gpu) fn adam_step(

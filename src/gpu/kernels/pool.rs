@@ -1,21 +1,19 @@
 //! shaders/pool.wgsl: max pooling, one thread per output (forward) or input (backward).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::Pool;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct PoolParams {
-    /// n * c
-    planes: u32,
-    h_in: u32,
-    w_in: u32,
-    h_out: u32,
-    w_out: u32,
-    size: u32,
-    stride: u32,
+params! {
+    pub(super) struct PoolParams {
+        /// n * c
+        planes: u32,
+        h_in: u32,
+        w_in: u32,
+        h_out: u32,
+        w_out: u32,
+        size: u32,
+        stride: u32,
+    }
 }
 
 fn pool_params(l: &Pool, n: usize) -> PoolParams {

@@ -1,22 +1,20 @@
 //! shaders/reduce.wgsl: the sums the GEMM families leave over: bias gradients, and the
 //! split-K partials of a weight gradient added in order.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::gpu::{GpuBackend, GpuBuf};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub(super) struct ReduceParams {
-    /// bias_backward: examples; sum_partials: number of partials
-    n: u32,
-    /// bias_backward: channels
-    c: u32,
-    /// bias_backward: positions per channel (h*w; 1 for dense)
-    p: u32,
-    /// sum_partials: length of one partial
-    len: u32,
-    dst_off: u32,
+params! {
+    pub(super) struct ReduceParams {
+        /// bias_backward: examples; sum_partials: number of partials
+        n: u32,
+        /// bias_backward: channels
+        c: u32,
+        /// bias_backward: positions per channel (h*w; 1 for dense)
+        p: u32,
+        /// sum_partials: length of one partial
+        len: u32,
+        dst_off: u32,
+    }
 }
 
 /// grads[dst_off + c] = sum of dout (n, c, p) over examples and positions.
