@@ -2,18 +2,19 @@
 //! it to SPIR-V (Vulkan), MSL (Metal), HLSL (DX12) and GLSL (GL), entry point by entry point
 //! where a backend needs that. A shader that another vendor's backend would reject fails here.
 //!
-//! A kernel's parameters are written twice: the WGSL `Params` struct and its Rust twin in
-//! `src/gpu/kernels/<family>.rs`. The reflection test below reads the first from naga's IR
-//! and holds the second against it, so a field renamed, moved or retyped on one side only
-//! fails here rather than as wrong numbers in a parity run.
+//! A kernel's interface is written three times: the WGSL `Params` struct, its Rust twin in
+//! `src/gpu/kernels/<family>.rs` and the binding rows in `shaders::KERNELS`. The reflection
+//! tests below read the first from naga's IR and hold the other two against it, so a field
+//! renamed, moved or retyped on one side only, or a binding missing from the rows, fails
+//! here rather than as wrong numbers in a parity run.
 
 use gpu_train::gpu::SLOT;
 use gpu_train::gpu::kernels::PARAMS;
 use gpu_train::gpu::kernels::layout::{Kind, Scalar};
-use gpu_train::gpu::shaders::{self, FAMILIES, KERNELS};
+use gpu_train::gpu::shaders::{self, Access, FAMILIES, KERNELS};
 use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
-use naga::{AddressSpace, ArraySize, ScalarKind, TypeInner, VectorSize};
+use naga::{AddressSpace, ArraySize, ScalarKind, StorageAccess, TypeInner, VectorSize};
 
 fn parse(family: &str) -> (naga::Module, ModuleInfo) {
     let src = shaders::module_source(family).unwrap();
@@ -197,4 +198,54 @@ fn every_params_struct_matches_its_rust_twin_field_by_field() {
         }
     }
     assert!(errors.is_empty(), "parameter blocks differ from their shaders:\n{}", errors.join("\n"));
+}
+
+/// Each kernel's binding rows (`shaders::KERNELS`) against the group-0 globals its entry point
+/// uses (directly or through the functions it calls), in binding order, each with the access
+/// the WGSL declares (`read` or `read_write`). The pipeline layouts are built from the rows;
+/// wgpu only rejects a row the shader needs but lacks (or a read row for a read_write
+/// variable) when a GPU builds the pipeline, and never a row the shader does not use.
+#[test]
+fn every_kernels_binding_rows_match_the_globals_its_entry_point_uses() {
+    let mut errors = Vec::new();
+    for (family, _) in FAMILIES {
+        let (module, info) = parse(family);
+        for (g, var) in module.global_variables.iter() {
+            let name = var.name.as_deref().unwrap_or("?");
+            match (var.space, var.binding.as_ref().map(|b| b.group)) {
+                (AddressSpace::Storage { .. }, Some(0)) | (AddressSpace::Uniform, Some(1)) => {}
+                (AddressSpace::WorkGroup | AddressSpace::Private, None) => {}
+                (space, group) => errors.push(format!(
+                    "{family}.wgsl `{name}` ({g:?}): {space:?} in group {group:?}; the backend binds storage \
+                     buffers in group 0 and the parameters in group 1"
+                )),
+            }
+        }
+        for (i, ep) in module.entry_points.iter().enumerate() {
+            let Some(kernel) = shaders::kernel(&ep.name) else { continue };
+            let uses = info.get_entry_point(i);
+            let wgsl: Vec<(u32, Access)> = module
+                .global_variables
+                .iter()
+                .filter(|(h, _)| !uses[*h].is_empty())
+                .filter_map(|(_, var)| match (var.space, &var.binding) {
+                    (AddressSpace::Storage { access }, Some(b)) if b.group == 0 => {
+                        let access =
+                            if access.contains(StorageAccess::STORE) { Access::ReadWrite } else { Access::Read };
+                        Some((b.binding, access))
+                    }
+                    _ => None,
+                })
+                .collect::<std::collections::BTreeMap<_, _>>()
+                .into_iter()
+                .collect();
+            if kernel.bindings != wgsl.as_slice() {
+                errors.push(format!(
+                    "{family}::{}: the rows are {:?}, the shader uses {:?}",
+                    ep.name, kernel.bindings, wgsl
+                ));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "binding rows differ from their shaders:\n{}", errors.join("\n"));
 }

@@ -6,7 +6,8 @@
 //! are built from.
 //!
 //! `PARAMS` lists every family's parameter block with its WGSL struct; `tests/shaders_naga.rs`
-//! checks each field by field against the shader.
+//! checks each field by field against the shader, and each kernel's binding rows against the
+//! globals its entry point uses.
 
 #[macro_use]
 pub mod layout;
