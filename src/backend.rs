@@ -1,7 +1,7 @@
 //! The boundary between the trainer and a compute device: buffers, and the ops over them.
 //!
 //! Every op is named the same in three places: the WGSL entry point (`shaders/*.wgsl`), the
-//! CPU function (`src/cpu/*.rs`) and the GPU launcher (`src/gpu/ops.rs`). Ops only enqueue
+//! CPU function (`src/cpu/*.rs`) and the GPU launcher (`src/gpu/kernels/*.rs`). Ops only enqueue
 //! work: a GPU backend records them into a command buffer and runs many training steps per
 //! submit; nothing comes back to the host until `download`. Signatures put outputs first,
 //! then inputs, then sizes. `n` is the number of examples in the batch (at most the capacity

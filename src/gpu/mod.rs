@@ -8,6 +8,7 @@
 
 pub mod coop;
 pub mod device;
+pub mod kernels;
 mod ops;
 pub mod shaders;
 
@@ -68,8 +69,9 @@ struct Pipeline {
 }
 
 /// Size of one dispatch's parameter slot in the arena (the largest dynamic-offset alignment
-/// WebGPU allows, and more than any kernel's parameter struct).
-const SLOT: usize = 256;
+/// WebGPU allows, and more than any kernel's parameter struct): the launcher's struct, then
+/// zeros. The bind group binds this many bytes, so every WGSL `Params` must fit in it.
+pub const SLOT: usize = 256;
 /// Parameter slots per submit before the backend flushes on its own.
 const ARENA_SLOTS: usize = 8192;
 

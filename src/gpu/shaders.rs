@@ -2,8 +2,9 @@
 //!
 //! A kernel's module is `shaders/common.wgsl` (and `tile.wgsl` for the GEMM families)
 //! followed by its family's file. The binding
-//! lists here are the pipelines' explicit layouts; wgpu checks them against the shaders when
-//! a pipeline is built, and the naga test compiles every module for every backend.
+//! lists here are the pipelines' explicit layouts; `tests/shaders_naga.rs` checks each against
+//! the globals its entry point uses (and each family's `Params` against its Rust twin in
+//! `gpu::kernels`), and compiles every module for every backend.
 
 /// The helpers every module starts with.
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");

@@ -1,0 +1,137 @@
+//! shaders/conv2d.wgsl: 2-D convolution as an implicit GEMM, one kernel body for the forward
+//! and both backwards; the weight gradient's long sum is split into chunks whose partials
+//! `reduce::sum_partials` adds in order.
+
+use super::{TILE, TK, act_code, dropout_fields, reduce};
+use crate::backend::Epilogue;
+use crate::gpu::{GpuBackend, GpuBuf};
+use crate::model::Conv2d;
+
+params! {
+    pub(super) struct ConvParams {
+        n: u32,
+        c_in: u32,
+        h_in: u32,
+        w_in: u32,
+        c_out: u32,
+        h_out: u32,
+        w_out: u32,
+        kh: u32,
+        kw: u32,
+        stride: u32,
+        pad_h: u32,
+        pad_w: u32,
+        w_off: u32,
+        b_off: u32,
+        has_bias: u32,
+        act: u32,
+        tiles_n: u32,
+        tiles_m: u32,
+        /// backward_weight: length of one split of K
+        split_len: u32,
+        /// where C starts in c
+        c_off: u32,
+        /// forward: dropout after the activation (see common.wgsl's epilogue)
+        has_dropout: u32,
+        drop_key: u32,
+        drop_p: f32,
+        drop_scale: f32,
+    }
+}
+
+fn conv_params(l: &Conv2d, n: usize, epi: Epilogue, tiles_n: usize, tiles_m: usize) -> ConvParams {
+    let (has_dropout, drop_key, drop_p, drop_scale) = dropout_fields(&epi);
+    ConvParams {
+        n: n as u32,
+        c_in: l.c_in as u32,
+        h_in: l.h_in as u32,
+        w_in: l.w_in as u32,
+        c_out: l.c_out as u32,
+        h_out: l.h_out as u32,
+        w_out: l.w_out as u32,
+        kh: l.kh as u32,
+        kw: l.kw as u32,
+        stride: l.stride as u32,
+        pad_h: l.pad_h as u32,
+        pad_w: l.pad_w as u32,
+        w_off: l.w_off as u32,
+        b_off: l.b_off.unwrap_or(0) as u32,
+        has_bias: l.b_off.is_some() as u32,
+        act: act_code(epi.act),
+        tiles_n: tiles_n as u32,
+        tiles_m: tiles_m as u32,
+        split_len: 0,
+        c_off: 0,
+        has_dropout,
+        drop_key,
+        drop_p,
+        drop_scale,
+    }
+}
+
+pub(in crate::gpu) fn conv2d_forward(
+    gpu: &mut GpuBackend,
+    out: &mut GpuBuf,
+    inp: &GpuBuf,
+    params: &GpuBuf,
+    l: &Conv2d,
+    n: usize,
+    epi: Epilogue,
+) {
+    let tiles_n = (n * l.h_out * l.w_out).div_ceil(TILE);
+    let tiles_m = l.c_out.div_ceil(TILE);
+    let prm = conv_params(l, n, epi, tiles_n, tiles_m);
+    let grid = gpu.tile_grid(tiles_n, tiles_m);
+    gpu.dispatch("conv2d_forward", &[params, inp, out], &prm, grid);
+}
+
+pub(in crate::gpu) fn conv2d_backward_input(
+    gpu: &mut GpuBackend,
+    dinp: &mut GpuBuf,
+    dout: &GpuBuf,
+    params: &GpuBuf,
+    l: &Conv2d,
+    n: usize,
+) {
+    let tiles_n = (n * l.h_in * l.w_in).div_ceil(TILE);
+    let tiles_m = l.c_in.div_ceil(TILE);
+    let prm = conv_params(l, n, Epilogue::default(), tiles_n, tiles_m);
+    let grid = gpu.tile_grid(tiles_n, tiles_m);
+    gpu.dispatch("conv2d_backward_input", &[params, dout, dinp], &prm, grid);
+}
+
+pub(in crate::gpu) fn conv2d_backward_weight(
+    gpu: &mut GpuBackend,
+    grads: &mut GpuBuf,
+    dout: &GpuBuf,
+    inp: &GpuBuf,
+    l: &Conv2d,
+    n: usize,
+) {
+    // dW (c_out, K) sums over n * h_out * w_out positions. Few output tiles and a long
+    // sum: split the sum into chunks whose partials are added in order afterwards.
+    let (m, k) = (l.c_out, l.c_in * l.kh * l.kw);
+    let reduction = n * l.h_out * l.w_out;
+    let tiles_n = k.div_ceil(TILE);
+    let tiles_m = m.div_ceil(TILE);
+    let tiles = tiles_n * tiles_m;
+    let splits = (256 / tiles).clamp(1, reduction.div_ceil(256).max(1)).min(64);
+    let split_len = reduction.div_ceil(splits).div_ceil(TK) * TK;
+    let splits = reduction.div_ceil(split_len);
+    let mut prm = conv_params(l, n, Epilogue::default(), tiles_n, tiles_m);
+    prm.split_len = split_len as u32;
+    let grid = gpu.tile_grid(tiles_n, tiles_m * splits);
+    if splits == 1 {
+        prm.c_off = l.w_off as u32;
+        gpu.dispatch("conv2d_backward_weight", &[dout, inp, grads], &prm, grid);
+    } else {
+        let Some(scratch) = gpu.scratch(splits * m * k) else { return };
+        // The scratch buffer lives in the backend; its handle is cloned to record the dispatches.
+        let scratch = GpuBuf { buf: scratch.buf.clone(), len: scratch.len, id: scratch.id, mem: None };
+        gpu.dispatch("conv2d_backward_weight", &[dout, inp, &scratch], &prm, grid);
+        reduce::sum_partials(gpu, grads, &scratch, splits, m * k, l.w_off);
+    }
+    if let Some(b) = l.b_off {
+        reduce::bias_backward(gpu, grads, dout, n, l.c_out, l.h_out * l.w_out, b);
+    }
+}

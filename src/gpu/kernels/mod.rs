@@ -1,0 +1,70 @@
+//! The GPU launchers, one module per kernel family (`shaders/<family>.wgsl`): the family's
+//! parameter block (its Rust twin of the WGSL `Params` struct) and one launcher per op, named
+//! like the op, its WGSL entry point and its CPU twin. A launcher fills the parameter block,
+//! computes the grid and records the dispatch; `impl Backend for GpuBackend` (`../ops.rs`)
+//! only calls them. The binding rows stay in `shaders::KERNELS`, the one list that pipelines
+//! are built from.
+//!
+//! `PARAMS` lists every family's parameter block with its WGSL struct; `tests/shaders_naga.rs`
+//! checks each field by field against the shader, and each kernel's binding rows against the
+//! globals its entry point uses.
+
+#[macro_use]
+pub mod layout;
+
+pub(super) mod activation;
+pub(super) mod batchnorm;
+pub(super) mod conv2d;
+pub(super) mod data;
+pub(super) mod dropout;
+pub(super) mod gemm;
+pub(super) mod loss;
+pub(super) mod optim;
+pub(super) mod pool;
+pub(super) mod reduce;
+
+use crate::backend::Epilogue;
+use crate::model::Act;
+use layout::ParamsLayout;
+
+/// A family's uniform block: the WGSL struct bound at `@group(1) @binding(0)` in
+/// `shaders/<family>.wgsl`, and the Rust struct its launchers fill.
+#[derive(Debug, Clone, Copy)]
+pub struct FamilyParams {
+    pub family: &'static str,
+    pub wgsl: &'static str,
+    pub rust: ParamsLayout,
+}
+
+const fn family(family: &'static str, wgsl: &'static str, rust: ParamsLayout) -> FamilyParams {
+    FamilyParams { family, wgsl, rust }
+}
+
+/// Every family's parameter block (one each: the ops of a family share it).
+pub const PARAMS: &[FamilyParams] = &[
+    family("activation", "Params", activation::ActParams::LAYOUT),
+    family("batchnorm", "Params", batchnorm::BnParams::LAYOUT),
+    family("conv2d", "Params", conv2d::ConvParams::LAYOUT),
+    family("data", "Params", data::DataParams::LAYOUT),
+    family("dropout", "Params", dropout::DropoutParams::LAYOUT),
+    family("gemm", "Params", gemm::GemmParams::LAYOUT),
+    family("loss", "Params", loss::LossParams::LAYOUT),
+    family("optim", "Params", optim::OptimParams::LAYOUT),
+    family("pool", "Params", pool::PoolParams::LAYOUT),
+    family("reduce", "Params", reduce::ReduceParams::LAYOUT),
+];
+
+/// The shaders' activation code (0: none).
+fn act_code(act: Option<Act>) -> u32 {
+    act.map_or(0, |a| a as u32)
+}
+
+/// (has_dropout, key, p, scale) of an epilogue, as the shaders take them.
+fn dropout_fields(epi: &Epilogue) -> (u32, u32, f32, f32) {
+    epi.dropout.map_or((0, 0, 0.0, 1.0), |(p, key)| (1, key, p, 1.0 / (1.0 - p)))
+}
+
+/// Output tile edge of the GEMM kernels (TM = TN in gemm.wgsl and conv2d.wgsl).
+const TILE: usize = 64;
+/// K step of the GEMM kernels; split-K chunks are multiples of it.
+const TK: usize = 16;
