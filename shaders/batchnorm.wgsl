@@ -47,8 +47,13 @@ fn reduce2(lid: u32, a: f32, b: f32) {
 
 // One workgroup per channel: mean and biased variance (two passes), saved stats, running stats.
 @compute @workgroup_size(256)
-fn batchnorm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let c = wid.x;
+fn batchnorm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    // One workgroup per channel, the grid folded into two dimensions past 65,535 channels.
+    let c = wid.x + wid.y * nwg.x;
+    if c >= prm.c {
+        return;
+    }
     let lid = lid3.x;
     let m = prm.n * prm.hw;
     var s = 0.0;
@@ -96,8 +101,13 @@ fn batchnorm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
 
 // One workgroup per channel: dgamma = sum dy * xhat, dbeta = sum dy, into the gradients.
 @compute @workgroup_size(256)
-fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>) {
-    let c = wid.x;
+fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    // One workgroup per channel, the grid folded into two dimensions past 65,535 channels.
+    let c = wid.x + wid.y * nwg.x;
+    if c >= prm.c {
+        return;
+    }
     let lid = lid3.x;
     let m = prm.n * prm.hw;
     let mean = saved[2u * c];

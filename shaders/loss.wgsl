@@ -134,3 +134,135 @@ fn mse_forward(@builtin(local_invocation_id) lid3: vec3<u32>) {
     }
     reduce_and_store(lid, loss, hits);
 }
+
+// Rows too wide for one thread (WIDE_CLASSES and more classes: tens of thousands): one
+// workgroup per row, its threads striding over the classes with tree reductions in a fixed
+// order. Each row's loss and hit go to part[2 i], part[2 i + 1]; loss_rows_sum then adds the
+// rows in order into the batch's stats. (One thread looping over 65,536 classes is also
+// what Mesa's llvmpipe, which stops any loop after 65,535 iterations, cannot run.)
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
+
+var<workgroup> red_i: array<u32, 256>;
+
+const NONE: u32 = 0xffffffffu;
+
+// The row's first maximum, by all threads: (value, index) in red_loss[0], red_i[0].
+fn wide_argmax(base: u32, lid: u32) {
+    var mx = 0.0;
+    var best = NONE;
+    for (var j = lid; j < prm.classes; j += WG) {
+        let v = logits[base + j];
+        if best == NONE || v > mx {
+            mx = v;
+            best = j;
+        }
+    }
+    red_loss[lid] = mx;
+    red_i[lid] = best;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if lid < s {
+            let ov = red_loss[lid + s];
+            let oi = red_i[lid + s];
+            let mine = red_i[lid];
+            if oi != NONE && (mine == NONE || ov > red_loss[lid] || (ov == red_loss[lid] && oi < mine)) {
+                red_loss[lid] = ov;
+                red_i[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+// The sum of `v` over the workgroup, in a fixed tree order, returned to every thread.
+fn wide_sum(lid: u32, v: f32) -> f32 {
+    workgroupBarrier();
+    red_hits[lid] = v;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_hits[lid] += red_hits[lid + s];
+        }
+        workgroupBarrier();
+    }
+    return red_hits[0];
+}
+
+fn wide_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, softmax: bool, grad: bool) {
+    let i = wid.x + wid.y * nwg.x;
+    if i >= prm.n {
+        return;
+    }
+    let base = i * prm.classes;
+    let dst = select(prm.probs_at + i, i, grad) * prm.classes;
+    let y = labels[i];
+    wide_argmax(base, lid);
+    let mx = red_loss[0];
+    let hit = select(0.0, 1.0, red_i[0] == y);
+    var loss = 0.0;
+    if softmax {
+        var s = 0.0;
+        for (var j = lid; j < prm.classes; j += WG) {
+            s += exp(logits[base + j] - mx);
+        }
+        let sum = wide_sum(lid, s);
+        let inv = 1.0 / sum;
+        for (var j = lid; j < prm.classes; j += WG) {
+            var p = exp(logits[base + j] - mx) * inv;
+            if grad {
+                p = (p - select(0.0, 1.0, j == y)) * prm.scale;
+            }
+            out[dst + j] = p;
+        }
+        loss = log(sum) - (logits[base + y] - mx);
+    } else {
+        var sq = 0.0;
+        for (var j = lid; j < prm.classes; j += WG) {
+            let d = logits[base + j] - select(0.0, 1.0, j == y);
+            sq += d * d;
+            out[dst + j] = select(logits[base + j], 2.0 * d / f32(prm.classes) * prm.scale, grad);
+        }
+        loss = wide_sum(lid, sq) / f32(prm.classes);
+    }
+    if lid == 0u {
+        part[2u * i] = loss;
+        part[2u * i + 1u] = hit;
+    }
+}
+
+@compute @workgroup_size(256)
+fn softmax_xent_rows_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    wide_row(wid, nwg, lid3.x, true, true);
+}
+
+@compute @workgroup_size(256)
+fn softmax_xent_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    wide_row(wid, nwg, lid3.x, true, false);
+}
+
+@compute @workgroup_size(256)
+fn mse_rows_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    wide_row(wid, nwg, lid3.x, false, true);
+}
+
+@compute @workgroup_size(256)
+fn mse_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    wide_row(wid, nwg, lid3.x, false, false);
+}
+
+// stats[slot] = the rows' summed loss and hits, added in order (part: (loss, hit) per row).
+@compute @workgroup_size(256)
+fn loss_rows_sum(@builtin(local_invocation_id) lid3: vec3<u32>) {
+    let lid = lid3.x;
+    var loss = 0.0;
+    var hits = 0.0;
+    for (var i = lid; i < prm.n; i += WG) {
+        loss += part[2u * i];
+        hits += part[2u * i + 1u];
+    }
+    reduce_and_store(lid, loss, hits);
+}

@@ -16,10 +16,14 @@ struct Params {
 var<workgroup> red: array<f32, 64>;
 
 // db[c] = sum over examples and positions of dout (n, c, p): one 64-thread workgroup per
-// channel.
+// channel (the grid folded into two dimensions past 65,535 channels).
 @compute @workgroup_size(64)
-fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = wid.x;
+fn bias_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let c = wid.x + wid.y * nwg.x;
+    if c >= prm.c {
+        return;
+    }
     let m = prm.n * prm.p;
     var s = 0.0;
     for (var k = lid; k < m; k += 64u) {

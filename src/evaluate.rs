@@ -126,30 +126,27 @@ pub fn confusion(pred: &[usize], labels: &[u32], classes: usize) -> Vec<Vec<usiz
 /// named by `names` (in label order).
 pub fn report(s: &Scored, labels: &[u32], names: &[String]) -> String {
     let pred = s.predictions();
-    let m = confusion(&pred, labels, s.classes);
     let name = |c: usize| names.get(c).cloned().unwrap_or_else(|| c.to_string());
+    let mut out = String::new();
+    if s.classes > 20 {
+        // No matrix: with many classes it would not fit (65,536 classes: 4 billion cells).
+        let (mut hits, mut seen) = (vec![0usize; s.classes], vec![0usize; s.classes]);
+        for (&p, &y) in pred.iter().zip(labels) {
+            seen[y as usize] += 1;
+            hits[y as usize] += usize::from(p == y as usize);
+        }
+        out.push_str("accuracy per class (true class: correct / images)\n");
+        for c in (0..s.classes).filter(|&c| seen[c] > 0) {
+            let pct = 100.0 * hits[c] as f64 / seen[c] as f64;
+            out.push_str(&format!("  {:<24} {pct:>6.2}%  {} / {}\n", name(c), hits[c], seen[c]));
+        }
+        return out;
+    }
+    let m = confusion(&pred, labels, s.classes);
     let acc = |c: usize, row: &[usize]| {
         let total: usize = row.iter().sum();
         if total == 0 { 0.0 } else { 100.0 * row[c] as f64 / total as f64 }
     };
-    let mut out = String::new();
-    if s.classes > 20 {
-        out.push_str(
-            "accuracy per class (true class: correct / images)
-",
-        );
-        for (c, row) in m.iter().enumerate() {
-            out.push_str(&format!(
-                "  {:<24} {:>6.2}%  {} / {}
-",
-                name(c),
-                acc(c, row),
-                row[c],
-                row.iter().sum::<usize>()
-            ));
-        }
-        return out;
-    }
     // Columns as wide as the longest class name (at least 6), names cut at 12 characters.
     let short = |c: usize| name(c).chars().take(12).collect::<String>();
     let w = (0..s.classes).map(|c| short(c).chars().count() + 1).max().unwrap_or(6).max(6);

@@ -711,26 +711,45 @@ impl<B: Backend> Network<B> {
     }
 
     /// Evaluates on a whole data set (no dropout, batch-norm running statistics), in batches
-    /// of the buffers' capacity, reading back once at the end.
+    /// of the buffers' capacity, reading back once at the end: loss, accuracy and every
+    /// example's scores.
     pub fn evaluate(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
+        self.evaluate_keeping(b, data, true)
+    }
+
+    /// `evaluate` without the per-example scores (`scores` is empty): what training needs
+    /// each epoch, in memory for one batch of scores rather than the whole set's (which,
+    /// with tens of thousands of classes, would not fit).
+    pub fn evaluate_figures(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
+        self.evaluate_keeping(b, data, false)
+    }
+
+    fn evaluate_keeping(&mut self, b: &mut B, data: &DeviceData<B>, keep: bool) -> Result<EvalResult> {
         let classes = self.arch.classes();
         let batches = data.len.div_ceil(self.cap);
-        let mut probs = b.alloc((data.len * classes).max(1))?;
+        let rows = if keep { data.len } else { self.cap.min(data.len) };
+        crate::memory::check_host(
+            &format!("the scores of {rows} examples of {classes} classes"),
+            4 * (rows * classes) as u64,
+            "evaluate fewer examples at once",
+        )?;
+        let mut probs = b.alloc((rows * classes).max(1))?;
         let mut stats = b.alloc((2 * batches).max(1))?;
         for i in 0..batches {
             let start = i * self.cap;
             let n = self.cap.min(data.len - start);
             self.forward_eval(b, data, start, n);
             let logits = &self.acts[self.eval_out];
+            let at = if keep { start } else { 0 };
             match self.loss {
                 Loss::CrossEntropy => {
-                    b.softmax_xent_forward(&mut probs, start, &mut stats, i, logits, &self.labels, n, classes)
+                    b.softmax_xent_forward(&mut probs, at, &mut stats, i, logits, &self.labels, n, classes)
                 }
-                Loss::Mse => b.mse_forward(&mut probs, start, &mut stats, i, logits, &self.labels, n, classes),
+                Loss::Mse => b.mse_forward(&mut probs, at, &mut stats, i, logits, &self.labels, n, classes),
             }
         }
         let stats = b.download(&stats, 2 * batches)?;
-        let scores = b.download(&probs, data.len * classes)?;
+        let scores = if keep { b.download(&probs, data.len * classes)? } else { Vec::new() };
         let loss: f64 = stats.iter().step_by(2).map(|&v| v as f64).sum();
         let correct: f64 = stats.iter().skip(1).step_by(2).map(|&v| v as f64).sum();
         Ok(EvalResult {

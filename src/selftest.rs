@@ -269,6 +269,8 @@ fn dense_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         (33, 784, 10, Epilogue::default()),
         (3, 3136, 10, Epilogue::act(Some(Act::Tanh))),
         (9, 100, 37, relu_dropout),
+        // Past 65,535 outputs: grids fold into two dimensions (65,536 classes).
+        (3, 4, 65_536, Epilogue::default()),
     ]
     .into_iter()
     .enumerate()
@@ -391,7 +393,7 @@ fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
 fn loss_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let stats_tol = (1e-5, 1e-5);
-    for (i, (n, classes)) in [(1usize, 10usize), (300, 10), (37, 7)].into_iter().enumerate() {
+    for (i, (n, classes)) in [(1usize, 10usize), (300, 10), (37, 7), (3, 65_536)].into_iter().enumerate() {
         let tag = format!("n={n} classes={classes}");
         let mut z = random(120 + i as u64, n * classes, -4.0, 4.0);
         z[0] = 80.0; // a large logit stays finite

@@ -371,3 +371,52 @@ fn seed_b_init_follows_the_seeds_formulas() {
     }
     assert_eq!((convs, denses), (4, 1));
 }
+
+/// Labels up to 65,535 (65,536 classes): training, evaluation and the per-class report work
+/// on the CPU and, where there is an adapter, the GPU, without a classes x classes matrix or
+/// a test-set x classes buffer.
+#[test]
+fn sixty_five_thousand_classes_train_and_evaluate() {
+    let classes = 65_536usize;
+    let make = |n: usize, seed: u64| Dataset {
+        images: uniform(seed, n * 4, 0.0, 256.0).iter().map(|&v| v as u8).collect(),
+        labels: (0..n as u32).map(|i| (i * 7919 + seed as u32) % classes as u32).collect(),
+        channels: 1,
+        height: 2,
+        width: 2,
+        classes: gpu_train::data::numbered_classes(classes),
+    };
+    let (train_ds, test_ds) = (make(96, 1), make(40, 2));
+    let spec = format!(
+        "name = 'wide'\ninput = [1, 2, 2]\nlayers = [{{ type = 'flatten' }}, {{ type = 'dense', units = {classes} }}]\n\
+         [train]\nepochs = 1\nbatch = 32\n"
+    );
+    let arch = Arch::new(presets::parse(&spec, "wide").unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut backends: Vec<Box<dyn FnMut(TrainConfig) -> TrainSummary>> =
+        vec![Box::new(|cfg| train::train(&mut CpuBackend::new(), cfg, train_ds.clone(), &test_ds).unwrap())];
+    if let Ok(mut g) = gpu_train::gpu::GpuBackend::new(None) {
+        let (tr, te) = (train_ds.clone(), test_ds.clone());
+        backends.push(Box::new(move |cfg| train::train(&mut g, cfg, tr.clone(), &te).unwrap()));
+    }
+    for (i, run) in backends.iter_mut().enumerate() {
+        let cfg = TrainConfig {
+            arch: arch.clone(),
+            seed: 1,
+            out: tmp.path().join(format!("wide-{i}.safetensors")),
+            resume: None,
+            progress: false,
+            checkpoints: false,
+            run_info: Default::default(),
+            data: Default::default(),
+        };
+        let s = run(cfg);
+        assert_eq!(s.final_test.count, 40);
+        assert!(s.history[0].train_loss.is_finite() && s.history[0].train_loss > 10.0, "{:?}", s.history[0]);
+    }
+    // The report of a 65,536-class model lists classes without a matrix.
+    let m = modelfile::load(&tmp.path().join("wide-0.safetensors"), None).unwrap();
+    let scored = gpu_train::evaluate::score(&mut CpuBackend::new(), &m, "wide", &test_ds).unwrap();
+    let text = gpu_train::evaluate::report(&scored, &test_ds.labels, &test_ds.classes);
+    assert!(text.starts_with("accuracy per class") && text.lines().count() <= 41, "{}", &text[..200.min(text.len())]);
+}

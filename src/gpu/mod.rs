@@ -158,7 +158,7 @@ impl GpuBackend {
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string().lines().next().unwrap_or_default().to_string());
+                v.push(e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(": "));
             }
         }));
         let sink = errors.clone();

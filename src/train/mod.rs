@@ -343,9 +343,9 @@ impl<B: Backend> Trainer<B> {
     /// printed as one line and appended to the metrics log; the live weights stay in place.
     pub fn evaluate(&mut self, b: &mut B, (loss, acc, seconds, lr): (f64, f64, f64, f32)) -> Result<EpochReport> {
         self.net.swap_average();
-        let test = self.net.evaluate(b, &self.test);
+        let test = self.net.evaluate_figures(b, &self.test);
         let val = match &self.val {
-            Some(v) => self.net.evaluate(b, v).map(Some),
+            Some(v) => self.net.evaluate_figures(b, v).map(Some),
             None => Ok(None),
         };
         self.net.swap_average();
@@ -430,7 +430,7 @@ impl<B: Backend> Trainer<B> {
             && self.progress.best_epoch != self.progress.epoch
         {
             self.net.set_params(b, p, s)?;
-            let r = self.net.evaluate(b, &self.test)?;
+            let r = self.net.evaluate_figures(b, &self.test)?;
             println!(
                 "restored the weights of epoch {} (best {}): test acc {}",
                 self.progress.best_epoch,
@@ -441,7 +441,7 @@ impl<B: Backend> Trainer<B> {
         }
         let final_test = match final_test {
             Some(r) => r,
-            None => self.net.evaluate(b, &self.test)?,
+            None => self.net.evaluate_figures(b, &self.test)?,
         };
         let (p, s) = self.net.get_params(b)?;
         let metrics = serde_json::json!({

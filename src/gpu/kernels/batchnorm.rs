@@ -48,7 +48,8 @@ pub(in crate::gpu) fn batchnorm_forward(
 ) {
     let prm = bn_params(l, n, train);
     if train {
-        gpu.dispatch("batchnorm_stats", &[inp, saved, state], &prm, [l.c as u32, 1, 1]);
+        let grid = gpu.tile_grid(l.c, 1);
+        gpu.dispatch("batchnorm_stats", &[inp, saved, state], &prm, grid);
     }
     let grid = gpu.grid(n * l.c * l.hw);
     gpu.dispatch("batchnorm_forward", &[inp, params, saved, state, out], &prm, grid);
@@ -67,7 +68,8 @@ pub(in crate::gpu) fn batchnorm_backward(
     n: usize,
 ) {
     let prm = bn_params(l, n, true);
-    gpu.dispatch("batchnorm_backward_reduce", &[dout, inp, saved, grads], &prm, [l.c as u32, 1, 1]);
+    let grid = gpu.tile_grid(l.c, 1);
+    gpu.dispatch("batchnorm_backward_reduce", &[dout, inp, saved, grads], &prm, grid);
     let grid = gpu.grid(n * l.c * l.hw);
     gpu.dispatch("batchnorm_backward", &[dout, inp, saved, grads, dinp, params], &prm, grid);
 }

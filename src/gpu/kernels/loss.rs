@@ -1,8 +1,27 @@
 //! shaders/loss.wgsl: a loss over the whole batch in one workgroup, its sum and the correct
 //! count written to `stats[2 * slot]` and `stats[2 * slot + 1]`; the training kernels also
-//! write the gradient, the evaluation kernels the outputs from row `probs_at` on.
+//! write the gradient, the evaluation kernels the outputs from row `probs_at` on. With
+//! `WIDE_CLASSES` or more classes a row is one workgroup's work instead of one thread's
+//! (`*_rows_*`), its (loss, hit) written to scratch and summed in order by `loss_rows_sum`.
 
 use crate::gpu::{GpuBackend, GpuBuf};
+
+/// From this many classes on, a row gets a workgroup: one thread looping over tens of
+/// thousands of classes four times per row is slow (and past 65,535 iterations, beyond what
+/// Mesa's llvmpipe runs); below it, one workgroup for the batch needs one dispatch, not two.
+pub(in crate::gpu) const WIDE_CLASSES: usize = 1024;
+
+/// The `entry` (a `*_rows_*` kernel) over rows 0..n with one workgroup each, then their
+/// per-row figures summed into `stats[slot]`.
+fn wide(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 3], stats: &mut GpuBuf, prm: &LossParams) {
+    let n = prm.n as usize;
+    let Some(part) = gpu.scratch(2 * n.max(1)) else { return };
+    // The scratch buffer lives in the backend; its handle is cloned to record the dispatches.
+    let part = GpuBuf { buf: part.buf.clone(), len: part.len, id: part.id, mem: None };
+    let grid = gpu.tile_grid(n, 1);
+    gpu.dispatch(entry, &[bufs[0], bufs[1], bufs[2], &part], prm, grid);
+    gpu.dispatch("loss_rows_sum", &[stats, &part], prm, [1, 1, 1]);
+}
 
 params! {
     pub(super) struct LossParams {
@@ -33,6 +52,9 @@ pub(in crate::gpu) fn softmax_xent_forward_backward(
     scale: f32,
 ) {
     let prm = loss_params(n, classes, slot, scale, 0);
+    if classes >= WIDE_CLASSES {
+        return wide(gpu, "softmax_xent_rows_forward_backward", [logits, labels, dlogits], stats, &prm);
+    }
     gpu.dispatch("softmax_xent_forward_backward", &[logits, labels, dlogits, stats], &prm, [1, 1, 1]);
 }
 
@@ -49,6 +71,9 @@ pub(in crate::gpu) fn softmax_xent_forward(
     classes: usize,
 ) {
     let prm = loss_params(n, classes, slot, 1.0, probs_at);
+    if classes >= WIDE_CLASSES {
+        return wide(gpu, "softmax_xent_rows_forward", [logits, labels, probs], stats, &prm);
+    }
     gpu.dispatch("softmax_xent_forward", &[logits, labels, probs, stats], &prm, [1, 1, 1]);
 }
 
@@ -65,6 +90,9 @@ pub(in crate::gpu) fn mse_forward_backward(
     scale: f32,
 ) {
     let prm = loss_params(n, classes, slot, scale, 0);
+    if classes >= WIDE_CLASSES {
+        return wide(gpu, "mse_rows_forward_backward", [outputs, labels, dout], stats, &prm);
+    }
     gpu.dispatch("mse_forward_backward", &[outputs, labels, dout, stats], &prm, [1, 1, 1]);
 }
 
@@ -81,5 +109,8 @@ pub(in crate::gpu) fn mse_forward(
     classes: usize,
 ) {
     let prm = loss_params(n, classes, slot, 1.0, probs_at);
+    if classes >= WIDE_CLASSES {
+        return wide(gpu, "mse_rows_forward", [outputs, labels, probs], stats, &prm);
+    }
     gpu.dispatch("mse_forward", &[outputs, labels, probs, stats], &prm, [1, 1, 1]);
 }

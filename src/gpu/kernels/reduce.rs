@@ -28,7 +28,8 @@ pub(super) fn bias_backward(
     dst_off: usize,
 ) {
     let prm = ReduceParams { n: n as u32, c: c as u32, p: p as u32, len: 0, dst_off: dst_off as u32 };
-    gpu.dispatch("bias_backward", &[dout, grads], &prm, [c as u32, 1, 1]);
+    let grid = gpu.tile_grid(c, 1);
+    gpu.dispatch("bias_backward", &[dout, grads], &prm, grid);
 }
 
 /// grads[dst_off..][..len] = the sum of the `partials` consecutive partials of `len` in
