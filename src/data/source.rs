@@ -2,7 +2,7 @@
 //!
 //! In order: the four IDX files of MNIST and its kin; CIFAR-10 or CIFAR-100 binary batch
 //! files (`cifar`); a folder per class, either split (`PATH/train/<class>/*` and
-//! `PATH/test/<class>/*`, or `PATH/val/<class>/*`) or not (`PATH/<class>/*`, of which
+//! `PATH/test/<class>/*`, or `val/` or `validation/`) or not (`PATH/<class>/*`, of which
 //! `--val-split` holds out a share as the test set, drawn with the run's seed). Whatever the
 //! source, images are brought to the model's input shape: channels converted and, when the
 //! size differs, resized by `--resize`. Folders of pictures are decoded once and cached
@@ -103,7 +103,7 @@ fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<
         let mut info = info(layout.name(), &train.classes, false);
         return adapt(train, test, o, &mut info);
     }
-    let test_dir = ["test", "val"].iter().map(|d| path.join(d)).find(|d| d.is_dir());
+    let test_dir = ["test", "val", "validation"].iter().map(|d| path.join(d)).find(|d| d.is_dir());
     let (train, test) = match (path.join("train"), test_dir) {
         (train, Some(test)) if train.is_dir() => {
             let (tr, te) = (folder::list(&train)?, folder::list(&test)?);
@@ -117,7 +117,7 @@ fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<
         }
         (train, None) if train.is_dir() => {
             return Err(Error::Data(format!(
-                "{}: has a train/ folder but no test/ or val/ beside it; add one, or point --data at train/ and use --val-split",
+                "{}: has a train/ folder but no test/, val/ or validation/ beside it; add one, or point --data at train/ and use --val-split",
                 path.display()
             )));
         }
