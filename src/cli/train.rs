@@ -50,6 +50,11 @@ pub struct TrainArgs {
     /// Do not write a checkpoint after each epoch
     #[arg(long)]
     no_checkpoint: bool,
+    /// Keep the training set in host memory and copy each stretch of batches to the GPU as
+    /// training reaches it, for data sets larger than the GPU's memory (chosen on its own
+    /// when uploading the training set runs out of device memory)
+    #[arg(long)]
+    stream: bool,
     /// Arithmetic of the GEMMs: f32, mixed (cooperative matrices; `gpu-train devices`) or auto (f32 for now)
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     precision: Precision,
@@ -178,6 +183,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             checkpoints: !a.no_checkpoint,
             run_info: info,
             data: splits.info.clone(),
+            stream: a.stream,
         };
         let s = train::train(b, cfg, train_ds, &test_ds)?;
         println!(

@@ -51,6 +51,17 @@ pub struct TrainConfig {
     pub run_info: HashMap<String, String>,
     /// Where the data came from, recorded in the model file (class names, resize rule).
     pub data: DataInfo,
+    /// Keep the training set in host memory and stream it to the device (see
+    /// `network::Stream`); also chosen when uploading it runs out of device memory.
+    pub stream: bool,
+}
+
+/// Bytes of pictures one streaming window holds (at least one batch's): small next to any
+/// device's memory and within every adapter's 128 MB per binding.
+const STREAM_WINDOW_BYTES: usize = 64 << 20;
+
+fn out_of_memory(e: &Error) -> bool {
+    matches!(e, Error::Gpu(m) if m.to_lowercase().contains("out of memory"))
 }
 
 /// One epoch's figures, as printed and logged.
@@ -224,7 +235,25 @@ impl<B: Backend> Trainer<B> {
         let recipe = arch.recipe().clone();
 
         crate::network::check_fits(b, &arch, recipe.batch.max(EVAL_BATCH))?;
-        let train_dev = DeviceData::upload(b, &train)?;
+        let streamed = |b: &mut B| {
+            let steps = (STREAM_WINDOW_BYTES / (recipe.batch * train.image_len()).max(1)).clamp(1, STEPS_PER_FLUSH);
+            DeviceData::upload_streamed(b, &train, steps * recipe.batch)
+        };
+        let train_dev = if cfg.stream {
+            streamed(b)?
+        } else {
+            match DeviceData::upload(b, &train) {
+                Ok(d) => d,
+                Err(e) if out_of_memory(&e) => {
+                    println!(
+                        "note: the training set ({} MB) does not fit in the device's memory; streaming it from host memory",
+                        train.images.len() >> 20
+                    );
+                    streamed(b)?
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let test_dev = DeviceData::upload(b, test)?;
         let val = if val.is_empty() { None } else { Some(DeviceData::upload(b, &val)?) };
 
@@ -304,7 +333,8 @@ impl<B: Backend> Trainer<B> {
     pub fn run_epoch(&mut self, b: &mut B, index: usize) -> Result<(f64, f64, f64, f32)> {
         let e = self.epoch_plan(index);
         let steps = e.steps();
-        b.upload_u32(&mut self.perm, &rng::epoch_permutation(e.seed, index, self.n))?;
+        let perm = rng::epoch_permutation(e.seed, index, self.n);
+        b.upload_u32(&mut self.perm, &perm)?;
         let bar = progress_bar(self.cfg.progress, steps, index, self.recipe.epochs);
         let t0 = Instant::now();
         let mut last_peek = Instant::now();
@@ -324,7 +354,17 @@ impl<B: Backend> Trainer<B> {
             }
             Ok(())
         };
-        run_steps(b, &mut self.net, &self.train, &self.perm, &mut self.stats, &e, 0..steps, peek)?;
+        // Resident data: one stretch. Streamed: as many steps as the window holds batches,
+        // each stretch's examples staged before its steps are recorded.
+        let stretch = self.train.stream.as_ref().map_or(steps, |st| (st.capacity / batch).max(1));
+        let mut peek = peek;
+        let mut first = 0;
+        while first < steps {
+            let end = (first + stretch).min(steps);
+            self.train.stage(b, &perm, first * batch, (end * batch).min(self.n) - first * batch)?;
+            run_steps(b, &mut self.net, &self.train, &self.perm, &mut self.stats, &e, first..end, &mut peek)?;
+            first = end;
+        }
         let s = b.download(&self.stats, 2 * steps)?;
         let seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
