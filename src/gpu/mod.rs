@@ -122,6 +122,23 @@ pub struct GpuBackend {
     coop: Option<coop::CoopConfig>,
 }
 
+/// The group-0 layout of a kernel's storage bindings (binding, access), for compute.
+pub(crate) fn storage_layout(bindings: &[(u32, shaders::Access)]) -> Vec<wgpu::BindGroupLayoutEntry> {
+    bindings
+        .iter()
+        .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: access == shaders::Access::Read },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect()
+}
+
 impl GpuBackend {
     /// Opens adapter `index` (see `gpu-train devices`), or the best one.
     pub fn new(index: Option<usize>) -> Result<Self> {
@@ -279,20 +296,7 @@ impl GpuBackend {
             };
             self.modules.insert(kernel.family, module);
         }
-        let entries: Vec<wgpu::BindGroupLayoutEntry> = kernel
-            .bindings
-            .iter()
-            .map(|&(binding, access)| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: access == shaders::Access::Read },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            })
-            .collect();
+        let entries = storage_layout(kernel.bindings);
         let layout = self
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
@@ -354,8 +358,10 @@ impl GpuBackend {
         Ok(GpuBuf { buf, len, id, mem: Some(self.memory.clone()) })
     }
 
-    /// A scratch buffer of at least `len` elements (split-K partial sums), grown as needed.
-    fn scratch(&mut self, len: usize) -> Option<&GpuBuf> {
+    /// A scratch buffer of at least `len` elements (split-K partial sums, per-row losses),
+    /// grown as needed. The buffer lives in the backend; what comes back is a second handle
+    /// to it, to record dispatches with.
+    fn scratch(&mut self, len: usize) -> Option<GpuBuf> {
         if self.scratch.as_ref().is_none_or(|s| s.len < len) {
             match self.new_buffer(len.next_power_of_two()) {
                 Ok(b) => self.scratch = Some(b),
@@ -365,7 +371,7 @@ impl GpuBackend {
                 }
             }
         }
-        self.scratch.as_ref()
+        self.scratch.as_ref().map(|s| GpuBuf { buf: s.buf.clone(), len: s.len, id: s.id, mem: None })
     }
 
     /// Records one dispatch of `entry` over `groups` workgroups with `bufs` at the kernel's

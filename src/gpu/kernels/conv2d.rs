@@ -126,8 +126,6 @@ pub(in crate::gpu) fn conv2d_backward_weight(
         gpu.dispatch("conv2d_backward_weight", &[dout, inp, grads], &prm, grid);
     } else {
         let Some(scratch) = gpu.scratch(splits * m * k) else { return };
-        // The scratch buffer lives in the backend; its handle is cloned to record the dispatches.
-        let scratch = GpuBuf { buf: scratch.buf.clone(), len: scratch.len, id: scratch.id, mem: None };
         gpu.dispatch("conv2d_backward_weight", &[dout, inp, &scratch], &prm, grid);
         reduce::sum_partials(gpu, grads, &scratch, splits, m * k, l.w_off);
     }

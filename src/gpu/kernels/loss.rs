@@ -16,8 +16,6 @@ pub(in crate::gpu) const WIDE_CLASSES: usize = 1024;
 fn wide(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 3], stats: &mut GpuBuf, prm: &LossParams) {
     let n = prm.n as usize;
     let Some(part) = gpu.scratch(2 * n.max(1)) else { return };
-    // The scratch buffer lives in the backend; its handle is cloned to record the dispatches.
-    let part = GpuBuf { buf: part.buf.clone(), len: part.len, id: part.id, mem: None };
     let grid = gpu.tile_grid(n, 1);
     gpu.dispatch(entry, &[bufs[0], bufs[1], bufs[2], &part], prm, grid);
     gpu.dispatch("loss_rows_sum", &[stats, &part], prm, [1, 1, 1]);
