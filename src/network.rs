@@ -215,8 +215,9 @@ impl<B: Backend> DeviceData<B> {
     }
 
     /// A data set streamed from host memory through a window of `capacity` examples (at
-    /// least one batch; see `Stream`).
-    pub fn upload_streamed(b: &mut B, ds: &crate::data::Dataset, capacity: usize) -> Result<Self> {
+    /// least one batch; see `Stream`). The stream keeps the data set's bytes: it is taken,
+    /// not copied, since a set too large for the device may be most of the host's memory.
+    pub fn upload_streamed(b: &mut B, ds: crate::data::Dataset, capacity: usize) -> Result<Self> {
         let image_len = ds.image_len().max(1);
         let capacity = capacity.clamp(1, ds.len().max(1));
         if (capacity * image_len).div_ceil(4) > b.max_buffer_len() {
@@ -230,25 +231,17 @@ impl<B: Backend> DeviceData<B> {
         let mut window_order = b.alloc_u32(capacity)?;
         b.upload_u32(&mut window_order, &(0..capacity as u32).collect::<Vec<_>>())?;
         let (labels, order) = (b.alloc_u32(1)?, b.alloc_u32(1)?);
+        let (len, channels, height, width) = (ds.len(), ds.channels, ds.height, ds.width);
         let stream = Stream {
-            images: ds.images.clone(),
-            labels: ds.labels.clone(),
+            images: ds.images,
+            labels: ds.labels,
             window,
             window_labels,
             window_order,
             capacity,
             staged: (0, 0),
         };
-        Ok(DeviceData {
-            shards: Vec::new(),
-            labels,
-            order,
-            len: ds.len(),
-            channels: ds.channels,
-            height: ds.height,
-            width: ds.width,
-            stream: Some(stream),
-        })
+        Ok(DeviceData { shards: Vec::new(), labels, order, len, channels, height, width, stream: Some(stream) })
     }
 
     /// Streamed data: copies the examples at permutation positions `start..start + count`

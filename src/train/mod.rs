@@ -235,12 +235,14 @@ impl<B: Backend> Trainer<B> {
         let recipe = arch.recipe().clone();
 
         crate::network::check_fits(b, &arch, recipe.batch.max(EVAL_BATCH))?;
-        let streamed = |b: &mut B| {
+        let n = train.len();
+        // A streamed training set moves into the stream (host memory), without a copy.
+        let streamed = |b: &mut B, train: Dataset| {
             let steps = (STREAM_WINDOW_BYTES / (recipe.batch * train.image_len()).max(1)).clamp(1, STEPS_PER_FLUSH);
-            DeviceData::upload_streamed(b, &train, steps * recipe.batch)
+            DeviceData::upload_streamed(b, train, steps * recipe.batch)
         };
         let train_dev = if cfg.stream {
-            streamed(b)?
+            streamed(b, train)?
         } else {
             match DeviceData::upload(b, &train) {
                 Ok(d) => d,
@@ -249,7 +251,7 @@ impl<B: Backend> Trainer<B> {
                         "note: the training set ({} MB) does not fit in the device's memory; streaming it from host memory",
                         train.images.len() >> 20
                     );
-                    streamed(b)?
+                    streamed(b, train)?
                 }
                 Err(e) => return Err(e),
             }
@@ -286,7 +288,6 @@ impl<B: Backend> Trainer<B> {
                 net.set_average(b, ap, as_)?;
             }
         }
-        let n = train.len();
         let stats = b.alloc(2 * n.div_ceil(recipe.batch))?;
         let perm = b.alloc_u32(n)?;
         let metrics_log = open_metrics(&modelfile::metrics_path(&cfg.out), cfg.resume.is_some())?;
@@ -340,7 +341,7 @@ impl<B: Backend> Trainer<B> {
         let mut last_peek = Instant::now();
         let (batch, ckpt, checkpoints) = (e.batch, modelfile::checkpoint_path(&self.cfg.out), self.cfg.checkpoints);
         let progress = &self.progress;
-        let peek = |b: &mut B, done: usize, stats: &B::Buf| -> Result<()> {
+        let mut peek = |b: &mut B, done: usize, stats: &B::Buf| -> Result<()> {
             bar.set_position(done as u64);
             if last_peek.elapsed() > Duration::from_secs(3) {
                 last_peek = Instant::now();
@@ -357,7 +358,6 @@ impl<B: Backend> Trainer<B> {
         // Resident data: one stretch. Streamed: as many steps as the window holds batches,
         // each stretch's examples staged before its steps are recorded.
         let stretch = self.train.stream.as_ref().map_or(steps, |st| (st.capacity / batch).max(1));
-        let mut peek = peek;
         let mut first = 0;
         while first < steps {
             let end = (first + stretch).min(steps);
