@@ -49,10 +49,6 @@ fn mnist_png() -> Option<&'static Path> {
     .map(|d| d.path())
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 /// The examples as a sorted list of (label, pixels): equal lists are equal multisets.
 fn multiset(ds: &Dataset) -> Vec<(u32, &[u8])> {
     let mut v: Vec<(u32, &[u8])> = (0..ds.len()).map(|i| (ds.labels[i], ds.image(i))).collect();
@@ -378,14 +374,9 @@ fn pictures_of_any_size_and_kind_are_brought_to_the_input_shape() {
 
 /// Asserts a failure reported as exactly one "error: ..." line containing every `want`.
 fn fails_with(args: &[&str], want: &[&str]) {
-    let (code, out, err) = gpu_train_cmd(args);
-    assert_ne!(code, 0, "{args:?} should fail: {out}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+    let line = one_line_error(args);
     for w in want {
-        assert!(lines[0].contains(w), "{args:?}: expected '{w}' in: {err}");
+        assert!(line.contains(w), "{args:?}: expected '{w}' in: {line}");
     }
 }
 

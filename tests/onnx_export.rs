@@ -45,22 +45,9 @@ const IMAGES: usize = 100;
 /// The first images run again on their own: the batch dimension is dynamic.
 const SMALL: usize = 3;
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// The Python interpreter with numpy, onnx and onnxruntime, or None (skip) outside CI.
 fn python() -> Option<String> {
-    let py = std::env::var("GPU_TRAIN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let why = match Command::new(&py).args(["-c", "import numpy, onnx, onnxruntime"]).output() {
-        Ok(o) if o.status.success() => return Some(py),
-        Ok(o) => String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("").to_string(),
-        Err(e) => e.to_string(),
-    };
-    let msg = format!("{py} cannot import numpy, onnx and onnxruntime ({why}); pip install onnx onnxruntime numpy");
-    assert!(!ci(), "CI=true but {msg}");
-    eprintln!("skipping ONNX runtime test: {msg}");
-    None
+    python_with("numpy, onnx, onnxruntime", "pip install onnx onnxruntime numpy")
 }
 
 /// One exported model and what onnxruntime must give: `want` for all images, and optionally
@@ -328,13 +315,7 @@ fn normalisation_awkward_convolutions_and_a_pytorch_model_agree_with_onnxruntime
 
 /// Runs the binary from the repository root: (exit code, stdout, stderr).
 fn gpu_train(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gpu-train")).args(args).current_dir(repo()).output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
+    gpu_train_cmd(args)
 }
 
 #[test]
@@ -357,11 +338,8 @@ fn cli_export_of_a_shipped_model_scores_its_recorded_accuracy_in_onnxruntime() {
 
 /// Asserts a failure reported as exactly one "error: ..." line containing `want`.
 fn fails_with(args: &[&str], want: &str) {
-    let (code, _, err) = gpu_train(args);
-    assert_ne!(code, 0, "{args:?} should fail");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {err}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(want), "{args:?}: expected '{want}' in: {err}");
+    let line = one_line_error(args);
+    assert!(line.contains(want), "{args:?}: expected '{want}' in: {line}");
 }
 
 #[test]

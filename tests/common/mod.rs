@@ -108,6 +108,23 @@ pub fn python_with(modules: &str, install: &str) -> Option<String> {
     None
 }
 
+/// A path as the &str a command line takes.
+pub fn p(path: &std::path::Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
+/// Runs gpu-train with `args`, which must fail as a user should see it: a non-zero exit, no
+/// panic or backtrace, and exactly one "error: ..." line on stderr, which comes back.
+pub fn one_line_error(args: &[&str]) -> String {
+    let (code, out, err) = gpu_train_cmd(args);
+    assert_ne!(code, 0, "{args:?} should fail: {out}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {err}");
+    lines[0].to_string()
+}
+
 /// Runs the gpu-train binary from the repository root: (exit code, stdout, stderr).
 pub fn gpu_train_cmd(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-train"))
