@@ -161,8 +161,9 @@ pub struct Stream<B: Backend> {
     staged: (usize, usize),
 }
 
-/// Bytes packed four to a u32, little-endian (the last word zero-padded).
-fn pack(bytes: &[u8]) -> Vec<u32> {
+/// Bytes packed four to a u32, little-endian (the last word zero-padded): how images sit in
+/// device buffers.
+pub fn pack(bytes: &[u8]) -> Vec<u32> {
     bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i))).collect()
 }
 

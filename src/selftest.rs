@@ -181,10 +181,7 @@ fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let len = c * h * w;
         let bytes: Vec<u8> = random((n * c) as u64, n_images * len, 0.0, 256.0).iter().map(|&v| v as u8).collect();
         let (first, count) = shard.unwrap_or((0, n_images));
-        let packed: Vec<u32> = bytes[first * len..(first + count) * len]
-            .chunks(4)
-            .map(|c| c.iter().enumerate().fold(0u32, |a, (i, &b)| a | (b as u32) << (8 * i)))
-            .collect();
+        let packed = crate::network::pack(&bytes[first * len..(first + count) * len]);
         let labels: Vec<u32> = (0..n_images as u32).map(|i| i % 10).collect();
         let perm: Vec<u32> = rng::epoch_permutation(3, 0, n_images).into_iter().collect();
         let (images, labels, perm) = (up_u32(b, &packed)?, up_u32(b, &labels)?, up_u32(b, &perm)?);
