@@ -452,6 +452,11 @@ fn bad_data_ends_in_one_line_naming_the_file() {
     std::fs::write(root.join("readme.txt"), "hello").unwrap();
     run(train(&root, &[]), &["nothing", "no class folders"]);
     run(train(&dir.path().join("absent"), &[]), &["absent", "no such"]);
+    // A single folder of one picture: nothing left to hold out as a test set.
+    let lone = dir.path().join("lone");
+    std::fs::create_dir_all(lone.join("a")).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])).save(lone.join("a/0.png")).unwrap();
+    run(train(&lone, &[]), &["lone", "at least two pictures"]);
     // A truncated CIFAR batch file.
     let cifar = dir.path().join("cifar");
     std::fs::create_dir_all(&cifar).unwrap();

@@ -134,7 +134,7 @@ fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<
                 ));
             }
             let (all, _) = decode_cached(path, &listing, None, o, notes)?;
-            split_by_seed(all, split, o.seed)?
+            split_by_seed(all, split, o.seed, path)?
         }
     };
     // Pictures of any size went through the resize rule (those of the input's size unchanged).
@@ -163,12 +163,15 @@ fn same_classes(tr: &Listing, te: &Listing, train: &Path, test: &Path) -> Result
 
 /// A single folder's pictures split into training and test sets by a permutation drawn from
 /// the run's seed.
-fn split_by_seed(all: Dataset, share: f32, seed: u64) -> Result<(Dataset, Dataset)> {
-    let perm: Vec<usize> = rng::epoch_permutation(seed, 0x5b1, all.len()).iter().map(|&i| i as usize).collect();
-    let test_len = ((all.len() as f64 * share as f64).round() as usize).clamp(1, all.len().saturating_sub(1));
+fn split_by_seed(all: Dataset, share: f32, seed: u64, root: &Path) -> Result<(Dataset, Dataset)> {
     if all.len() < 2 {
-        return Err(Error::Data("at least two pictures are needed to hold some out as a test set".into()));
+        return Err(Error::Data(format!(
+            "{}: at least two pictures are needed to hold some out as a test set",
+            root.display()
+        )));
     }
+    let perm: Vec<usize> = rng::epoch_permutation(seed, 0x5b1, all.len()).iter().map(|&i| i as usize).collect();
+    let test_len = ((all.len() as f64 * share as f64).round() as usize).clamp(1, all.len() - 1);
     let cut = all.len() - test_len;
     Ok((all.select(&perm[..cut]), all.select(&perm[cut..])))
 }
