@@ -95,13 +95,13 @@ fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<
     };
     if super::has_idx(path) {
         let (train, test) = super::load_dir(path)?;
-        let mut info = info("idx", &train.classes, true);
-        return adapt(train, test, o, &mut info);
+        let info = info("idx", &train.classes, true);
+        return adapt(train, test, o, info);
     }
     if let Some(layout) = cifar::detect(path) {
         let (train, test) = cifar::load(&layout)?;
-        let mut info = info(layout.name(), &train.classes, false);
-        return adapt(train, test, o, &mut info);
+        let info = info(layout.name(), &train.classes, false);
+        return adapt(train, test, o, info);
     }
     let test_dir = ["test", "val", "validation"].iter().map(|d| path.join(d)).find(|d| d.is_dir());
     let (train, test) = match (path.join("train"), test_dir) {
@@ -307,18 +307,18 @@ fn report_skipped(skipped: &[(PathBuf, String)], skip_bad: bool, cached: bool, n
 
 /// IDX splits (as `--data-dir` names them) brought to the model's input shape.
 pub fn from_idx(train: Dataset, test: Dataset, dir: &Path, digits: bool, o: &LoadOptions) -> Result<Splits> {
-    let mut info = DataInfo {
+    let info = DataInfo {
         source: "idx".into(),
         path: dir.display().to_string(),
         classes: train.classes.clone(),
         resize: None,
         digits,
     };
-    adapt(train, test, o, &mut info)
+    adapt(train, test, o, info)
 }
 
 /// IDX or CIFAR images brought to the model's input shape, if theirs differs.
-fn adapt(train: Dataset, test: Dataset, o: &LoadOptions, info: &mut DataInfo) -> Result<Splits> {
+fn adapt(train: Dataset, test: Dataset, o: &LoadOptions, mut info: DataInfo) -> Result<Splits> {
     let convert = |ds: Dataset| -> Result<Dataset> {
         if ds.shape() == o.shape {
             return Ok(ds);
@@ -337,7 +337,7 @@ fn adapt(train: Dataset, test: Dataset, o: &LoadOptions, info: &mut DataInfo) ->
     if (train.height, train.width) != (o.shape[1], o.shape[2]) {
         info.resize = Some(o.resize);
     }
-    Ok(Splits { train: convert(train)?, test: convert(test)?, info: info.clone(), notes: Vec::new() })
+    Ok(Splits { train: convert(train)?, test: convert(test)?, info, notes: Vec::new() })
 }
 
 /// Image `i` of a data set as a picture (planar bytes to the image crate's interleaved ones).
