@@ -3,8 +3,12 @@
 struct Params {
     len: u32,
     act: u32,
-    // backward: multiplies the gradient (the dropout scale after a fused relu + dropout)
-    scale: f32,
+    // backward after a fused relu + dropout: the gradient is multiplied by the dropout scale
+    // of the element's member (members.wgsl)
+    has_dropout: u32,
+    drop_members: u32,
+    drop_len: u32,
+    drop_at: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -26,6 +30,10 @@ fn activation_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
 fn activation_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_id(gid, nwg);
     if i < prm.len {
-        dst[i] = src[i] * act_grad(y[i], prm.act) * prm.scale;
+        var scale = 1.0;
+        if prm.has_dropout == 1u {
+            scale = member_dropout_scale(i, prm.drop_members, prm.drop_len, prm.drop_at);
+        }
+        dst[i] = src[i] * act_grad(y[i], prm.act) * scale;
     }
 }

@@ -55,13 +55,3 @@ fn act_grad(y: f32, act: u32) -> f32 {
 fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return gid.x + gid.y * nwg.x * WG;
 }
-
-// The forward epilogue of conv2d and dense: activation, then (after relu only) inverted
-// dropout with dropout_forward's mask for output element `idx` of the batch buffer.
-fn epilogue(v: f32, act: u32, idx: u32, has_dropout: u32, key: u32, p: f32, scale: f32) -> f32 {
-    let y = act_apply(v, act);
-    if has_dropout == 1u {
-        return select(0.0, y * scale, draw(key, idx) >= p);
-    }
-    return y;
-}

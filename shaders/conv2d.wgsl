@@ -2,9 +2,14 @@
 // never stored; each tile load computes which input element it stands for. Same tiling as
 // gemm.wgsl: 64 x 64 output tiles, 256 threads of 4 x 4 outputs, K in steps of 16.
 //
-//   forward          out (n, co, p)   M = c_out, N = n * h_out * w_out, K = c_in * kh * kw
-//   backward_input   dinp (n, ci, q)  M = c_in,  N = n * h_in * w_in,   K = c_out * kh * kw
-//   backward_weight  dW (co, k)       M = c_out, N = c_in * kh * kw,    K = n * h_out * w_out,
+// Grouped (model::Conv2d): each of `groups` groups is a GEMM of its own, with cg = c_in /
+// in_groups input and fg = c_out / groups output channels; group g's output channels start
+// at g fg, its input channels at (g % in_groups) cg, its weights at w_off + g fg cg kh kw.
+// The grid's z runs over (split, group, row tile), row tile fastest.
+//
+//   forward          out (n, co, p)   M = fg, N = n * h_out * w_out, K = cg * kh * kw
+//   backward_input   dinp (n, ci, q)  M = cg, N = n * h_in * w_in,   K = fg * kh * kw
+//   backward_weight  dW (co, k)       M = fg, N = cg * kh * kw,      K = n * h_out * w_out,
 //                    the K range split into `splits` chunks whose partial sums land in
 //                    separate slices of c and are added in order by reduce.wgsl.
 
@@ -26,13 +31,17 @@ struct Params {
     has_bias: u32,
     act: u32,
     tiles_n: u32,
-    tiles_m: u32,
+    tiles_m: u32,     // row tiles of one group
     split_len: u32,   // backward_weight: length of one split of K
     c_off: u32,       // where C starts in c
-    has_dropout: u32, // forward: dropout after the activation (see common.wgsl's epilogue)
-    drop_key: u32,
-    drop_p: f32,
-    drop_scale: f32,
+    groups: u32,
+    in_groups: u32,
+    has_dropout: u32, // forward: dropout after the activation (members.wgsl's epilogue)
+    drop_members: u32,
+    drop_len: u32,
+    drop_stream: u32,
+    drop_step: u32,
+    drop_at: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -52,6 +61,14 @@ const BACKWARD_WEIGHT: u32 = 2u;
 // workgroup into `ktab` (k_decode); a tile load is then a few adds and compares.
 var<workgroup> ktab: array<vec4<i32>, 16>;
 
+// This workgroup's group: its input channels (cg, from in_base), output channels (fg, from
+// out_base) and weights (from w_base). Set once at the start of conv_tile.
+var<private> cg: u32;
+var<private> fg: u32;
+var<private> in_base: u32;
+var<private> out_base: u32;
+var<private> w_base: u32;
+
 // (i / (h w), i / w % h, i % w): an index over (outer, row, column) of an h x w grid split
 // into its three parts, e.g. (ci, ky, kx) of a kernel or (s, oy, ox) of the output.
 fn split3(i: u32, h: u32, w: u32) -> vec3<u32> {
@@ -62,24 +79,24 @@ fn split3(i: u32, h: u32, w: u32) -> vec3<u32> {
 }
 
 // What a thread's B column stands for, per mode:
-//   forward          col = (s, oy, ox): (offset of image s, oy*stride - pad_h, ox*stride - pad_w, 0)
-//   backward_input   col = (s, iy, ix): (offset of dout image s, iy + pad_h, ix + pad_w, 0)
-//   backward_weight  col = (ci, ky, kx): (offset of channel ci, ky - pad_h, kx - pad_w, 0)
+//   forward          col = (s, oy, ox): (offset of image s's group input, oy*stride - pad_h, ox*stride - pad_w, 0)
+//   backward_input   col = (s, iy, ix): (offset of dout image s's group, iy + pad_h, ix + pad_w, 0)
+//   backward_weight  col = (ci, ky, kx): (offset of the group's channel ci, ky - pad_h, kx - pad_w, 0)
 fn col_decode(mode: u32, col: u32) -> vec4<i32> {
     let pp = prm.h_out * prm.w_out;
     let q = prm.h_in * prm.w_in;
     switch mode {
         case FORWARD: {
             let d = split3(col, prm.h_out, prm.w_out);
-            return vec4(i32(d.x * prm.c_in * q), i32(d.y * prm.stride) - i32(prm.pad_h), i32(d.z * prm.stride) - i32(prm.pad_w), 0);
+            return vec4(i32((d.x * prm.c_in + in_base) * q), i32(d.y * prm.stride) - i32(prm.pad_h), i32(d.z * prm.stride) - i32(prm.pad_w), 0);
         }
         case BACKWARD_INPUT: {
             let d = split3(col, prm.h_in, prm.w_in);
-            return vec4(i32(d.x * prm.c_out * pp), i32(d.y + prm.pad_h), i32(d.z + prm.pad_w), 0);
+            return vec4(i32((d.x * prm.c_out + out_base) * pp), i32(d.y + prm.pad_h), i32(d.z + prm.pad_w), 0);
         }
         default: {
             let d = split3(col, prm.kh, prm.kw);
-            return vec4(i32(d.x * q), i32(d.y) - i32(prm.pad_h), i32(d.z) - i32(prm.pad_w), 0);
+            return vec4(i32((in_base + d.x) * q), i32(d.y) - i32(prm.pad_h), i32(d.z) - i32(prm.pad_w), 0);
         }
     }
 }
@@ -97,7 +114,7 @@ fn k_decode(mode: u32, k: u32) -> vec4<i32> {
         }
         case BACKWARD_INPUT: {
             let d = split3(k, prm.kh, prm.kw);
-            return vec4(i32((d.x * prm.c_in * prm.kh + d.y) * prm.kw + d.z), i32(d.x * pp), i32(d.y), i32(d.z));
+            return vec4(i32((d.x * cg * prm.kh + d.y) * prm.kw + d.z), i32(d.x * pp), i32(d.y), i32(d.z));
         }
         default: {
             let d = split3(k, prm.h_out, prm.w_out);
@@ -106,29 +123,30 @@ fn k_decode(mode: u32, k: u32) -> vec4<i32> {
     }
 }
 
+// One group's (M, N, K).
 fn dims(mode: u32) -> vec3<u32> {
     let khw = prm.kh * prm.kw;
     switch mode {
-        case FORWARD: { return vec3(prm.c_out, prm.n * prm.h_out * prm.w_out, prm.c_in * khw); }
-        case BACKWARD_INPUT: { return vec3(prm.c_in, prm.n * prm.h_in * prm.w_in, prm.c_out * khw); }
-        default: { return vec3(prm.c_out, prm.c_in * khw, prm.n * prm.h_out * prm.w_out); }
+        case FORWARD: { return vec3(fg, prm.n * prm.h_out * prm.w_out, cg * khw); }
+        case BACKWARD_INPUT: { return vec3(cg, prm.n * prm.h_in * prm.w_in, fg * khw); }
+        default: { return vec3(fg, cg * khw, prm.n * prm.h_out * prm.w_out); }
     }
 }
 
-// Element (row, k) of A, with kt = k_decode(k).
+// Element (row, k) of A, with kt = k_decode(k); rows count within the group.
 fn load_a(mode: u32, row: u32, k: u32, kt: vec4<i32>) -> f32 {
     switch mode {
         case FORWARD: {
-            // W (c_out, c_in*kh*kw)
-            return a[prm.w_off + row * prm.c_in * prm.kh * prm.kw + k];
+            // W (fg, cg*kh*kw) of the group
+            return a[w_base + row * cg * prm.kh * prm.kw + k];
         }
         case BACKWARD_INPUT: {
-            // W[co, ci = row, ky, kx]
-            return a[prm.w_off + u32(kt.x) + row * prm.kh * prm.kw];
+            // W[co, ci = row, ky, kx] of the group
+            return a[w_base + u32(kt.x) + row * prm.kh * prm.kw];
         }
         default: {
-            // dout[s, co = row, oy, ox]
-            return a[u32(kt.x) + row * prm.h_out * prm.w_out];
+            // dout[s, co = out_base + row, oy, ox]
+            return a[u32(kt.x) + (out_base + row) * prm.h_out * prm.w_out];
         }
     }
 }
@@ -182,9 +200,15 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     if tile_n >= prm.tiles_n {
         return;
     }
-    let d = dims(mode);
     let tile_m = wid.z % prm.tiles_m;
-    let split = wid.z / prm.tiles_m;
+    let group = (wid.z / prm.tiles_m) % prm.groups;
+    let split = wid.z / (prm.tiles_m * prm.groups);
+    cg = prm.c_in / prm.in_groups;
+    fg = prm.c_out / prm.groups;
+    in_base = (group % prm.in_groups) * cg;
+    out_base = group * fg;
+    w_base = prm.w_off + group * fg * cg * prm.kh * prm.kw;
+    let d = dims(mode);
     var k_begin = 0u;
     var k_end = d.z;
     if mode == BACKWARD_WEIGHT {
@@ -247,17 +271,18 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
                     let pp = prm.h_out * prm.w_out;
                     var y = v;
                     if prm.has_bias == 1u {
-                        y += a[prm.b_off + row];
+                        y += a[prm.b_off + out_base + row];
                     }
-                    let idx = ((col / pp) * prm.c_out + row) * pp + col % pp;
-                    c[prm.c_off + idx] = epilogue(y, prm.act, idx, prm.has_dropout, prm.drop_key, prm.drop_p, prm.drop_scale);
+                    let idx = ((col / pp) * prm.c_out + out_base + row) * pp + col % pp;
+                    c[prm.c_off + idx] = epilogue(y, prm.act, idx, prm.has_dropout, prm.drop_members, prm.drop_len, prm.drop_stream, prm.drop_step, prm.drop_at);
                 }
                 case BACKWARD_INPUT: {
                     let q = prm.h_in * prm.w_in;
-                    c[prm.c_off + ((col / q) * prm.c_in + row) * q + col % q] = v;
+                    c[prm.c_off + ((col / q) * prm.c_in + in_base + row) * q + col % q] = v;
                 }
                 default: {
-                    c[prm.c_off + (split * d.x + row) * d.y + col] = v;
+                    // Partial `split` of dW (c_out, cg kh kw): the group's rows from out_base.
+                    c[prm.c_off + (split * prm.c_out + out_base + row) * d.y + col] = v;
                 }
             }
         }
@@ -279,6 +304,7 @@ fn conv2d_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 }
 
 // dW (or its split partials) from dout and the input: a = dout, b = inp, c = grads or scratch.
+// (Every conv kernel binds the member table, which the forward's epilogue reads.)
 @compute @workgroup_size(256)
 fn conv2d_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {

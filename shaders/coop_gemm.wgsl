@@ -1,7 +1,7 @@
 // The dense-layer GEMM on cooperative matrices (tensor cores): C (M x N, f32) = A (M x K) *
 // B (K x N), the operands read through (offset, row stride, column stride) exactly as in
-// gemm.wgsl, whose Params and epilogue (bias, activation, dropout) this kernel shares, so
-// `--precision mixed` routes the three dense products here unchanged.
+// gemm.wgsl, whose Params, batches and epilogue (bias, activation, dropout) this kernel
+// shares, so `--precision mixed` routes the three dense products here unchanged.
 //
 // Not a family of its own: src/gpu/coop.rs puts a generated head in front of common.wgsl and
 // this file, naming the adapter's configuration:
@@ -44,10 +44,18 @@ struct Params {
     bias_off: u32,
     has_bias: u32,
     act: u32,
+    tiles_m: u32,
+    batches: u32,
+    a_bs: u32,
+    b_bs: u32,
+    c_bs: u32,
+    bias_bs: u32,
     has_dropout: u32,
-    drop_key: u32,
-    drop_p: f32,
-    drop_scale: f32,
+    drop_members: u32,
+    drop_len: u32,
+    drop_stream: u32,
+    drop_step: u32,
+    drop_at: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -69,8 +77,11 @@ fn coop_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     if tile_n >= prm.tiles_n {
         return;
     }
-    let m0 = wid.z * CT;
+    let batch = wid.z / prm.tiles_m;
+    let m0 = (wid.z % prm.tiles_m) * CT;
     let n0 = tile_n * CT;
+    let a_off = prm.a_off + batch * prm.a_bs;
+    let b_off = prm.b_off + batch * prm.b_bs;
 
     for (var e = lid; e < CT * CT; e += CWG) {
         c_tile[e] = 0.0;
@@ -89,7 +100,7 @@ fn coop_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             let ka = select(e / CT, e % CT, a_along_k);
             var av = 0.0;
             if m0 + r < prm.m && k0 + ka < prm.k {
-                av = a[prm.a_off + (m0 + r) * prm.a_rs + (k0 + ka) * prm.a_cs];
+                av = a[a_off + (m0 + r) * prm.a_rs + (k0 + ka) * prm.a_cs];
             }
             a_tile[r * CT + ka] = AB(av);
             let b_along_k = prm.b_rs == 1u;
@@ -97,7 +108,7 @@ fn coop_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             let kb = select(e / CT, e % CT, b_along_k);
             var bv = 0.0;
             if n0 + col < prm.n && k0 + kb < prm.k {
-                bv = b[prm.b_off + (k0 + kb) * prm.b_rs + (n0 + col) * prm.b_cs];
+                bv = b[b_off + (k0 + kb) * prm.b_rs + (n0 + col) * prm.b_cs];
             }
             b_tile[kb * CT + col] = AB(bv);
         }
@@ -127,10 +138,10 @@ fn coop_gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         if row < prm.m && col < prm.n {
             var v = c_tile[e];
             if prm.has_bias == 1u {
-                v += b[prm.bias_off + col];
+                v += b[prm.bias_off + batch * prm.bias_bs + col];
             }
-            let idx = row * prm.c_rs + col;
-            c[prm.c_off + idx] = epilogue(v, prm.act, idx, prm.has_dropout, prm.drop_key, prm.drop_p, prm.drop_scale);
+            let idx = batch * prm.c_bs + row * prm.c_rs + col;
+            c[prm.c_off + idx] = epilogue(v, prm.act, idx, prm.has_dropout, prm.drop_members, prm.drop_len, prm.drop_stream, prm.drop_step, prm.drop_at);
         }
     }
 }

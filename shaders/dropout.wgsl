@@ -1,12 +1,15 @@
-// Inverted dropout with a counter-based mask (src/cpu/dropout.rs): element i is kept when
-// draw(key, i) >= p, so the backward recomputes the mask. Forward and backward are the
-// same map (src is inp or dout, dst is out or dinp).
+// Inverted dropout with a counter-based mask (src/cpu/dropout.rs): element i is element j of
+// its member's own batch buffer, kept when draw(key, j) >= p under the member's key and p
+// (members.wgsl), so the backward recomputes the mask. Forward and backward are the same map
+// (src is inp or dout, dst is out or dinp).
 
 struct Params {
     len: u32,
-    key: u32,
-    p: f32,
-    scale: f32,
+    members: u32,
+    member_len: u32,
+    stream: u32,
+    step: u32,
+    at: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -15,7 +18,7 @@ struct Params {
 
 fn apply(i: u32) {
     if i < prm.len {
-        dst[i] = select(0.0, src[i] * prm.scale, draw(prm.key, i) >= prm.p);
+        dst[i] = member_dropout(src[i], i, prm.members, prm.member_len, prm.stream, prm.step, prm.at);
     }
 }
 

@@ -1,7 +1,9 @@
 // Dense layers as one tiled GEMM (src/cpu/dense.rs): C (M x N) = A (M x K) * B (K x N),
 // each operand read through (offset, row stride, column stride), so the three products of a
 // dense layer (forward, backward-input, backward-weight) are the same kernel with different
-// strides. 64 x 64 output tiles, 256 threads each computing a 4 x 4 block, K in steps of 16
+// strides. Batched: `batches` such products (a grouped layer's groups) in one dispatch, batch
+// z's operands `z * a_bs`, `z * b_bs`, `z * c_bs` (and its bias `z * bias_bs`) further on;
+// the grid's z runs over (batch, row tile). 64 x 64 output tiles, 256 threads each computing a 4 x 4 block, K in steps of 16
 // through workgroup memory. Rows and columns a thread owns are 16 apart, so neighbouring
 // threads touch neighbouring addresses in memory and in the tiles.
 
@@ -21,10 +23,18 @@ struct Params {
     bias_off: u32,
     has_bias: u32,
     act: u32,
-    has_dropout: u32,   // dense_forward: dropout after the activation (common.wgsl's epilogue)
-    drop_key: u32,
-    drop_p: f32,
-    drop_scale: f32,
+    tiles_m: u32,
+    batches: u32,
+    a_bs: u32,
+    b_bs: u32,
+    c_bs: u32,
+    bias_bs: u32,
+    has_dropout: u32,   // dense_forward: dropout after the activation (members.wgsl's epilogue)
+    drop_members: u32,
+    drop_len: u32,
+    drop_stream: u32,
+    drop_step: u32,
+    drop_at: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -34,15 +44,29 @@ struct Params {
 
 
 
+// C[row, col] of batch `batch` = epilogue(v + bias): element `idx` of the output buffer
+// (from c_off), which places dropout's draws.
+fn store(batch: u32, row: u32, col: u32, v: f32) {
+    var y = v;
+    if prm.has_bias == 1u {
+        y += b[prm.bias_off + batch * prm.bias_bs + col];
+    }
+    let idx = batch * prm.c_bs + row * prm.c_rs + col;
+    c[prm.c_off + idx] = epilogue(y, prm.act, idx, prm.has_dropout, prm.drop_members, prm.drop_len, prm.drop_stream, prm.drop_step, prm.drop_at);
+}
+
 fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let tile_n = wid.x + wid.y * nwg.x;
     if tile_n >= prm.tiles_n {
         return;
     }
-    let m0 = wid.z * TM;
+    let batch = wid.z / prm.tiles_m;
+    let m0 = (wid.z % prm.tiles_m) * TM;
     let n0 = tile_n * TN;
     let tx = lid % 16u;
     let ty = lid / 16u;
+    let a_off = prm.a_off + batch * prm.a_bs;
+    let b_off = prm.b_off + batch * prm.b_bs;
     var acc: Acc;
     for (var k0 = 0u; k0 < prm.k; k0 += TK) {
         for (var r = 0u; r < 4u; r++) {
@@ -59,7 +83,7 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             }
             var av = 0.0;
             if m0 + mm < prm.m && k0 + ka < prm.k {
-                av = a[prm.a_off + (m0 + mm) * prm.a_rs + (k0 + ka) * prm.a_cs];
+                av = a[a_off + (m0 + mm) * prm.a_rs + (k0 + ka) * prm.a_cs];
             }
             a_tile[tile_index(ka, mm)][mm >> 4u] = av;
             var nn: u32;
@@ -73,7 +97,7 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             }
             var bv = 0.0;
             if n0 + nn < prm.n && k0 + kb < prm.k {
-                bv = b[prm.b_off + (k0 + kb) * prm.b_rs + (n0 + nn) * prm.b_cs];
+                bv = b[b_off + (k0 + kb) * prm.b_rs + (n0 + nn) * prm.b_cs];
             }
             b_tile[tile_index(kb, nn)][nn >> 4u] = bv;
         }
@@ -87,12 +111,7 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
         for (var j = 0u; j < 4u; j++) {
             let col = n0 + tx + 16u * j;
             if row < prm.m && col < prm.n {
-                var v = accs[j];
-                if prm.has_bias == 1u {
-                    v += b[prm.bias_off + col];
-                }
-                let idx = row * prm.c_rs + col;
-                c[prm.c_off + idx] = epilogue(v, prm.act, idx, prm.has_dropout, prm.drop_key, prm.drop_p, prm.drop_scale);
+                store(batch, row, col, accs[j]);
             }
         }
     }
@@ -107,14 +126,17 @@ var<workgroup> red: array<f32, 64>;
 fn gemm_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let o = wid.x + wid.y * nwg.x;
-    if o >= prm.m * prm.n {
+    if o >= prm.m * prm.n * prm.batches {
         return;
     }
-    let row = o / prm.n;
+    let batch = o / (prm.m * prm.n);
+    let row = (o / prm.n) % prm.m;
     let col = o % prm.n;
+    let a_off = prm.a_off + batch * prm.a_bs;
+    let b_off = prm.b_off + batch * prm.b_bs;
     var s = 0.0;
     for (var k = lid; k < prm.k; k += 64u) {
-        s = fma(a[prm.a_off + row * prm.a_rs + k * prm.a_cs], b[prm.b_off + k * prm.b_rs + col * prm.b_cs], s);
+        s = fma(a[a_off + row * prm.a_rs + k * prm.a_cs], b[b_off + k * prm.b_rs + col * prm.b_cs], s);
     }
     red[lid] = s;
     workgroupBarrier();
@@ -125,12 +147,7 @@ fn gemm_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         workgroupBarrier();
     }
     if lid == 0u {
-        var v = red[0];
-        if prm.has_bias == 1u {
-            v += b[prm.bias_off + col];
-        }
-        let idx = row * prm.c_rs + col;
-        c[prm.c_off + idx] = epilogue(v, prm.act, idx, prm.has_dropout, prm.drop_key, prm.drop_p, prm.drop_scale);
+        store(batch, row, col, red[0]);
     }
 }
 

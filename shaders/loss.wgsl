@@ -1,7 +1,8 @@
-// Losses with their gradients, fused (src/cpu/loss.rs). One workgroup handles the whole
-// batch: each thread takes examples lid, lid + 256, ...; the batch's summed loss and correct
-// count are then reduced in a fixed tree order (deterministic, no atomics) into
-// stats[2 * slot] and stats[2 * slot + 1].
+// Losses with their gradients, fused (src/cpu/loss.rs), one per member: the logits are rows
+// (example, member) of `classes`, row r = i * members + k against example i's label. One
+// workgroup handles one member's whole batch: each thread takes examples lid, lid + 256, ...;
+// the member's summed loss and correct count are then reduced in a fixed tree order
+// (deterministic, no atomics) into stats[2 * (slot * members + k)] and the next word.
 
 struct Params {
     n: u32,
@@ -10,6 +11,7 @@ struct Params {
     // forward-backward: gradient scale (1 / batch); forward: first example's row in probs
     scale: f32,
     probs_at: u32,
+    members: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -32,7 +34,7 @@ fn row_argmax(base: u32) -> u32 {
     return best;
 }
 
-fn reduce_and_store(lid: u32, loss: f32, hits: f32) {
+fn reduce_and_store(k: u32, lid: u32, loss: f32, hits: f32) {
     red_loss[lid] = loss;
     red_hits[lid] = hits;
     workgroupBarrier();
@@ -44,14 +46,14 @@ fn reduce_and_store(lid: u32, loss: f32, hits: f32) {
         workgroupBarrier();
     }
     if lid == 0u {
-        stats[2u * prm.slot] = red_loss[0];
-        stats[2u * prm.slot + 1u] = red_hits[0];
+        stats[2u * (prm.slot * prm.members + k)] = red_loss[0];
+        stats[2u * (prm.slot * prm.members + k) + 1u] = red_hits[0];
     }
 }
 
-// Softmax of row i into out[dst..], returning -log softmax[label].
-fn softmax_row(i: u32, dst: u32, grad: bool) -> f32 {
-    let base = i * prm.classes;
+// Softmax of row r into out[dst..], returning -log softmax[label].
+fn softmax_row(r: u32, dst: u32, grad: bool) -> f32 {
+    let base = r * prm.classes;
     let best = row_argmax(base);
     let mx = logits[base + best];
     var sum = 0.0;
@@ -61,7 +63,7 @@ fn softmax_row(i: u32, dst: u32, grad: bool) -> f32 {
         sum += e;
     }
     let inv = 1.0 / sum;
-    let y = labels[i];
+    let y = labels[r / prm.members];
     for (var j = 0u; j < prm.classes; j++) {
         var p = out[dst + j] * inv;
         if grad {
@@ -72,36 +74,53 @@ fn softmax_row(i: u32, dst: u32, grad: bool) -> f32 {
     return log(sum) - (logits[base + y] - mx);
 }
 
+// The member of this workgroup (one per member, the grid folded past 65,535).
+fn member(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
 // out = dlogits = (softmax - onehot) * scale
 @compute @workgroup_size(256)
-fn softmax_xent_forward_backward(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn softmax_xent_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let k = member(wid, nwg);
+    if k >= prm.members {
+        return;
+    }
     var loss = 0.0;
     var hits = 0.0;
     for (var i = lid; i < prm.n; i += WG) {
-        loss += softmax_row(i, i * prm.classes, true);
-        hits += select(0.0, 1.0, row_argmax(i * prm.classes) == labels[i]);
+        let r = i * prm.members + k;
+        loss += softmax_row(r, r * prm.classes, true);
+        hits += select(0.0, 1.0, row_argmax(r * prm.classes) == labels[i]);
     }
-    reduce_and_store(lid, loss, hits);
+    reduce_and_store(k, lid, loss, hits);
 }
 
-// out = probabilities, from row probs_at on
+// out = probabilities, from example probs_at on
 @compute @workgroup_size(256)
-fn softmax_xent_forward(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn softmax_xent_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let k = member(wid, nwg);
+    if k >= prm.members {
+        return;
+    }
     var loss = 0.0;
     var hits = 0.0;
     for (var i = lid; i < prm.n; i += WG) {
-        loss += softmax_row(i, (prm.probs_at + i) * prm.classes, false);
-        hits += select(0.0, 1.0, row_argmax(i * prm.classes) == labels[i]);
+        let r = i * prm.members + k;
+        loss += softmax_row(r, (prm.probs_at * prm.members + r) * prm.classes, false);
+        hits += select(0.0, 1.0, row_argmax(r * prm.classes) == labels[i]);
     }
-    reduce_and_store(lid, loss, hits);
+    reduce_and_store(k, lid, loss, hits);
 }
 
-// Mean over classes of (y - onehot)^2 for row i; writes the gradient or a copy of the row.
-fn mse_row(i: u32, dst: u32, grad: bool) -> f32 {
-    let base = i * prm.classes;
-    let y = labels[i];
+// Mean over classes of (y - onehot)^2 for row r; writes the gradient or a copy of the row.
+fn mse_row(r: u32, dst: u32, grad: bool) -> f32 {
+    let base = r * prm.classes;
+    let y = labels[r / prm.members];
     var sq = 0.0;
     for (var j = 0u; j < prm.classes; j++) {
         let d = logits[base + j] - select(0.0, 1.0, j == y);
@@ -112,33 +131,45 @@ fn mse_row(i: u32, dst: u32, grad: bool) -> f32 {
 }
 
 @compute @workgroup_size(256)
-fn mse_forward_backward(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn mse_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let k = member(wid, nwg);
+    if k >= prm.members {
+        return;
+    }
     var loss = 0.0;
     var hits = 0.0;
     for (var i = lid; i < prm.n; i += WG) {
-        loss += mse_row(i, i * prm.classes, true);
-        hits += select(0.0, 1.0, row_argmax(i * prm.classes) == labels[i]);
+        let r = i * prm.members + k;
+        loss += mse_row(r, r * prm.classes, true);
+        hits += select(0.0, 1.0, row_argmax(r * prm.classes) == labels[i]);
     }
-    reduce_and_store(lid, loss, hits);
+    reduce_and_store(k, lid, loss, hits);
 }
 
 @compute @workgroup_size(256)
-fn mse_forward(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn mse_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let k = member(wid, nwg);
+    if k >= prm.members {
+        return;
+    }
     var loss = 0.0;
     var hits = 0.0;
     for (var i = lid; i < prm.n; i += WG) {
-        loss += mse_row(i, (prm.probs_at + i) * prm.classes, false);
-        hits += select(0.0, 1.0, row_argmax(i * prm.classes) == labels[i]);
+        let r = i * prm.members + k;
+        loss += mse_row(r, (prm.probs_at * prm.members + r) * prm.classes, false);
+        hits += select(0.0, 1.0, row_argmax(r * prm.classes) == labels[i]);
     }
-    reduce_and_store(lid, loss, hits);
+    reduce_and_store(k, lid, loss, hits);
 }
 
 // Rows too wide for one thread (WIDE_CLASSES and more classes: tens of thousands): one
-// workgroup per row, its threads striding over the classes with tree reductions in a fixed
-// order. Each row's loss and hit go to part[2 i], part[2 i + 1]; loss_rows_sum then adds the
-// rows in order into the batch's stats. (One thread looping over 65,536 classes is also
+// workgroup per row (example, member), its threads striding over the classes with tree
+// reductions in a fixed order. Row r's loss and hit go to part[2 r], part[2 r + 1];
+// loss_rows_sum then adds each member's rows in order into the batch's stats. (One thread looping over 65,536 classes is also
 // what Mesa's llvmpipe, which stops any loop after 65,535 iterations, cannot run.)
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
 
@@ -190,12 +221,12 @@ fn wide_sum(lid: u32, v: f32) -> f32 {
 
 fn wide_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, softmax: bool, grad: bool) {
     let i = wid.x + wid.y * nwg.x;
-    if i >= prm.n {
+    if i >= prm.n * prm.members {
         return;
     }
     let base = i * prm.classes;
-    let dst = select(prm.probs_at + i, i, grad) * prm.classes;
-    let y = labels[i];
+    let dst = select(prm.probs_at * prm.members + i, i, grad) * prm.classes;
+    let y = labels[i / prm.members];
     wide_argmax(base, lid);
     let mx = red_loss[0];
     let hit = select(0.0, 1.0, red_i[0] == y);
@@ -254,15 +285,22 @@ fn mse_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     wide_row(wid, nwg, lid3.x, false, false);
 }
 
-// stats[slot] = the rows' summed loss and hits, added in order (part: (loss, hit) per row).
+// stats of (slot, member) = the member's rows' summed loss and hits, added in order (part:
+// (loss, hit) per row), one workgroup per member.
 @compute @workgroup_size(256)
-fn loss_rows_sum(@builtin(local_invocation_id) lid3: vec3<u32>) {
+fn loss_rows_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
     let lid = lid3.x;
+    let k = member(wid, nwg);
+    if k >= prm.members {
+        return;
+    }
     var loss = 0.0;
     var hits = 0.0;
     for (var i = lid; i < prm.n; i += WG) {
-        loss += part[2u * i];
-        hits += part[2u * i + 1u];
+        let r = i * prm.members + k;
+        loss += part[2u * r];
+        hits += part[2u * r + 1u];
     }
-    reduce_and_store(lid, loss, hits);
+    reduce_and_store(k, lid, loss, hits);
 }

@@ -1,17 +1,20 @@
 // Optimizers over the whole flat parameter buffer: one dispatch per step (src/cpu/optim.rs).
+// Each element takes its member's rates from the member table (members.wgsl): the element's
+// member by the segment list at `segs`, its learning rate at `lr_at` + member, its weight
+// decay (adam), momentum (sgd) or decay (ema) at `rate_at` + member.
 
 struct Params {
     len: u32,
-    // adam: lr / (1 - beta1^t); sgd: lr
-    step: f32,
+    members: u32,
+    segs: u32,
+    lr_at: u32,
+    rate_at: u32,
     beta1: f32,
     beta2: f32,
     eps: f32,
-    // adam: 1 / sqrt(1 - beta2^t)
+    // adam: 1 - beta1^t and 1 / sqrt(1 - beta2^t)
+    c1: f32,
     inv_sqrt_c2: f32,
-    // 1 - lr * weight_decay (AdamW)
-    decay: f32,
-    momentum: f32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -26,12 +29,16 @@ fn adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     if i >= prm.len {
         return;
     }
+    let k = member_of(i, prm.segs, prm.members);
+    let lr = member_f32(prm.lr_at + k);
+    let step = lr / prm.c1;
+    let decay = 1.0 - lr * member_f32(prm.rate_at + k);
     let g = grads[i];
     let mi = prm.beta1 * m[i] + (1.0 - prm.beta1) * g;
     let vi = prm.beta2 * v[i] + (1.0 - prm.beta2) * g * g;
     m[i] = mi;
     v[i] = vi;
-    params[i] = params[i] * prm.decay - prm.step * mi / (sqrt(vi) * prm.inv_sqrt_c2 + prm.eps);
+    params[i] = params[i] * decay - step * mi / (sqrt(vi) * prm.inv_sqrt_c2 + prm.eps);
 }
 
 @compute @workgroup_size(256)
@@ -40,15 +47,17 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if i >= prm.len {
         return;
     }
+    let k = member_of(i, prm.segs, prm.members);
+    let momentum = member_f32(prm.rate_at + k);
     var d = grads[i];
-    if prm.momentum > 0.0 {
-        d = prm.momentum * m[i] + d;
+    if momentum > 0.0 {
+        d = momentum * m[i] + d;
         m[i] = d;
     }
-    params[i] = params[i] - prm.step * d;
+    params[i] = params[i] - member_f32(prm.lr_at + k) * d;
 }
 
-// Weight averaging: m = beta1 * m + (1 - beta1) * grads, over len elements (the averaged
+// Weight averaging: m = decay * m + (1 - decay) * grads, over len elements (the averaged
 // copy in `m`, the live values in `grads`; `params` and `v` unused).
 @compute @workgroup_size(256)
 fn ema_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -56,5 +65,6 @@ fn ema_update(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     if i >= prm.len {
         return;
     }
-    m[i] = prm.beta1 * m[i] + (1.0 - prm.beta1) * grads[i];
+    let decay = member_f32(prm.rate_at + member_of(i, prm.segs, prm.members));
+    m[i] = decay * m[i] + (1.0 - decay) * grads[i];
 }

@@ -12,8 +12,18 @@
 //! - Parameters, their gradients and the optimizer state are flat buffers laid out by
 //!   `model::Arch`; layers find their tensors by offset.
 //! - Backward ops overwrite gradients (no accumulation), so nothing needs zeroing.
-//! - Loss ops write, for batch `slot`, `stats[2*slot]` = the batch's summed loss and
-//!   `stats[2*slot+1]` = its number of correct predictions (argmax, first maximum wins).
+//! - Loss ops write, for batch `slot` and member k, `stats[2*(slot*members + k)]` = the
+//!   batch's summed loss and the next word its number of correct predictions (argmax, first
+//!   maximum wins).
+//!
+//! Members: a network may hold `members` models of one architecture trained side by side
+//! (seeds, sweeps; `network::members`). Their activations share each example's row,
+//! member-major: layer outputs are (n, members x per-member features), so a later conv or
+//! dense layer is a grouped one (a group per member) and batch norm and pooling stay per
+//! channel. What differs by member besides the weights (dropout masks and rates, learning
+//! rates, weight decay, averaging) the ops read from the member table, a u32 buffer the
+//! network fills (`MemberTable`): `seed32` of member k at word k, everything else at the
+//! offsets the ops' arguments give. One model is the array of one.
 
 use crate::data::augment::Augment;
 use crate::error::Result;
@@ -43,14 +53,48 @@ pub struct Gather {
     pub count: usize,
 }
 
+/// Inverted dropout over a batch buffer of `members` models, each member's mask the one a
+/// model of its own would draw. Element i of the buffer is element `j` of member `k`'s own
+/// batch buffer (`locate`), kept when `rng::draw(key_k, j) >= p_k` and then scaled by
+/// 1 / (1 - p_k), where key_k = `rng::op_key` of member k's seed, `stream` and `step` (its
+/// `seed32` is word k of the member table) and p_k, 1 / (1 - p_k) are the f32 bits at words
+/// `at + k` and `at + members + k`. The mask is recomputed from the keys in the backward,
+/// never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dropout {
+    pub members: usize,
+    /// Elements per example and member (the layer's per-member output size).
+    pub len: usize,
+    /// The layer's random stream (`rng::STREAM_DROPOUT` + layer index).
+    pub stream: u32,
+    /// The training step (the third input of `rng::op_key`).
+    pub step: u32,
+    /// Where the layer's p and scale per member start in the member table.
+    pub at: usize,
+}
+
+impl Dropout {
+    /// (member, index in that member's own batch buffer) of element i of the shared buffer.
+    pub fn locate(&self, i: usize) -> (usize, usize) {
+        let (len, k) = (self.len.max(1), self.members.max(1));
+        ((i / len) % k, (i / (len * k)) * len + i % len)
+    }
+
+    /// Member k's key, p and scale.
+    pub fn member(&self, table: &[u32], k: usize) -> (u32, f32, f32) {
+        let key = crate::rng::mix32(crate::rng::mix32(table[k] ^ self.stream) ^ self.step);
+        (key, f32::from_bits(table[self.at + k]), f32::from_bits(table[self.at + self.members + k]))
+    }
+}
+
 /// What `conv2d_forward` and `dense_forward` apply to each output after the bias.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Epilogue {
     pub act: Option<Act>,
-    /// Inverted dropout (p, key) after a relu, with exactly `dropout_forward`'s mask (element
-    /// i of the batch's output buffer). After relu the backward needs only the dropped-out
-    /// output z: dpre = dz * scale * [z > 0] (`activation_backward` with `scale`).
-    pub dropout: Option<(f32, u32)>,
+    /// Inverted dropout after a relu, with exactly `dropout_forward`'s mask. After relu the
+    /// backward needs only the dropped-out output z: dpre = dz * scale * [z > 0]
+    /// (`activation_backward` with the same `Dropout`).
+    pub dropout: Option<Dropout>,
 }
 
 impl Epilogue {
@@ -59,20 +103,85 @@ impl Epilogue {
     }
 }
 
-/// One Adam step over the whole flat parameter buffer; `t` counts steps from 1.
+/// Where an optimizer finds, in the member table, which member each element of a flat
+/// buffer belongs to: at word `segments`, a count S, then S pairs (start, per-member length)
+/// sorted by start, one per tensor: elements start + k * len .. + len belong to member k
+/// (the tensors of K members laid side by side, `model::Arch::fused`); an element belongs to
+/// the last segment starting at or before it, and past its K-th slice (alignment padding) to
+/// member K - 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    pub members: usize,
+    pub at: usize,
+}
+
+impl Segments {
+    /// The member element i belongs to.
+    pub fn member_of(&self, table: &[u32], i: usize) -> usize {
+        let count = table[self.at] as usize;
+        let (mut lo, mut hi) = (0, count);
+        // The last segment whose start is <= i.
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if table[self.at + 1 + 2 * mid] as usize <= i {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        if lo == 0 {
+            return 0;
+        }
+        let (start, len) = (table[self.at + 2 * lo - 1] as usize, table[self.at + 2 * lo] as usize);
+        ((i - start) / len.max(1)).min(self.members.max(1) - 1)
+    }
+
+    /// Elements `0..len` as runs of one member each: (range, member), in order.
+    pub fn runs(&self, table: &[u32], len: usize) -> Vec<(std::ops::Range<usize>, usize)> {
+        let count = table[self.at] as usize;
+        let k = self.members.max(1);
+        let seg = |j: usize| (table[self.at + 1 + 2 * j] as usize, table[self.at + 2 + 2 * j] as usize);
+        let mut runs = Vec::new();
+        let mut push = |r: std::ops::Range<usize>, m: usize| {
+            let r = r.start.min(len)..r.end.min(len);
+            if !r.is_empty() {
+                runs.push((r, m));
+            }
+        };
+        let first = if count == 0 { len } else { seg(0).0 };
+        push(0..first, 0);
+        for j in 0..count {
+            let (start, l) = seg(j);
+            let end = if j + 1 < count { seg(j + 1).0 } else { len };
+            for m in 0..k {
+                let from = start + m * l.max(1);
+                let to = if m + 1 == k { end } else { (start + (m + 1) * l.max(1)).min(end) };
+                if from < to {
+                    push(from..to, m);
+                }
+            }
+        }
+        runs
+    }
+}
+
+/// One Adam step over the whole flat parameter buffer; `t` counts steps from 1. Member k's
+/// learning rate is the f32 at word `lr_at + k` of the member table and its (decoupled)
+/// weight decay the one at `wd_at + k`.
 #[derive(Debug, Clone, Copy)]
 pub struct AdamStep {
-    pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
-    pub weight_decay: f32,
     pub t: u32,
+    pub segments: Segments,
+    pub lr_at: usize,
+    pub wd_at: usize,
 }
 
 impl AdamStep {
     /// Bias corrections 1 - beta^t, computed the same way on every backend (f64 on the host,
-    /// then rounded), so the kernels only multiply.
+    /// then rounded).
     pub fn corrections(&self) -> (f32, f32) {
         let c1 = 1.0 - (self.beta1 as f64).powi(self.t as i32);
         let c2 = 1.0 - (self.beta2 as f64).powi(self.t as i32);
@@ -80,11 +189,65 @@ impl AdamStep {
     }
 }
 
-/// One SGD step (with optional heavy-ball momentum, as torch.optim.SGD).
+/// One SGD step (with optional heavy-ball momentum, as torch.optim.SGD): member k's learning
+/// rate at word `lr_at + k` of the member table, its momentum at `momentum_at + k`.
 #[derive(Debug, Clone, Copy)]
 pub struct SgdStep {
-    pub lr: f32,
-    pub momentum: f32,
+    pub segments: Segments,
+    pub lr_at: usize,
+    pub momentum_at: usize,
+}
+
+/// Weight averaging: member k's decay per step at word `decay_at + k` of the member table.
+#[derive(Debug, Clone, Copy)]
+pub struct EmaStep {
+    pub segments: Segments,
+    pub decay_at: usize,
+}
+
+/// The f32 at word `at` of a member table.
+pub fn table_f32(table: &[u32], at: usize) -> f32 {
+    f32::from_bits(table[at])
+}
+
+/// Writes a member table: each member's `rng::seed32` first, then what is added, each part's
+/// offset returned for the ops' arguments (`network::MemberTable` builds a network's with
+/// it; tests and tools calling ops directly build theirs).
+#[derive(Debug, Clone)]
+pub struct TableBuilder {
+    pub words: Vec<u32>,
+    members: usize,
+}
+
+impl TableBuilder {
+    pub fn new(seeds: &[u64]) -> TableBuilder {
+        TableBuilder { words: seeds.iter().map(|&s| crate::rng::seed32(s)).collect(), members: seeds.len() }
+    }
+
+    /// A dropout's rates, one per member, and their scales 1 / (1 - p): its `Dropout::at`.
+    pub fn dropout(&mut self, p: &[f32]) -> usize {
+        let at = self.words.len();
+        self.words.extend(p.iter().map(|p| p.to_bits()));
+        self.words.extend(p.iter().map(|p| (1.0 / (1.0 - p)).to_bits()));
+        at
+    }
+
+    /// One f32 per member (learning rates, weight decays, ...): where they start.
+    pub fn values(&mut self, v: &[f32]) -> usize {
+        let at = self.words.len();
+        self.words.extend(v.iter().map(|v| v.to_bits()));
+        at
+    }
+
+    /// A segment list of (start, per-member length), sorted by start.
+    pub fn segments(&mut self, segs: &[(usize, usize)]) -> Segments {
+        let at = self.words.len();
+        self.words.push(segs.len() as u32);
+        for &(start, len) in segs {
+            self.words.extend([start as u32, len as u32]);
+        }
+        Segments { members: self.members, at }
+    }
 }
 
 pub trait Backend {
@@ -141,17 +304,23 @@ pub trait Backend {
         g: &Gather,
     );
 
-    /// out (n, c_out, h_out, w_out) = epilogue(conv(inp (n, c_in, h_in, w_in), W) + b).
+    /// out (n, c_out, h_out, w_out) = epilogue(conv(inp (n, c_in, h_in, w_in), W) + b), the
+    /// output channels in `l.groups` groups, group g reading input group g % `l.in_groups`
+    /// (see `model::Conv2d`); `table` is the member table (for the epilogue's dropout).
+    #[allow(clippy::too_many_arguments)]
     fn conv2d_forward(
         &mut self,
         out: &mut Self::Buf,
         inp: &Self::Buf,
         params: &Self::Buf,
+        table: &Self::IBuf,
         l: &Conv2d,
         n: usize,
         epi: Epilogue,
     );
-    /// dinp (n, c_in, h_in, w_in) from dout (n, c_out, h_out, w_out).
+    /// dinp (n, c_in, h_in, w_in) from dout (n, c_out, h_out, w_out); needs in_groups ==
+    /// groups (no input group read by several output groups: an array's shared input, which
+    /// needs no gradient).
     fn conv2d_backward_input(
         &mut self,
         dinp: &mut Self::Buf,
@@ -170,33 +339,38 @@ pub trait Backend {
         n: usize,
     );
 
-    /// out (n, n_out) = epilogue(inp (n, n_in) W^T + b).
+    /// out (n, n_out) = epilogue(inp (n, n_in) W^T + b), per group g of `l.groups`: outputs
+    /// g * n_out/groups.. from inputs g * n_in/groups.. with W (n_out, n_in/groups) row block g.
+    #[allow(clippy::too_many_arguments)]
     fn dense_forward(
         &mut self,
         out: &mut Self::Buf,
         inp: &Self::Buf,
         params: &Self::Buf,
+        table: &Self::IBuf,
         l: &Dense,
         n: usize,
         epi: Epilogue,
     );
-    /// dinp (n, n_in) = dout (n, n_out) W.
+    /// dinp (n, n_in) = dout (n, n_out) W, per group.
     fn dense_backward_input(&mut self, dinp: &mut Self::Buf, dout: &Self::Buf, params: &Self::Buf, l: &Dense, n: usize);
-    /// dW (n_out, n_in) = dout^T inp, db = column sums of dout.
+    /// dW (n_out, n_in/groups) = dout^T inp per group, db = column sums of dout.
     fn dense_backward_weight(&mut self, grads: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, l: &Dense, n: usize);
 
     /// out = act(inp), element-wise over `len` elements.
     fn activation_forward(&mut self, out: &mut Self::Buf, inp: &Self::Buf, len: usize, act: Act);
-    /// dinp = dout * act'(.) * scale, computed from the activation's output `out` (scale is 1,
-    /// or the dropout scale after a fused relu + dropout).
+    /// dinp = dout * act'(.) * scale, computed from the activation's output `out`; scale is 1,
+    /// or after a fused relu + dropout the dropout's scale of the element's member.
+    #[allow(clippy::too_many_arguments)]
     fn activation_backward(
         &mut self,
         dinp: &mut Self::Buf,
         dout: &Self::Buf,
         out: &Self::Buf,
+        table: &Self::IBuf,
         len: usize,
         act: Act,
-        scale: f32,
+        dropout: Option<Dropout>,
     );
 
     /// out (n, c, h_out, w_out) = window maxima; `argmax` keeps each maximum's position
@@ -204,10 +378,9 @@ pub trait Backend {
     fn maxpool_forward(&mut self, out: &mut Self::Buf, argmax: &mut Self::IBuf, inp: &Self::Buf, l: &Pool, n: usize);
     fn maxpool_backward(&mut self, dinp: &mut Self::Buf, dout: &Self::Buf, argmax: &Self::IBuf, l: &Pool, n: usize);
 
-    /// Inverted dropout: element i is kept when `rng::draw(key, i) >= p` and scaled by
-    /// 1/(1-p). The mask is recomputed from `key` in the backward, never stored.
-    fn dropout_forward(&mut self, out: &mut Self::Buf, inp: &Self::Buf, len: usize, p: f32, key: u32);
-    fn dropout_backward(&mut self, dinp: &mut Self::Buf, dout: &Self::Buf, len: usize, p: f32, key: u32);
+    /// Inverted dropout over `len` elements (see `Dropout`).
+    fn dropout_forward(&mut self, out: &mut Self::Buf, inp: &Self::Buf, table: &Self::IBuf, len: usize, d: &Dropout);
+    fn dropout_backward(&mut self, dinp: &mut Self::Buf, dout: &Self::Buf, table: &Self::IBuf, len: usize, d: &Dropout);
 
     /// Batch norm. Training: normalise by the batch's statistics, save (mean, 1/std) per
     /// channel in `saved` (2c) and update the running statistics in `state`. Evaluation:
@@ -237,8 +410,9 @@ pub trait Backend {
         n: usize,
     );
 
-    /// Softmax + cross-entropy, fused: writes dlogits = (softmax - onehot) * scale and the
-    /// batch's stats. `scale` is 1/(examples in the batch) for a mean loss.
+    /// Softmax + cross-entropy, fused, one per member: logits (n, members, classes), each
+    /// member's row against the example's label; writes dlogits = (softmax - onehot) * scale
+    /// and the batch's stats per member. `scale` is 1/(examples in the batch) for a mean loss.
     #[allow(clippy::too_many_arguments)]
     fn softmax_xent_forward_backward(
         &mut self,
@@ -248,10 +422,12 @@ pub trait Backend {
         logits: &Self::Buf,
         labels: &Self::IBuf,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     );
-    /// Evaluation: probabilities into `probs` from example `probs_at` on, and the stats.
+    /// Evaluation: probabilities into `probs` (rows of members x classes) from example
+    /// `probs_at` on, and the stats.
     #[allow(clippy::too_many_arguments)]
     fn softmax_xent_forward(
         &mut self,
@@ -262,10 +438,11 @@ pub trait Backend {
         logits: &Self::Buf,
         labels: &Self::IBuf,
         n: usize,
+        members: usize,
         classes: usize,
     );
-    /// Mean squared error against one-hot targets: per example mean over classes of
-    /// (y - t)^2; dy = 2 (y - t) / classes * scale.
+    /// Mean squared error against one-hot targets, one per member: per example mean over
+    /// classes of (y - t)^2; dy = 2 (y - t) / classes * scale.
     #[allow(clippy::too_many_arguments)]
     fn mse_forward_backward(
         &mut self,
@@ -275,6 +452,7 @@ pub trait Backend {
         outputs: &Self::Buf,
         labels: &Self::IBuf,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     );
@@ -289,28 +467,34 @@ pub trait Backend {
         outputs: &Self::Buf,
         labels: &Self::IBuf,
         n: usize,
+        members: usize,
         classes: usize,
     );
 
-    /// Adam (or AdamW with weight decay) over the first `len` elements of the flat buffers.
+    /// Adam (or AdamW with weight decay) over the first `len` elements of the flat buffers,
+    /// each element with its member's learning rate and weight decay.
+    #[allow(clippy::too_many_arguments)]
     fn adam_step(
         &mut self,
         params: &mut Self::Buf,
         grads: &Self::Buf,
         m: &mut Self::Buf,
         v: &mut Self::Buf,
+        table: &Self::IBuf,
         len: usize,
         a: &AdamStep,
     );
-    /// SGD; `velocity` is only touched when momentum > 0.
+    /// SGD; `velocity` is only touched where the member's momentum is > 0.
     fn sgd_step(
         &mut self,
         params: &mut Self::Buf,
         grads: &Self::Buf,
         velocity: &mut Self::Buf,
+        table: &Self::IBuf,
         len: usize,
         s: &SgdStep,
     );
-    /// Weight averaging: `avg = decay * avg + (1 - decay) * src` over the first `len` elements.
-    fn ema_update(&mut self, avg: &mut Self::Buf, src: &Self::Buf, len: usize, decay: f32);
+    /// Weight averaging: `avg = decay * avg + (1 - decay) * src` over the first `len`
+    /// elements, with the element's member's decay.
+    fn ema_update(&mut self, avg: &mut Self::Buf, src: &Self::Buf, table: &Self::IBuf, len: usize, e: &EmaStep);
 }

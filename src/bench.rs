@@ -2,7 +2,9 @@
 //!
 //! Steps run exactly as in training (gather, forward, loss, backward, optimizer, dropout on)
 //! on the real training images, without augmentation unless asked for, so the figure is
-//! comparable with `bench/pytorch_bench.py`, which does the same in PyTorch.
+//! comparable with `bench/pytorch_bench.py`, which does the same in PyTorch. With several
+//! members (`--seeds`), a step trains all of them at once (`network::Members`), and the
+//! figures per member-step are what compares with training them one by one.
 
 use std::time::Instant;
 
@@ -12,7 +14,7 @@ use crate::backend::Backend;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::Arch;
-use crate::network::{DeviceData, Network};
+use crate::network::{DeviceData, Members, Network};
 use crate::rng;
 use crate::train::{Epoch, run_steps};
 
@@ -22,12 +24,16 @@ pub struct BenchResult {
     pub backend: String,
     pub device: String,
     pub batch: usize,
+    /// Models trained side by side in each step.
+    pub members: usize,
     pub steps: usize,
     pub warmup_steps: usize,
     /// Allocation, upload and (GPU) pipeline creation.
     pub setup_seconds: f64,
     pub warmup_seconds: f64,
     pub seconds_per_step: f64,
+    /// `seconds_per_step` / members: the time one model's step costs.
+    pub seconds_per_member_step: f64,
     /// `seconds_per_step` times the steps of a 60,000-image epoch.
     pub seconds_per_epoch: f64,
     pub images_per_second: f64,
@@ -38,6 +44,10 @@ pub struct BenchResult {
     pub dispatches_per_step: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_seconds_per_step: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dispatches_per_member_step: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_seconds_per_member_step: Option<f64>,
     /// What training needs at the least: the data set, parameters with their gradients and
     /// optimizer state, and one batch's forward activations (bytes).
     pub footprint: Footprint,
@@ -57,7 +67,7 @@ pub const EPOCH_IMAGES: usize = 60_000;
 pub fn bench<B: Backend>(
     b: &mut B,
     backend: &str,
-    arch: Arch,
+    members: Members,
     data: &Dataset,
     batch: usize,
     steps: usize,
@@ -71,14 +81,15 @@ pub fn bench<B: Backend>(
         return Err(Error::Config(format!("bench needs at least {batch} training images, found {}", data.len())));
     }
     let t0 = Instant::now();
-    let recipe = arch.recipe().clone();
-    crate::network::check_fits(b, &arch, batch)?;
-    let (params, state) = arch.init(recipe.init, 1);
-    let name = arch.name().to_string();
+    let recipe = members.lone.recipe().clone();
+    crate::network::check_array(b, &members, batch)?;
+    let (params, state) = members.init();
+    let name = members.lone.name().to_string();
+    let k = members.len();
     let dev = DeviceData::upload(b, data)?;
-    let mut net = Network::new(b, arch, batch, &params, &state)?;
+    let mut net = Network::array(b, members, batch, &params, &state)?;
     let batches = data.len() / batch;
-    let mut stats = b.alloc(2 * batches)?;
+    let mut stats = b.alloc(2 * batches * k)?;
     let mut perm = b.alloc_u32(data.len())?;
     b.upload_u32(&mut perm, &rng::epoch_permutation(1, 0, data.len()))?;
     let _ = b.download(&stats, 1)?;
@@ -103,9 +114,8 @@ pub fn bench<B: Backend>(
                 index: epoch,
                 n: batches * batch,
                 batch,
-                lr: recipe.optimizer.lr(),
-                stepwise: None,
-                seed: 1,
+                stepwise: false,
+                data_seed: 1,
                 augment: if augment { recipe.augment } else { None },
                 first_step: (epoch * batches) as u32,
             };
@@ -113,8 +123,8 @@ pub fn bench<B: Backend>(
             run_steps(b, &mut net, &dev, &perm, &mut stats, &e, step..end, |_, _, _| Ok(()))?;
             i += end - step;
         }
-        let s = b.download(&stats, 2)?;
-        if !s[0].is_finite() {
+        let s = b.download(&stats, 2 * k)?;
+        if s.iter().step_by(2).any(|l| !l.is_finite()) {
             return Err(Error::Diverged("the loss became NaN during the benchmark".into()));
         }
         Ok(t.elapsed().as_secs_f64())
@@ -132,16 +142,20 @@ pub fn bench<B: Backend>(
         backend: backend.to_string(),
         device: b.name(),
         batch,
+        members: k,
         steps,
         warmup_steps: warmup,
         setup_seconds,
         warmup_seconds,
         seconds_per_step: per_step,
+        seconds_per_member_step: per_step / k as f64,
         seconds_per_epoch: per_step * EPOCH_IMAGES.div_ceil(batch) as f64,
         images_per_second: batch as f64 / per_step,
         augment,
         dispatches_per_step: host.map(|h| h.0),
         host_seconds_per_step: host.map(|h| h.1),
+        dispatches_per_member_step: host.map(|h| h.0 / k as f64),
+        host_seconds_per_member_step: host.map(|h| h.1 / k as f64),
         footprint,
     })
 }
@@ -161,12 +175,13 @@ pub fn gemm_flops_per_step(arch: &Arch, batch: usize) -> Vec<(&'static str, f64)
     for (i, layer) in arch.layers.iter().enumerate() {
         let (macs, ops) = match layer {
             Layer::Conv2d(c) => (
-                (batch * c.out_len() * c.c_in * c.kh * c.kw) as f64,
+                (batch * c.out_len() * c.group_in() * c.kh * c.kw) as f64,
                 ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"],
             ),
-            Layer::Dense(d) => {
-                ((batch * d.n_in * d.n_out) as f64, ["dense_forward", "dense_backward_input", "dense_backward_weight"])
-            }
+            Layer::Dense(d) => (
+                (batch * d.group_in() * d.n_out) as f64,
+                ["dense_forward", "dense_backward_input", "dense_backward_weight"],
+            ),
             _ => continue,
         };
         for (k, op) in ops.into_iter().enumerate() {

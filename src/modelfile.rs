@@ -11,7 +11,9 @@
 //! weights so far, the weight average if the recipe keeps one, and the scheduler's position
 //! (`optimizer.m.*`, `optimizer.v.*`, `best.*`, `average.*`, `checkpoint` metadata). Files are
 //! written to a temporary name and renamed into place, so a killed run never leaves a
-//! half-written file.
+//! half-written file. An array's checkpoint (models trained side by side) holds the network
+//! they make (`Arch::fused`: its tensors K times as long) and each member's seed, recipe and
+//! progress (`array` metadata).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -40,14 +42,67 @@ pub struct Progress {
     pub wait: usize,
     /// Seconds of training so far (for time-to-accuracy across resumed runs).
     pub seconds: f64,
+    /// The seed of the batch order and augmentation (absent in older files: `seed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_seed: Option<u64>,
+}
+
+/// How a member of a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Training,
+    /// Ran every epoch.
+    Finished,
+    /// Early stopping's patience ran out.
+    StoppedEarly,
+    /// Its loss became NaN or infinite.
+    Diverged,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Training => "training",
+            Status::Finished => "finished",
+            Status::StoppedEarly => "stopped_early",
+            Status::Diverged => "diverged",
+        }
+    }
+}
+
+/// One member of a run: who it is (seed, recipe, the swept values its file name carries) and
+/// where its early stopping stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberProgress {
+    pub seed: u64,
+    pub spec: ModelSpec,
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
+    pub best_value: Option<f64>,
+    pub best_epoch: usize,
+    pub wait: usize,
+    pub status: Status,
+    /// The epoch (1-based) it stopped training in, if it has.
+    #[serde(default)]
+    pub ended: usize,
+}
+
+/// An array's checkpoint metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArrayState {
+    pub members: Vec<MemberProgress>,
 }
 
 /// Everything in a checkpoint beyond the model itself.
 #[derive(Debug, Clone)]
 pub struct TrainState {
     pub progress: Progress,
+    /// An array's members (None: a model of its own, whose early stopping is in `progress`).
+    pub array: Option<ArrayState>,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
+    /// The weights each model keeps (its best epoch's, or an array member's last finite ones).
     pub best: Option<(Vec<f32>, Vec<f32>)>,
     /// The recipe's weight average (`ema`): parameters and batch-norm statistics.
     pub average: Option<(Vec<f32>, Vec<f32>)>,
@@ -128,6 +183,10 @@ pub fn save(
         }
         let progress = serde_json::to_string(&ts.progress).map_err(|e| Error::model(path, e.to_string()))?;
         metadata.insert("checkpoint".into(), progress);
+        if let Some(a) = &ts.array {
+            let array = serde_json::to_string(a).map_err(|e| Error::model(path, e.to_string()))?;
+            metadata.insert("array".into(), array);
+        }
     }
     metadata.insert("format".into(), FORMAT.into());
     let spec =
@@ -189,7 +248,16 @@ pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
             }
         },
     };
-    let arch = Arch::new(spec)?;
+    let array: Option<ArrayState> = match metadata.get("array") {
+        Some(text) => {
+            Some(serde_json::from_str(text).map_err(|e| Error::model(path, format!("bad array metadata: {e}")))?)
+        }
+        None => None,
+    };
+    let arch = match &array {
+        Some(a) => Arch::fused(spec, a.members.len())?,
+        None => Arch::new(spec)?,
+    };
     let get = |prefix: &str, infos: &[TensorInfo], len: usize, required: bool| -> Result<Option<Vec<f32>>> {
         let mut flat = vec![0f32; len];
         for t in infos {
@@ -268,7 +336,7 @@ pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
                 )
             };
             let (best, average) = (model_at("best.")?, model_at("average.")?);
-            Some(TrainState { progress, m, v, best, average })
+            Some(TrainState { progress, array, m, v, best, average })
         }
         None => None,
     };

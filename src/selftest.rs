@@ -32,7 +32,7 @@
 //! The GPU against the reference: the looser of the two bounds, element by element (a GPU may
 //! be as far from the exact value as it may be from the CPU, e.g. its sin/cos).
 
-use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder};
 use crate::cpu::CpuBackend;
 use crate::data::augment::Augment;
 use crate::error::Result;
@@ -158,6 +158,11 @@ fn up_u32<B: Backend>(b: &mut B, data: &[u32]) -> Result<B::IBuf> {
     Ok(buf)
 }
 
+/// A member table of `k` members (seeds 11, 12, ...), uploaded.
+fn test_table(k: usize) -> TableBuilder {
+    TableBuilder::new(&(0..k as u64).map(|i| 11 + i).collect::<Vec<_>>())
+}
+
 fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let mean = [0.1307, 0.5, 0.25, 0.75];
@@ -224,32 +229,63 @@ fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     Ok(out)
 }
 
+/// Conv layers with their channels in groups: (groups, in_groups) applied to `conv`'s shape,
+/// the weight offsets kept.
+fn grouped(l: Conv2d, groups: usize, in_groups: usize) -> Conv2d {
+    let l = l.grouped(groups, in_groups);
+    Conv2d { b_off: l.b_off.map(|_| 64 + l.weight_len().div_ceil(64) * 64), ..l }
+}
+
 fn conv_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
-    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.3, 99)) };
+    // Dropout in a buffer of 3 members with rates of their own (and of one member).
+    let mut t = test_table(3);
+    let at3 = t.dropout(&[0.3, 0.1, 0.6]);
+    let table3 = up_u32(b, &t.words)?;
+    let mut t = test_table(1);
+    let at1 = t.dropout(&[0.3]);
+    let table1 = up_u32(b, &t.words)?;
+    let drop = |members: usize, len: usize, at: usize| Epilogue {
+        act: Some(Act::Relu),
+        dropout: Some(Dropout { members, len, stream: 0x100 + 4, step: 99, at }),
+    };
     let cases = [
         (1, conv(1, 28, 28, 16, (5, 5), 1, (2, 2)), Epilogue::act(Some(Act::Relu))),
         (3, conv(3, 7, 5, 5, (3, 3), 2, (1, 1)), Epilogue::act(Some(Act::Tanh))),
         (2, conv(5, 9, 11, 70, (2, 4), 1, (1, 3)), Epilogue::act(Some(Act::Sigmoid))),
-        (4, conv(3, 14, 14, 7, (5, 5), 1, (2, 2)), relu_dropout),
+        (4, conv(3, 14, 14, 7, (5, 5), 1, (2, 2)), drop(1, 7 * 14 * 14, at1)),
         (2, conv(2, 6, 6, 3, (6, 6), 1, (0, 0)), Epilogue::default()),
+        // Grouped: 3 groups of odd sizes (an array of 3 after its first layer, with each
+        // member's dropout); depthwise; batch 1; 2 groups strided.
+        (2, grouped(conv(6, 9, 7, 9, (3, 3), 1, (1, 1)), 3, 3), drop(3, 3 * 9 * 7, at3)),
+        (3, grouped(conv(5, 8, 8, 5, (3, 3), 1, (1, 1)), 5, 5), Epilogue::act(Some(Act::Relu))),
+        (1, grouped(conv(4, 11, 9, 6, (5, 3), 1, (2, 1)), 2, 2), Epilogue::act(Some(Act::Tanh))),
+        (2, grouped(conv(4, 9, 9, 70, (3, 3), 2, (1, 1)), 2, 2), Epilogue::default()),
+        // An array's first layer over a shared input: 3 members of 2 groups each read input
+        // groups 0 and 1 (no input gradient: nothing reads the input's).
+        (3, grouped(conv(4, 7, 7, 12, (3, 3), 1, (1, 1)), 6, 2), drop(3, 4 * 7 * 7, at3)),
     ];
     for (i, (n, l, epi)) in cases.into_iter().enumerate() {
         let plen = l.b_off.unwrap_or(0) + l.c_out + 7;
+        let groups = if l.groups > 1 { format!(" g{}/{}", l.groups, l.in_groups) } else { String::new() };
+        let members = epi.dropout.map_or(String::new(), |d| format!(" +relu+dropout x{}", d.members));
         let tag = format!(
-            "n={n} {}x{}x{}->{} k{}x{} s{} p{},{}",
+            "n={n} {}x{}x{}->{} k{}x{} s{} p{},{}{groups}{members}",
             l.c_in, l.h_in, l.w_in, l.c_out, l.kh, l.kw, l.stride, l.pad_h, l.pad_w
         );
+        let table = if epi.dropout.is_some_and(|d| d.members == 3) { &table3 } else { &table1 };
         let w = up(b, &random(10 + i as u64, plen, -0.5, 0.5))?;
         let x = up(b, &random(20 + i as u64, n * l.in_len(), -1.0, 1.0))?;
         let mut y = b.alloc(n * l.out_len())?;
-        b.conv2d_forward(&mut y, &x, &w, &l, n, epi);
+        b.conv2d_forward(&mut y, &x, &w, table, &l, n, epi);
         out.push(Out::new(format!("conv2d_forward {tag}"), b.download(&y, n * l.out_len())?, GEMM_TOL, GEMM_TOL));
         let d = up(b, &random(30 + i as u64, n * l.out_len(), -1.0, 1.0))?;
-        let mut dx = b.alloc(n * l.in_len())?;
-        b.conv2d_backward_input(&mut dx, &d, &w, &l, n);
-        let dx = b.download(&dx, n * l.in_len())?;
-        out.push(Out::new(format!("conv2d_backward_input {tag}"), dx, GEMM_TOL, GEMM_TOL));
+        if l.groups == l.in_groups {
+            let mut dx = b.alloc(n * l.in_len())?;
+            b.conv2d_backward_input(&mut dx, &d, &w, &l, n);
+            let dx = b.download(&dx, n * l.in_len())?;
+            out.push(Out::new(format!("conv2d_backward_input {tag}"), dx, GEMM_TOL, GEMM_TOL));
+        }
         let mut g = up(b, &vec![7.0; plen])?;
         b.conv2d_backward_weight(&mut g, &d, &x, &l, n);
         out.push(Out::new(format!("conv2d_backward_weight {tag}"), b.download(&g, plen)?, GEMM_TOL, GEMM_TOL));
@@ -259,26 +295,46 @@ fn conv_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
 
 fn dense_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
-    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.2, 7)) };
-    for (i, (n, ni, no, epi)) in [
-        (1, 13, 7, Epilogue::act(Some(Act::Sigmoid))),
-        (5, 70, 130, relu_dropout),
-        (33, 784, 10, Epilogue::default()),
-        (3, 3136, 10, Epilogue::act(Some(Act::Tanh))),
-        (9, 100, 37, relu_dropout),
+    let mut t = test_table(3);
+    let at3 = t.dropout(&[0.2, 0.5, 0.05]);
+    let table3 = up_u32(b, &t.words)?;
+    let mut t = test_table(1);
+    let at1 = t.dropout(&[0.2]);
+    let table1 = up_u32(b, &t.words)?;
+    let drop = |members: usize, len: usize, at: usize| Epilogue {
+        act: Some(Act::Relu),
+        dropout: Some(Dropout { members, len, stream: 0x100 + 2, step: 7, at }),
+    };
+    // (n, n_in, n_out, groups, epilogue)
+    for (i, (n, ni, no, groups, epi)) in [
+        (1, 13, 7, 1, Epilogue::act(Some(Act::Sigmoid))),
+        (5, 70, 130, 1, drop(1, 130, at1)),
+        (33, 784, 10, 1, Epilogue::default()),
+        (3, 3136, 10, 1, Epilogue::act(Some(Act::Tanh))),
+        (9, 100, 37, 1, drop(1, 37, at1)),
         // Past 65,535 outputs: grids fold into two dimensions (65,536 classes).
-        (3, 4, 65_536, Epilogue::default()),
+        (3, 4, 65_536, 1, Epilogue::default()),
+        // Grouped (an array's later layers, one group per member): tiled, skinny, batch 1.
+        (17, 3 * 13, 3 * 70, 3, drop(3, 70, at3)),
+        (5, 3 * 100, 3 * 10, 3, drop(3, 10, at3)),
+        (1, 2 * 9, 2 * 5, 2, Epilogue::act(Some(Act::Tanh))),
+        // An array's first layer: one wider layer over the shared input, each member's dropout.
+        (4, 20, 3 * 11, 1, drop(3, 11, at3)),
     ]
     .into_iter()
     .enumerate()
     {
-        let l = Dense { n_in: ni, n_out: no, w_off: 64, b_off: Some(64 + (ni * no).div_ceil(64) * 64) };
+        let l =
+            Dense { n_in: ni, n_out: no, groups, w_off: 64, b_off: Some(64 + (ni / groups * no).div_ceil(64) * 64) };
         let plen = l.b_off.unwrap_or(0) + no + 3;
-        let tag = format!("n={n} {ni}->{no}{}", if epi.dropout.is_some() { " +relu+dropout" } else { "" });
+        let members = epi.dropout.map_or(String::new(), |d| format!(" +relu+dropout x{}", d.members));
+        let g = if groups > 1 { format!(" g{groups}") } else { String::new() };
+        let tag = format!("n={n} {ni}->{no}{g}{members}");
+        let table = if epi.dropout.is_some_and(|d| d.members == 3) { &table3 } else { &table1 };
         let w = up(b, &random(40 + i as u64, plen, -0.5, 0.5))?;
         let x = up(b, &random(50 + i as u64, n * ni, -1.0, 1.0))?;
         let mut y = b.alloc(n * no)?;
-        b.dense_forward(&mut y, &x, &w, &l, n, epi);
+        b.dense_forward(&mut y, &x, &w, table, &l, n, epi);
         out.push(Out::new(format!("dense_forward {tag}"), b.download(&y, n * no)?, GEMM_TOL, GEMM_TOL));
         let d = up(b, &random(60 + i as u64, n * no, -1.0, 1.0))?;
         let mut dx = b.alloc(n * ni)?;
@@ -294,6 +350,11 @@ fn dense_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
 fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let len = 1001;
+    // The gradient of a relu + dropout of 3 members (7 elements each per example): each
+    // element's member's scale.
+    let mut t = test_table(3);
+    let at = t.dropout(&[0.2, 0.5, 0.75]);
+    let table = up_u32(b, &t.words)?;
     let mut x = random(70, len, -6.0, 6.0);
     x[0] = 0.0;
     x[1] = 90.0;
@@ -309,8 +370,14 @@ fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let y = up(b, &y_host)?;
         let d = up(b, &random(71, len, -1.0, 1.0))?;
         let mut dx = b.alloc(len)?;
-        b.activation_backward(&mut dx, &d, &y, len, act, 1.25);
+        b.activation_backward(&mut dx, &d, &y, &table, len, act, None);
         out.push(Out::new(format!("activation_backward {act:?} len={len}"), b.download(&dx, len)?, ULP_TOL, ULP_TOL));
+        if act == Act::Relu {
+            let d3 = Dropout { members: 3, len: 7, stream: 0x105, step: 3, at };
+            b.activation_backward(&mut dx, &d, &y, &table, len, act, Some(d3));
+            let name = format!("activation_backward Relu+dropout x3 len={len}");
+            out.push(Out::new(name, b.download(&dx, len)?, ULP_TOL, ULP_TOL));
+        }
     }
     Ok(out)
 }
@@ -341,14 +408,29 @@ fn pool_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
 
 fn dropout_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
-    for (len, prob, key) in [(1001usize, 0.3f32, 5u32), (7, 0.5, 9), (4096, 0.2, 0xdead_beef)] {
+    // (len, rates per member, elements per example and member, step)
+    let cases: [(usize, &[f32], usize, u32); 5] = [
+        (1001, &[0.3], 1001, 5),
+        (7, &[0.5], 7, 9),
+        (4096, &[0.2], 256, 0xdead_beef),
+        // 3 members of 13 elements per example, 5 examples: each member's own mask and rate.
+        (195, &[0.2, 0.5, 0.05], 13, 4),
+        // 2 members, batch 1, a length past the CPU's parallel chunk.
+        (2 * 9000, &[0.4, 0.1], 9000, 11),
+    ];
+    for (len, p, member_len, step) in cases {
+        let mut t = test_table(p.len());
+        let at = t.dropout(p);
+        let table = up_u32(b, &t.words)?;
+        let d = Dropout { members: p.len(), len: member_len, stream: 0x103, step, at };
         let x = up(b, &random(100, len, -1.0, 1.0))?;
         let mut y = b.alloc(len)?;
-        b.dropout_forward(&mut y, &x, len, prob, key);
-        out.push(Out::new(format!("dropout_forward len={len} p={prob}"), b.download(&y, len)?, EXACT, ROUNDED));
+        b.dropout_forward(&mut y, &x, &table, len, &d);
+        let tag = format!("len={len} p={p:?} x{}", p.len());
+        out.push(Out::new(format!("dropout_forward {tag}"), b.download(&y, len)?, EXACT, ROUNDED));
         let mut dx = b.alloc(len)?;
-        b.dropout_backward(&mut dx, &x, len, prob, key);
-        out.push(Out::new(format!("dropout_backward len={len} p={prob}"), b.download(&dx, len)?, EXACT, ROUNDED));
+        b.dropout_backward(&mut dx, &x, &table, len, &d);
+        out.push(Out::new(format!("dropout_backward {tag}"), b.download(&dx, len)?, EXACT, ROUNDED));
     }
     Ok(out)
 }
@@ -390,77 +472,96 @@ fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
 fn loss_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let stats_tol = (1e-5, 1e-5);
-    for (i, (n, classes)) in [(1usize, 10usize), (300, 10), (37, 7), (3, 65_536)].into_iter().enumerate() {
-        let tag = format!("n={n} classes={classes}");
-        let mut z = random(120 + i as u64, n * classes, -4.0, 4.0);
+    // (examples, members, classes): rows (example, member) of one softmax each.
+    for (i, (n, k, classes)) in
+        [(1usize, 1usize, 10usize), (300, 1, 10), (37, 1, 7), (3, 1, 65_536), (5, 3, 7), (2, 2, 1500)]
+            .into_iter()
+            .enumerate()
+    {
+        let m = if k > 1 { format!(" x{k}") } else { String::new() };
+        let tag = format!("n={n} classes={classes}{m}");
+        let width = k * classes;
+        let mut z = random(120 + i as u64, n * width, -4.0, 4.0);
         z[0] = 80.0; // a large logit stays finite
         let labels: Vec<u32> = (0..n as u32).map(|j| (j * 7 + 3) % classes as u32).collect();
         let (gz, gl) = (up(b, &z)?, up_u32(b, &labels)?);
         let slot = 2;
-        let mut stats = b.alloc(2 * (slot + 1))?;
-        let mut d = b.alloc(n * classes)?;
+        let stats_len = 2 * (slot + 1) * k;
+        let mut stats = b.alloc(stats_len)?;
+        let mut d = b.alloc(n * width)?;
         let scale = 1.0 / n as f32;
         let name = format!("softmax_xent_forward_backward {tag}");
-        b.softmax_xent_forward_backward(&mut d, &mut stats, slot, &gz, &gl, n, classes, scale);
-        out.push(Out::new(&name, b.download(&d, n * classes)?, ULP_TOL, ULP_TOL));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
+        b.softmax_xent_forward_backward(&mut d, &mut stats, slot, &gz, &gl, n, k, classes, scale);
+        out.push(Out::new(&name, b.download(&d, n * width)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
         let at = 3;
-        let mut probs = b.alloc((n + at) * classes)?;
-        b.softmax_xent_forward(&mut probs, at, &mut stats, slot, &gz, &gl, n, classes);
+        let mut probs = b.alloc((n + at) * width)?;
+        b.softmax_xent_forward(&mut probs, at, &mut stats, slot, &gz, &gl, n, k, classes);
         let name = format!("softmax_xent_forward {tag}");
-        out.push(Out::new(&name, b.download(&probs, (n + at) * classes)?, ULP_TOL, ULP_TOL));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
+        out.push(Out::new(&name, b.download(&probs, (n + at) * width)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
         let zt: Vec<f32> = z.iter().map(|v| (v / 4.0).tanh()).collect();
         let gzt = up(b, &zt)?;
-        b.mse_forward_backward(&mut d, &mut stats, slot, &gzt, &gl, n, classes, scale);
+        b.mse_forward_backward(&mut d, &mut stats, slot, &gzt, &gl, n, k, classes, scale);
         let name = format!("mse_forward_backward {tag}");
-        out.push(Out::new(&name, b.download(&d, n * classes)?, ULP_TOL, ULP_TOL));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
-        b.mse_forward(&mut probs, at, &mut stats, slot, &gzt, &gl, n, classes);
+        out.push(Out::new(&name, b.download(&d, n * width)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
+        b.mse_forward(&mut probs, at, &mut stats, slot, &gzt, &gl, n, k, classes);
         let name = format!("mse_forward {tag}");
-        out.push(Out::new(&name, b.download(&probs, (n + at) * classes)?, EXACT, EXACT));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, 2 * (slot + 1))?, stats_tol, stats_tol));
+        out.push(Out::new(&name, b.download(&probs, (n + at) * width)?, EXACT, EXACT));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
     }
     Ok(out)
 }
 
 fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
+    // One model: one segment over the whole buffer. Two members: three tensors of 2 x 100,
+    // 2 x 37 and 2 x 150 elements with alignment padding between them, each member with its
+    // own learning rate, weight decay, momentum (one without) and averaging decay.
     let len = 1000;
-    let mut p = up(b, &random(130, len, -1.0, 1.0))?;
-    let (mut m, mut v) = (b.alloc(len)?, b.alloc(len)?);
-    for t in 1..=3 {
-        let g = up(b, &random(130 + t as u64, len, -1.0, 1.0))?;
-        let a = AdamStep {
-            lr: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: if t == 3 { 0.01 } else { 0.0 },
-            t,
-        };
-        b.adam_step(&mut p, &g, &mut m, &mut v, len, &a);
-    }
-    out.push(Out::new(format!("adam_step len={len} x3"), b.download(&p, len)?, ULP_TOL, ULP_TOL));
-    out.push(Out::new(format!("adam_step len={len} x3 v"), b.download(&v, len)?, (1e-9, ULP_TOL.1), (1e-9, ULP_TOL.1)));
-    for momentum in [0.0, 0.9] {
+    let one_segs: &[(usize, usize)] = &[(0, 1000)];
+    let two_segs: &[(usize, usize)] = &[(0, 100), (256, 37), (384, 150)];
+    for (k, segs, lrs, wds, momenta, decays) in [
+        (1, one_segs, &[0.01f32][..], &[0.01f32][..], &[0.9f32][..], &[0.9f32][..]),
+        (2, two_segs, &[0.01, 0.003][..], &[0.0, 0.05][..], &[0.9, 0.0][..], &[0.9, 0.5][..]),
+    ] {
+        let mut t = test_table(k);
+        let lr_at = t.values(lrs);
+        let wd_at = t.values(wds);
+        let momentum_at = t.values(momenta);
+        let decay_at = t.values(decays);
+        let segments = t.segments(segs);
+        let table = up_u32(b, &t.words)?;
+        let tag = if k > 1 { format!(" x{k} in {} segments", segs.len()) } else { String::new() };
+        let mut p = up(b, &random(130, len, -1.0, 1.0))?;
+        let (mut m, mut v) = (b.alloc(len)?, b.alloc(len)?);
+        for t in 1..=3 {
+            let g = up(b, &random(130 + t as u64, len, -1.0, 1.0))?;
+            let a = AdamStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, t, segments, lr_at, wd_at };
+            b.adam_step(&mut p, &g, &mut m, &mut v, &table, len, &a);
+        }
+        out.push(Out::new(format!("adam_step len={len} x3{tag}"), b.download(&p, len)?, ULP_TOL, ULP_TOL));
+        let v_tol = (1e-9, ULP_TOL.1);
+        out.push(Out::new(format!("adam_step len={len} x3{tag} v"), b.download(&v, len)?, v_tol, v_tol));
         let mut p = up(b, &random(140, len, -1.0, 1.0))?;
         let mut vel = b.alloc(len)?;
         for t in 0..2 {
             let g = up(b, &random(141 + t, len, -1.0, 1.0))?;
-            b.sgd_step(&mut p, &g, &mut vel, len, &SgdStep { lr: 0.05, momentum });
+            b.sgd_step(&mut p, &g, &mut vel, &table, len, &SgdStep { segments, lr_at, momentum_at });
         }
-        let name = format!("sgd_step len={len} momentum {momentum} x2");
+        let name = format!("sgd_step len={len} momentum {momenta:?} x2{tag}");
         out.push(Out::new(name, b.download(&p, len)?, ULP_TOL, ULP_TOL));
+        // An odd length, not a multiple of the workgroup; only the first `len` elements move.
+        let (len, cap) = (777, 800);
+        let mut avg = up(b, &random(150, cap, -1.0, 1.0))?;
+        for t in 0..3 {
+            let src = up(b, &random(151 + t, cap, -1.0, 1.0))?;
+            b.ema_update(&mut avg, &src, &table, len, &EmaStep { segments, decay_at });
+        }
+        let name = format!("ema_update len={len} of {cap} x3{tag}");
+        out.push(Out::new(name, b.download(&avg, cap)?, ULP_TOL, ULP_TOL));
     }
-    // An odd length, not a multiple of the workgroup; only the first `len` elements move.
-    let (len, cap) = (777, 800);
-    let mut avg = up(b, &random(150, cap, -1.0, 1.0))?;
-    for t in 0..3 {
-        let src = up(b, &random(151 + t, cap, -1.0, 1.0))?;
-        b.ema_update(&mut avg, &src, len, 0.9);
-    }
-    out.push(Out::new(format!("ema_update len={len} of {cap} x3"), b.download(&avg, cap)?, ULP_TOL, ULP_TOL));
     Ok(out)
 }
 

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use gpu_train::backend::Epilogue;
+use gpu_train::backend::{Dropout, Epilogue, TableBuilder};
 use gpu_train::cpu::{activation, batchnorm, conv2d, dense, dropout, loss, pool};
 use gpu_train::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
@@ -36,6 +36,11 @@ fn conv_cases() -> Vec<Conv2d> {
         conv(1, 8, 8, 5, (5, 5), 1, (2, 2)),
         conv(4, 5, 5, 2, (1, 1), 1, (0, 0)),
         conv(3, 6, 7, 2, (3, 3), 3, (2, 1)),
+        // Grouped: two groups (stride 2: the im2col path), three groups of odd sizes (an
+        // array of three after its first layer), depthwise.
+        conv(4, 7, 7, 6, (3, 3), 2, (1, 1)).grouped(2, 2),
+        conv(6, 6, 5, 9, (3, 3), 1, (1, 1)).grouped(3, 3),
+        conv(5, 6, 6, 5, (3, 3), 1, (1, 1)).grouped(5, 5),
     ]
 }
 
@@ -48,7 +53,7 @@ fn conv2d_backward_input_matches_finite_differences() {
         let r = uniform(20 + ci as u64, n * l.out_len(), -1.0, 1.0);
         let f = |x: &[f32]| {
             let mut y = vec![0.0; n * l.out_len()];
-            conv2d::conv2d_forward(&mut y, x, &params, &l, n, Epilogue::default());
+            conv2d::conv2d_forward(&mut y, x, &params, &[], &l, n, Epilogue::default());
             dot(&r, &y)
         };
         let mut dx = vec![0.0; x.len()];
@@ -69,20 +74,20 @@ fn conv2d_backward_weight_matches_finite_differences() {
         let r = uniform(20 + ci as u64, n * l.out_len(), -1.0, 1.0);
         let f = |p: &[f32]| {
             let mut y = vec![0.0; n * l.out_len()];
-            conv2d::conv2d_forward(&mut y, &x, p, &l, n, Epilogue::default());
+            conv2d::conv2d_forward(&mut y, &x, p, &[], &l, n, Epilogue::default());
             dot(&r, &y)
         };
         let mut g = vec![f32::NAN; params.len()];
         conv2d::conv2d_backward_weight(&mut g, &r, &x, &l, n);
         let b = l.b_off.unwrap();
-        let mut idx =
-            sample_indices(l.c_out * l.c_in * l.kh * l.kw, 40).into_iter().map(|i| i + l.w_off).collect::<Vec<_>>();
+        let mut idx = sample_indices(l.weight_len(), 40).into_iter().map(|i| i + l.w_off).collect::<Vec<_>>();
         idx.extend(b..b + l.c_out);
         let num = numeric_grad(&params, &idx, EPS, f);
         let ana: Vec<f32> = idx.iter().map(|&i| g[i]).collect();
         assert_close(&format!("conv case {ci} dW/db"), &ana, &num, ATOL, RTOL);
         // Only the layer's own tensors are written.
         assert!(g[..l.w_off].iter().all(|v| v.is_nan()) && g[b + l.c_out..].iter().all(|v| v.is_nan()));
+        assert!(g[l.w_off + l.weight_len()..b].iter().all(|v| v.is_nan()));
     }
 }
 
@@ -94,9 +99,9 @@ fn conv2d_fused_activation_equals_separate_ops() {
     let x = uniform(2, n * l.in_len(), -1.0, 1.0);
     for act in [Act::Relu, Act::Sigmoid, Act::Tanh] {
         let mut fused = vec![0.0; n * l.out_len()];
-        conv2d::conv2d_forward(&mut fused, &x, &params, &l, n, Epilogue::act(Some(act)));
+        conv2d::conv2d_forward(&mut fused, &x, &params, &[], &l, n, Epilogue::act(Some(act)));
         let mut pre = vec![0.0; n * l.out_len()];
-        conv2d::conv2d_forward(&mut pre, &x, &params, &l, n, Epilogue::default());
+        conv2d::conv2d_forward(&mut pre, &x, &params, &[], &l, n, Epilogue::default());
         let mut post = vec![0.0; pre.len()];
         activation::activation_forward(&mut post, &pre, pre.len(), act);
         assert_close(&format!("fused {act:?}"), &fused, &post, 1e-6, 1e-6);
@@ -113,66 +118,70 @@ fn fused_relu_dropout_equals_separate_ops() {
     let params = uniform(1, l.b_off.unwrap() + l.c_out, -1.0, 1.0);
     let x = uniform(2, n * l.in_len(), -1.0, 1.0);
     let len = n * l.out_len();
-    let (p, key) = (0.3, 4242);
+    let mut table = TableBuilder::new(&[4242]);
+    let at = table.dropout(&[0.3]);
+    let t = &table.words;
+    let d = Dropout { members: 1, len: l.out_len(), stream: 0x103, step: 8, at };
     let mut fused = vec![0.0; len];
-    conv2d::conv2d_forward(&mut fused, &x, &params, &l, n, Epilogue { act: Some(Act::Relu), dropout: Some((p, key)) });
+    conv2d::conv2d_forward(&mut fused, &x, &params, t, &l, n, Epilogue { act: Some(Act::Relu), dropout: Some(d) });
     let mut y = vec![0.0; len];
-    conv2d::conv2d_forward(&mut y, &x, &params, &l, n, Epilogue::act(Some(Act::Relu)));
+    conv2d::conv2d_forward(&mut y, &x, &params, t, &l, n, Epilogue::act(Some(Act::Relu)));
     let mut z = vec![0.0; len];
-    dropout::dropout_forward(&mut z, &y, len, p, key);
+    dropout::dropout_forward(&mut z, &y, t, len, &d);
     assert_close("fused forward", &fused, &z, 1e-6, 1e-6);
     let dz = uniform(3, len, -1.0, 1.0);
     let mut d_fused = vec![0.0; len];
-    activation::activation_backward(&mut d_fused, &dz, &fused, len, Act::Relu, 1.0 / (1.0 - p));
+    activation::activation_backward(&mut d_fused, &dz, &fused, t, len, Act::Relu, Some(&d));
     let (mut dy, mut dpre) = (vec![0.0; len], vec![0.0; len]);
-    dropout::dropout_backward(&mut dy, &dz, len, p, key);
-    activation::activation_backward(&mut dpre, &dy, &y, len, Act::Relu, 1.0);
+    dropout::dropout_backward(&mut dy, &dz, t, len, &d);
+    activation::activation_backward(&mut dpre, &dy, &y, t, len, Act::Relu, None);
     assert_close("fused backward", &d_fused, &dpre, 1e-6, 1e-6);
     // Dense too.
-    let (dl, plen) = dense_case();
+    let (dl, plen) = dense_case(1);
+    let d = Dropout { len: dl.n_out, ..d };
     let dp = uniform(5, plen, -1.0, 1.0);
     let dx = uniform(6, 4 * dl.n_in, -1.0, 1.0);
     let mut f = vec![0.0; 4 * dl.n_out];
-    dense::dense_forward(&mut f, &dx, &dp, &dl, 4, Epilogue { act: Some(Act::Relu), dropout: Some((p, key)) });
+    dense::dense_forward(&mut f, &dx, &dp, t, &dl, 4, Epilogue { act: Some(Act::Relu), dropout: Some(d) });
     let mut y = vec![0.0; 4 * dl.n_out];
-    dense::dense_forward(&mut y, &dx, &dp, &dl, 4, Epilogue::act(Some(Act::Relu)));
+    dense::dense_forward(&mut y, &dx, &dp, t, &dl, 4, Epilogue::act(Some(Act::Relu)));
     let mut z = vec![0.0; y.len()];
-    dropout::dropout_forward(&mut z, &y, y.len(), p, key);
+    dropout::dropout_forward(&mut z, &y, t, y.len(), &d);
     assert_close("fused dense forward", &f, &z, 1e-6, 1e-6);
 }
 
-fn dense_case() -> (Dense, usize) {
-    (Dense { n_in: 13, n_out: 7, w_off: 5, b_off: Some(5 + 13 * 7 + 2) }, 5 + 13 * 7 + 2 + 7 + 1)
+/// A dense layer of 13 -> 7 per group (three groups: an array of three after its first
+/// layer), and the length of a parameter buffer holding it with room around it.
+fn dense_case(groups: usize) -> (Dense, usize) {
+    let (ni, no) = (13 * groups, 7 * groups);
+    let w = no * 13;
+    (Dense { n_in: ni, n_out: no, groups, w_off: 5, b_off: Some(5 + w + 2) }, 5 + w + 2 + no + 1)
 }
 
 #[test]
 fn dense_backward_matches_finite_differences() {
-    let (l, plen) = dense_case();
-    for n in [1, 4] {
+    for (groups, n) in [(1, 1), (1, 4), (3, 1), (3, 4)] {
+        let (l, plen) = dense_case(groups);
         let params = uniform(3, plen, -1.0, 1.0);
         let x = uniform(4, n * l.n_in, -1.0, 1.0);
         let r = uniform(5, n * l.n_out, -1.0, 1.0);
         let fwd = |x: &[f32], p: &[f32]| {
             let mut y = vec![0.0; n * l.n_out];
-            dense::dense_forward(&mut y, x, p, &l, n, Epilogue::default());
+            dense::dense_forward(&mut y, x, p, &[], &l, n, Epilogue::default());
             dot(&r, &y)
         };
         let mut dx = vec![0.0; x.len()];
         dense::dense_backward_input(&mut dx, &r, &params, &l, n);
         let idx: Vec<usize> = (0..x.len()).collect();
-        assert_close(&format!("dense n={n} dx"), &dx, &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)), ATOL, RTOL);
+        let tag = format!("dense g{groups} n={n}");
+        assert_close(&format!("{tag} dx"), &dx, &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)), ATOL, RTOL);
         let mut g = vec![0.0; plen];
         dense::dense_backward_weight(&mut g, &r, &x, &l, n);
+        let w_end = l.w_off + l.weight_len();
         let idx: Vec<usize> =
-            (l.w_off..l.b_off.unwrap() + l.n_out).filter(|&i| i < l.w_off + 91 || i >= l.b_off.unwrap()).collect();
+            (l.w_off..l.b_off.unwrap() + l.n_out).filter(|&i| i < w_end || i >= l.b_off.unwrap()).collect();
         let ana: Vec<f32> = idx.iter().map(|&i| g[i]).collect();
-        assert_close(
-            &format!("dense n={n} dW/db"),
-            &ana,
-            &numeric_grad(&params, &idx, EPS, |p| fwd(&x, p)),
-            ATOL,
-            RTOL,
-        );
+        assert_close(&format!("{tag} dW/db"), &ana, &numeric_grad(&params, &idx, EPS, |p| fwd(&x, p)), ATOL, RTOL);
     }
 }
 
@@ -189,7 +198,7 @@ fn activation_backward_matches_finite_differences() {
         let mut y = vec![0.0; x.len()];
         activation::activation_forward(&mut y, &x, x.len(), act);
         let mut dx = vec![0.0; x.len()];
-        activation::activation_backward(&mut dx, &r, &y, x.len(), act, 1.0);
+        activation::activation_backward(&mut dx, &r, &y, &[], x.len(), act, None);
         let idx: Vec<usize> = (0..x.len()).collect();
         assert_close(&format!("{act:?}"), &dx, &numeric_grad(&x, &idx, 1e-3, f), ATOL, RTOL);
     }
@@ -226,21 +235,28 @@ fn maxpool_backward_matches_finite_differences() {
 fn dropout_backward_matches_finite_differences_and_drops_about_p() {
     let x = uniform(9, 4000, -1.0, 1.0);
     let r = uniform(10, 4000, -1.0, 1.0);
-    let (p, key) = (0.3, 12345);
-    let mut y = vec![0.0; x.len()];
-    dropout::dropout_forward(&mut y, &x, x.len(), p, key);
-    let dropped = y.iter().filter(|&&v| v == 0.0).count() as f32 / y.len() as f32;
-    assert!((dropped - p).abs() < 0.03, "dropped {dropped}");
-    let f = |x: &[f32]| {
+    // One model, and two members of 500 elements per example with rates of their own.
+    for (seeds, ps, len) in [(&[12345u64][..], &[0.3f32][..], 4000), (&[1, 2][..], &[0.3, 0.6][..], 500)] {
+        let mut table = TableBuilder::new(seeds);
+        let at = table.dropout(ps);
+        let t = &table.words;
+        let d = Dropout { members: seeds.len(), len, stream: 0x100, step: 3, at };
         let mut y = vec![0.0; x.len()];
-        dropout::dropout_forward(&mut y, x, x.len(), p, key);
-        dot(&r, &y)
-    };
-    let mut dx = vec![0.0; x.len()];
-    dropout::dropout_backward(&mut dx, &r, x.len(), p, key);
-    let idx = sample_indices(x.len(), 200);
-    let ana: Vec<f32> = idx.iter().map(|&i| dx[i]).collect();
-    assert_close("dropout", &ana, &numeric_grad(&x, &idx, EPS, f), ATOL, RTOL);
+        dropout::dropout_forward(&mut y, &x, t, x.len(), &d);
+        let mean_p = ps.iter().sum::<f32>() / ps.len() as f32;
+        let dropped = y.iter().filter(|&&v| v == 0.0).count() as f32 / y.len() as f32;
+        assert!((dropped - mean_p).abs() < 0.03, "dropped {dropped}");
+        let f = |x: &[f32]| {
+            let mut y = vec![0.0; x.len()];
+            dropout::dropout_forward(&mut y, x, t, x.len(), &d);
+            dot(&r, &y)
+        };
+        let mut dx = vec![0.0; x.len()];
+        dropout::dropout_backward(&mut dx, &r, t, x.len(), &d);
+        let idx = sample_indices(x.len(), 200);
+        let ana: Vec<f32> = idx.iter().map(|&i| dx[i]).collect();
+        assert_close("dropout", &ana, &numeric_grad(&x, &idx, EPS, f), ATOL, RTOL);
+    }
 }
 
 #[test]
@@ -273,22 +289,26 @@ fn batchnorm_backward_matches_finite_differences() {
 
 #[test]
 fn softmax_xent_and_mse_gradients_match_finite_differences() {
-    let (n, classes) = (5, 7);
-    let z = uniform(15, n * classes, -3.0, 3.0);
-    let labels: Vec<u32> = (0..n as u32).map(|i| (i * 3) % classes as u32).collect();
-    let scale = 1.0 / n as f32;
-    type Fused = fn(&mut [f32], &mut [f32], usize, &[f32], &[u32], usize, usize, f32);
-    let fused: [(&str, Fused); 2] =
-        [("softmax_xent", loss::softmax_xent_forward_backward), ("mse", loss::mse_forward_backward)];
-    for (name, op) in fused {
-        let f = |z: &[f32]| {
-            let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2]);
-            op(&mut d, &mut s, 0, z, &labels, n, classes, scale);
-            s[0] as f64 * scale as f64
-        };
-        let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2]);
-        op(&mut d, &mut s, 0, &z, &labels, n, classes, scale);
-        let idx: Vec<usize> = (0..z.len()).collect();
-        assert_close(name, &d, &numeric_grad(&z, &idx, 1e-2, f), 1e-3, 1e-2);
+    // One model, and three members (each row of the logits its own loss; the sum of the
+    // members' losses is what the gradient is of).
+    for members in [1, 3] {
+        let (n, classes) = (5, 7);
+        let z = uniform(15, n * members * classes, -3.0, 3.0);
+        let labels: Vec<u32> = (0..n as u32).map(|i| (i * 3) % classes as u32).collect();
+        let scale = 1.0 / n as f32;
+        type Fused = fn(&mut [f32], &mut [f32], usize, &[f32], &[u32], usize, usize, usize, f32);
+        let fused: [(&str, Fused); 2] =
+            [("softmax_xent", loss::softmax_xent_forward_backward), ("mse", loss::mse_forward_backward)];
+        for (name, op) in fused {
+            let f = |z: &[f32]| {
+                let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2 * members]);
+                op(&mut d, &mut s, 0, z, &labels, n, members, classes, scale);
+                s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() * scale as f64
+            };
+            let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2 * members]);
+            op(&mut d, &mut s, 0, &z, &labels, n, members, classes, scale);
+            let idx: Vec<usize> = (0..z.len()).collect();
+            assert_close(&format!("{name} x{members}"), &d, &numeric_grad(&z, &idx, 1e-2, f), 1e-3, 1e-2);
+        }
     }
 }

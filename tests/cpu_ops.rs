@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gpu_train::backend::{AdamStep, Epilogue, Gather, SgdStep};
+use gpu_train::backend::{AdamStep, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder};
 use gpu_train::cpu::{batchnorm, conv2d, data, dense, dropout, loss, optim, pool};
 use gpu_train::data::augment::Augment;
 use gpu_train::model::{BatchNorm, Conv2d, Dense, Pool};
@@ -30,20 +30,20 @@ fn conv2d_hand_cases() {
     let params = [1.0, 0.0, 0.0, -1.0, 0.5];
     let x: Vec<f32> = (1..=9).map(|v| v as f32).collect();
     let mut y = vec![0.0; 4];
-    conv2d::conv2d_forward(&mut y, &x, &params, &l, 1, Epilogue::default());
+    conv2d::conv2d_forward(&mut y, &x, &params, &[], &l, 1, Epilogue::default());
     assert_eq!(y, vec![-3.5; 4]);
     // 2x2 input, 3x3 kernel of ones, padding 1: each output sums the inputs its window covers.
     let l = conv(1, 2, 2, 1, (3, 3), 1, (1, 1));
     let mut params = vec![1.0; 9];
     params.push(0.0);
     let mut y = vec![0.0; 4];
-    conv2d::conv2d_forward(&mut y, &[1.0, 2.0, 3.0, 4.0], &params, &l, 1, Epilogue::default());
+    conv2d::conv2d_forward(&mut y, &[1.0, 2.0, 3.0, 4.0], &params, &[], &l, 1, Epilogue::default());
     assert_eq!(y, vec![10.0; 4]);
     // Stride 2 picks every other window: 4x4 ramp, 1x1 kernel of 2.
     let l = conv(1, 4, 4, 1, (1, 1), 2, (0, 0));
     let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
     let mut y = vec![0.0; 4];
-    conv2d::conv2d_forward(&mut y, &x, &[2.0, 0.0], &l, 1, Epilogue::default());
+    conv2d::conv2d_forward(&mut y, &x, &[2.0, 0.0], &[], &l, 1, Epilogue::default());
     assert_eq!(y, vec![0.0, 4.0, 16.0, 20.0]);
 }
 
@@ -60,13 +60,13 @@ fn conv2d_matches_direct_convolution_on_awkward_shapes() {
         let params = uniform(ci as u64, l.b_off.unwrap() + l.c_out, -1.0, 1.0);
         let x = uniform(100 + ci as u64, n * l.in_len(), -1.0, 1.0);
         let mut y = vec![0.0; n * l.out_len()];
-        conv2d::conv2d_forward(&mut y, &x, &params, &l, n, Epilogue::default());
+        conv2d::conv2d_forward(&mut y, &x, &params, &[], &l, n, Epilogue::default());
         let (x64, p64): (Vec<f64>, Vec<f64>) =
             (x.iter().map(|&v| v as f64).collect(), params.iter().map(|&v| v as f64).collect());
         let xv = ArrayView4::from_shape((n, l.c_in, l.h_in, l.w_in), &x64).unwrap();
         let wv = ArrayView4::from_shape((l.c_out, l.c_in, l.kh, l.kw), &p64[..l.weight_len()]).unwrap();
         let bv = ArrayView1::from(&p64[l.b_off.unwrap()..]);
-        let want = reference::conv2d_forward(xv, wv, Some(bv), l.stride, (l.pad_h, l.pad_w));
+        let want = reference::conv2d_forward(xv, wv, Some(bv), l.stride, (l.pad_h, l.pad_w), (1, 1));
         let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
         assert_close(&format!("conv case {ci}"), &y, &want, 1e-5, 1e-5);
     }
@@ -75,10 +75,10 @@ fn conv2d_matches_direct_convolution_on_awkward_shapes() {
 #[test]
 fn dense_hand_case() {
     // W = [[1, 2, 3], [4, 5, 6]], b = [0.5, -1], x = [1, 0, -1] -> [-1.5, -3]
-    let l = Dense { n_in: 3, n_out: 2, w_off: 0, b_off: Some(6) };
+    let l = Dense::new(3, 2, 0, Some(6));
     let params = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.5, -1.0];
     let mut y = vec![0.0; 2];
-    dense::dense_forward(&mut y, &[1.0, 0.0, -1.0], &params, &l, 1, Epilogue::default());
+    dense::dense_forward(&mut y, &[1.0, 0.0, -1.0], &params, &[], &l, 1, Epilogue::default());
     assert_eq!(y, vec![-1.5, -3.0]);
 }
 
@@ -106,15 +106,15 @@ fn softmax_xent_hand_case_and_stability() {
     // logits ln 1, ln 2, ln 3: probabilities 1/6, 2/6, 3/6; label 2: loss ln 2.
     let z = [0.0, 2f32.ln(), 3f32.ln()];
     let (mut p, mut s) = (vec![0.0; 3], vec![0.0; 2]);
-    loss::softmax_xent_forward(&mut p, 0, &mut s, 0, &z, &[2], 1, 3);
+    loss::softmax_xent_forward(&mut p, 0, &mut s, 0, &z, &[2], 1, 1, 3);
     assert_close("probs", &p, &[1.0 / 6.0, 2.0 / 6.0, 0.5], 1e-6, 1e-6);
     assert!((s[0] - 2f32.ln()).abs() < 1e-6 && s[1] == 1.0);
     let mut d = vec![0.0; 3];
-    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &z, &[0], 1, 3, 1.0);
+    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &z, &[0], 1, 1, 3, 1.0);
     assert_close("dlogits", &d, &[1.0 / 6.0 - 1.0, 2.0 / 6.0, 0.5], 1e-6, 1e-6);
     assert_eq!(s[1], 0.0);
     // Huge logits stay finite.
-    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &[1000.0, 0.0, -1000.0], &[1], 1, 3, 1.0);
+    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &[1000.0, 0.0, -1000.0], &[1], 1, 1, 3, 1.0);
     assert!((s[0] - 1000.0).abs() < 1e-3 && d.iter().all(|v| v.is_finite()));
 }
 
@@ -122,7 +122,7 @@ fn softmax_xent_hand_case_and_stability() {
 fn mse_hand_case() {
     // outputs [0.5, -0.5], label 0: ((0.5 - 1)^2 + 0.25) / 2 = 0.25; grad 2 (y - t) / 2.
     let (mut d, mut s) = (vec![0.0; 2], vec![0.0; 2]);
-    loss::mse_forward_backward(&mut d, &mut s, 0, &[0.5, -0.5], &[0], 1, 2, 1.0);
+    loss::mse_forward_backward(&mut d, &mut s, 0, &[0.5, -0.5], &[0], 1, 1, 2, 1.0);
     assert_eq!(s, vec![0.25, 1.0]);
     assert_eq!(d, vec![-0.5, -0.5]);
 }
@@ -134,10 +134,13 @@ fn adam_matches_the_formula_over_three_steps() {
     let mut p = vec![1.0f32, -1.0, 0.5];
     let (mut m, mut v) = (vec![0.0f32; 3], vec![0.0f32; 3]);
     let (mut pw, mut mw, mut vw) = ([1.0f64, -1.0, 0.5], [0.0f64; 3], [0.0f64; 3]);
+    let mut table = TableBuilder::new(&[1]);
+    let (lr_at, wd_at) = (table.values(&[lr as f32]), table.values(&[0.0]));
+    let segments = table.segments(&[(0, 3)]);
     for (t, g) in grads.iter().enumerate() {
         let t = t as u32 + 1;
-        let a = AdamStep { lr: lr as f32, beta1: b1 as f32, beta2: b2 as f32, eps: eps as f32, weight_decay: 0.0, t };
-        optim::adam_step(&mut p, g, &mut m, &mut v, 3, &a);
+        let a = AdamStep { beta1: b1 as f32, beta2: b2 as f32, eps: eps as f32, t, segments, lr_at, wd_at };
+        optim::adam_step(&mut p, g, &mut m, &mut v, &table.words, 3, &a);
         for i in 0..3 {
             mw[i] = b1 * mw[i] + (1.0 - b1) * g[i] as f64;
             vw[i] = b2 * vw[i] + (1.0 - b2) * (g[i] as f64).powi(2);
@@ -152,13 +155,16 @@ fn adam_matches_the_formula_over_three_steps() {
 
 #[test]
 fn ema_update_averages_the_first_len_elements() {
+    let mut table = TableBuilder::new(&[1]);
+    let (decay_at, half_at) = (table.values(&[0.75]), table.values(&[0.5]));
+    let segments = table.segments(&[(0, 3)]);
     let mut avg = vec![1.0f32, -2.0, 7.0];
-    optim::ema_update(&mut avg, &[3.0, 2.0, 0.0], 2, 0.75);
+    optim::ema_update(&mut avg, &[3.0, 2.0, 0.0], &table.words, 2, &EmaStep { segments, decay_at });
     // 0.75 * 1 + 0.25 * 3 = 1.5; 0.75 * -2 + 0.25 * 2 = -1; the third is past len
     assert_eq!(avg, vec![1.5, -1.0, 7.0]);
     let mut avg = vec![0.5f32];
     for _ in 0..3 {
-        optim::ema_update(&mut avg, &[2.5], 1, 0.5);
+        optim::ema_update(&mut avg, &[2.5], &table.words, 1, &EmaStep { segments, decay_at: half_at });
     }
     // the distance to the source halves each step: 2, 1, 0.5, 0.25
     assert!((avg[0] - 2.25).abs() < 1e-7, "{}", avg[0]);
@@ -166,13 +172,16 @@ fn ema_update_averages_the_first_len_elements() {
 
 #[test]
 fn sgd_with_and_without_momentum() {
+    let mut table = TableBuilder::new(&[1]);
+    let (lr_at, none, some) = (table.values(&[0.1]), table.values(&[0.0]), table.values(&[0.9]));
+    let segments = table.segments(&[(0, 1)]);
     let mut p = vec![1.0f32];
     let mut vel = vec![0.0f32];
-    optim::sgd_step(&mut p, &[2.0], &mut vel, 1, &SgdStep { lr: 0.1, momentum: 0.0 });
+    optim::sgd_step(&mut p, &[2.0], &mut vel, &table.words, 1, &SgdStep { segments, lr_at, momentum_at: none });
     assert!((p[0] - 0.8).abs() < 1e-7);
     let mut p = vec![1.0f32];
     for _ in 0..2 {
-        optim::sgd_step(&mut p, &[1.0], &mut vel, 1, &SgdStep { lr: 0.1, momentum: 0.9 });
+        optim::sgd_step(&mut p, &[1.0], &mut vel, &table.words, 1, &SgdStep { segments, lr_at, momentum_at: some });
     }
     // buf = 1, then 0.9 + 1 = 1.9: p = 1 - 0.1 - 0.19
     assert!((p[0] - 0.71).abs() < 1e-6, "{}", p[0]);
@@ -197,16 +206,46 @@ fn batchnorm_normalises_and_tracks_running_statistics_like_torch() {
 
 #[test]
 fn dropout_is_reproducible_and_identity_at_p_zero() {
+    let mut table = TableBuilder::new(&[5]);
+    let (half, zero) = (table.dropout(&[0.5]), table.dropout(&[0.0]));
+    let d = |step: u32, at: usize| Dropout { members: 1, len: 1000, stream: 0x100, step, at };
     let x = uniform(1, 1000, -1.0, 1.0);
     let (mut a, mut b, mut c) = (vec![0.0; 1000], vec![0.0; 1000], vec![0.0; 1000]);
-    dropout::dropout_forward(&mut a, &x, 1000, 0.5, 7);
-    dropout::dropout_forward(&mut b, &x, 1000, 0.5, 7);
-    dropout::dropout_forward(&mut c, &x, 1000, 0.5, 8);
+    dropout::dropout_forward(&mut a, &x, &table.words, 1000, &d(7, half));
+    dropout::dropout_forward(&mut b, &x, &table.words, 1000, &d(7, half));
+    dropout::dropout_forward(&mut c, &x, &table.words, 1000, &d(8, half));
     assert_eq!(a, b);
     assert_ne!(a, c);
     assert!(a.iter().zip(&x).all(|(&y, &x)| y == 0.0 || y == 2.0 * x));
-    dropout::dropout_forward(&mut a, &x, 1000, 0.0, 7);
+    // The mask is rng::draw under the member's key: op_key(seed, stream, step).
+    let key = gpu_train::rng::op_key(5, 0x100, 7);
+    assert!(a.iter().enumerate().all(|(i, &y)| (y != 0.0) == (gpu_train::rng::draw(key, i as u32) >= 0.5)));
+    dropout::dropout_forward(&mut a, &x, &table.words, 1000, &d(7, zero));
     assert_eq!(a, x);
+}
+
+/// Members sharing a buffer each draw their own mask: member k's slice of each example is
+/// exactly what a model of its own (its seed, its rate) draws over its own buffer.
+#[test]
+fn dropout_members_draw_their_own_masks() {
+    let (k, len, n) = (3usize, 17usize, 4usize);
+    let p = [0.2f32, 0.5, 0.7];
+    let mut table = TableBuilder::new(&[11, 12, 13]);
+    let at = table.dropout(&p);
+    let x = uniform(2, n * k * len, -1.0, 1.0);
+    let mut y = vec![0.0; n * k * len];
+    let d = Dropout { members: k, len, stream: 0x104, step: 9, at };
+    dropout::dropout_forward(&mut y, &x, &table.words, n * k * len, &d);
+    for m in 0..k {
+        let mut own = TableBuilder::new(&[11 + m as u64]);
+        let own_at = own.dropout(&[p[m]]);
+        let xm: Vec<f32> = (0..n).flat_map(|s| x[(s * k + m) * len..][..len].to_vec()).collect();
+        let mut ym = vec![0.0; n * len];
+        let dm = Dropout { members: 1, len, stream: 0x104, step: 9, at: own_at };
+        dropout::dropout_forward(&mut ym, &xm, &own.words, n * len, &dm);
+        let got: Vec<f32> = (0..n).flat_map(|s| y[(s * k + m) * len..][..len].to_vec()).collect();
+        assert_eq!(got, ym, "member {m}");
+    }
 }
 
 #[test]
@@ -285,33 +324,43 @@ fn direct_convolution_matches_the_gemm_path() {
 }
 
 fn direct_matches_gemm(isa: gpu_train::cpu::direct::Isa) {
+    use gpu_train::cpu::activation::Epi;
     use gpu_train::cpu::direct;
     use gpu_train::model::Act;
+    // (n, c_in, h, w, c_out, k, pad, groups)
     let shapes = [
-        (1, 1, 28, 28, 16, 5, 2),
-        (2, 16, 28, 28, 32, 5, 2),
-        (3, 5, 14, 14, 9, 5, 2),
-        (1, 3, 7, 5, 70, 3, 1),
-        (2, 2, 33, 17, 3, 3, 0),
-        (4, 7, 16, 16, 8, 1, 0),
-        (1, 4, 40, 3, 5, 3, 2),
-        (3, 6, 9, 31, 12, 4, 3),
-        (2, 1, 2, 2, 3, 2, 1),
-        (2, 3, 6, 8, 10, 3, 1),
-        (1, 2, 5, 9, 4, 3, 2),
+        (1, 1, 28, 28, 16, 5, 2, 1),
+        (2, 16, 28, 28, 32, 5, 2, 1),
+        (3, 5, 14, 14, 9, 5, 2, 1),
+        (1, 3, 7, 5, 70, 3, 1, 1),
+        (2, 2, 33, 17, 3, 3, 0, 1),
+        (4, 7, 16, 16, 8, 1, 0, 1),
+        (1, 4, 40, 3, 5, 3, 2, 1),
+        (3, 6, 9, 31, 12, 4, 3, 1),
+        (2, 1, 2, 2, 3, 2, 1, 1),
+        (2, 3, 6, 8, 10, 3, 1, 1),
+        (1, 2, 5, 9, 4, 3, 2, 1),
+        // Grouped: two groups, depthwise, and an array of 3 after its first layer.
+        (2, 4, 9, 11, 6, 3, 1, 2),
+        (3, 5, 8, 8, 5, 3, 1, 5),
+        (1, 48, 14, 14, 96, 5, 2, 3),
     ];
-    for (i, &(n, c_in, h, w, c_out, k, pad)) in shapes.iter().enumerate() {
-        let l = conv(c_in, h, w, c_out, (k, k), 1, (pad, pad));
+    for (i, &(n, c_in, h, w, c_out, k, pad, groups)) in shapes.iter().enumerate() {
+        let l = conv(c_in, h, w, c_out, (k, k), 1, (pad, pad)).grouped(groups, groups);
+        let l = Conv2d { b_off: Some(l.weight_len()), ..l };
         assert!(direct::supports(&l));
         let plen = l.b_off.unwrap() + c_out;
         let params = uniform(200 + i as u64, plen, -0.5, 0.5);
         let x = uniform(300 + i as u64, n * l.in_len(), -1.0, 1.0);
         let dy = uniform(400 + i as u64, n * l.out_len(), -1.0, 1.0);
-        let tag = format!("{isa:?} n={n} {c_in}x{h}x{w}->{c_out} k{k} p{pad}");
-        let epi = Epilogue { act: Some(Act::Relu), dropout: Some((0.25, i as u32)) };
+        let tag = format!("{isa:?} n={n} {c_in}x{h}x{w}->{c_out} k{k} p{pad} g{groups}");
+        let mut table = TableBuilder::new(&[i as u64]);
+        let at = table.dropout(&[0.25]);
+        let dropout = Dropout { members: 1, len: l.out_len(), stream: 0x100, step: i as u32, at };
+        let epi = Epi::new(&table.words, &Epilogue { act: Some(Act::Relu), dropout: Some(dropout) });
         let (mut a, mut b) = (vec![0.0; n * l.out_len()], vec![0.0; n * l.out_len()]);
-        direct::conv2d_forward(isa, &mut a, &x, &params, &l, n, epi);
-        conv2d::conv2d_forward_gemm(&mut b, &x, &params, &l, n, epi);
+        direct::conv2d_forward(isa, &mut a, &x, &params, &l, n, &epi);
+        conv2d::conv2d_forward_gemm(&mut b, &x, &params, &l, n, &epi);
         assert_close(&format!("forward {tag}"), &a, &b, 1e-4, 1e-4);
         let (mut a, mut b) = (vec![0.0; n * l.in_len()], vec![0.0; n * l.in_len()]);
         direct::conv2d_backward_input(isa, &mut a, &dy, &params, &l, n);

@@ -13,7 +13,7 @@ use gpu_train::data::{self, Dataset};
 use gpu_train::gpu::GpuBackend;
 use gpu_train::model::spec::{ModelSpec, Optimizer};
 use gpu_train::model::{Act, Arch, presets};
-use gpu_train::network::{DeviceData, Network, StepArgs};
+use gpu_train::network::{DeviceData, Member, Members, Network, StepArgs};
 use gpu_train::selftest;
 
 fn gpu() -> Option<GpuBackend> {
@@ -120,8 +120,8 @@ fn whole_models_match_the_cpu_reference() {
         let mut c = CpuBackend::new();
         let cdev = DeviceData::upload(&mut c, &data).unwrap();
         let gdev = DeviceData::upload(&mut g, &data).unwrap();
-        let mut cnet = Network::new(&mut c, arch.clone(), n, &params, &state).unwrap();
-        let mut gnet = Network::new(&mut g, arch.clone(), n, &params, &state).unwrap();
+        let mut cnet = Network::array(&mut c, Members::one(arch.clone(), 9), n, &params, &state).unwrap();
+        let mut gnet = Network::array(&mut g, Members::one(arch.clone(), 9), n, &params, &state).unwrap();
         let (mut cstats, mut gstats) = (c.alloc(2).unwrap(), g.alloc(2).unwrap());
         let (cperm, gperm) = (cdev.order.clone(), {
             let mut p = g.alloc_u32(data.len()).unwrap();
@@ -132,8 +132,8 @@ fn whole_models_match_the_cpu_reference() {
         // One forward and backward, dropout on.
         cnet.load_batch(&mut c, &cdev, &cperm, 0, n, None);
         gnet.load_batch(&mut g, &gdev, &gperm, 0, n, None);
-        cnet.forward_backward(&mut c, &mut cstats, n, 0, 5, 9);
-        gnet.forward_backward(&mut g, &mut gstats, n, 0, 5, 9);
+        cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
+        gnet.forward_backward(&mut g, &mut gstats, n, 0, 5);
         let classes = arch.classes();
         let logits = (g.download(gnet.logits(), n * classes).unwrap(), c.download(cnet.logits(), n * classes).unwrap());
         assert_close(&format!("{name} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
@@ -154,8 +154,8 @@ fn whole_models_match_the_cpu_reference() {
                 slot: 0,
                 global_step: step,
                 epoch: 1,
-                lr: 1e-4,
-                seed: 21,
+                row: 0,
+                data_seed: 21,
                 augment: arch.recipe().augment,
             };
             cnet.train_step(&mut c, &cdev, &cperm, &mut cstats, &args);
@@ -171,6 +171,90 @@ fn whole_models_match_the_cpu_reference() {
         {
             assert_close(&format!("{name} averaged parameters"), &gp, &cp, 2e-4, 1e-3);
             assert_close(&format!("{name} averaged statistics"), &gs, &cs, 1e-4, 1e-3);
+        }
+    }
+}
+
+/// Arrays, whole, on the GPU against the CPU with the tolerances above: a dense model of 3
+/// members, a conv + pool + dropout model of 2 members with a sweep of their dropout rates
+/// and learning rates, a batch-norm model of 2 with weight averaging: logits, each member's
+/// loss, every gradient, and the parameters after three Adam steps with per-member rates.
+#[test]
+fn whole_arrays_match_the_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let n = 3;
+    let digits = mnist(2 * n);
+    for (name, k, dropout) in [("fc-b", 3, None), ("cnn4", 2, Some([0.1f32, 0.4])), ("cnn6", 2, None)] {
+        let spec = presets::load(name).unwrap();
+        let list: Vec<Member> = (0..k)
+            .map(|i| {
+                let mut spec = spec.clone();
+                spec.train.optimizer = Optimizer::Adam {
+                    lr: 1e-4 * (i + 1) as f32,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.01 * i as f32,
+                    bias_correction: Default::default(),
+                };
+                if name == "cnn6" {
+                    spec.train.ema = Some(0.5 + 0.2 * i as f32);
+                }
+                if let Some(p) = dropout {
+                    for l in &mut spec.layers {
+                        if let gpu_train::model::LayerSpec::Dropout { p: q } = l {
+                            *q = p[i];
+                        }
+                    }
+                }
+                Member { seed: 30 + i as u64, spec }
+            })
+            .collect();
+        let members = Members::new(list).unwrap();
+        let arch = members.fused.clone();
+        let (params, state) = members.init();
+        let mut c = CpuBackend::new();
+        let cdev = DeviceData::upload(&mut c, &digits).unwrap();
+        let gdev = DeviceData::upload(&mut g, &digits).unwrap();
+        let mut cnet = Network::array(&mut c, members.clone(), n, &params, &state).unwrap();
+        let mut gnet = Network::array(&mut g, members, n, &params, &state).unwrap();
+        let (mut cstats, mut gstats) = (c.alloc(2 * k).unwrap(), g.alloc(2 * k).unwrap());
+        cnet.load_batch(&mut c, &cdev, &cdev.order, 0, n, None);
+        gnet.load_batch(&mut g, &gdev, &gdev.order, 0, n, None);
+        cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
+        gnet.forward_backward(&mut g, &mut gstats, n, 0, 5);
+        let width = arch.output().len();
+        let logits = (g.download(gnet.logits(), n * width).unwrap(), c.download(cnet.logits(), n * width).unwrap());
+        let tag = format!("{name} x{k}");
+        assert_close(&format!("{tag} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
+        let loss = (g.download(&gstats, 2 * k).unwrap(), c.download(&cstats, 2 * k).unwrap());
+        assert_close(&format!("{tag} loss and hits"), &loss.0, &loss.1, 1e-5, 1e-4);
+        let grads = (g.download(&gnet.grads, arch.n_params).unwrap(), c.download(&cnet.grads, arch.n_params).unwrap());
+        let scale = grads.1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for t in &arch.params {
+            let r = t.range();
+            assert_close(&format!("{tag} gradient {}", t.name), &grads.0[r.clone()], &grads.1[r], 1e-3 * scale, 1e-3);
+        }
+        for step in 0..3u32 {
+            let args = StepArgs {
+                start: (step as usize % 2) * n,
+                n,
+                slot: 0,
+                global_step: step,
+                epoch: 1,
+                row: 0,
+                data_seed: 21,
+                augment: None,
+            };
+            cnet.train_step(&mut c, &cdev, &cdev.order, &mut cstats, &args);
+            gnet.train_step(&mut g, &gdev, &gdev.order, &mut gstats, &args);
+        }
+        let (gp, gs) = gnet.get_params(&mut g).unwrap();
+        let (cp, cs) = cnet.get_params(&mut c).unwrap();
+        assert_close(&format!("{tag} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
+        assert_close(&format!("{tag} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
+        if let (Some((gp, _)), Some((cp, _))) = (gnet.get_average(&mut g).unwrap(), cnet.get_average(&mut c).unwrap()) {
+            assert_close(&format!("{tag} averaged parameters"), &gp, &cp, 2e-4, 1e-3);
         }
     }
 }
@@ -218,7 +302,8 @@ fn gpu_training_is_reproducible() {
     let (params, state) = arch.init(arch.recipe().init, 8);
     let mut run = || {
         let dev = DeviceData::upload(&mut g, &data).unwrap();
-        let mut net = Network::new(&mut g, arch.clone(), 16, &params, &state).unwrap();
+        let mut net = Network::array(&mut g, Members::one(arch.clone(), 3), 16, &params, &state).unwrap();
+        net.set_lr(&mut g, 1e-3).unwrap();
         let mut stats = g.alloc(8).unwrap();
         for step in 0..4u32 {
             let args = StepArgs {
@@ -227,8 +312,8 @@ fn gpu_training_is_reproducible() {
                 slot: step as usize,
                 global_step: step,
                 epoch: 1,
-                lr: 1e-3,
-                seed: 3,
+                row: 0,
+                data_seed: 3,
                 augment: arch.recipe().augment,
             };
             net.train_step(&mut g, &dev, &dev.order, &mut stats, &args);
@@ -292,15 +377,8 @@ fn a_data_set_larger_than_one_binding_trains_on_the_gpu() {
     let arch = Arch::new(presets::parse(spec, "wide").unwrap()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = gpu_train::train::TrainConfig {
-        arch,
-        seed: 1,
-        out: tmp.path().join("wide.safetensors"),
-        resume: None,
-        progress: false,
         checkpoints: false,
-        run_info: Default::default(),
-        data: Default::default(),
-        stream: false,
+        ..gpu_train::train::TrainConfig::single(arch, 1, tmp.path().join("wide.safetensors"))
     };
     let test = ds.select(&(0..100).collect::<Vec<_>>());
     drop(dev);
@@ -345,25 +423,36 @@ fn dense_products_on_the_cooperative_kernel_match_the_cpu() {
         }
     };
     let mut cpu = CpuBackend::new();
-    let relu_dropout = Epilogue { act: Some(Act::Relu), dropout: Some((0.2, 7)) };
+    let mut t = gpu_train::backend::TableBuilder::new(&[7]);
+    let at = t.dropout(&[0.2]);
+    let table = t.words.clone();
+    let relu_dropout = |no: usize| Epilogue {
+        act: Some(Act::Relu),
+        dropout: Some(gpu_train::backend::Dropout { members: 1, len: no, stream: 0x100, step: 7, at }),
+    };
     for (mut g, what) in backends {
+        let gt = {
+            let mut b = g.alloc_u32(table.len()).unwrap();
+            g.upload_u32(&mut b, &table).unwrap();
+            b
+        };
         for (i, (n, ni, no, epi)) in [
             (1, 13, 7, Epilogue::act(Some(Act::Sigmoid))),
-            (5, 70, 130, relu_dropout),
+            (5, 70, 130, relu_dropout(130)),
             (33, 784, 10, Epilogue::default()),
             (3, 300, 10, Epilogue::act(Some(Act::Tanh))),
-            (40, 100, 37, relu_dropout),
+            (40, 100, 37, relu_dropout(37)),
         ]
         .into_iter()
         .enumerate()
         {
-            let l = Dense { n_in: ni, n_out: no, w_off: 64, b_off: Some(64 + (ni * no).div_ceil(64) * 64) };
+            let l = Dense::new(ni, no, 64, Some(64 + (ni * no).div_ceil(64) * 64));
             let plen = l.b_off.unwrap_or(0) + no + 3;
             let w = uniform(40 + i as u64, plen, -0.5, 0.5);
             let x = uniform(50 + i as u64, n * ni, -1.0, 1.0);
             let d = uniform(60 + i as u64, n * no, -1.0, 1.0);
             let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
-            let scale = epi.dropout.map_or(1.0, |(p, _)| 1.0 / (1.0 - p));
+            let scale = if epi.dropout.is_some() { 1.0 / (1.0 - 0.2) } else { 1.0 };
             let tag = format!("{what}, n={n} {ni}->{no}");
             let check = |name: &str, got: &[f32], want: &[f32], mag: &[f32], k: usize, scale: f32| {
                 let u = 2f32.powi(-10);
@@ -384,11 +473,11 @@ fn dense_products_on_the_cooperative_kernel_match_the_cpu() {
             // Forward: K = n_in.
             let (gx, gw) = (up(&mut g, &x), up(&mut g, &w));
             let mut gy = g.alloc(n * no).unwrap();
-            g.dense_forward(&mut gy, &gx, &gw, &l, n, epi);
+            g.dense_forward(&mut gy, &gx, &gw, &gt, &l, n, epi);
             let got = g.download(&gy, n * no).unwrap();
             let (mut want, mut mag) = (vec![0.0; n * no], vec![0.0; n * no]);
-            cpu.dense_forward(&mut want, &x, &w, &l, n, epi);
-            cpu.dense_forward(&mut mag, &abs(&x), &abs(&w), &l, n, Epilogue::default());
+            cpu.dense_forward(&mut want, &x, &w, &table, &l, n, epi);
+            cpu.dense_forward(&mut mag, &abs(&x), &abs(&w), &table, &l, n, Epilogue::default());
             check("dense_forward", &got, &want, &mag, ni, scale);
             // Backward to the input: K = n_out.
             let gd = up(&mut g, &d);
@@ -433,15 +522,9 @@ fn streamed_training_on_the_gpu_matches_the_resident_copy() {
     for stream in [false, true] {
         let out = tmp.path().join(format!("s{stream}.safetensors"));
         let cfg = gpu_train::train::TrainConfig {
-            arch: Arch::new(spec.clone()).unwrap(),
-            seed: 5,
-            out: out.clone(),
-            resume: None,
-            progress: false,
             checkpoints: false,
-            run_info: Default::default(),
-            data: Default::default(),
             stream,
+            ..gpu_train::train::TrainConfig::single(Arch::new(spec.clone()).unwrap(), 5, out.clone())
         };
         gpu_train::train::train(&mut g, cfg, data.clone(), &test).unwrap();
         weights.push(gpu_train::modelfile::load(&out, None).unwrap().params);

@@ -234,7 +234,8 @@ fn every_preset_agrees_with_onnxruntime() {
 }
 
 /// A model with awkward convolutions: a 5x3 kernel with stride 2, padding 2 rows and 1 column
-/// and no bias; a 2x4 one with padding only in width; a pool with stride 2 over 3x3 windows;
+/// and no bias; a 2x4 one with padding only in width, its channels in two groups (ONNX Conv's
+/// `group`); a pool with stride 2 over 3x3 windows;
 /// batch norm after a conv and after a dense layer; every activation; and the input
 /// normalised with mean 0.1307, std 0.3081.
 const AWKWARD: &str = r#"
@@ -245,7 +246,7 @@ layers = [
   { type = "batch_norm", eps = 1e-3 },
   { type = "relu" },
   { type = "max_pool2d", size = 3, stride = 2 },
-  { type = "conv2d", filters = 8, kernel = [2, 4], padding = [0, 2] },
+  { type = "conv2d", filters = 8, kernel = [2, 4], padding = [0, 2], groups = 2 },
   { type = "sigmoid" },
   { type = "dropout", p = 0.3 },
   { type = "flatten" },

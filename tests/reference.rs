@@ -15,12 +15,12 @@
 mod common;
 
 use common::*;
-use gpu_train::backend::{AdamStep, Backend};
+use gpu_train::backend::{AdamStep, Backend, Dropout, TableBuilder};
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data;
 use gpu_train::model::spec::{ModelSpec, Normalize};
 use gpu_train::model::{Act, Arch, presets};
-use gpu_train::network::{DeviceData, Network};
+use gpu_train::network::{DeviceData, Member, Members, Network};
 use gpu_train::reference::{self as r, Reference};
 use gpu_train::selftest;
 use ndarray::{Array, Array1, ArrayView1, Dimension, ShapeBuilder, array};
@@ -82,51 +82,61 @@ fn check<D: Dimension, E: Dimension>(
 
 #[test]
 fn conv2d_backward_matches_finite_differences() {
-    // (c_in, h, w, c_out, kh, kw, stride, pad): odd sizes, rectangular kernels and padding,
-    // strides that skip inputs, a kernel as large as the padded input.
+    // (c_in, h, w, c_out, kh, kw, stride, pad, (groups, in_groups)): odd sizes, rectangular
+    // kernels and padding, strides that skip inputs, a kernel as large as the padded input;
+    // grouped, depthwise, and groups that share input groups (an array's first layer: the
+    // input's gradient collects from every group that read it).
     let cases = [
-        (3, 7, 6, 4, 3, 3, 1, (1, 1)),
-        (2, 9, 8, 3, 3, 2, 2, (0, 1)),
-        (1, 6, 6, 2, 5, 5, 1, (2, 2)),
-        (3, 6, 7, 2, 3, 3, 3, (2, 1)),
-        (2, 4, 4, 3, 6, 6, 1, (1, 1)),
+        (3, 7, 6, 4, 3, 3, 1, (1, 1), (1, 1)),
+        (2, 9, 8, 3, 3, 2, 2, (0, 1), (1, 1)),
+        (1, 6, 6, 2, 5, 5, 1, (2, 2), (1, 1)),
+        (3, 6, 7, 2, 3, 3, 3, (2, 1), (1, 1)),
+        (2, 4, 4, 3, 6, 6, 1, (1, 1), (1, 1)),
+        (4, 6, 5, 6, 3, 3, 1, (1, 1), (2, 2)),
+        (3, 5, 5, 3, 3, 2, 2, (1, 0), (3, 3)),
+        (2, 5, 6, 6, 3, 3, 1, (1, 1), (6, 2)),
     ];
-    for (i, &(ci, h, w, co, kh, kw, stride, pad)) in cases.iter().enumerate() {
+    for (i, &(ci, h, w, co, kh, kw, stride, pad, groups)) in cases.iter().enumerate() {
         let s = 10 * i as u64;
         let n = 2;
+        let cg = ci / groups.1;
         let x = arr(s, (n, ci, h, w), -1.0, 1.0);
-        let wt = arr(s + 1, (co, ci, kh, kw), -1.0, 1.0);
+        let wt = arr(s + 1, (co, cg, kh, kw), -1.0, 1.0);
         let b = arr(s + 2, co, -1.0, 1.0);
-        let y = r::conv2d_forward(x.view(), wt.view(), Some(b.view()), stride, pad);
+        let y = r::conv2d_forward(x.view(), wt.view(), Some(b.view()), stride, pad, groups);
         let dy = arr(s + 3, y.raw_dim(), -1.0, 1.0);
-        let dx = r::conv2d_backward_input(dy.view(), wt.view(), (h, w), stride, pad);
-        let (dw, db) = r::conv2d_backward_weight(dy.view(), x.view(), (kh, kw), stride, pad);
+        let dx = r::conv2d_backward_input(dy.view(), wt.view(), (ci, h, w), stride, pad, groups);
+        let (dw, db) = r::conv2d_backward_weight(dy.view(), x.view(), (cg, kh, kw), stride, pad, groups);
         let tag = format!("conv case {i}");
         check(&format!("{tag} dx"), &x, &dy, &dx, |x| {
-            r::conv2d_forward(x.view(), wt.view(), Some(b.view()), stride, pad)
+            r::conv2d_forward(x.view(), wt.view(), Some(b.view()), stride, pad, groups)
         });
         check(&format!("{tag} dw"), &wt, &dy, &dw, |w| {
-            r::conv2d_forward(x.view(), w.view(), Some(b.view()), stride, pad)
+            r::conv2d_forward(x.view(), w.view(), Some(b.view()), stride, pad, groups)
         });
         check(&format!("{tag} db"), &b, &dy, &db, |b| {
-            r::conv2d_forward(x.view(), wt.view(), Some(b.view()), stride, pad)
+            r::conv2d_forward(x.view(), wt.view(), Some(b.view()), stride, pad, groups)
         });
     }
 }
 
 #[test]
 fn dense_backward_matches_finite_differences() {
-    for (i, &(n, ni, no)) in [(1, 5, 3), (4, 13, 7), (3, 2, 9)].iter().enumerate() {
+    // (n, n_in, n_out, groups): ungrouped, and grouped as an array's later layers.
+    for (i, &(n, ni, no, g)) in
+        [(1, 5, 3, 1), (4, 13, 7, 1), (3, 2, 9, 1), (3, 15, 6, 3), (1, 4, 10, 2)].iter().enumerate()
+    {
         let s = 100 + 10 * i as u64;
         let x = arr(s, (n, ni), -1.0, 1.0);
-        let w = arr(s + 1, (no, ni), -1.0, 1.0);
+        let w = arr(s + 1, (no, ni / g), -1.0, 1.0);
         let b = arr(s + 2, no, -1.0, 1.0);
         let dy = arr(s + 3, (n, no), -1.0, 1.0);
-        let dx = r::dense_backward_input(dy.view(), w.view());
-        let (dw, db) = r::dense_backward_weight(dy.view(), x.view());
-        check("dense dx", &x, &dy, &dx, |x| r::dense_forward(x.view(), w.view(), Some(b.view())));
-        check("dense dw", &w, &dy, &dw, |w| r::dense_forward(x.view(), w.view(), Some(b.view())));
-        check("dense db", &b, &dy, &db, |b| r::dense_forward(x.view(), w.view(), Some(b.view())));
+        let dx = r::dense_backward_input(dy.view(), w.view(), g);
+        let (dw, db) = r::dense_backward_weight(dy.view(), x.view(), g);
+        let tag = format!("dense case {i}");
+        check(&format!("{tag} dx"), &x, &dy, &dx, |x| r::dense_forward(x.view(), w.view(), Some(b.view()), g));
+        check(&format!("{tag} dw"), &w, &dy, &dw, |w| r::dense_forward(x.view(), w.view(), Some(b.view()), g));
+        check(&format!("{tag} db"), &b, &dy, &db, |b| r::dense_forward(x.view(), w.view(), Some(b.view()), g));
     }
 }
 
@@ -136,12 +146,18 @@ fn activation_and_dropout_backward_match_finite_differences() {
     let dy = arr(201, 57, -1.0, 1.0);
     for a in [Act::Relu, Act::Sigmoid, Act::Tanh] {
         let y = r::activation_forward(x.view(), a);
-        let dx = r::activation_backward(dy.view(), y.view(), a, 1.0);
+        let dx = r::activation_backward(dy.view(), y.view(), a, Array1::ones(57).view());
         check(&format!("{a:?}"), &x, &dy, &dx, |x| r::activation_forward(x.view(), a));
     }
-    for (p, key) in [(0.3f32, 5u32), (0.5, 77)] {
-        let dx = r::dropout_forward(dy.view(), p, key);
-        check(&format!("dropout p={p}"), &x, &dy, &dx, |x| r::dropout_forward(x.view(), p, key));
+    // One model, and three members of 19 elements per example with rates of their own.
+    for (seeds, p, len) in
+        [(&[5u64][..], &[0.3f32][..], 57), (&[7][..], &[0.5][..], 57), (&[1, 2, 3][..], &[0.3, 0.5, 0.1][..], 19)]
+    {
+        let mut t = TableBuilder::new(seeds);
+        let at = t.dropout(p);
+        let d = Dropout { members: seeds.len(), len, stream: 0x100, step: 4, at };
+        let dx = r::dropout_forward(dy.view(), &t.words, &d);
+        check(&format!("dropout p={p:?}"), &x, &dy, &dx, |x| r::dropout_forward(x.view(), &t.words, &d));
     }
 }
 
@@ -201,10 +217,10 @@ fn reference_ops_on_hand_computed_cases() {
     // A 3x3 image, 2x2 kernel of ones with bias 0.5, stride 1, no padding: window sums + 0.5.
     let x = Array::from_shape_vec((1, 1, 3, 3), (1..=9).map(f64::from).collect()).unwrap();
     let w = Array::from_elem((1, 1, 2, 2), 1.0);
-    let y = r::conv2d_forward(x.view(), w.view(), Some(array![0.5].view()), 1, (0, 0));
+    let y = r::conv2d_forward(x.view(), w.view(), Some(array![0.5].view()), 1, (0, 0), (1, 1));
     assert_eq!(y.iter().copied().collect::<Vec<_>>(), vec![12.5, 16.5, 24.5, 28.5]);
     // Padding 1 and stride 2 on the same image: corners of the padded image.
-    let y = r::conv2d_forward(x.view(), w.view(), None, 2, (1, 1));
+    let y = r::conv2d_forward(x.view(), w.view(), None, 2, (1, 1), (1, 1));
     assert_eq!(y.iter().copied().collect::<Vec<_>>(), vec![1.0, 5.0, 11.0, 28.0]);
     // Max pooling: the first of two equal maxima wins.
     let x = Array::from_shape_vec((1, 1, 2, 2), vec![3.0, 3.0, 1.0, 2.0]).unwrap();
@@ -222,17 +238,35 @@ fn reference_ops_on_hand_computed_cases() {
     // (m_hat = g, v_hat = g^2), up to eps.
     let mut p = array![1.0, -2.0];
     let (mut m, mut v) = (Array1::zeros(2), Array1::zeros(2));
-    let a = AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, t: 1 };
-    r::adam_step(&mut p, array![0.5, -3.0].view(), &mut m, &mut v, &a);
+    let mut t = TableBuilder::new(&[1]);
+    let (lr_at, wd_at) = (t.values(&[0.1]), t.values(&[0.0]));
+    let segments = t.segments(&[(0, 2)]);
+    let a = AdamStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, t: 1, segments, lr_at, wd_at };
+    let (lr, wd) = (Array1::from_elem(2, 0.1), Array1::zeros(2));
+    r::adam_step(&mut p, array![0.5, -3.0].view(), &mut m, &mut v, lr.view(), wd.view(), &a);
     assert!((p[0] - 0.9).abs() < 1e-7 && (p[1] + 1.9).abs() < 1e-7, "{p}");
-    // Dropout keeps exactly the elements whose draw is at least p, scaled by 1 / (1 - p).
-    let mask = r::dropout_mask(1000, 0.25, 3);
+    // Dropout keeps exactly the elements whose draw under op_key(seed, stream, step) is at
+    // least p, scaled by 1 / (1 - p).
+    let mut t = TableBuilder::new(&[3]);
+    let at = t.dropout(&[0.25]);
+    let mask = r::dropout_mask(1000, &t.words, &Dropout { members: 1, len: 1000, stream: 0x100, step: 2, at });
+    let key = gpu_train::rng::op_key(3, 0x100, 2);
     for (i, &m) in mask.iter().enumerate() {
-        let kept = gpu_train::rng::draw(3, i as u32) >= 0.25;
+        let kept = gpu_train::rng::draw(key, i as u32) >= 0.25;
         assert_eq!(m, if kept { 4.0 / 3.0 } else { 0.0 });
     }
     let ones: ArrayView1<f64> = ArrayView1::from(&[1.0, 1.0][..]);
-    assert_eq!(r::activation_backward(ones, array![0.0, 2.0].view(), Act::Relu, 1.0), array![0.0, 1.0]);
+    let scale = Array1::ones(2);
+    assert_eq!(r::activation_backward(ones, array![0.0, 2.0].view(), Act::Relu, scale.view()), array![0.0, 1.0]);
+    // A grouped convolution is its groups side by side: 2 groups of 1 channel each.
+    let x = Array::from_shape_vec((1, 2, 1, 2), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    let w = Array::from_shape_vec((2, 1, 1, 1), vec![10.0, -1.0]).unwrap();
+    let y = r::conv2d_forward(x.view(), w.view(), None, 1, (0, 0), (2, 2));
+    assert_eq!(y.iter().copied().collect::<Vec<_>>(), vec![10.0, 20.0, -3.0, -4.0]);
+    // Sharing one input group (an array's first layer), both groups read channel 0 only.
+    let x1 = x.slice(ndarray::s![.., 0..1, .., ..]).to_owned();
+    let y = r::conv2d_forward(x1.view(), w.view(), None, 1, (0, 0), (2, 1));
+    assert_eq!(y.iter().copied().collect::<Vec<_>>(), vec![10.0, 20.0, -1.0, -2.0]);
 }
 
 #[test]
@@ -279,13 +313,13 @@ fn whole_models_match_the_reference() {
         let mut r = Reference::new();
         let cdev = DeviceData::upload(&mut c, data).unwrap();
         let rdev = DeviceData::upload(&mut r, data).unwrap();
-        let mut cnet = Network::new(&mut c, arch.clone(), n, &params, &state).unwrap();
-        let mut rnet = Network::new(&mut r, arch.clone(), n, &params, &state).unwrap();
+        let mut cnet = Network::array(&mut c, Members::one(arch.clone(), 9), n, &params, &state).unwrap();
+        let mut rnet = Network::array(&mut r, Members::one(arch.clone(), 9), n, &params, &state).unwrap();
         let (mut cstats, mut rstats) = (c.alloc(2).unwrap(), r.alloc(2).unwrap());
         cnet.load_batch(&mut c, &cdev, &cdev.order, 0, n, None);
         rnet.load_batch(&mut r, &rdev, &rdev.order, 0, n, None);
-        cnet.forward_backward(&mut c, &mut cstats, n, 0, 5, 9);
-        rnet.forward_backward(&mut r, &mut rstats, n, 0, 5, 9);
+        cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
+        rnet.forward_backward(&mut r, &mut rstats, n, 0, 5);
         let classes = arch.classes();
         let logits = (c.download(cnet.logits(), n * classes).unwrap(), r.download(rnet.logits(), n * classes).unwrap());
         assert_close(&format!("{name} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
@@ -296,6 +330,57 @@ fn whole_models_match_the_reference() {
         for t in &arch.params {
             let range = t.range();
             let what = format!("{name} gradient {}", t.name);
+            assert_close(&what, &grads.0[range.clone()], &grads.1[range], 1e-3 * scale, 1e-3);
+        }
+    }
+}
+
+/// Arrays of models, whole: the fused network (a wider first layer, grouped layers after it,
+/// each member's dropout and loss) on the CPU against the reference, for a dense model, a
+/// conv + pool + dropout model with a sweep of its dropout rates, and a batch-norm model.
+#[test]
+fn whole_arrays_match_the_reference() {
+    let n = 3;
+    let digits = data::load_dir(&mnist_dir()).unwrap().0.take(n);
+    for (name, k, dropout) in [("fc-b", 3, None), ("cnn4", 2, Some([0.1f32, 0.4])), ("cnn6", 2, None)] {
+        let spec = presets::load(name).unwrap();
+        let list: Vec<Member> = (0..k)
+            .map(|i| {
+                let mut spec = spec.clone();
+                if let Some(p) = dropout {
+                    for l in &mut spec.layers {
+                        if let gpu_train::model::LayerSpec::Dropout { p: q } = l {
+                            *q = p[i];
+                        }
+                    }
+                }
+                Member { seed: 20 + i as u64, spec }
+            })
+            .collect();
+        let members = Members::new(list).unwrap();
+        let arch = members.fused.clone();
+        let (params, state) = members.init();
+        let mut c = CpuBackend::new();
+        let mut r = Reference::new();
+        let cdev = DeviceData::upload(&mut c, &digits).unwrap();
+        let rdev = DeviceData::upload(&mut r, &digits).unwrap();
+        let mut cnet = Network::array(&mut c, members.clone(), n, &params, &state).unwrap();
+        let mut rnet = Network::array(&mut r, members, n, &params, &state).unwrap();
+        let (mut cstats, mut rstats) = (c.alloc(2 * k).unwrap(), r.alloc(2 * k).unwrap());
+        cnet.load_batch(&mut c, &cdev, &cdev.order, 0, n, None);
+        rnet.load_batch(&mut r, &rdev, &rdev.order, 0, n, None);
+        cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
+        rnet.forward_backward(&mut r, &mut rstats, n, 0, 5);
+        let width = arch.output().len();
+        let logits = (c.download(cnet.logits(), n * width).unwrap(), r.download(rnet.logits(), n * width).unwrap());
+        assert_close(&format!("{name} x{k} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
+        let loss = (c.download(&cstats, 2 * k).unwrap(), r.download(&rstats, 2 * k).unwrap());
+        assert_close(&format!("{name} x{k} loss and hits"), &loss.0, &loss.1, 1e-5, 1e-4);
+        let grads = (c.download(&cnet.grads, arch.n_params).unwrap(), r.download(&rnet.grads, arch.n_params).unwrap());
+        let scale = grads.1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for t in &arch.params {
+            let range = t.range();
+            let what = format!("{name} x{k} gradient {}", t.name);
             assert_close(&what, &grads.0[range.clone()], &grads.1[range], 1e-3 * scale, 1e-3);
         }
     }

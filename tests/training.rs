@@ -27,17 +27,7 @@ fn spec(name: &str) -> ModelSpec {
 
 fn run(spec: ModelSpec, seed: u64, out: &Path, resume: Option<&Path>, data: &(Dataset, Dataset)) -> TrainSummary {
     let resume = resume.map(|p| modelfile::load(p, None).unwrap());
-    let cfg = TrainConfig {
-        arch: Arch::new(spec).unwrap(),
-        seed,
-        out: out.to_path_buf(),
-        resume,
-        progress: false,
-        checkpoints: true,
-        run_info: Default::default(),
-        data: Default::default(),
-        stream: false,
-    };
+    let cfg = TrainConfig { resume, ..TrainConfig::single(Arch::new(spec).unwrap(), seed, out.to_path_buf()) };
     train::train(&mut CpuBackend::new(), cfg, data.0.clone(), &data.1).unwrap()
 }
 
@@ -102,7 +92,7 @@ fn whole_model_gradients_match_finite_differences() {
         let mut loss_at = |b: &mut Cpu64, net: &mut Network<Cpu64>, p: &[f64]| {
             net.params.copy_from_slice(p);
             net.load_batch(b, &dev, &order, 0, 3, None);
-            net.forward_backward(b, &mut stats, 3, 0, 7, 11);
+            net.forward_backward(b, &mut stats, 3, 0, 7);
             host_loss(&net.logits()[..3 * classes], &data.labels, classes, mse)
         };
         loss_at(b, &mut net, &params);
@@ -325,7 +315,7 @@ fn epoch_bias_correction_takes_t_from_the_epoch() {
         for (i, g) in net.grads.iter_mut().enumerate() {
             *g = ((i % 7) as f32 - 3.0) * 1e-3;
         }
-        net.update(b, 1e-3, step, epoch);
+        net.update(b, step, epoch, 0);
         net.params.clone()
     };
     let epoch3 = after(BiasCorrection::Epoch, 8, 3);
@@ -401,17 +391,8 @@ fn sixty_five_thousand_classes_train_and_evaluate() {
         backends.push(Box::new(move |cfg| train::train(&mut g, cfg, tr.clone(), &te).unwrap()));
     }
     for (i, run) in backends.iter_mut().enumerate() {
-        let cfg = TrainConfig {
-            arch: arch.clone(),
-            seed: 1,
-            out: tmp.path().join(format!("wide-{i}.safetensors")),
-            resume: None,
-            progress: false,
-            checkpoints: false,
-            run_info: Default::default(),
-            data: Default::default(),
-            stream: false,
-        };
+        let out = tmp.path().join(format!("wide-{i}.safetensors"));
+        let cfg = TrainConfig { checkpoints: false, ..TrainConfig::single(arch.clone(), 1, out) };
         let s = run(cfg);
         assert_eq!(s.final_test.count, 40);
         assert!(s.history[0].train_loss.is_finite() && s.history[0].train_loss > 10.0, "{:?}", s.history[0]);
@@ -438,15 +419,9 @@ fn streaming_the_training_set_trains_bit_for_bit_as_the_resident_copy() {
     for stream in [false, true] {
         let out = tmp.path().join(format!("s{stream}.safetensors"));
         let cfg = TrainConfig {
-            arch: Arch::new(spec.clone()).unwrap(),
-            seed: 3,
-            out: out.clone(),
-            resume: None,
-            progress: false,
             checkpoints: false,
-            run_info: Default::default(),
-            data: Default::default(),
             stream,
+            ..TrainConfig::single(Arch::new(spec.clone()).unwrap(), 3, out.clone())
         };
         let s = train::train(&mut CpuBackend::new(), cfg, data.0.clone(), &data.1).unwrap();
         trained.push((params_of(&out), s.history.iter().map(|h| h.train_loss).collect::<Vec<_>>()));

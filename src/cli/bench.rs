@@ -3,10 +3,12 @@
 use anyhow::Result;
 use clap::Args;
 
+use super::array::ArrayArgs;
 use super::{Chosen, DataArgs, DeviceArgs, Precision, choose_backend_for};
 use gpu_train::bench;
 use gpu_train::data::{Dataset, numbered_classes};
 use gpu_train::model::{Arch, presets};
+use gpu_train::network::Members;
 use gpu_train::rng;
 
 #[derive(Args)]
@@ -31,6 +33,10 @@ pub struct BenchArgs {
     /// Arithmetic of the GEMMs: f32, mixed (cooperative matrices; `gpu-train devices`) or auto (f32 for now)
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     precision: Precision,
+    /// Time an array of models trained side by side (see `gpu-train train --seeds`, `--sweep`):
+    /// the figures per member-step are what compares with training them one by one
+    #[command(flatten)]
+    array: ArrayArgs,
     #[command(flatten)]
     device: DeviceArgs,
     #[command(flatten)]
@@ -69,6 +75,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         (synthetic(shape, arch.classes(), a.batch), "synthetic")
     };
+    let plan = a.array.plan(&arch.spec, 1)?;
+    let members = Members::new(plan.members)?;
     let chosen = choose_backend_for(&a.device, a.precision, &arch)?;
     let label = chosen.label();
     let mut r = match chosen {
@@ -76,7 +84,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if a.profile {
                 c.enable_profiling();
             }
-            let r = bench::bench(&mut c, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
+            let r = bench::bench(&mut c, label, members, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
             let mut v = serde_json::to_value(&r)?;
             v["precision"] = "f32".into();
             v["path"] = "cpu f32".into();
@@ -93,8 +101,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if a.profile {
                 g.enable_profiling()?;
             }
-            let flops = bench::gemm_flops_per_step(&arch, a.batch);
-            let r = bench::bench(&mut *g, label, arch, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
+            let flops = bench::gemm_flops_per_step(&members.fused, a.batch);
+            let r = bench::bench(&mut *g, label, members, &train_ds, a.batch, a.steps, a.warmup, a.augment)?;
             let mut v = serde_json::to_value(&r)?;
             v["shader_compile_seconds"] = compile.into();
             v["precision"] = precision.into();

@@ -1,6 +1,7 @@
 //! What the commands share: the device and data options, choosing a backend, loading
 //! models. One file per command beside this one.
 
+pub mod array;
 pub mod bench;
 pub mod eval;
 pub mod export;

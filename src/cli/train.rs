@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
+use super::array::ArrayArgs;
 use super::{Chosen, DataArgs, DeviceArgs, Precision, choose_backend_for, file_stem};
 use gpu_train::backend::Backend;
 use gpu_train::model::spec::{BiasCorrection, Optimizer};
 use gpu_train::model::{Arch, presets};
-use gpu_train::modelfile;
+use gpu_train::modelfile::{self, Status};
+use gpu_train::network::Member;
 use gpu_train::train;
 
 #[derive(Args, Clone)]
@@ -33,12 +35,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
     ema: Option<f32>,
     /// Seed for initialisation, shuffling, dropout, augmentation and --val-split
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "seeds")]
     seed: u64,
+    #[command(flatten)]
+    array: ArrayArgs,
     /// Train on the first N training images only
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
-    /// Model file to write (default: runs/<arch>.safetensors); a checkpoint goes beside it
+    /// Model file to write (default: runs/<arch>.safetensors); a checkpoint goes beside it.
+    /// An array (--seeds, --sweep) writes one file per member beside it, named from it
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run whose checkpoint is beside --out (runs/<arch>.ckpt.safetensors)
@@ -118,7 +123,31 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bail!("--limit must be at least 1");
     }
     let arch = Arch::new(spec)?;
-    let seed = resume.as_ref().and_then(|c| c.train.as_ref()).map_or(a.seed, |t| t.progress.seed);
+    // Who trains: the checkpoint's members when resuming, else --seed, or --seeds and --sweep.
+    let ts = resume.as_ref().and_then(|c| c.train.as_ref());
+    let plan = match ts {
+        Some(ts) => {
+            if a.array.is_array() {
+                eprintln!("note: resuming keeps the checkpoint's members (--seeds and --sweep are not used)");
+            }
+            let data_seed = ts.progress.data_seed.unwrap_or(ts.progress.seed);
+            let (members, tags) = match &ts.array {
+                Some(st) => st
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let mut spec = m.spec.clone();
+                        spec.train.epochs = arch.recipe().epochs;
+                        (Member { seed: m.seed, spec }, m.tags.clone())
+                    })
+                    .unzip(),
+                None => (vec![Member { seed: ts.progress.seed, spec: arch.spec.clone() }], vec![Vec::new()]),
+            };
+            super::array::Plan { members, tags, array: ts.array.is_some(), data_seed }
+        }
+        None => a.array.plan(&arch.spec, a.seed)?,
+    };
+    let seed = plan.data_seed;
     let splits = a.data.load(arch.spec.input, seed)?;
     let (train_ds, test_ds) = match a.limit {
         Some(n) => (splits.train.take(n), splits.test),
@@ -145,20 +174,37 @@ pub fn run(a: TrainArgs) -> Result<()> {
     run_info.insert(
         "run".into(),
         serde_json::json!({
-            "backend": chosen.label(), "seed": seed, "train_images": train_ds.len(),
+            "backend": chosen.label(), "data_seed": seed, "train_images": train_ds.len(),
             "shader_compile_seconds": compile_seconds,
             "precision": if coop.is_some() { "mixed" } else { "f32" },
+            "members": plan.members.len(),
         })
         .to_string(),
     );
+    let k = plan.members.len();
+    let mut distinct: Vec<u64> = Vec::new();
+    for m in &plan.members {
+        if !distinct.contains(&m.seed) {
+            distinct.push(m.seed);
+        }
+    }
+    let seeds = distinct.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     crate::with_backend!(chosen, b => {
         let r = arch.recipe();
+        let what = if plan.array { format!("an array of {k} (seeds {seeds}, data seed {seed})") } else { format!("seed {seeds}") };
         println!(
-            "gpu-train: {} on {} | {} training / {} test images in {} classes | {} epochs, batch {}, {} | seed {seed}",
+            "gpu-train: {} on {} | {} training / {} test images in {} classes | {} epochs, batch {}, {} | {what}",
             arch.name(), b.name(), train_ds.len(), test_ds.len(), train_ds.classes.len(), r.epochs, r.batch,
             describe_optimizer(&r.optimizer),
         );
         print!("{}", arch.summary());
+        if plan.array {
+            println!(
+                "      trained as one network of {k} members: {} parameters in all; swept: {}",
+                arch.param_count() * k,
+                describe_sweep(&plan.tags)
+            );
+        }
         if let Some(c) = coop {
             println!(
                 "precision: mixed, the dense layers' GEMMs on {} (f32 sums; master weights, Adam and loss in f32)",
@@ -174,9 +220,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         let mut info = run_info;
         info.insert("device".into(), b.name());
+        let array = plan.array;
         let cfg = train::TrainConfig {
-            arch: arch.clone(),
-            seed,
+            members: plan.members,
+            tags: plan.tags,
+            array,
+            data_seed: seed,
             out: out.clone(),
             resume,
             progress: std::io::stderr().is_terminal(),
@@ -186,17 +235,59 @@ pub fn run(a: TrainArgs) -> Result<()> {
             stream: a.stream,
         };
         let s = train::train(b, cfg, train_ds, &test_ds)?;
-        println!(
-            "done: {} epochs in {:.1}s; test accuracy {:.2}% (error {:.2}%), loss {:.4}; model saved to {}",
-            s.epochs_run,
-            s.seconds,
-            100.0 * s.final_test.accuracy(),
-            100.0 * (1.0 - s.final_test.accuracy()),
-            s.final_test.loss,
-            out.display()
-        );
+        if array {
+            println!("done: {} epochs in {:.1}s, {k} members:", s.epochs_run, s.seconds);
+            for m in &s.members {
+                let status = match m.status {
+                    Status::Finished => String::new(),
+                    st => format!(" ({})", st.name().replace('_', " ")),
+                };
+                println!(
+                    "  {}  test accuracy {:.2}% (error {:.2}%), best epoch {}{status}",
+                    m.file.display(),
+                    100.0 * m.final_test.accuracy(),
+                    100.0 * (1.0 - m.final_test.accuracy()),
+                    m.best_epoch,
+                );
+            }
+            println!(
+                "ensemble of {} (probabilities averaged): test accuracy {:.2}% (error {:.2}%); manifest {}",
+                s.members.iter().filter(|m| m.status != Status::Diverged).count(),
+                100.0 * s.ensemble_test.accuracy(),
+                100.0 * (1.0 - s.ensemble_test.accuracy()),
+                train::outputs::manifest_path(&out).display()
+            );
+        } else {
+            println!(
+                "done: {} epochs in {:.1}s; test accuracy {:.2}% (error {:.2}%), loss {:.4}; model saved to {}",
+                s.epochs_run,
+                s.seconds,
+                100.0 * s.final_test.accuracy(),
+                100.0 * (1.0 - s.final_test.accuracy()),
+                s.final_test.loss,
+                out.display()
+            );
+        }
     });
     Ok(())
+}
+
+/// The swept keys and their values, as given.
+fn describe_sweep(tags: &[Vec<(String, String)>]) -> String {
+    let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+    for t in tags {
+        for (k, v) in t {
+            match keys.iter_mut().find(|e| &e.0 == k) {
+                Some(e) if !e.1.contains(v) => e.1.push(v.clone()),
+                Some(_) => {}
+                None => keys.push((k.clone(), vec![v.clone()])),
+            }
+        }
+    }
+    if keys.is_empty() {
+        return "seeds only".into();
+    }
+    keys.iter().map(|(k, v)| format!("{k} = {}", v.join(", "))).collect::<Vec<_>>().join("; ")
 }
 
 fn describe_optimizer(o: &Optimizer) -> String {

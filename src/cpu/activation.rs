@@ -3,10 +3,24 @@
 
 use rayon::prelude::*;
 
+use super::dropout::Masks;
 use super::real::Real;
-use crate::backend::Epilogue;
+use crate::backend::{Dropout, Epilogue};
 use crate::model::Act;
 use crate::rng::mix32;
+
+/// An epilogue with its dropout's masks resolved from the member table.
+#[derive(Debug, Clone)]
+pub struct Epi {
+    pub act: Option<Act>,
+    pub masks: Option<Masks>,
+}
+
+impl Epi {
+    pub fn new(table: &[u32], epi: &Epilogue) -> Epi {
+        Epi { act: epi.act, masks: epi.dropout.map(|d| Masks::new(table, &d)) }
+    }
+}
 
 const PAR_CHUNK: usize = 1 << 14;
 
@@ -47,18 +61,19 @@ pub fn act_grad_from_output<T: Real>(y: T, a: Act) -> T {
 /// v = epilogue(v + bias), in place, for outputs `base..base + v.len()` of a batch buffer
 /// (the base places dropout's draws); one loop per case so each vectorizes.
 #[inline(never)]
-pub fn apply_epilogue<T: Real>(v: &mut [T], base: usize, bias: T, epi: &Epilogue) {
+pub fn apply_epilogue<T: Real>(v: &mut [T], base: usize, bias: T, epi: &Epi) {
     let n = v.len();
-    match (epi.act, epi.dropout) {
+    match (epi.act, &epi.masks) {
         (None, _) => (0..n).for_each(|i| v[i] += bias),
         (Some(Act::Relu), None) => (0..n).for_each(|i| v[i] = (v[i] + bias).max(T::zero())),
-        (Some(Act::Relu), Some((p, key))) => {
-            let (threshold, scale) = dropout_threshold(p);
-            let scale = T::of(scale);
-            for (i, x) in v.iter_mut().enumerate() {
-                let y = (*x + bias).max(T::zero()) * scale;
-                let h = mix32(key ^ mix32((base + i) as u32)) >> 8;
-                *x = if h >= threshold { y } else { T::zero() };
+        (Some(Act::Relu), Some(masks)) => {
+            for (at, count, r) in masks.runs(base, n) {
+                let scale = T::of(r.scale);
+                for (i, x) in v[at..at + count].iter_mut().enumerate() {
+                    let y = (*x + bias).max(T::zero()) * scale;
+                    let h = mix32(r.key ^ mix32(r.first + i as u32)) >> 8;
+                    *x = if h >= r.threshold { y } else { T::zero() };
+                }
             }
         }
         (Some(a), _) => (0..n).for_each(|i| v[i] = act_scalar(v[i] + bias, a)),
@@ -78,12 +93,33 @@ pub fn activation_forward<T: Real>(out: &mut [T], inp: &[T], len: usize, a: Act)
         .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = act_scalar(x, a)));
 }
 
-pub fn activation_backward<T: Real>(dinp: &mut [T], dout: &[T], out: &[T], len: usize, a: Act, scale: f32) {
+/// dinp = dout * act'(out), times the dropout scale of each element's member after a fused
+/// relu + dropout.
+#[allow(clippy::too_many_arguments)]
+pub fn activation_backward<T: Real>(
+    dinp: &mut [T],
+    dout: &[T],
+    out: &[T],
+    table: &[u32],
+    len: usize,
+    a: Act,
+    dropout: Option<&Dropout>,
+) {
+    let masks = dropout.map(|d| Masks::new(table, d));
     dinp[..len]
         .par_chunks_mut(PAR_CHUNK)
         .zip(dout[..len].par_chunks(PAR_CHUNK))
         .zip(out[..len].par_chunks(PAR_CHUNK))
-        .for_each(|((d, g), y)| backward_chunk(d, g, y, a, T::of(scale)));
+        .enumerate()
+        .for_each(|(c, ((d, g), y))| match &masks {
+            None => backward_chunk(d, g, y, a, T::one()),
+            Some(m) => {
+                for (at, count, r) in m.runs(c * PAR_CHUNK, d.len()) {
+                    let r2 = at..at + count;
+                    backward_chunk(&mut d[r2.clone()], &g[r2.clone()], &y[r2], a, T::of(r.scale));
+                }
+            }
+        });
 }
 
 /// One chunk, one loop per activation, in a function of its own so that each vectorizes

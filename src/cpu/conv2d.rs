@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::activation::apply_epilogue;
+use super::activation::{Epi, apply_epilogue};
 use super::direct;
 use super::gemm::{rows, sgemm, transposed};
 use super::real::Real;
@@ -107,34 +107,60 @@ fn direct<'a, T: 'static>(l: &Conv2d, out: &'a mut [T], a: &'a [T], b: &'a [T]) 
     Some((direct::best()?, f32s_mut(out)?, f32s(a)?, f32s(b)?))
 }
 
-pub fn conv2d_forward<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, epi: Epilogue) {
+/// Group g's share of example s: its input channels (c_in of `l.group(g)`, h_in, w_in).
+pub(super) fn group_input<'a, T>(inp: &'a [T], l: &Conv2d, s: usize, g: usize) -> &'a [T] {
+    let plane = l.h_in * l.w_in;
+    &inp[s * l.in_len() + l.group_input(g) * plane..][..l.group_in() * plane]
+}
+
+/// Group g's share of example s of an output (or output gradient): (c_out of `l.group(g)`,
+/// h_out, w_out).
+pub(super) fn group_output<'a, T>(out: &'a [T], l: &Conv2d, s: usize, g: usize) -> &'a [T] {
+    let slab = l.group_out() * l.h_out * l.w_out;
+    &out[s * l.out_len() + g * slab..][..slab]
+}
+
+/// Each group of each example is a convolution of its own (`Conv2d::group`); the buffers are
+/// cut into (example, group) units, examples outer, so one group is one example of an
+/// ungrouped layer and the arithmetic is that layer's.
+pub fn conv2d_forward<T: Real>(
+    out: &mut [T],
+    inp: &[T],
+    params: &[T],
+    table: &[u32],
+    l: &Conv2d,
+    n: usize,
+    epi: Epilogue,
+) {
+    let epi = Epi::new(table, &epi);
     if let Some((isa, out, inp, params)) = direct(l, out, inp, params) {
-        return direct::conv2d_forward(isa, out, inp, params, l, n, epi);
+        return direct::conv2d_forward(isa, out, inp, params, l, n, &epi);
     }
-    conv2d_forward_gemm(out, inp, params, l, n, epi)
+    conv2d_forward_gemm(out, inp, params, l, n, &epi)
 }
 
 /// The im2col + GEMM path: any stride, any element type; the reference for `direct`.
-pub fn conv2d_forward_gemm<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, epi: Epilogue) {
-    let (k, p) = (k_len(l), l.h_out * l.w_out);
-    let w = &params[l.w_off..l.w_off + l.c_out * k];
-    out[..n * l.out_len()]
-        .par_chunks_mut(l.out_len())
-        .zip(inp[..n * l.in_len()].par_chunks(l.in_len()))
-        .enumerate()
-        .for_each(|(s, (y, x))| {
-            T::with_scratch(k * p, |col| {
-                im2col(col, x, l);
-                sgemm(l.c_out, p, k, y, p, false, rows(w, k), rows(col, p), false);
-            });
-            for (co, plane) in y.chunks_mut(p).enumerate() {
-                let bias = l.b_off.map_or(T::zero(), |b| params[b + co]);
-                apply_epilogue(plane, s * l.out_len() + co * p, bias, &epi);
-            }
+pub fn conv2d_forward_gemm<T: Real>(out: &mut [T], inp: &[T], params: &[T], l: &Conv2d, n: usize, epi: &Epi) {
+    let (fg, groups) = (l.group_out(), l.groups);
+    let sub = l.group(0);
+    let (k, p) = (k_len(&sub), l.h_out * l.w_out);
+    out[..n * l.out_len()].par_chunks_mut(fg * p).enumerate().for_each(|(u, y)| {
+        let (s, g) = (u / groups, u % groups);
+        let lg = l.group(g);
+        let w = &params[lg.w_off..lg.w_off + fg * k];
+        T::with_scratch(k * p, |col| {
+            im2col(col, group_input(inp, l, s, g), &lg);
+            sgemm(fg, p, k, y, p, false, rows(w, k), rows(col, p), false);
         });
+        for (co, plane) in y.chunks_mut(p).enumerate() {
+            let bias = lg.b_off.map_or(T::zero(), |b| params[b + co]);
+            apply_epilogue(plane, s * l.out_len() + (g * fg + co) * p, bias, epi);
+        }
+    });
 }
 
 pub fn conv2d_backward_input<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], l: &Conv2d, n: usize) {
+    debug_assert_eq!(l.groups, l.in_groups, "an input channel read by several groups has no backward-input here");
     if let Some((isa, dinp, dout, params)) = direct(l, dinp, dout, params) {
         return direct::conv2d_backward_input(isa, dinp, dout, params, l, n);
     }
@@ -143,17 +169,19 @@ pub fn conv2d_backward_input<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], 
 
 /// The im2col + GEMM path: any stride, any element type; the reference for `direct`.
 pub fn conv2d_backward_input_gemm<T: Real>(dinp: &mut [T], dout: &[T], params: &[T], l: &Conv2d, n: usize) {
-    let (k, p) = (k_len(l), l.h_out * l.w_out);
-    let w = &params[l.w_off..l.w_off + l.c_out * k];
-    dinp[..n * l.in_len()].par_chunks_mut(l.in_len()).zip(dout[..n * l.out_len()].par_chunks(l.out_len())).for_each(
-        |(dx, dy)| {
-            T::with_scratch(k * p, |dcol| {
-                // dcol (K, P) = W^T (K, c_out) * dy (c_out, P)
-                sgemm(k, p, l.c_out, dcol, p, false, transposed(w, k), rows(dy, p), false);
-                col2im(dx, dcol, l);
-            });
-        },
-    );
+    let (fg, cg, groups) = (l.group_out(), l.group_in(), l.groups);
+    let sub = l.group(0);
+    let (k, p) = (k_len(&sub), l.h_out * l.w_out);
+    dinp[..n * l.in_len()].par_chunks_mut(cg * l.h_in * l.w_in).enumerate().for_each(|(u, dx)| {
+        let (s, g) = (u / groups, u % groups);
+        let lg = l.group(g);
+        let w = &params[lg.w_off..lg.w_off + fg * k];
+        T::with_scratch(k * p, |dcol| {
+            // dcol (K, P) = W^T (K, c_out) * dy (c_out, P)
+            sgemm(k, p, fg, dcol, p, false, transposed(w, k), rows(group_output(dout, l, s, g), p), false);
+            col2im(dx, dcol, &lg);
+        });
+    });
 }
 
 /// Examples are split into at most this many fixed chunks, each summing its own partial
@@ -170,22 +198,26 @@ pub fn conv2d_backward_weight<T: Real>(grads: &mut [T], dout: &[T], inp: &[T], l
 
 /// The im2col + GEMM path: any stride, any element type; the reference for `direct`.
 pub fn conv2d_backward_weight_gemm<T: Real>(grads: &mut [T], dout: &[T], inp: &[T], l: &Conv2d, n: usize) {
-    let (k, p) = (k_len(l), l.h_out * l.w_out);
-    let wlen = l.c_out * k;
+    let (fg, groups) = (l.group_out(), l.groups);
+    let sub = l.group(0);
+    let (k, p) = (k_len(&sub), l.h_out * l.w_out);
+    let wlen = fg * k;
     let chunk = n.div_ceil(WEIGHT_GRAD_CHUNKS).max(1);
-    // Each partial: dW (c_out, K) then db (c_out).
-    let partials: Vec<Vec<T>> = (0..n.div_ceil(chunk))
+    let chunks = n.div_ceil(chunk);
+    // Each partial, per (group, chunk of examples): the group's dW (fg, K) then db (fg).
+    let partials: Vec<Vec<T>> = (0..groups * chunks)
         .into_par_iter()
-        .map(|ci| {
-            let mut part = vec![T::zero(); wlen + l.c_out];
+        .map(|u| {
+            let (g, ci) = (u / chunks, u % chunks);
+            let lg = l.group(g);
+            let mut part = vec![T::zero(); wlen + fg];
             let (dw, db) = part.split_at_mut(wlen);
             for s in ci * chunk..((ci + 1) * chunk).min(n) {
-                let x = &inp[s * l.in_len()..(s + 1) * l.in_len()];
-                let dy = &dout[s * l.out_len()..(s + 1) * l.out_len()];
+                let dy = group_output(dout, l, s, g);
                 T::with_scratch(k * p, |col| {
-                    im2col(col, x, l);
+                    im2col(col, group_input(inp, l, s, g), &lg);
                     // dW (c_out, K) += dy (c_out, P) * col^T (P, K)
-                    sgemm(l.c_out, k, p, dw, k, true, rows(dy, p), transposed(col, p), false);
+                    sgemm(fg, k, p, dw, k, true, rows(dy, p), transposed(col, p), false);
                 });
                 for (co, plane) in dy.chunks(p).enumerate() {
                     db[co] += plane.iter().copied().sum::<T>();
@@ -194,16 +226,19 @@ pub fn conv2d_backward_weight_gemm<T: Real>(grads: &mut [T], dout: &[T], inp: &[
             part
         })
         .collect();
-    let (dw, db) = (&mut grads[l.w_off..l.w_off + wlen], l.b_off);
-    dw.fill(T::zero());
-    for part in &partials {
-        dw.iter_mut().zip(&part[..wlen]).for_each(|(g, &v)| *g += v);
-    }
-    if let Some(b) = db {
-        let dbias = &mut grads[b..b + l.c_out];
-        dbias.fill(T::zero());
-        for part in &partials {
-            dbias.iter_mut().zip(&part[wlen..]).for_each(|(g, &v)| *g += v);
+    for (g, parts) in partials.chunks(chunks).enumerate() {
+        let lg = l.group(g);
+        let dw = &mut grads[lg.w_off..lg.w_off + wlen];
+        dw.fill(T::zero());
+        for part in parts {
+            dw.iter_mut().zip(&part[..wlen]).for_each(|(g, &v)| *g += v);
+        }
+        if let Some(b) = lg.b_off {
+            let dbias = &mut grads[b..b + fg];
+            dbias.fill(T::zero());
+            for part in parts {
+                dbias.iter_mut().zip(&part[wlen..]).for_each(|(g, &v)| *g += v);
+            }
         }
     }
 }

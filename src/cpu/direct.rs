@@ -23,8 +23,8 @@
 
 use rayon::prelude::*;
 
-use super::activation::apply_epilogue;
-use crate::backend::Epilogue;
+use super::activation::{Epi, apply_epilogue};
+use super::conv2d::{group_input, group_output};
 use crate::model::Conv2d;
 
 /// Output channels per tile.
@@ -141,31 +141,36 @@ fn pack_weights(rows: usize, taps: usize, get: impl Fn(usize, usize) -> f32) -> 
     a
 }
 
-/// One "convolution" y (m, ho, wo) = A (m, taps) * x_pad over taps, per example, for the
-/// forward and backward-input; once an example's outputs are all written,
-/// `epilogue(example, channel, plane)` finishes each channel's plane in place.
+/// One "convolution" y (m, ho, wo) = A (m, taps) * x_pad over taps, per unit (an example, or
+/// one group of one example: `units` slabs of `out_len` in `out`), for the forward and
+/// backward-input; `input(u)` is unit u's input and `a(u)` its packed weights. Once a unit's
+/// outputs are all written, `epilogue(unit, channel, plane)` finishes each channel's plane in
+/// place.
 #[allow(clippy::too_many_arguments)]
-fn convolve<E: Fn(usize, usize, &mut [f32]) + Sync>(
+fn convolve<'x, I, P, E>(
     isa: Isa,
     out: &mut [f32],
     out_len: usize,
-    inp: &[f32],
-    in_len: usize,
-    n: usize,
+    units: usize,
+    input: I,
     pad: &Padded,
     taps: &[u32],
-    a: &[f32],
+    a: P,
     m: usize,
     ho: usize,
     wo: usize,
     epilogue: E,
-) {
+) where
+    I: Fn(usize) -> &'x [f32] + Sync,
+    P: Fn(usize) -> &'x [f32] + Sync,
+    E: Fn(usize, usize, &mut [f32]) + Sync,
+{
     let k = taps.len();
-    let examples = out[..n * out_len].par_chunks_mut(out_len).zip(inp[..n * in_len].par_chunks(in_len)).enumerate();
-    examples.for_each_init(
+    out[..units * out_len].par_chunks_mut(out_len).enumerate().for_each_init(
         || vec![0f32; pad.len()],
-        |xp, (s, (y, x))| {
-            pad.fill(xp, x);
+        |xp, (s, y)| {
+            pad.fill(xp, input(s));
+            let a = a(s);
             // Tiles: one row of up to 32 columns, or two rows of up to 16.
             let two_rows = wo <= L;
             let mut oy = 0;
@@ -233,9 +238,10 @@ unsafe fn kernel(isa: Isa, a: *const f32, b0: *const f32, b1: *const f32, taps: 
     }
 }
 
-pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, epi: Epilogue) {
+pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, epi: &Epi) {
+    let (cg, fg, groups) = (l.group_in(), l.group_out(), l.groups);
     let pad = Padded {
-        c: l.c_in,
+        c: cg,
         h: l.h_in,
         w: l.w_in,
         hp: l.h_in + 2 * l.pad_h,
@@ -245,26 +251,46 @@ pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l:
     };
     let taps = pad.taps(l.kh, l.kw);
     let k = taps.len();
-    let a = pack_weights(l.c_out, k, |co, t| params[l.w_off + co * k + t]);
+    let packs: Vec<Vec<f32>> = (0..groups)
+        .map(|g| {
+            let w_off = l.group(g).w_off;
+            pack_weights(fg, k, |co, t| params[w_off + co * k + t])
+        })
+        .collect();
     let bias: Vec<f32> = (0..l.c_out).map(|co| l.b_off.map_or(0.0, |b| params[b + co])).collect();
     let (plane, len) = (l.h_out * l.w_out, l.out_len());
-    let epilogue = |s: usize, co: usize, v: &mut [f32]| apply_epilogue(v, s * len + co * plane, bias[co], &epi);
-    convolve(isa, out, l.out_len(), inp, l.in_len(), n, &pad, &taps, &a, l.c_out, l.h_out, l.w_out, epilogue);
+    let epilogue = |u: usize, co: usize, v: &mut [f32]| {
+        let (s, c) = (u / groups, (u % groups) * fg + co);
+        apply_epilogue(v, s * len + c * plane, bias[c], epi)
+    };
+    let input = |u: usize| group_input(inp, l, u / groups, u % groups);
+    let a = |u: usize| packs[u % groups].as_slice();
+    convolve(isa, out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue);
 }
 
 pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Conv2d, n: usize) {
-    // dx = dout padded by (k - 1 - pad), convolved with W[co][ci] flipped, channels swapped.
+    // dx = dout padded by (k - 1 - pad), convolved with W[co][ci] flipped, channels swapped;
+    // per group (each group's input channels are its own: in_groups == groups).
+    let (cg, fg, groups) = (l.group_in(), l.group_out(), l.groups);
     let (ph, pw) = (l.kh - 1 - l.pad_h, l.kw - 1 - l.pad_w);
     let pad =
-        Padded { c: l.c_out, h: l.h_out, w: l.w_out, hp: l.h_out + 2 * ph, wp: l.w_out + 2 * pw, pad_h: ph, pad_w: pw };
+        Padded { c: fg, h: l.h_out, w: l.w_out, hp: l.h_out + 2 * ph, wp: l.w_out + 2 * pw, pad_h: ph, pad_w: pw };
     let taps = pad.taps(l.kh, l.kw);
     let khw = l.kh * l.kw;
-    let a = pack_weights(l.c_in, taps.len(), |ci, t| {
-        let (co, r) = (t / khw, t % khw);
-        let (ky, kx) = (r / l.kw, r % l.kw);
-        params[l.w_off + ((co * l.c_in + ci) * l.kh + (l.kh - 1 - ky)) * l.kw + (l.kw - 1 - kx)]
-    });
-    convolve(isa, dinp, l.in_len(), dout, l.out_len(), n, &pad, &taps, &a, l.c_in, l.h_in, l.w_in, |_, _, _| {});
+    let packs: Vec<Vec<f32>> = (0..groups)
+        .map(|g| {
+            let w_off = l.group(g).w_off;
+            pack_weights(cg, taps.len(), |ci, t| {
+                let (co, r) = (t / khw, t % khw);
+                let (ky, kx) = (r / l.kw, r % l.kw);
+                params[w_off + ((co * cg + ci) * l.kh + (l.kh - 1 - ky)) * l.kw + (l.kw - 1 - kx)]
+            })
+        })
+        .collect();
+    let input = |u: usize| group_output(dout, l, u / groups, u % groups);
+    let a = |u: usize| packs[u % groups].as_slice();
+    let slab = cg * l.h_in * l.w_in;
+    convolve(isa, dinp, slab, n * groups, input, &pad, &taps, a, cg, l.h_in, l.w_in, |_, _, _| {});
 }
 
 /// Channels and taps per backward-weight tile.
@@ -274,8 +300,24 @@ const WN: usize = 4;
 const WCHUNK: usize = 16;
 
 pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, n: usize) {
+    for g in 0..l.groups {
+        group_backward_weight(isa, grads, dout, inp, l, g, n);
+    }
+    if let Some(b) = l.b_off {
+        let (ho, wo) = (l.h_out, l.w_out);
+        let db: Vec<f32> = (0..l.c_out)
+            .into_par_iter()
+            .map(|co| (0..n).map(|s| dout[(s * l.c_out + co) * ho * wo..][..ho * wo].iter().sum::<f32>()).sum())
+            .collect();
+        grads[b..b + l.c_out].copy_from_slice(&db);
+    }
+}
+
+/// dW of group g's filters.
+fn group_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, g: usize, n: usize) {
+    let (cg, fg) = (l.group_in(), l.group_out());
     let pad = Padded {
-        c: l.c_in,
+        c: cg,
         h: l.h_in,
         w: l.w_in,
         hp: l.h_in + 2 * l.pad_h,
@@ -288,13 +330,13 @@ pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[
     let (ho, wo) = (l.h_out, l.w_out);
     let chunks = wo.div_ceil(L);
     let wq = chunks * L; // dout rows padded to whole vectors with zeros
-    let tiles_m = l.c_out.div_ceil(WM);
+    let tiles_m = fg.div_ceil(WM);
     let tiles_n = k.div_ceil(WN);
     // Per tile (channel block, tap block): its WM x WN sums, accumulated over example chunks
     // in order (each chunk's 16 lanes added in a fixed order first).
     let mut dw = vec![0f32; tiles_m * tiles_n * WM * WN];
     let xlen = pad.len();
-    let dlen = l.c_out * ho * wq + L;
+    let dlen = fg * ho * wq + L;
     // Made once: each chunk overwrites the padded inputs whole and the dout rows' first wo
     // columns; the columns past wo stay zero.
     let mut xs = vec![0f32; WCHUNK.min(n) * xlen];
@@ -304,10 +346,11 @@ pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[
         xs[..cnt * xlen].par_chunks_mut(xlen).zip(ds[..cnt * dlen].par_chunks_mut(dlen)).enumerate().for_each(
             |(j, (xp, dp))| {
                 let s = s0 + j;
-                pad.fill(xp, &inp[s * l.in_len()..(s + 1) * l.in_len()]);
-                for co in 0..l.c_out {
+                pad.fill(xp, group_input(inp, l, s, g));
+                let dy = group_output(dout, l, s, g);
+                for co in 0..fg {
                     for oy in 0..ho {
-                        let src = &dout[((s * l.c_out + co) * ho + oy) * wo..][..wo];
+                        let src = &dy[(co * ho + oy) * wo..][..wo];
                         dp[(co * ho + oy) * wq..][..wo].copy_from_slice(src);
                     }
                 }
@@ -319,26 +362,20 @@ pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[
             // SAFETY: the caller's `isa` runs on this CPU; all reads are inside xs and ds (the
             // padded buffers have tail room), rows and taps past the layer's are skipped.
             unsafe {
-                wgrad_kernel(isa, &xs, xlen, &ds, dlen, cnt, &pad, &taps, tm * WM, tn * WN, l.c_out, ho, wq, &mut sums)
+                wgrad_kernel(isa, &xs, xlen, &ds, dlen, cnt, &pad, &taps, tm * WM, tn * WN, fg, ho, wq, &mut sums)
             };
             for (a, s) in acc.iter_mut().zip(&sums) {
                 *a += s.iter().sum::<f32>();
             }
         });
     }
-    let dst = &mut grads[l.w_off..l.w_off + l.c_out * k];
-    for co in 0..l.c_out {
+    let w_off = l.group(g).w_off;
+    let dst = &mut grads[w_off..w_off + fg * k];
+    for co in 0..fg {
         for t in 0..k {
             let (tm, tn) = (co / WM, t / WN);
             dst[co * k + t] = dw[(tm * tiles_n + tn) * WM * WN + (co % WM) * WN + t % WN];
         }
-    }
-    if let Some(b) = l.b_off {
-        let db: Vec<f32> = (0..l.c_out)
-            .into_par_iter()
-            .map(|co| (0..n).map(|s| dout[(s * l.c_out + co) * ho * wo..][..ho * wo].iter().sum::<f32>()).sum())
-            .collect();
-        grads[b..b + l.c_out].copy_from_slice(&db);
     }
 }
 

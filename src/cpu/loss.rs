@@ -1,5 +1,6 @@
 //! Losses with their gradients, fused: softmax + cross-entropy, and MSE against one-hot
-//! targets. Per example: loss and whether argmax (first maximum) equals the label.
+//! targets. Per example and member (rows (n x members, classes), each member's row against
+//! the example's label): loss and whether argmax (first maximum) equals the label.
 
 use rayon::prelude::*;
 
@@ -30,9 +31,14 @@ fn softmax_row<T: Real>(p: &mut [T], z: &[T], y: usize) -> (T, bool) {
     (sum.ln() - (z[y] - max), best == y)
 }
 
-fn write_stats<T: Real>(stats: &mut [T], slot: usize, per_example: &[(T, bool)]) {
-    stats[2 * slot] = per_example.iter().map(|r| r.0).sum();
-    stats[2 * slot + 1] = T::of(per_example.iter().filter(|r| r.1).count() as f32);
+/// Each member's summed loss and hits over its rows (every `members`-th, from its own), in
+/// example order, into batch `slot`'s stats.
+fn write_stats<T: Real>(stats: &mut [T], slot: usize, members: usize, rows: &[(T, bool)]) {
+    for k in 0..members {
+        let mine = || rows.iter().skip(k).step_by(members);
+        stats[2 * (slot * members + k)] = mine().map(|r| r.0).sum();
+        stats[2 * (slot * members + k) + 1] = T::of(mine().filter(|r| r.1).count() as f32);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -43,22 +49,25 @@ pub fn softmax_xent_forward_backward<T: Real>(
     logits: &[T],
     labels: &[u32],
     n: usize,
+    members: usize,
     classes: usize,
     scale: f32,
 ) {
     let scale = T::of(scale);
-    let rows: Vec<(T, bool)> = dlogits[..n * classes]
+    let len = n * members * classes;
+    let rows: Vec<(T, bool)> = dlogits[..len]
         .par_chunks_mut(classes)
-        .zip(logits[..n * classes].par_chunks(classes))
-        .zip(&labels[..n])
-        .map(|((d, z), &y)| {
-            let r = softmax_row(d, z, y as usize);
-            d[y as usize] -= T::one();
+        .zip(logits[..len].par_chunks(classes))
+        .enumerate()
+        .map(|(r, (d, z))| {
+            let y = labels[r / members] as usize;
+            let out = softmax_row(d, z, y);
+            d[y] -= T::one();
             d.iter_mut().for_each(|v| *v *= scale);
-            r
+            out
         })
         .collect();
-    write_stats(stats, slot, &rows);
+    write_stats(stats, slot, members, &rows);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -70,15 +79,17 @@ pub fn softmax_xent_forward<T: Real>(
     logits: &[T],
     labels: &[u32],
     n: usize,
+    members: usize,
     classes: usize,
 ) {
-    let rows: Vec<(T, bool)> = probs[probs_at * classes..(probs_at + n) * classes]
+    let width = members * classes;
+    let rows: Vec<(T, bool)> = probs[probs_at * width..(probs_at + n) * width]
         .par_chunks_mut(classes)
-        .zip(logits[..n * classes].par_chunks(classes))
-        .zip(&labels[..n])
-        .map(|((p, z), &y)| softmax_row(p, z, y as usize))
+        .zip(logits[..n * width].par_chunks(classes))
+        .enumerate()
+        .map(|(r, (p, z))| softmax_row(p, z, labels[r / members] as usize))
         .collect();
-    write_stats(stats, slot, &rows);
+    write_stats(stats, slot, members, &rows);
 }
 
 fn onehot<T: Real>(j: usize, y: usize) -> T {
@@ -99,22 +110,25 @@ pub fn mse_forward_backward<T: Real>(
     outputs: &[T],
     labels: &[u32],
     n: usize,
+    members: usize,
     classes: usize,
     scale: f32,
 ) {
     let k = T::of(2.0 * scale / classes as f32);
-    let rows: Vec<(T, bool)> = dout[..n * classes]
+    let len = n * members * classes;
+    let rows: Vec<(T, bool)> = dout[..len]
         .chunks_mut(classes)
-        .zip(outputs[..n * classes].chunks(classes))
-        .zip(&labels[..n])
-        .map(|((d, z), &y)| {
+        .zip(outputs[..len].chunks(classes))
+        .enumerate()
+        .map(|(r, (d, z))| {
+            let y = labels[r / members] as usize;
             for (j, (d, &v)) in d.iter_mut().zip(z).enumerate() {
-                *d = k * (v - onehot::<T>(j, y as usize));
+                *d = k * (v - onehot::<T>(j, y));
             }
-            mse_row(z, y as usize)
+            mse_row(z, y)
         })
         .collect();
-    write_stats(stats, slot, &rows);
+    write_stats(stats, slot, members, &rows);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -126,10 +140,15 @@ pub fn mse_forward<T: Real>(
     outputs: &[T],
     labels: &[u32],
     n: usize,
+    members: usize,
     classes: usize,
 ) {
-    probs[probs_at * classes..(probs_at + n) * classes].copy_from_slice(&outputs[..n * classes]);
-    let rows: Vec<(T, bool)> =
-        outputs[..n * classes].chunks(classes).zip(&labels[..n]).map(|(z, &y)| mse_row(z, y as usize)).collect();
-    write_stats(stats, slot, &rows);
+    let width = members * classes;
+    probs[probs_at * width..(probs_at + n) * width].copy_from_slice(&outputs[..n * width]);
+    let rows: Vec<(T, bool)> = outputs[..n * width]
+        .chunks(classes)
+        .enumerate()
+        .map(|(r, z)| mse_row(z, labels[r / members] as usize))
+        .collect();
+    write_stats(stats, slot, members, &rows);
 }

@@ -17,7 +17,7 @@ pub mod optim;
 pub mod pool;
 pub mod real;
 
-use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep};
 use crate::error::Result;
 use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
@@ -65,11 +65,13 @@ impl<T: Real> Cpu<T> {
 }
 
 fn conv_tag(op: &str, l: &Conv2d) -> String {
-    format!("{op} {}->{} {}x{} k{}", l.c_in, l.c_out, l.h_in, l.w_in, l.kh)
+    let g = if l.groups > 1 { format!(" g{}", l.groups) } else { String::new() };
+    format!("{op} {}->{} {}x{} k{}{g}", l.c_in, l.c_out, l.h_in, l.w_in, l.kh)
 }
 
 fn dense_tag(op: &str, l: &Dense) -> String {
-    format!("{op} {}->{}", l.n_in, l.n_out)
+    let g = if l.groups > 1 { format!(" g{}", l.groups) } else { String::new() };
+    format!("{op} {}->{}{g}", l.n_in, l.n_out)
 }
 
 impl<T: Real> Backend for Cpu<T> {
@@ -133,8 +135,17 @@ impl<T: Real> Backend for Cpu<T> {
         self.timed(|| "gather_batch".to_string(), || data::gather_batch(x, y, images, labels, perm, g))
     }
 
-    fn conv2d_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, params: &Vec<T>, l: &Conv2d, n: usize, epi: Epilogue) {
-        self.timed(|| conv_tag("conv2d_forward", l), || conv2d::conv2d_forward(out, inp, params, l, n, epi))
+    fn conv2d_forward(
+        &mut self,
+        out: &mut Vec<T>,
+        inp: &Vec<T>,
+        params: &Vec<T>,
+        table: &Vec<u32>,
+        l: &Conv2d,
+        n: usize,
+        epi: Epilogue,
+    ) {
+        self.timed(|| conv_tag("conv2d_forward", l), || conv2d::conv2d_forward(out, inp, params, table, l, n, epi))
     }
 
     fn conv2d_backward_input(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, params: &Vec<T>, l: &Conv2d, n: usize) {
@@ -145,8 +156,17 @@ impl<T: Real> Backend for Cpu<T> {
         self.timed(|| conv_tag("conv2d_backward_weight", l), || conv2d::conv2d_backward_weight(grads, dout, inp, l, n))
     }
 
-    fn dense_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, params: &Vec<T>, l: &Dense, n: usize, epi: Epilogue) {
-        self.timed(|| dense_tag("dense_forward", l), || dense::dense_forward(out, inp, params, l, n, epi))
+    fn dense_forward(
+        &mut self,
+        out: &mut Vec<T>,
+        inp: &Vec<T>,
+        params: &Vec<T>,
+        table: &Vec<u32>,
+        l: &Dense,
+        n: usize,
+        epi: Epilogue,
+    ) {
+        self.timed(|| dense_tag("dense_forward", l), || dense::dense_forward(out, inp, params, table, l, n, epi))
     }
 
     fn dense_backward_input(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, params: &Vec<T>, l: &Dense, n: usize) {
@@ -166,13 +186,14 @@ impl<T: Real> Backend for Cpu<T> {
         dinp: &mut Vec<T>,
         dout: &Vec<T>,
         out: &Vec<T>,
+        table: &Vec<u32>,
         len: usize,
         act: Act,
-        scale: f32,
+        dropout: Option<Dropout>,
     ) {
         self.timed(
             || "activation_backward".to_string(),
-            || activation::activation_backward(dinp, dout, out, len, act, scale),
+            || activation::activation_backward(dinp, dout, out, table, len, act, dropout.as_ref()),
         )
     }
 
@@ -184,12 +205,12 @@ impl<T: Real> Backend for Cpu<T> {
         self.timed(|| "maxpool_backward".to_string(), || pool::maxpool_backward(dinp, dout, argmax, l, n))
     }
 
-    fn dropout_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, len: usize, p: f32, key: u32) {
-        self.timed(|| "dropout_forward".to_string(), || dropout::dropout_forward(out, inp, len, p, key))
+    fn dropout_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, table: &Vec<u32>, len: usize, d: &Dropout) {
+        self.timed(|| "dropout_forward".to_string(), || dropout::dropout_forward(out, inp, table, len, d))
     }
 
-    fn dropout_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, len: usize, p: f32, key: u32) {
-        self.timed(|| "dropout_backward".to_string(), || dropout::dropout_backward(dinp, dout, len, p, key))
+    fn dropout_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, table: &Vec<u32>, len: usize, d: &Dropout) {
+        self.timed(|| "dropout_backward".to_string(), || dropout::dropout_backward(dinp, dout, table, len, d))
     }
 
     fn batchnorm_forward(
@@ -234,12 +255,13 @@ impl<T: Real> Backend for Cpu<T> {
         logits: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     ) {
         self.timed(
             || "softmax_xent_forward_backward".to_string(),
-            || loss::softmax_xent_forward_backward(dlogits, stats, slot, logits, labels, n, classes, scale),
+            || loss::softmax_xent_forward_backward(dlogits, stats, slot, logits, labels, n, members, classes, scale),
         )
     }
 
@@ -252,11 +274,12 @@ impl<T: Real> Backend for Cpu<T> {
         logits: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
     ) {
         self.timed(
             || "softmax_xent_forward".to_string(),
-            || loss::softmax_xent_forward(probs, probs_at, stats, slot, logits, labels, n, classes),
+            || loss::softmax_xent_forward(probs, probs_at, stats, slot, logits, labels, n, members, classes),
         )
     }
 
@@ -268,12 +291,13 @@ impl<T: Real> Backend for Cpu<T> {
         outputs: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     ) {
         self.timed(
             || "mse_forward_backward".to_string(),
-            || loss::mse_forward_backward(dout, stats, slot, outputs, labels, n, classes, scale),
+            || loss::mse_forward_backward(dout, stats, slot, outputs, labels, n, members, classes, scale),
         )
     }
 
@@ -286,11 +310,12 @@ impl<T: Real> Backend for Cpu<T> {
         outputs: &Vec<T>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
     ) {
         self.timed(
             || "mse_forward".to_string(),
-            || loss::mse_forward(probs, probs_at, stats, slot, outputs, labels, n, classes),
+            || loss::mse_forward(probs, probs_at, stats, slot, outputs, labels, n, members, classes),
         )
     }
 
@@ -300,17 +325,26 @@ impl<T: Real> Backend for Cpu<T> {
         grads: &Vec<T>,
         m: &mut Vec<T>,
         v: &mut Vec<T>,
+        table: &Vec<u32>,
         len: usize,
         a: &AdamStep,
     ) {
-        self.timed(|| "adam_step".to_string(), || optim::adam_step(params, grads, m, v, len, a))
+        self.timed(|| "adam_step".to_string(), || optim::adam_step(params, grads, m, v, table, len, a))
     }
 
-    fn sgd_step(&mut self, params: &mut Vec<T>, grads: &Vec<T>, velocity: &mut Vec<T>, len: usize, s: &SgdStep) {
-        self.timed(|| "sgd_step".to_string(), || optim::sgd_step(params, grads, velocity, len, s))
+    fn sgd_step(
+        &mut self,
+        params: &mut Vec<T>,
+        grads: &Vec<T>,
+        velocity: &mut Vec<T>,
+        table: &Vec<u32>,
+        len: usize,
+        s: &SgdStep,
+    ) {
+        self.timed(|| "sgd_step".to_string(), || optim::sgd_step(params, grads, velocity, table, len, s))
     }
 
-    fn ema_update(&mut self, avg: &mut Vec<T>, src: &Vec<T>, len: usize, decay: f32) {
-        self.timed(|| "ema_update".to_string(), || optim::ema_update(avg, src, len, decay))
+    fn ema_update(&mut self, avg: &mut Vec<T>, src: &Vec<T>, table: &Vec<u32>, len: usize, e: &EmaStep) {
+        self.timed(|| "ema_update".to_string(), || optim::ema_update(avg, src, table, len, e))
     }
 }

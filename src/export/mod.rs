@@ -232,17 +232,32 @@ impl Builder<'_> {
     fn layer(&mut self, i: usize, layer: &Layer, shape: Shape) -> Result<()> {
         let name = |kind: &str| format!("{i}.{kind}");
         match (*layer, shape) {
+            (Layer::Conv2d(l), Shape::Image { .. }) if l.groups != l.in_groups => {
+                return Err(self.err(format!(
+                    "layer {i}: {} groups reading {} input groups (an array's shared first layer) has no ONNX Conv; \
+                     export a member's own model file",
+                    l.groups, l.in_groups
+                )));
+            }
             (Layer::Conv2d(l), Shape::Image { .. }) => {
                 let mut inputs = vec![self.tensor(i, TensorKind::Weight)?];
                 if l.b_off.is_some() {
                     inputs.push(self.tensor(i, TensorKind::Bias)?);
                 }
-                let attrs = vec![
+                let mut attrs = vec![
                     ints("kernel_shape", &[l.kh, l.kw]),
                     ints("strides", &[l.stride, l.stride]),
                     ints("pads", &[l.pad_h, l.pad_w, l.pad_h, l.pad_w]),
                 ];
+                if l.groups > 1 {
+                    attrs.push(int("group", l.groups as i64));
+                }
                 self.op("Conv", &name("conv2d"), inputs, attrs);
+            }
+            (Layer::Dense(l), Shape::Flat(_)) if l.groups > 1 => {
+                return Err(self.err(format!(
+                    "layer {i}: a grouped dense layer (an array's) has no ONNX Gemm; export a member's own model file"
+                )));
             }
             (Layer::Dense(l), Shape::Flat(_)) => {
                 let mut inputs = vec![self.tensor(i, TensorKind::Weight)?];

@@ -48,7 +48,7 @@ use std::time::Instant;
 use bytemuck::{Pod, Zeroable};
 use wgpu::CooperativeScalarType as Scalar;
 
-use super::shaders::{Access, COMMON, Kernel};
+use super::shaders::{Access, COMMON, Kernel, MEMBERS};
 use super::{GpuBackend, GpuBuf, Pipeline};
 use crate::error::{Error, Result};
 
@@ -59,7 +59,7 @@ pub const SOURCE: &str = include_str!("../../shaders/coop_gemm.wgsl");
 pub static KERNEL: Kernel = Kernel {
     entry: "coop_gemm",
     family: "coop_gemm",
-    bindings: &[(0, Access::Read), (1, Access::Read), (2, Access::ReadWrite)],
+    bindings: &[(0, Access::Read), (1, Access::Read), (2, Access::ReadWrite), (7, Access::Read)],
 };
 
 /// `KERNEL` by entry name (the dispatcher's fallback after `shaders::kernel`).
@@ -204,7 +204,7 @@ pub fn shader_source(cfg: &CoopConfig) -> String {
          alias AB = {ab};\n\
          alias MatA = coop_mat{s}x{s}<{ab}, A>;\n\
          alias MatB = coop_mat{s}x{s}<{ab}, B>;\n\
-         alias MatC = coop_mat{s}x{s}<f32, C>;\n\n{COMMON}\n{SOURCE}",
+         alias MatC = coop_mat{s}x{s}<f32, C>;\n\n{COMMON}\n{MEMBERS}\n{SOURCE}",
         cfg.describe(),
         cfg.subgroup
     )
@@ -268,7 +268,7 @@ pub fn emulated_source(cfg: &CoopConfig) -> String {
     }
     // `emu_load_x((offset], CT)` -> `emu_load_x((offset), CT)`.
     let body = body.replace("], CT)", "), CT)");
-    format!("{head}\n{COMMON}\n{body}")
+    format!("{head}\n{COMMON}\n{MEMBERS}\n{body}")
 }
 
 /// shaders/coop_gemm.wgsl's Params: the same fields, in the same order, as gemm.wgsl's (a
@@ -292,10 +292,18 @@ pub struct CoopParams {
     pub bias_off: u32,
     pub has_bias: u32,
     pub act: u32,
+    pub tiles_m: u32,
+    pub batches: u32,
+    pub a_bs: u32,
+    pub b_bs: u32,
+    pub c_bs: u32,
+    pub bias_bs: u32,
     pub has_dropout: u32,
-    pub drop_key: u32,
-    pub drop_p: f32,
-    pub drop_scale: f32,
+    pub drop_members: u32,
+    pub drop_len: u32,
+    pub drop_stream: u32,
+    pub drop_step: u32,
+    pub drop_at: u32,
 }
 
 impl GpuBackend {
@@ -370,7 +378,7 @@ impl GpuBackend {
     /// Records one product on the cooperative kernel: `prm` is gemm.wgsl's parameter block
     /// (`CoopParams` or the dense launchers' twin of it); `tiles_n` is set here. Does nothing
     /// without `--precision mixed` but note an error.
-    pub(super) fn coop_dispatch<P: Pod>(&mut self, bufs: [&GpuBuf; 3], m: u32, n: u32, prm: &P) {
+    pub(super) fn coop_dispatch<P: Pod>(&mut self, bufs: [&GpuBuf; 4], m: u32, n: u32, batches: u32, prm: &P) {
         let Some(cfg) = self.coop else {
             self.fail("the cooperative-matrix kernel was not built (not --precision mixed)".into());
             return;
@@ -385,7 +393,8 @@ impl GpuBackend {
         block.copy_from_slice(bytes);
         let mut p: CoopParams = bytemuck::cast(block);
         p.tiles_n = tiles_n;
-        let grid = self.tile_grid(tiles_n as usize, m.div_ceil(cfg.tile()) as usize);
+        p.tiles_m = m.div_ceil(cfg.tile());
+        let grid = self.tile_grid(tiles_n as usize, (p.tiles_m * batches.max(1)) as usize);
         self.dispatch(KERNEL.entry, &bufs, &p, grid);
     }
 
@@ -401,9 +410,12 @@ impl GpuBackend {
             b_rs: n as u32,
             b_cs: 1,
             c_rs: n as u32,
-            drop_scale: 1.0,
+            batches: 1,
+            drop_members: 1,
+            drop_len: 1,
             ..Default::default()
         };
-        self.coop_dispatch([a, b, c], m as u32, n as u32, &prm);
+        let table = self.no_table();
+        self.coop_dispatch([a, b, c, &table], m as u32, n as u32, 1, &prm);
     }
 }

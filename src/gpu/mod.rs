@@ -74,6 +74,9 @@ struct Pipeline {
 pub const SLOT: usize = 256;
 /// Parameter slots per submit before the backend flushes on its own.
 const ARENA_SLOTS: usize = 8192;
+/// The most storage bindings a kernel has (the bind-group cache's key holds one buffer id
+/// each; a kernel with more is refused rather than cached under a shorter key).
+const MAX_BINDINGS: usize = 8;
 
 /// Per-kernel GPU time from timestamp queries (`bench --profile`).
 struct Profiler {
@@ -102,9 +105,12 @@ pub struct GpuBackend {
     params_layout: wgpu::BindGroupLayout,
     arena_buf: wgpu::Buffer,
     arena: Vec<u8>,
-    groups: HashMap<(&'static str, [u64; 6]), wgpu::BindGroup>,
+    groups: HashMap<(&'static str, [u64; MAX_BINDINGS]), wgpu::BindGroup>,
     next_id: u64,
     scratch: Option<GpuBuf>,
+    /// Bound at the member-table binding of kernels that do not read it this time (the
+    /// backward GEMMs share a module with the forward's dropout epilogue).
+    no_table: GpuBuf,
     staging: Option<wgpu::Buffer>,
     /// Largest workgroup count per grid dimension the launchers use (the adapter's limit;
     /// tests lower it to exercise the folding of large grids into two dimensions).
@@ -215,6 +221,12 @@ impl GpuBackend {
                 }),
             }],
         });
+        let no_table = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("no member table"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         Ok(GpuBackend {
             max_groups: limits.max_compute_workgroups_per_dimension.min(65_535),
             device,
@@ -232,6 +244,7 @@ impl GpuBackend {
             groups: HashMap::new(),
             next_id: 1,
             scratch: None,
+            no_table: GpuBuf { buf: no_table, len: 4, id: 0, mem: None },
             staging: None,
             errors,
             compile_seconds: 0.0,
@@ -374,6 +387,12 @@ impl GpuBackend {
         self.scratch.as_ref().map(|s| GpuBuf { buf: s.buf.clone(), len: s.len, id: s.id, mem: None })
     }
 
+    /// A handle to the placeholder bound where a kernel takes the member table but does not
+    /// read it in this dispatch.
+    fn no_table(&self) -> GpuBuf {
+        GpuBuf { buf: self.no_table.buf.clone(), len: self.no_table.len, id: self.no_table.id, mem: None }
+    }
+
     /// Records one dispatch of `entry` over `groups` workgroups with `bufs` at the kernel's
     /// bindings (in order) and `params` as its uniform block.
     fn dispatch<P: Pod>(&mut self, entry: &'static str, bufs: &[&GpuBuf], params: &P, groups: [u32; 3]) {
@@ -393,7 +412,14 @@ impl GpuBackend {
             self.fail(format!("{entry}: {} buffers for {} bindings", bufs.len(), kernel.bindings.len()));
             return;
         }
-        let mut key = [0u64; 6];
+        if bufs.len() > MAX_BINDINGS {
+            self.fail(format!(
+                "{entry}: {} bindings, more than the {MAX_BINDINGS} the bind-group cache keys",
+                bufs.len()
+            ));
+            return;
+        }
+        let mut key = [0u64; MAX_BINDINGS];
         for (k, b) in key.iter_mut().zip(bufs) {
             *k = b.id;
         }

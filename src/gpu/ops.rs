@@ -3,7 +3,7 @@
 
 use super::kernels::{activation, batchnorm, conv2d, data, dropout, gemm, loss, optim, pool};
 use super::{GpuBackend, GpuBuf};
-use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep};
 use crate::error::Result;
 use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
 
@@ -63,8 +63,17 @@ impl Backend for GpuBackend {
         data::gather_batch(self, x, y, images, labels, perm, g)
     }
 
-    fn conv2d_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, params: &GpuBuf, l: &Conv2d, n: usize, epi: Epilogue) {
-        conv2d::conv2d_forward(self, out, inp, params, l, n, epi)
+    fn conv2d_forward(
+        &mut self,
+        out: &mut GpuBuf,
+        inp: &GpuBuf,
+        params: &GpuBuf,
+        table: &GpuBuf,
+        l: &Conv2d,
+        n: usize,
+        epi: Epilogue,
+    ) {
+        conv2d::conv2d_forward(self, out, inp, params, table, l, n, epi)
     }
 
     fn conv2d_backward_input(&mut self, dinp: &mut GpuBuf, dout: &GpuBuf, params: &GpuBuf, l: &Conv2d, n: usize) {
@@ -75,8 +84,17 @@ impl Backend for GpuBackend {
         conv2d::conv2d_backward_weight(self, grads, dout, inp, l, n)
     }
 
-    fn dense_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, params: &GpuBuf, l: &Dense, n: usize, epi: Epilogue) {
-        gemm::dense_forward(self, out, inp, params, l, n, epi)
+    fn dense_forward(
+        &mut self,
+        out: &mut GpuBuf,
+        inp: &GpuBuf,
+        params: &GpuBuf,
+        table: &GpuBuf,
+        l: &Dense,
+        n: usize,
+        epi: Epilogue,
+    ) {
+        gemm::dense_forward(self, out, inp, params, table, l, n, epi)
     }
 
     fn dense_backward_input(&mut self, dinp: &mut GpuBuf, dout: &GpuBuf, params: &GpuBuf, l: &Dense, n: usize) {
@@ -96,11 +114,12 @@ impl Backend for GpuBackend {
         dinp: &mut GpuBuf,
         dout: &GpuBuf,
         out: &GpuBuf,
+        table: &GpuBuf,
         len: usize,
         act: Act,
-        scale: f32,
+        dropout: Option<Dropout>,
     ) {
-        activation::activation_backward(self, dinp, dout, out, len, act, scale)
+        activation::activation_backward(self, dinp, dout, out, table, len, act, dropout)
     }
 
     fn maxpool_forward(&mut self, out: &mut GpuBuf, argmax: &mut GpuBuf, inp: &GpuBuf, l: &Pool, n: usize) {
@@ -111,12 +130,12 @@ impl Backend for GpuBackend {
         pool::maxpool_backward(self, dinp, dout, argmax, l, n)
     }
 
-    fn dropout_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, len: usize, p: f32, key: u32) {
-        dropout::dropout_forward(self, out, inp, len, p, key)
+    fn dropout_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, table: &GpuBuf, len: usize, d: &Dropout) {
+        dropout::dropout_forward(self, out, inp, table, len, d)
     }
 
-    fn dropout_backward(&mut self, dinp: &mut GpuBuf, dout: &GpuBuf, len: usize, p: f32, key: u32) {
-        dropout::dropout_backward(self, dinp, dout, len, p, key)
+    fn dropout_backward(&mut self, dinp: &mut GpuBuf, dout: &GpuBuf, table: &GpuBuf, len: usize, d: &Dropout) {
+        dropout::dropout_backward(self, dinp, dout, table, len, d)
     }
 
     fn batchnorm_forward(
@@ -155,10 +174,11 @@ impl Backend for GpuBackend {
         logits: &GpuBuf,
         labels: &GpuBuf,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     ) {
-        loss::softmax_xent_forward_backward(self, dlogits, stats, slot, logits, labels, n, classes, scale)
+        loss::softmax_xent_forward_backward(self, dlogits, stats, slot, logits, labels, n, members, classes, scale)
     }
 
     fn softmax_xent_forward(
@@ -170,9 +190,10 @@ impl Backend for GpuBackend {
         logits: &GpuBuf,
         labels: &GpuBuf,
         n: usize,
+        members: usize,
         classes: usize,
     ) {
-        loss::softmax_xent_forward(self, probs, probs_at, stats, slot, logits, labels, n, classes)
+        loss::softmax_xent_forward(self, probs, probs_at, stats, slot, logits, labels, n, members, classes)
     }
 
     fn mse_forward_backward(
@@ -183,10 +204,11 @@ impl Backend for GpuBackend {
         outputs: &GpuBuf,
         labels: &GpuBuf,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     ) {
-        loss::mse_forward_backward(self, dout, stats, slot, outputs, labels, n, classes, scale)
+        loss::mse_forward_backward(self, dout, stats, slot, outputs, labels, n, members, classes, scale)
     }
 
     fn mse_forward(
@@ -198,9 +220,10 @@ impl Backend for GpuBackend {
         outputs: &GpuBuf,
         labels: &GpuBuf,
         n: usize,
+        members: usize,
         classes: usize,
     ) {
-        loss::mse_forward(self, probs, probs_at, stats, slot, outputs, labels, n, classes)
+        loss::mse_forward(self, probs, probs_at, stats, slot, outputs, labels, n, members, classes)
     }
 
     fn adam_step(
@@ -209,17 +232,26 @@ impl Backend for GpuBackend {
         grads: &GpuBuf,
         m: &mut GpuBuf,
         v: &mut GpuBuf,
+        table: &GpuBuf,
         len: usize,
         a: &AdamStep,
     ) {
-        optim::adam_step(self, params, grads, m, v, len, a)
+        optim::adam_step(self, params, grads, m, v, table, len, a)
     }
 
-    fn sgd_step(&mut self, params: &mut GpuBuf, grads: &GpuBuf, velocity: &mut GpuBuf, len: usize, s: &SgdStep) {
-        optim::sgd_step(self, params, grads, velocity, len, s)
+    fn sgd_step(
+        &mut self,
+        params: &mut GpuBuf,
+        grads: &GpuBuf,
+        velocity: &mut GpuBuf,
+        table: &GpuBuf,
+        len: usize,
+        s: &SgdStep,
+    ) {
+        optim::sgd_step(self, params, grads, velocity, table, len, s)
     }
 
-    fn ema_update(&mut self, avg: &mut GpuBuf, src: &GpuBuf, len: usize, decay: f32) {
-        optim::ema_update(self, avg, src, len, decay)
+    fn ema_update(&mut self, avg: &mut GpuBuf, src: &GpuBuf, table: &GpuBuf, len: usize, e: &EmaStep) {
+        optim::ema_update(self, avg, src, table, len, e)
     }
 }

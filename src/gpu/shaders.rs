@@ -13,6 +13,14 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const TILE: &str = include_str!("../../shaders/tile.wgsl");
 const TILED: &[&str] = &["conv2d", "gemm"];
 
+/// The member table (binding 7) and what reads it, put after COMMON in the families whose
+/// kernels take per-member values: dropout masks and rates, learning rates.
+pub const MEMBERS: &str = include_str!("../../shaders/members.wgsl");
+const WITH_MEMBERS: &[&str] = &["activation", "conv2d", "dropout", "gemm", "optim"];
+
+/// The binding of the member table in the families that have it.
+pub const MEMBER_TABLE: u32 = 7;
+
 /// (family, source) of each op family's file.
 pub const FAMILIES: &[(&str, &str)] = &[
     ("activation", include_str!("../../shaders/activation.wgsl")),
@@ -50,21 +58,21 @@ const fn k(entry: &'static str, family: &'static str, bindings: &'static [(u32, 
 
 pub const KERNELS: &[Kernel] = &[
     k("activation_forward", "activation", &[(0, R), (2, W)]),
-    k("activation_backward", "activation", &[(0, R), (1, R), (2, W)]),
+    k("activation_backward", "activation", &[(0, R), (1, R), (2, W), (7, R)]),
     k("batchnorm_stats", "batchnorm", &[(0, R), (2, W), (3, W)]),
     k("batchnorm_forward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W)]),
     k("batchnorm_backward_reduce", "batchnorm", &[(0, R), (1, R), (2, W), (3, W)]),
     k("batchnorm_backward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W), (5, R)]),
-    k("conv2d_forward", "conv2d", &[(0, R), (1, R), (2, W)]),
-    k("conv2d_backward_input", "conv2d", &[(0, R), (1, R), (2, W)]),
-    k("conv2d_backward_weight", "conv2d", &[(0, R), (1, R), (2, W)]),
+    k("conv2d_forward", "conv2d", &[(0, R), (1, R), (2, W), (7, R)]),
+    k("conv2d_backward_input", "conv2d", &[(0, R), (1, R), (2, W), (7, R)]),
+    k("conv2d_backward_weight", "conv2d", &[(0, R), (1, R), (2, W), (7, R)]),
     k("gather_batch", "data", &[(0, R), (1, R), (2, R), (3, W), (4, W)]),
-    k("dropout_forward", "dropout", &[(0, R), (1, W)]),
-    k("dropout_backward", "dropout", &[(0, R), (1, W)]),
-    k("dense_forward", "gemm", &[(0, R), (1, R), (2, W)]),
-    k("dense_backward_input", "gemm", &[(0, R), (1, R), (2, W)]),
-    k("dense_backward_weight", "gemm", &[(0, R), (1, R), (2, W)]),
-    k("gemm_skinny", "gemm", &[(0, R), (1, R), (2, W)]),
+    k("dropout_forward", "dropout", &[(0, R), (1, W), (7, R)]),
+    k("dropout_backward", "dropout", &[(0, R), (1, W), (7, R)]),
+    k("dense_forward", "gemm", &[(0, R), (1, R), (2, W), (7, R)]),
+    k("dense_backward_input", "gemm", &[(0, R), (1, R), (2, W), (7, R)]),
+    k("dense_backward_weight", "gemm", &[(0, R), (1, R), (2, W), (7, R)]),
+    k("gemm_skinny", "gemm", &[(0, R), (1, R), (2, W), (7, R)]),
     k("softmax_xent_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
     k("softmax_xent_forward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
     k("mse_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
@@ -74,9 +82,9 @@ pub const KERNELS: &[Kernel] = &[
     k("mse_rows_forward_backward", "loss", &[(0, R), (1, R), (2, W), (4, W)]),
     k("mse_rows_forward", "loss", &[(0, R), (1, R), (2, W), (4, W)]),
     k("loss_rows_sum", "loss", &[(3, W), (4, W)]),
-    k("adam_step", "optim", &[(0, R), (1, W), (2, W), (3, W)]),
-    k("sgd_step", "optim", &[(0, R), (1, W), (2, W)]),
-    k("ema_update", "optim", &[(0, R), (2, W)]),
+    k("adam_step", "optim", &[(0, R), (1, W), (2, W), (3, W), (7, R)]),
+    k("sgd_step", "optim", &[(0, R), (1, W), (2, W), (7, R)]),
+    k("ema_update", "optim", &[(0, R), (2, W), (7, R)]),
     k("maxpool_forward", "pool", &[(0, R), (1, W), (2, W)]),
     k("maxpool_backward", "pool", &[(0, R), (1, W), (2, W)]),
     k("bias_backward", "reduce", &[(0, R), (2, W)]),
@@ -84,17 +92,18 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// The complete module source of a family: common helpers (and, for the GEMM families, the
-/// tile), then the family's file.
+/// tile; for the families with per-member values, the member table), then the family's file.
 pub fn module_source(family: &str) -> Option<String> {
     compose(family, |_, builtin| builtin.to_string())
 }
 
-/// common, tile (GEMM families only) and the family's file, each as `file(name, built-in)`
-/// gives it.
+/// common, members and tile (where the family has them) and the family's file, each as
+/// `file(name, built-in)` gives it.
 fn compose(family: &str, file: impl Fn(&str, &str) -> String) -> Option<String> {
     let (_, src) = FAMILIES.iter().find(|(f, _)| *f == family)?;
     let tile = if TILED.contains(&family) { file("tile", TILE) } else { String::new() };
-    Some(format!("{}\n{tile}\n{}", file("common", COMMON), file(family, src)))
+    let members = if WITH_MEMBERS.contains(&family) { file("members", MEMBERS) } else { String::new() };
+    Some(format!("{}\n{members}\n{tile}\n{}", file("common", COMMON), file(family, src)))
 }
 
 /// For kernel work: with `GPU_TRAIN_SHADER_DIR` set, the GPU backend reads each file from

@@ -50,9 +50,17 @@ impl std::fmt::Display for Shape {
     }
 }
 
-/// 2-D convolution, NCHW, weight (c_out, c_in, kh, kw), bias (c_out).
+/// 2-D convolution, NCHW, weight (c_out, c_in / in_groups, kh, kw), bias (c_out).
+///
+/// Grouped: the c_out output channels form `groups` groups of c_out / groups, and group g
+/// convolves input group g % `in_groups` (input channels split into `in_groups` groups of
+/// c_in / in_groups). An ordinary convolution has one group; torch's `groups = g` is
+/// groups = in_groups = g. An array's first layer (`Arch::fused`), whose K members all read
+/// the same input, has groups = K g and in_groups = g.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conv2d {
+    pub groups: usize,
+    pub in_groups: usize,
     pub c_in: usize,
     pub h_in: usize,
     pub w_in: usize,
@@ -83,6 +91,8 @@ impl Conv2d {
         b_off: Option<usize>,
     ) -> Conv2d {
         Conv2d {
+            groups: 1,
+            in_groups: 1,
             c_in,
             h_in: h,
             w_in: w,
@@ -99,24 +109,78 @@ impl Conv2d {
         }
     }
 
+    /// The same layer with its channels in groups (see the type's comment).
+    pub fn grouped(self, groups: usize, in_groups: usize) -> Conv2d {
+        Conv2d { groups, in_groups, ..self }
+    }
+
     pub fn in_len(&self) -> usize {
         self.c_in * self.h_in * self.w_in
     }
     pub fn out_len(&self) -> usize {
         self.c_out * self.h_out * self.w_out
     }
+    /// Input channels one group reads.
+    pub fn group_in(&self) -> usize {
+        self.c_in / self.in_groups.max(1)
+    }
+    /// Output channels of one group.
+    pub fn group_out(&self) -> usize {
+        self.c_out / self.groups.max(1)
+    }
     pub fn weight_len(&self) -> usize {
-        self.c_out * self.c_in * self.kh * self.kw
+        self.c_out * self.group_in() * self.kh * self.kw
+    }
+    /// One group's convolution as an ungrouped layer over that group's channels, with its
+    /// weights and biases at their offsets: what group g computes.
+    pub fn group(&self, g: usize) -> Conv2d {
+        let (ci, co) = (self.group_in(), self.group_out());
+        Conv2d {
+            groups: 1,
+            in_groups: 1,
+            c_in: ci,
+            c_out: co,
+            w_off: self.w_off + g * co * ci * self.kh * self.kw,
+            b_off: self.b_off.map(|b| b + g * co),
+            ..*self
+        }
+    }
+    /// The first input channel group g reads.
+    pub fn group_input(&self, g: usize) -> usize {
+        (g % self.in_groups.max(1)) * self.group_in()
     }
 }
 
-/// Fully connected layer: weight (n_out, n_in) as in torch, bias (n_out).
+/// Fully connected layer: weight (n_out, n_in / groups) as in torch, bias (n_out). Grouped
+/// (an array's members after their first layer): group g maps inputs g n_in/groups.. to
+/// outputs g n_out/groups.. with row block g of the weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dense {
     pub n_in: usize,
     pub n_out: usize,
+    pub groups: usize,
     pub w_off: usize,
     pub b_off: Option<usize>,
+}
+
+impl Dense {
+    pub fn new(n_in: usize, n_out: usize, w_off: usize, b_off: Option<usize>) -> Dense {
+        Dense { n_in, n_out, groups: 1, w_off, b_off }
+    }
+    pub fn group_in(&self) -> usize {
+        self.n_in / self.groups.max(1)
+    }
+    pub fn group_out(&self) -> usize {
+        self.n_out / self.groups.max(1)
+    }
+    pub fn weight_len(&self) -> usize {
+        self.n_out * self.group_in()
+    }
+    /// Group g as an ungrouped layer, its weights and biases at their offsets.
+    pub fn group(&self, g: usize) -> Dense {
+        let (ni, no) = (self.group_in(), self.group_out());
+        Dense { n_in: ni, n_out: no, groups: 1, w_off: self.w_off + g * no * ni, b_off: self.b_off.map(|b| b + g * no) }
+    }
 }
 
 /// Max pooling over `size x size` windows with `stride` (no padding, floor mode).
@@ -237,6 +301,8 @@ impl Table {
 #[derive(Debug, Clone)]
 pub struct Arch {
     pub spec: ModelSpec,
+    /// Models trained side by side in this network (1: a model of its own; see `fused`).
+    pub members: usize,
     pub layers: Vec<Layer>,
     /// shapes[i] is the input of layer i; the last entry is the model's output.
     pub shapes: Vec<Shape>,
@@ -249,6 +315,24 @@ pub struct Arch {
 impl Arch {
     /// Infers every shape and lays out the parameters; errors say which layer is wrong.
     pub fn new(spec: ModelSpec) -> Result<Arch> {
+        Self::build(spec, 1)
+    }
+
+    /// `members` copies of the model as one network, trained side by side (seeds, sweeps):
+    /// every member sees the same input; the first conv2d or dense layer is one wider layer
+    /// (K times the filters or units), every later one a grouped layer with a group per
+    /// member, so each layer's outputs are (n, K x the model's), member-major, and batch norm,
+    /// pooling and activations work per channel as before. Each tensor holds the K members'
+    /// tensors one after another (member k's at k times the model's length from its start),
+    /// which is exactly the layout of torch's grouped layers.
+    pub fn fused(spec: ModelSpec, members: usize) -> Result<Arch> {
+        if members == 0 {
+            return Err(Error::arch(&spec.name, "an array needs at least one member"));
+        }
+        Self::build(spec, members)
+    }
+
+    fn build(spec: ModelSpec, k: usize) -> Result<Arch> {
         let name = spec.name.clone();
         let err = |i: usize, msg: String| Error::arch(&name, format!("layer {i}: {msg}"));
         let [c, h, w] = spec.input;
@@ -273,12 +357,26 @@ impl Arch {
         let mut layers = Vec::new();
         let mut params = Table::default();
         let mut state = Table::default();
+        // Whether the activations have a member dimension yet: the input is shared, each
+        // member's own values start at the first conv2d or dense layer.
+        let mut split = false;
+        // One member's share of a size (all of it while the input is still shared).
+        let per = |n: usize, split: bool| if split { n / k } else { n };
         for (i, ls) in spec.layers.iter().enumerate() {
             let layer = match (*ls, shape) {
-                (LayerSpec::Conv2d { filters, kernel, stride, padding, bias }, Shape::Image { c, h, w }) => {
+                (LayerSpec::Conv2d { filters, kernel, stride, padding, bias, groups }, Shape::Image { c, h, w }) => {
                     let (kh, kw) = kernel.hw();
-                    if filters == 0 || kh == 0 || kw == 0 || stride == 0 {
-                        return Err(err(i, "conv2d needs filters, kernel and stride of at least 1".into()));
+                    if filters == 0 || kh == 0 || kw == 0 || stride == 0 || groups == 0 {
+                        return Err(err(i, "conv2d needs filters, kernel, stride and groups of at least 1".into()));
+                    }
+                    let cm = per(c, split);
+                    if cm % groups != 0 || filters % groups != 0 {
+                        return Err(err(
+                            i,
+                            format!(
+                                "conv2d groups = {groups} must divide its {cm} input channels and its {filters} filters"
+                            ),
+                        ));
                     }
                     let (pad_h, pad_w) = match padding {
                         Padding::Pixels(p) => (p, p),
@@ -294,13 +392,23 @@ impl Arch {
                     if h + 2 * pad_h < kh || w + 2 * pad_w < kw {
                         return Err(err(i, format!("{kh}x{kw} kernel is larger than the padded {h}x{w} input")));
                     }
+                    let (c_out, cg) = (k.saturating_mul(filters), cm / groups);
                     let w_off =
-                        params.add(i, "weight", TensorKind::Weight, vec![filters, c, kh, kw]).map_err(|e| err(i, e))?;
+                        params.add(i, "weight", TensorKind::Weight, vec![c_out, cg, kh, kw]).map_err(|e| err(i, e))?;
                     let b_off = match bias {
-                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![filters]).map_err(|e| err(i, e))?),
+                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![c_out]).map_err(|e| err(i, e))?),
                         false => None,
                     };
-                    Layer::Conv2d(Conv2d::new(c, (h, w), filters, (kh, kw), stride, (pad_h, pad_w), w_off, b_off))
+                    // Members after the first layer read their own channels; over the shared
+                    // input, member m's group j reads input group j (one group: an ordinary
+                    // convolution with K times the filters).
+                    let (g, ig) = match (split, groups) {
+                        (true, g) => (k * g, k * g),
+                        (false, 1) => (1, 1),
+                        (false, g) => (k * g, g),
+                    };
+                    let conv = Conv2d::new(c, (h, w), c_out, (kh, kw), stride, (pad_h, pad_w), w_off, b_off);
+                    Layer::Conv2d(conv.grouped(g, ig))
                 }
                 (LayerSpec::Conv2d { .. }, Shape::Flat(_)) => {
                     return Err(err(i, "conv2d needs an image input, but its input is flat".into()));
@@ -309,12 +417,15 @@ impl Arch {
                     if units == 0 {
                         return Err(err(i, "dense needs at least 1 unit".into()));
                     }
-                    let w_off = params.add(i, "weight", TensorKind::Weight, vec![units, n]).map_err(|e| err(i, e))?;
+                    let n_out = k.saturating_mul(units);
+                    let w_off = params
+                        .add(i, "weight", TensorKind::Weight, vec![n_out, per(n, split)])
+                        .map_err(|e| err(i, e))?;
                     let b_off = match bias {
-                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![units]).map_err(|e| err(i, e))?),
+                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![n_out]).map_err(|e| err(i, e))?),
                         false => None,
                     };
-                    Layer::Dense(Dense { n_in: n, n_out: units, w_off, b_off })
+                    Layer::Dense(Dense { n_in: n, n_out, groups: if split { k } else { 1 }, w_off, b_off })
                 }
                 (LayerSpec::Dense { .. }, Shape::Image { .. }) => {
                     return Err(err(
@@ -346,6 +457,14 @@ impl Arch {
                     return Err(err(i, "max_pool2d needs an image input, but its input is flat".into()));
                 }
                 (LayerSpec::Flatten, _) => Layer::Flatten,
+                (LayerSpec::Dropout { .. } | LayerSpec::BatchNorm { .. }, _) if k > 1 && !split => {
+                    return Err(err(
+                        i,
+                        "an array of models shares its input up to the first conv2d or dense layer, so no dropout \
+                         or batch_norm may come before it"
+                            .into(),
+                    ));
+                }
                 (LayerSpec::Dropout { p }, _) => {
                     if !(0.0..1.0).contains(&p) {
                         return Err(err(i, format!("dropout p must be in [0, 1), got {p}")));
@@ -390,6 +509,7 @@ impl Arch {
             if size.iter().any(|&n| too_big(n)) {
                 return Err(err(i, "its output or parameters are too large for any machine".into()));
             }
+            split |= matches!(layer, Layer::Conv2d(_) | Layer::Dense(_));
             shape = match layer {
                 Layer::Conv2d(c) => Shape::Image { c: c.c_out, h: c.h_out, w: c.w_out },
                 Layer::Dense(d) => Shape::Flat(d.n_out),
@@ -404,7 +524,7 @@ impl Arch {
             return Err(Error::arch(&name, "the layer list needs at least one conv2d or dense layer"));
         }
         match shape {
-            Shape::Flat(n) if n >= 2 => {}
+            Shape::Flat(n) if n / k >= 2 => {}
             _ => {
                 return Err(Error::arch(
                     &name,
@@ -414,6 +534,7 @@ impl Arch {
         }
         Ok(Arch {
             spec,
+            members: k,
             layers,
             shapes,
             params: params.tensors,
@@ -431,8 +552,9 @@ impl Arch {
         &self.spec.train
     }
 
+    /// Classes of one member's output (the output row holds every member's scores).
     pub fn classes(&self) -> usize {
-        self.output().len()
+        self.output().len() / self.members
     }
 
     pub fn input(&self) -> Shape {
@@ -450,6 +572,7 @@ impl Arch {
 
     /// Fresh parameters and state (flat), drawn from the run's seed.
     pub fn init(&self, init: Init, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        debug_assert_eq!(self.members, 1, "an array's members are initialised one by one (network::Members)");
         let mut p = vec![0f32; self.n_params];
         let mut s = vec![0f32; self.n_state];
         let mut r = rng::stream(seed, rng::STREAM_INIT, 0);
@@ -458,10 +581,11 @@ impl Arch {
             let (w_off, b_off, w_len, b_len, fan_in, fan_out) = match *layer {
                 Layer::Conv2d(c) => {
                     let k = c.kh * c.kw;
-                    let fan_in = if init == Init::SeedB { c.c_in * c.h_in * c.w_in } else { c.c_in * k };
+                    // As torch: a filter's fan-in is the channels of its own group.
+                    let fan_in = if init == Init::SeedB { c.group_in() * c.h_in * c.w_in } else { c.group_in() * k };
                     (c.w_off, c.b_off, c.weight_len(), c.c_out, fan_in, c.c_out * k)
                 }
-                Layer::Dense(d) => (d.w_off, d.b_off, d.n_in * d.n_out, d.n_out, d.n_in, d.n_out),
+                Layer::Dense(d) => (d.w_off, d.b_off, d.weight_len(), d.n_out, d.group_in(), d.n_out),
                 Layer::BatchNorm(bn) => {
                     p[bn.gamma_off..bn.gamma_off + bn.c].fill(1.0);
                     s[bn.var_off..bn.var_off + bn.c].fill(1.0);
@@ -498,6 +622,10 @@ impl Arch {
         for (i, layer) in self.layers.iter().enumerate() {
             let n: usize = self.params.iter().filter(|t| t.layer == i).map(|t| t.len()).sum();
             let what = match layer {
+                Layer::Conv2d(c) if c.groups > 1 => format!(
+                    "conv2d {}x{} /{} pad {}, {} -> {} in {} groups",
+                    c.kh, c.kw, c.stride, c.pad_h, c.c_in, c.c_out, c.groups
+                ),
                 Layer::Conv2d(c) => {
                     format!("conv2d {}x{} /{} pad {}, {} -> {}", c.kh, c.kw, c.stride, c.pad_h, c.c_in, c.c_out)
                 }

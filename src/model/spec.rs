@@ -51,6 +51,11 @@ pub enum LayerSpec {
         padding: Padding,
         #[serde(default = "yes")]
         bias: bool,
+        /// Channel groups: the input channels and the filters split into this many groups,
+        /// each group of filters seeing only its own group of input channels (torch's
+        /// `groups`; 1: an ordinary convolution, = input channels: depthwise).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
     },
     Dense {
         units: usize,
@@ -81,6 +86,9 @@ pub enum LayerSpec {
 
 fn one() -> usize {
     1
+}
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 fn two() -> usize {
     2

@@ -1,78 +1,31 @@
-//! A model on a backend: its buffers, and the forward, backward and optimizer step as
+//! A network on a backend: its buffers, and the forward, backward and optimizer step as
 //! sequences of backend ops. Generic over `Backend`, so the CPU and GPU run the same plan.
 //!
-//! Activation buffers are indexed by layer boundary: `acts[k]` holds the input of layer k
-//! (acts[0] is the batch). An activation right after a conv or dense layer is fused into it
-//! (written straight to the activation's output), and so is a dropout after a relu in
-//! training. Flatten needs no buffer (NCHW is already C, H, W order), and in evaluation
-//! dropout is skipped, so a plan records which boundary each op reads.
+//! A network holds one model or an array of K models of one architecture trained side by side
+//! (`members`): the same plan over wider layers (`model::Arch::fused`), its per-member values
+//! in the member table. Split by concern: `plan` (which op reads and writes which buffer),
+//! `data` (the data set on the device, resident or streamed), `members` (the models and their
+//! table); here the buffers, the step and evaluation.
 //!
-//! Gradients need far less: the backward of op k reads the gradient of its output and writes
-//! that of its input (op k-1's output), with a pre-activation gradient in between for fused
-//! activations. So three buffers serve them all: op k's output gradient is `grad[k % 2]`,
-//! its input's `grad[(k + 1) % 2]`, the pre-activation's `grad[2]`.
+//! Gradients need fewer buffers than activations: the backward of op k reads the gradient of
+//! its output and writes that of its input (op k-1's output), with a pre-activation gradient
+//! in between for fused activations. So three buffers serve them all: op k's output gradient
+//! is `grad[k % 2]`, its input's `grad[(k + 1) % 2]`, the pre-activation's `grad[2]`.
 
-use crate::backend::{AdamStep, Backend, Epilogue, Gather, MAX_CHANNELS, SgdStep};
+mod data;
+mod members;
+mod plan;
+
+pub use data::{DeviceData, Shard, Stream, pack};
+pub use members::{Member, MemberTable, Members};
+
+use crate::backend::{AdamStep, Backend, EmaStep, Epilogue, Gather, MAX_CHANNELS, SgdStep};
 use crate::data::augment::Augment;
 use crate::error::{Error, Result};
 use crate::model::spec::{BiasCorrection, Loss, Optimizer};
-use crate::model::{Act, Arch, Layer};
+use crate::model::{Arch, Layer};
 use crate::rng;
-
-/// One op of a plan: layer `layer` reads boundary `inp` and writes boundary `out`. A conv or
-/// dense op may carry the activation after it (`fused`) and, in training, a dropout after a
-/// relu (`dropout`, that layer's index); its pre-activation gradient then goes to `pre`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Node {
-    layer: usize,
-    inp: usize,
-    out: usize,
-    pre: usize,
-    fused: Option<Act>,
-    dropout: Option<usize>,
-}
-
-fn plan(arch: &Arch, train: bool) -> (Vec<Node>, usize) {
-    let layers = &arch.layers;
-    let mut nodes = Vec::new();
-    let mut cur = 0;
-    let mut i = 0;
-    while i < layers.len() {
-        let mut node = Node { layer: i, inp: cur, out: i + 1, pre: i + 1, fused: None, dropout: None };
-        match layers[i] {
-            Layer::Flatten => {
-                i += 1;
-                continue;
-            }
-            Layer::Dropout { .. } if !train => {
-                i += 1;
-                continue;
-            }
-            Layer::Conv2d(_) | Layer::Dense(_) => {
-                if let Some(&Layer::Act(a)) = layers.get(i + 1) {
-                    node.fused = Some(a);
-                    node.out = i + 2;
-                    if train && a == Act::Relu && matches!(layers.get(i + 2), Some(Layer::Dropout { .. })) {
-                        node.dropout = Some(i + 2);
-                        node.out = i + 3;
-                    }
-                }
-            }
-            _ => {}
-        }
-        i = node.out;
-        if !train {
-            // Evaluation skips dropout: write straight into the buffer the training plan
-            // writes after it, so both plans share their buffers.
-            while matches!(layers.get(node.out), Some(Layer::Dropout { .. })) {
-                node.out += 1;
-            }
-        }
-        nodes.push(node);
-        cur = node.out;
-    }
-    (nodes, cur)
-}
+use plan::Node;
 
 /// Fails, before anything is allocated, when a model with batches of up to `cap` examples
 /// cannot fit: its parameters with their gradients, optimizer state and average (and a host
@@ -112,6 +65,72 @@ pub fn check_fits<B: Backend>(b: &B, arch: &Arch, cap: usize) -> Result<()> {
     Ok(())
 }
 
+/// `check_fits` and the device's per-buffer limit for `members` as one network; for an array
+/// that does not fit, the error names the most members that would.
+pub fn check_array<B: Backend>(b: &B, members: &Members, cap: usize) -> Result<()> {
+    let r = check_fits(b, &members.fused, cap).and_then(|_| fits_buffers(b, &members.fused, cap));
+    let k = members.len();
+    match r {
+        Err(Error::Memory(m)) if k > 1 => Err(Error::Memory(format!("{m}{}", largest_note(b, members, cap)))),
+        Err(Error::Config(m)) if k > 1 => Err(Error::Config(format!("{m}{}", largest_note(b, members, cap)))),
+        r => r,
+    }
+}
+
+fn largest_note<B: Backend>(b: &B, members: &Members, cap: usize) -> String {
+    let k = largest_array(b, &members.lone.spec, cap, members.len() - 1);
+    format!(
+        " (an array of {} models of {}; at most {k} fit here: use fewer --seeds or --sweep values)",
+        members.len(),
+        members.lone.name()
+    )
+}
+
+/// The most members of `spec` that fit with batches of up to `cap` (see `check_fits`), or 0
+/// when not even one does: what an error about an array too large names.
+pub fn largest_array<B: Backend>(b: &B, spec: &crate::model::ModelSpec, cap: usize, upto: usize) -> usize {
+    let fits = |k: usize| {
+        Arch::fused(spec.clone(), k).is_ok_and(|a| check_fits(b, &a, cap).is_ok() && fits_buffers(b, &a, cap).is_ok())
+    };
+    let (mut lo, mut hi) = (0, upto);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+/// Checks the device's per-buffer limit against every buffer a network of `arch` with
+/// batches of `cap` allocates, before allocating any.
+fn fits_buffers<B: Backend>(b: &B, arch: &Arch, cap: usize) -> Result<()> {
+    let max = b.max_buffer_len();
+    let (train_plan, _) = plan::plan(arch, true);
+    let (eval_plan, _) = plan::plan(arch, false);
+    for node in train_plan.iter().chain(&eval_plan) {
+        for k in [node.inp, node.out] {
+            let len = cap.saturating_mul(arch.shapes[k].len());
+            if len > max {
+                return Err(Error::Config(format!(
+                    "batch {cap} needs {} MB for the activations after layer {k} ({} per example), more than the {} \
+                     MB this device allows per buffer; use a smaller --batch (at most {})",
+                    (len * 4) >> 20,
+                    arch.shapes[k],
+                    (max * 4) >> 20,
+                    max / arch.shapes[k].len()
+                )));
+            }
+        }
+    }
+    if arch.n_params > max {
+        return Err(Error::Config(format!(
+            "the model's {} parameters exceed this device's {} MB per buffer",
+            arch.n_params,
+            (max * 4) >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// `(&mut v[a], &v[b])` for a != b.
 fn split<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
     assert_ne!(a, b, "an op cannot write the buffer it reads");
@@ -121,164 +140,6 @@ fn split<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
     } else {
         let (lo, hi) = v.split_at_mut(a);
         (&mut hi[0], &lo[b])
-    }
-}
-
-/// Images `first..first + count` of a data set, in one device buffer.
-pub struct Shard<B: Backend> {
-    pub images: B::IBuf,
-    pub first: usize,
-    pub count: usize,
-}
-
-/// The data set on the device: image bytes (packed four to a u32, in as many buffers as the
-/// device's per-buffer limit needs), labels, and the identity order used for evaluation; or,
-/// streamed, a window that training fills as it reaches each stretch of an epoch.
-pub struct DeviceData<B: Backend> {
-    pub shards: Vec<Shard<B>>,
-    pub labels: B::IBuf,
-    pub order: B::IBuf,
-    pub len: usize,
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-    pub stream: Option<Stream<B>>,
-}
-
-/// A data set kept in host memory, for one too large for the device: before a stretch of
-/// steps the examples they will read (in the epoch's order) are copied to a window on the
-/// device, in the same command stream as the steps (an upload is ordered after the work
-/// recorded before it and does not wait for it), and the steps gather from the window.
-pub struct Stream<B: Backend> {
-    images: Vec<u8>,
-    labels: Vec<u32>,
-    window: Shard<B>,
-    window_labels: B::IBuf,
-    window_order: B::IBuf,
-    /// Examples the window holds.
-    pub capacity: usize,
-    /// Permutation positions staged: start..start + len.
-    staged: (usize, usize),
-}
-
-/// Bytes packed four to a u32, little-endian (the last word zero-padded): how images sit in
-/// device buffers.
-pub fn pack(bytes: &[u8]) -> Vec<u32> {
-    bytes.chunks(4).map(|c| c.iter().enumerate().fold(0u32, |w, (i, &byte)| w | (byte as u32) << (8 * i))).collect()
-}
-
-impl<B: Backend> DeviceData<B> {
-    /// Uploads a data set once; training then only uploads a permutation per epoch. A data
-    /// set larger than one buffer may be (128 MB per storage binding on many GPUs) is split
-    /// into shards of whole images, each gathered from separately.
-    pub fn upload(b: &mut B, ds: &crate::data::Dataset) -> Result<Self> {
-        let max_words = b.max_buffer_len();
-        let image_len = ds.image_len().max(1);
-        let per_shard = (max_words.saturating_mul(4) / image_len).min(ds.len().max(1));
-        if per_shard == 0 {
-            return Err(Error::Data(format!(
-                "one image ({} bytes) exceeds this device's {} MB per buffer",
-                image_len,
-                (max_words * 4) >> 20
-            )));
-        }
-        if ds.len() > max_words {
-            return Err(Error::Data(format!(
-                "the data set's {} labels exceed this device's {} MB per buffer; use --limit",
-                ds.len(),
-                (max_words * 4) >> 20
-            )));
-        }
-        let mut shards = Vec::new();
-        let mut first = 0;
-        while first < ds.len() || shards.is_empty() {
-            let count = per_shard.min(ds.len() - first);
-            let packed = pack(&ds.images[first * image_len..(first + count) * image_len]);
-            let mut images = b.alloc_u32(packed.len().max(1))?;
-            b.upload_u32(&mut images, &packed)?;
-            shards.push(Shard { images, first, count });
-            first += count;
-        }
-        let mut labels = b.alloc_u32(ds.len().max(1))?;
-        b.upload_u32(&mut labels, &ds.labels)?;
-        let mut order = b.alloc_u32(ds.len().max(1))?;
-        b.upload_u32(&mut order, &(0..ds.len() as u32).collect::<Vec<_>>())?;
-        Ok(DeviceData {
-            shards,
-            labels,
-            order,
-            len: ds.len(),
-            channels: ds.channels,
-            height: ds.height,
-            width: ds.width,
-            stream: None,
-        })
-    }
-
-    /// A data set streamed from host memory through a window of `capacity` examples (at
-    /// least one batch; see `Stream`). The stream keeps the data set's bytes: it is taken,
-    /// not copied, since a set too large for the device may be most of the host's memory.
-    pub fn upload_streamed(b: &mut B, ds: crate::data::Dataset, capacity: usize) -> Result<Self> {
-        let image_len = ds.image_len().max(1);
-        let capacity = capacity.clamp(1, ds.len().max(1));
-        if (capacity * image_len).div_ceil(4) > b.max_buffer_len() {
-            return Err(Error::Data(format!(
-                "a streaming window of {capacity} pictures of {image_len} bytes exceeds this device's {} MB per buffer; use a smaller --batch",
-                (b.max_buffer_len() * 4) >> 20
-            )));
-        }
-        let window = Shard { images: b.alloc_u32((capacity * image_len).div_ceil(4))?, first: 0, count: 0 };
-        let window_labels = b.alloc_u32(capacity)?;
-        let mut window_order = b.alloc_u32(capacity)?;
-        b.upload_u32(&mut window_order, &(0..capacity as u32).collect::<Vec<_>>())?;
-        let (labels, order) = (b.alloc_u32(1)?, b.alloc_u32(1)?);
-        let (len, channels, height, width) = (ds.len(), ds.channels, ds.height, ds.width);
-        let stream = Stream {
-            images: ds.images,
-            labels: ds.labels,
-            window,
-            window_labels,
-            window_order,
-            capacity,
-            staged: (0, 0),
-        };
-        Ok(DeviceData { shards: Vec::new(), labels, order, len, channels, height, width, stream: Some(stream) })
-    }
-
-    /// Streamed data: copies the examples at permutation positions `start..start + count`
-    /// (`perm` on the host) to the window, in that order. Resident data: nothing to do.
-    pub fn stage(&mut self, b: &mut B, perm: &[u32], start: usize, count: usize) -> Result<()> {
-        let Some(st) = self.stream.as_mut() else { return Ok(()) };
-        let count = count.min(st.capacity);
-        let image_len = self.channels * self.height * self.width;
-        let mut bytes = Vec::with_capacity(count * image_len);
-        let mut labels = Vec::with_capacity(count);
-        for &idx in &perm[start..start + count] {
-            let idx = idx as usize;
-            bytes.extend_from_slice(&st.images[idx * image_len..(idx + 1) * image_len]);
-            labels.push(st.labels[idx]);
-        }
-        b.upload_u32(&mut st.window.images, &pack(&bytes))?;
-        b.upload_u32(&mut st.window_labels, &labels)?;
-        st.window.count = count;
-        st.staged = (start, count);
-        Ok(())
-    }
-
-    /// Gathers examples `perm[g.start..g.start + g.n]` into `x` and `y`, from every shard (or,
-    /// streamed, from the window, which `stage` must have filled with those positions).
-    pub fn gather(&self, b: &mut B, x: &mut B::Buf, y: &mut B::IBuf, perm: &B::IBuf, g: &Gather) {
-        if let Some(st) = &self.stream {
-            let (from, len) = st.staged;
-            debug_assert!(g.start >= from && g.start + g.n <= from + len, "gather outside the staged window");
-            let g = Gather { start: g.start - from, first: 0, count: len, ..*g };
-            b.gather_batch(x, y, &st.window.images, &st.window_labels, &st.window_order, &g);
-            return;
-        }
-        for s in &self.shards {
-            let g = Gather { first: s.first, count: s.count, ..*g };
-            b.gather_batch(x, y, &s.images, &self.labels, perm, &g);
-        }
     }
 }
 
@@ -297,8 +158,10 @@ pub struct StepArgs {
     pub global_step: u32,
     /// The 1-based epoch this step belongs to (Adam's t under `bias_correction = "epoch"`).
     pub epoch: u32,
-    pub lr: f32,
-    pub seed: u64,
+    /// The row of learning rates this step uses (see `Network::set_rates`).
+    pub row: usize,
+    /// The seed of the batch order and augmentation, which all members share.
+    pub data_seed: u64,
     pub augment: Option<Augment>,
 }
 
@@ -318,8 +181,25 @@ impl EvalResult {
     }
 }
 
+/// An evaluation of every member of a network, and of their ensemble (the average of their
+/// probabilities, or outputs for an MSE model); for one model, the ensemble is the model.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub members: Vec<EvalResult>,
+    pub ensemble: EvalResult,
+}
+
+/// The weight average of the recipe's `ema`: averaged parameters and batch-norm statistics,
+/// traded with the live ones while `with_average` runs.
+struct Average<B: Backend> {
+    params: B::Buf,
+    state: B::Buf,
+}
+
 pub struct Network<B: Backend> {
+    /// The network's architecture (for an array, its members as one: `Arch::fused`).
     pub arch: Arch,
+    pub members: Members,
     /// Largest batch the buffers hold.
     pub cap: usize,
     pub params: B::Buf,
@@ -328,17 +208,22 @@ pub struct Network<B: Backend> {
     /// Adam's m and v, or SGD's velocity (in `opt_m`).
     pub opt_m: B::Buf,
     pub opt_v: B::Buf,
-    /// The recipe's weight averaging (`ema`): decay per step, and the averaged parameters and
-    /// batch-norm statistics (empty without it). `swap_average` trades them with the live ones.
-    ema: Option<f32>,
-    avg_params: B::Buf,
-    avg_state: B::Buf,
+    average: Option<Average<B>>,
+    /// Whether `params`/`state` hold the average's values (inside `with_average`).
     averaged: bool,
     acts: Vec<B::Buf>,
     grad: Vec<B::Buf>,
     argmax: Vec<B::IBuf>,
     saved: Vec<B::Buf>,
     labels: B::IBuf,
+    /// The member table on the device, its layout, the learning-rate rows it holds and which
+    /// members are frozen (`freeze`).
+    table: B::IBuf,
+    /// Words the table's buffer holds.
+    table_cap: usize,
+    layout: MemberTable,
+    rows: Vec<Vec<f32>>,
+    frozen: Vec<bool>,
     train_plan: Vec<Node>,
     train_out: usize,
     eval_plan: Vec<Node>,
@@ -351,14 +236,23 @@ pub struct Network<B: Backend> {
 }
 
 impl<B: Backend> Network<B> {
-    /// Allocates every buffer for batches of up to `cap` examples and uploads the parameters.
+    /// A model of its own (seed 0: what evaluation needs; training sets its seed through
+    /// `array` with `Members::one`), with buffers for batches of up to `cap` examples.
     pub fn new(b: &mut B, arch: Arch, cap: usize, params: &[f32], state: &[f32]) -> Result<Self> {
+        Self::array(b, Members::one(arch, 0), cap, params, state)
+    }
+
+    /// Allocates every buffer of `members` as one network for batches of up to `cap`
+    /// examples and uploads the parameters (fused layout), the member table with each
+    /// member's base learning rate as its one row.
+    pub fn array(b: &mut B, members: Members, cap: usize, params: &[f32], state: &[f32]) -> Result<Self> {
         if cap == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
-        check_fits(b, &arch, cap)?;
-        let (train_plan, train_out) = plan(&arch, true);
-        let (eval_plan, eval_out) = plan(&arch, false);
+        let arch = members.fused.clone();
+        check_array(b, &members, cap)?;
+        let (train_plan, train_out) = plan::plan(&arch, true);
+        let (eval_plan, eval_out) = plan::plan(&arch, false);
         let nb = arch.layers.len() + 1;
         let mut need_act = vec![false; nb];
         need_act[0] = true;
@@ -366,39 +260,7 @@ impl<B: Backend> Network<B> {
             need_act[node.inp] = true;
             need_act[node.out] = true;
         }
-        // Per example, the largest gradient each of the three gradient buffers holds.
-        let mut grad_len = [0usize; 3];
-        for (k, node) in train_plan.iter().enumerate() {
-            grad_len[k % 2] = grad_len[k % 2].max(arch.shapes[node.out].len());
-            if node.inp != 0 {
-                grad_len[(k + 1) % 2] = grad_len[(k + 1) % 2].max(arch.shapes[node.inp].len());
-            }
-            if node.fused.is_some() {
-                grad_len[2] = grad_len[2].max(arch.shapes[node.pre].len());
-            }
-        }
-        // Check the device's per-buffer limit before allocating anything.
-        let max = b.max_buffer_len();
-        for k in (0..nb).filter(|&k| need_act[k]) {
-            let len = cap * arch.shapes[k].len();
-            if len > max {
-                return Err(Error::Config(format!(
-                    "batch {cap} needs {} MB for the activations after layer {k} ({} per example), more than the {} MB \
-                     this device allows per buffer; use a smaller --batch (at most {})",
-                    (len * 4) >> 20,
-                    arch.shapes[k],
-                    (max * 4) >> 20,
-                    max / arch.shapes[k].len()
-                )));
-            }
-        }
-        if arch.n_params > max {
-            return Err(Error::Config(format!(
-                "the model's {} parameters exceed this device's {} MB per buffer",
-                arch.n_params,
-                (max * 4) >> 20
-            )));
-        }
+        let grad_len = plan::gradient_lengths(&arch, &train_plan);
         let acts = need_act
             .iter()
             .zip(&arch.shapes)
@@ -425,7 +287,18 @@ impl<B: Backend> Network<B> {
             (mean[c], std[c]) = (m, sd);
         }
         let with_v = matches!(recipe.optimizer, Optimizer::Adam { .. });
-        let with_m = with_v || matches!(recipe.optimizer, Optimizer::Sgd { momentum, .. } if momentum > 0.0);
+        let with_m = with_v
+            || members
+                .list
+                .iter()
+                .any(|m| matches!(m.spec.train.optimizer, Optimizer::Sgd { momentum, .. } if momentum > 0.0));
+        let average = match recipe.ema {
+            Some(_) => Some(Average { params: b.alloc(n_params)?, state: b.alloc(arch.n_state.max(1))? }),
+            None => None,
+        };
+        let layout = MemberTable::new(&members);
+        let rows = vec![(0..members.len()).map(|k| members.lr(k)).collect()];
+        let frozen = vec![false; members.len()];
         let mut net = Network {
             cap,
             params: b.alloc(n_params)?,
@@ -433,15 +306,18 @@ impl<B: Backend> Network<B> {
             state: b.alloc(arch.n_state.max(1))?,
             opt_m: b.alloc(if with_m { n_params } else { 0 })?,
             opt_v: b.alloc(if with_v { n_params } else { 0 })?,
-            ema: recipe.ema,
-            avg_params: b.alloc(if recipe.ema.is_some() { n_params } else { 0 })?,
-            avg_state: b.alloc(if recipe.ema.is_some() { arch.n_state.max(1) } else { 0 })?,
+            average,
             averaged: false,
             acts,
             grad,
             argmax,
             saved,
             labels: b.alloc_u32(cap)?,
+            table: b.alloc_u32(1)?,
+            table_cap: 1,
+            layout,
+            rows: Vec::new(),
+            frozen,
             train_plan,
             train_out,
             eval_plan,
@@ -451,46 +327,88 @@ impl<B: Backend> Network<B> {
             std,
             optimizer: recipe.optimizer,
             arch,
+            members,
         };
+        net.set_rates(b, rows)?;
         net.set_params(b, params, state)?;
-        if net.ema.is_some() {
+        if net.has_average() {
             net.set_average(b, params, state)?;
         }
         Ok(net)
     }
 
-    /// Whether the recipe keeps an average of the weights.
-    pub fn has_average(&self) -> bool {
-        self.ema.is_some()
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
     }
 
-    /// Trades the averaged weights and statistics with the live ones (a no-op without `ema`):
-    /// after one swap, `params`/`state` (and so `evaluate`, `get_params`) are the average's;
-    /// a second swap brings the live ones back. Training steps need the live ones in place.
-    pub fn swap_average(&mut self) {
-        if self.ema.is_some() {
-            std::mem::swap(&mut self.params, &mut self.avg_params);
-            std::mem::swap(&mut self.state, &mut self.avg_state);
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Sets the learning-rate rows (row r: each member's rate; a step takes the row its
+    /// `StepArgs::row` names) and writes the member table.
+    pub fn set_rates(&mut self, b: &mut B, rows: Vec<Vec<f32>>) -> Result<()> {
+        let words = self.layout.words(&rows, &self.frozen);
+        if words.len() > self.table_cap {
+            self.table_cap = words.len().next_power_of_two();
+            self.table = b.alloc_u32(self.table_cap)?;
+        }
+        b.upload_u32(&mut self.table, &words)?;
+        self.rows = rows;
+        Ok(())
+    }
+
+    /// One learning rate for every member, for every step.
+    pub fn set_lr(&mut self, b: &mut B, lr: f32) -> Result<()> {
+        self.set_rates(b, vec![vec![lr; self.len()]])
+    }
+
+    /// Freezes member k: its learning rate is 0 from now on and its weight average stays as
+    /// it is (an early-stopped or diverged member; the others train on).
+    pub fn freeze(&mut self, b: &mut B, k: usize) -> Result<()> {
+        self.frozen[k] = true;
+        let rows = std::mem::take(&mut self.rows);
+        self.set_rates(b, rows)
+    }
+
+    pub fn is_frozen(&self, k: usize) -> bool {
+        self.frozen[k]
+    }
+
+    /// Whether the recipe keeps an average of the weights.
+    pub fn has_average(&self) -> bool {
+        self.average.is_some()
+    }
+
+    /// Trades the averaged weights and statistics with the live ones (a no-op without `ema`).
+    fn swap_average(&mut self) {
+        if let Some(avg) = self.average.as_mut() {
+            std::mem::swap(&mut self.params, &mut avg.params);
+            std::mem::swap(&mut self.state, &mut avg.state);
             self.averaged = !self.averaged;
         }
     }
 
+    /// Runs `f` with the weights to keep in place: the average's, with `ema` (so `evaluate`
+    /// and `get_params` inside see them), else the live ones; the live ones are back after.
+    pub fn with_average<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.swap_average();
+        let r = f(self);
+        self.swap_average();
+        r
+    }
+
     /// The averaged parameters and statistics, when the recipe keeps them.
     pub fn get_average(&mut self, b: &mut B) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-        if self.ema.is_none() {
+        if !self.has_average() {
             return Ok(None);
         }
-        self.swap_average();
-        let r = self.get_params(b);
-        self.swap_average();
-        r.map(Some)
+        self.with_average(|net| net.get_params(b)).map(Some)
     }
 
     pub fn set_average(&mut self, b: &mut B, params: &[f32], state: &[f32]) -> Result<()> {
-        self.swap_average();
-        let r = self.set_params(b, params, state);
-        self.swap_average();
-        r
+        self.with_average(|net| net.set_params(b, params, state))
     }
 
     pub fn set_params(&mut self, b: &mut B, params: &[f32], state: &[f32]) -> Result<()> {
@@ -534,7 +452,7 @@ impl<B: Backend> Network<B> {
 
     /// Bytes of parameters, gradients and optimizer state.
     pub fn parameter_state_bytes(&self) -> usize {
-        let avg = self.ema.is_some() as usize;
+        let avg = self.has_average() as usize;
         4 * self.arch.n_params * (2 + self.has_m() as usize + self.has_v() as usize + avg)
             + 4 * self.arch.n_state * (1 + avg)
     }
@@ -542,8 +460,15 @@ impl<B: Backend> Network<B> {
     pub fn has_m(&self) -> bool {
         match self.optimizer {
             Optimizer::Adam { .. } => true,
-            Optimizer::Sgd { momentum, .. } => momentum > 0.0,
+            Optimizer::Sgd { .. } => self.layout_has_momentum(),
         }
+    }
+
+    fn layout_has_momentum(&self) -> bool {
+        self.members
+            .list
+            .iter()
+            .any(|m| matches!(m.spec.train.optimizer, Optimizer::Sgd { momentum, .. } if momentum > 0.0))
     }
 
     pub fn has_v(&self) -> bool {
@@ -565,25 +490,29 @@ impl<B: Backend> Network<B> {
         }
     }
 
+    /// The dropout of layer `d` at step `step`.
+    fn dropout(&self, d: usize, step: u32) -> crate::backend::Dropout {
+        self.layout.dropout(d, self.arch.shapes[d + 1].len() / self.len(), step)
+    }
+
     /// Runs the plan's forward ops on `n` examples already in acts[0].
-    fn forward(&mut self, b: &mut B, n: usize, train: bool, global_step: u32, seed: u64) {
+    fn forward(&mut self, b: &mut B, n: usize, train: bool, global_step: u32) {
         let plan = if train { &self.train_plan } else { &self.eval_plan };
         for node in plan {
             let (out, inp) = split(&mut self.acts, node.out, node.inp);
             let shape_len = self.arch.shapes[node.inp].len();
-            let dropout = |d: usize| {
-                let Layer::Dropout { p } = self.arch.layers[d] else { unreachable!("plan fuses dropout layers only") };
-                (p, rng::op_key(seed, rng::STREAM_DROPOUT + d as u32, global_step))
-            };
-            let epi = Epilogue { act: node.fused, dropout: node.dropout.map(dropout) };
+            let dropout = node
+                .dropout
+                .map(|d| self.layout.dropout(d, self.arch.shapes[d + 1].len() / self.members.len(), global_step));
+            let epi = Epilogue { act: node.fused, dropout };
             match self.arch.layers[node.layer] {
-                Layer::Conv2d(l) => b.conv2d_forward(out, inp, &self.params, &l, n, epi),
-                Layer::Dense(l) => b.dense_forward(out, inp, &self.params, &l, n, epi),
+                Layer::Conv2d(l) => b.conv2d_forward(out, inp, &self.params, &self.table, &l, n, epi),
+                Layer::Dense(l) => b.dense_forward(out, inp, &self.params, &self.table, &l, n, epi),
                 Layer::Act(a) => b.activation_forward(out, inp, n * shape_len, a),
                 Layer::MaxPool2d(l) => b.maxpool_forward(out, &mut self.argmax[node.layer], inp, &l, n),
-                Layer::Dropout { p } => {
-                    let key = rng::op_key(seed, rng::STREAM_DROPOUT + node.layer as u32, global_step);
-                    b.dropout_forward(out, inp, n * shape_len, p, key)
+                Layer::Dropout { .. } => {
+                    let d = self.layout.dropout(node.layer, shape_len / self.members.len(), global_step);
+                    b.dropout_forward(out, inp, &self.table, n * shape_len, &d)
                 }
                 Layer::BatchNorm(l) => b.batchnorm_forward(
                     out,
@@ -602,7 +531,7 @@ impl<B: Backend> Network<B> {
 
     /// Backward through the training plan, from the loss gradient in the last op's output
     /// gradient buffer.
-    fn backward(&mut self, b: &mut B, n: usize, global_step: u32, seed: u64) {
+    fn backward(&mut self, b: &mut B, n: usize, global_step: u32) {
         for (k, node) in self.train_plan.iter().enumerate().rev() {
             // grad indices: this op's output gradient, its input's, the pre-activation's.
             let (d_out, d_in) = (k % 2, (k + 1) % 2);
@@ -610,22 +539,13 @@ impl<B: Backend> Network<B> {
             if let Some(a) = node.fused {
                 // After relu + dropout, the output is zero where either zeroed it, so the
                 // relu test on it applies both masks; the dropout scale remains.
-                let scale = node.dropout.map_or(1.0, |d| match self.arch.layers[d] {
-                    Layer::Dropout { p } => 1.0 / (1.0 - p),
-                    _ => 1.0,
-                });
+                let dropout = node.dropout.map(|d| self.dropout(d, global_step));
                 let (dpre, dpost) = split(&mut self.grad, 2, d_out);
-                b.activation_backward(
-                    dpre,
-                    dpost,
-                    &self.acts[node.out],
-                    n * self.arch.shapes[node.out].len(),
-                    a,
-                    scale,
-                );
+                let len = n * self.arch.shapes[node.out].len();
+                b.activation_backward(dpre, dpost, &self.acts[node.out], &self.table, len, a, dropout);
                 dy = 2;
             }
-            let need_dx = node.inp != 0;
+            let need_dx = node.need_dx;
             let inp = &self.acts[node.inp];
             let len = n * self.arch.shapes[node.inp].len();
             match self.arch.layers[node.layer] {
@@ -643,23 +563,23 @@ impl<B: Backend> Network<B> {
                         b.dense_backward_input(dx, dy, &self.params, &l, n);
                     }
                 }
+                Layer::BatchNorm(l) => {
+                    let (dx, dy) = split(&mut self.grad, d_in, dy);
+                    b.batchnorm_backward(dx, &mut self.grads, dy, inp, &self.saved[node.layer], &self.params, &l, n);
+                }
                 _ if !need_dx => {}
                 Layer::Act(a) => {
                     let (dx, dy) = split(&mut self.grad, d_in, dy);
-                    b.activation_backward(dx, dy, &self.acts[node.out], len, a, 1.0);
+                    b.activation_backward(dx, dy, &self.acts[node.out], &self.table, len, a, None);
                 }
                 Layer::MaxPool2d(l) => {
                     let (dx, dy) = split(&mut self.grad, d_in, dy);
                     b.maxpool_backward(dx, dy, &self.argmax[node.layer], &l, n);
                 }
-                Layer::Dropout { p } => {
-                    let key = rng::op_key(seed, rng::STREAM_DROPOUT + node.layer as u32, global_step);
+                Layer::Dropout { .. } => {
+                    let d = self.dropout(node.layer, global_step);
                     let (dx, dy) = split(&mut self.grad, d_in, dy);
-                    b.dropout_backward(dx, dy, len, p, key);
-                }
-                Layer::BatchNorm(l) => {
-                    let (dx, dy) = split(&mut self.grad, d_in, dy);
-                    b.batchnorm_backward(dx, &mut self.grads, dy, inp, &self.saved[node.layer], &self.params, &l, n);
+                    b.dropout_backward(dx, dy, &self.table, len, &d);
                 }
                 Layer::Flatten => unreachable!("flatten has no op"),
             }
@@ -667,28 +587,21 @@ impl<B: Backend> Network<B> {
     }
 
     /// Forward and backward of one batch already gathered into acts[0] and labels: leaves the
-    /// gradients in `grads` and the batch's loss and correct count in `stats[slot]`.
-    pub fn forward_backward(
-        &mut self,
-        b: &mut B,
-        stats: &mut B::Buf,
-        n: usize,
-        slot: usize,
-        global_step: u32,
-        seed: u64,
-    ) {
-        self.forward(b, n, true, global_step, seed);
-        let classes = self.arch.classes();
+    /// gradients in `grads` and the batch's loss and correct count per member in the stats of
+    /// `slot`.
+    pub fn forward_backward(&mut self, b: &mut B, stats: &mut B::Buf, n: usize, slot: usize, global_step: u32) {
+        self.forward(b, n, true, global_step);
+        let (members, classes) = (self.len(), self.arch.classes());
         let (out, scale) = (self.train_out, 1.0 / n as f32);
         let last = (self.train_plan.len() + 1) % 2; // (len - 1) % 2 without underflow
         let (dlogits, logits) = (&mut self.grad[last], &self.acts[out]);
         match self.loss {
             Loss::CrossEntropy => {
-                b.softmax_xent_forward_backward(dlogits, stats, slot, logits, &self.labels, n, classes, scale)
+                b.softmax_xent_forward_backward(dlogits, stats, slot, logits, &self.labels, n, members, classes, scale)
             }
-            Loss::Mse => b.mse_forward_backward(dlogits, stats, slot, logits, &self.labels, n, classes, scale),
+            Loss::Mse => b.mse_forward_backward(dlogits, stats, slot, logits, &self.labels, n, members, classes, scale),
         }
-        self.backward(b, n, global_step, seed);
+        self.backward(b, n, global_step);
     }
 
     /// Gathers examples `perm[start..start+n]` into the input buffer and labels.
@@ -705,14 +618,10 @@ impl<B: Backend> Network<B> {
         data.gather(b, &mut self.acts[0], &mut self.labels, perm, &g);
     }
 
-    /// The buffer holding the model's output (logits) after a training forward.
+    /// The buffer holding the model's output (logits, (n, members x classes)) after a
+    /// training forward.
     pub fn logits(&self) -> &B::Buf {
         &self.acts[self.train_out]
-    }
-
-    /// The input batch buffer.
-    pub fn input(&self) -> &B::Buf {
-        &self.acts[0]
     }
 
     /// Every activation buffer at every layer boundary, and the max-pool positions, for the
@@ -735,106 +644,190 @@ impl<B: Backend> Network<B> {
 
     /// One training step: gather, forward, loss, backward, optimizer update.
     pub fn train_step(&mut self, b: &mut B, data: &DeviceData<B>, perm: &B::IBuf, stats: &mut B::Buf, s: &StepArgs) {
-        let augment = s.augment.map(|a| (a, rng::op_key(s.seed, rng::STREAM_AUGMENT, s.global_step)));
+        let augment = s.augment.map(|a| (a, rng::op_key(s.data_seed, rng::STREAM_AUGMENT, s.global_step)));
         self.load_batch(b, data, perm, s.start, s.n, augment);
-        self.forward_backward(b, stats, s.n, s.slot, s.global_step, s.seed);
-        self.update(b, s.lr, s.global_step + 1, s.epoch);
+        self.forward_backward(b, stats, s.n, s.slot, s.global_step);
+        self.update(b, s.global_step + 1, s.epoch, s.row);
     }
 
-    /// Applies the optimizer to the gradients in `grads`; `step` counts steps from 1 and
-    /// `epoch` epochs from 1 (Adam's bias corrections use one or the other).
-    pub fn update(&mut self, b: &mut B, lr: f32, step: u32, epoch: u32) {
+    /// Applies the optimizer to the gradients in `grads` with learning-rate row `row`; `step`
+    /// counts steps from 1 and `epoch` epochs from 1 (Adam's bias corrections use one or the
+    /// other).
+    pub fn update(&mut self, b: &mut B, step: u32, epoch: u32, row: usize) {
         let len = self.arch.n_params;
+        let lr_at = self.layout.row_at(row.min(self.rows.len().saturating_sub(1)));
+        let (params, state) = (self.layout.params, self.layout.state);
         match self.optimizer {
-            Optimizer::Adam { beta1, beta2, eps, weight_decay, bias_correction, .. } => {
+            Optimizer::Adam { beta1, beta2, eps, bias_correction, .. } => {
                 let t = match bias_correction {
                     BiasCorrection::Step => step,
                     BiasCorrection::Epoch => epoch.max(1),
                 };
-                let a = AdamStep { lr, beta1, beta2, eps, weight_decay, t };
-                b.adam_step(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, len, &a);
+                let a = AdamStep { beta1, beta2, eps, t, segments: params, lr_at, wd_at: self.layout.rate_at };
+                b.adam_step(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, &self.table, len, &a);
             }
-            Optimizer::Sgd { momentum, .. } => {
-                b.sgd_step(&mut self.params, &self.grads, &mut self.opt_m, len, &SgdStep { lr, momentum });
+            Optimizer::Sgd { .. } => {
+                let s = SgdStep { segments: params, lr_at, momentum_at: self.layout.rate_at };
+                b.sgd_step(&mut self.params, &self.grads, &mut self.opt_m, &self.table, len, &s);
             }
         }
-        if let Some(decay) = self.ema {
+        if let Some(avg) = self.average.as_mut() {
             debug_assert!(!self.averaged, "a training step with the averaged weights in place");
-            b.ema_update(&mut self.avg_params, &self.params, len, decay);
-            b.ema_update(&mut self.avg_state, &self.state, self.arch.n_state, decay);
+            let decay_at = self.layout.ema_at;
+            b.ema_update(&mut avg.params, &self.params, &self.table, len, &EmaStep { segments: params, decay_at });
+            let e = EmaStep { segments: state, decay_at };
+            b.ema_update(&mut avg.state, &self.state, &self.table, self.arch.n_state, &e);
         }
     }
 
     /// Runs examples `start..start + n` of `data` through the evaluation plan (no dropout,
-    /// batch-norm running statistics), leaving their outputs (n, classes) in
+    /// batch-norm running statistics), leaving their outputs (n, members x classes) in
     /// `acts[eval_out]`.
     fn forward_eval(&mut self, b: &mut B, data: &DeviceData<B>, start: usize, n: usize) {
         let g = self.gather(start, n, data, None);
         data.gather(b, &mut self.acts[0], &mut self.labels, &data.order, &g);
-        self.forward(b, n, false, 0, 0);
+        self.forward(b, n, false, 0);
     }
 
-    /// The final layer's outputs for a whole data set, (count, classes), in evaluation mode:
-    /// the logits of a cross-entropy model, which `evaluate` turns into probabilities. Reads
-    /// back once per batch.
+    /// The final layer's outputs for a whole data set, (count, members x classes), in
+    /// evaluation mode: the logits of a cross-entropy model, which `evaluate` turns into
+    /// probabilities. Reads back once per batch.
     pub fn outputs(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<Vec<f32>> {
-        let classes = self.arch.classes();
-        let mut out = Vec::with_capacity(data.len * classes);
+        let width = self.arch.output().len();
+        let mut out = Vec::with_capacity(data.len * width);
         for start in (0..data.len).step_by(self.cap) {
             let n = self.cap.min(data.len - start);
             self.forward_eval(b, data, start, n);
-            out.extend(b.download(&self.acts[self.eval_out], n * classes)?);
+            out.extend(b.download(&self.acts[self.eval_out], n * width)?);
         }
         Ok(out)
     }
 
-    /// Evaluates on a whole data set (no dropout, batch-norm running statistics), in batches
-    /// of the buffers' capacity, reading back once at the end: loss, accuracy and every
-    /// example's scores.
+    /// Evaluates the first (or only) member on a whole data set (no dropout, batch-norm
+    /// running statistics): loss, accuracy and every example's scores.
     pub fn evaluate(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
-        self.evaluate_keeping(b, data, true)
+        let all = vec![true; self.len()];
+        Ok(self.evaluate_all(b, data, true, &all)?.members.swap_remove(0))
     }
 
-    /// `evaluate` without the per-example scores (`scores` is empty): what training needs
-    /// each epoch, in memory for one batch of scores rather than the whole set's (which,
-    /// with tens of thousands of classes, would not fit).
-    pub fn evaluate_figures(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
-        self.evaluate_keeping(b, data, false)
-    }
-
-    fn evaluate_keeping(&mut self, b: &mut B, data: &DeviceData<B>, keep: bool) -> Result<EvalResult> {
-        let classes = self.arch.classes();
+    /// Every member and the ensemble of those `include` names on a whole data set, in batches
+    /// of the buffers' capacity; with `keep`, every example's scores too. One model reads back
+    /// once at the end; an array reads each batch's probabilities back for the ensemble (in
+    /// memory for one batch of them, however many classes).
+    pub fn evaluate_all(
+        &mut self,
+        b: &mut B,
+        data: &DeviceData<B>,
+        keep: bool,
+        include: &[bool],
+    ) -> Result<Evaluation> {
+        let (k, classes) = (self.len(), self.arch.classes());
+        let width = k * classes;
         let batches = data.len.div_ceil(self.cap);
-        let rows = if keep { data.len } else { self.cap.min(data.len) };
+        let per_batch = k > 1;
+        let rows = if keep && !per_batch { data.len } else { self.cap.min(data.len) };
         crate::memory::check_host(
             &format!("the scores of {rows} examples of {classes} classes"),
-            4 * (rows * classes) as u64,
+            4 * (rows * width) as u64 * if keep && per_batch { data.len.div_ceil(rows.max(1)) as u64 } else { 1 },
             "evaluate fewer examples at once",
         )?;
-        let mut probs = b.alloc((rows * classes).max(1))?;
-        let mut stats = b.alloc((2 * batches).max(1))?;
+        let mut probs = b.alloc((rows * width).max(1))?;
+        let mut stats = b.alloc((2 * batches * k).max(1))?;
+        let mut ensemble = Ensemble::new(classes, self.loss, keep);
+        let mut kept = vec![Vec::new(); if keep && per_batch { k } else { 0 }];
         for i in 0..batches {
             let start = i * self.cap;
             let n = self.cap.min(data.len - start);
             self.forward_eval(b, data, start, n);
             let logits = &self.acts[self.eval_out];
-            let at = if keep { start } else { 0 };
+            let at = if keep && !per_batch { start } else { 0 };
             match self.loss {
                 Loss::CrossEntropy => {
-                    b.softmax_xent_forward(&mut probs, at, &mut stats, i, logits, &self.labels, n, classes)
+                    b.softmax_xent_forward(&mut probs, at, &mut stats, i, logits, &self.labels, n, k, classes)
                 }
-                Loss::Mse => b.mse_forward(&mut probs, at, &mut stats, i, logits, &self.labels, n, classes),
+                Loss::Mse => b.mse_forward(&mut probs, at, &mut stats, i, logits, &self.labels, n, k, classes),
+            }
+            if per_batch {
+                let p = b.download(&probs, n * width)?;
+                ensemble.add(&p, include, &data.host_labels()[start..start + n]);
+                for (m, scores) in kept.iter_mut().enumerate() {
+                    scores.extend(p.chunks(classes).skip(m).step_by(k).flatten());
+                }
             }
         }
-        let stats = b.download(&stats, 2 * batches)?;
-        let scores = if keep { b.download(&probs, data.len * classes)? } else { Vec::new() };
-        let loss: f64 = stats.iter().step_by(2).map(|&v| v as f64).sum();
-        let correct: f64 = stats.iter().skip(1).step_by(2).map(|&v| v as f64).sum();
-        Ok(EvalResult {
-            loss: if data.len == 0 { 0.0 } else { loss / data.len as f64 },
-            correct: correct.round() as usize,
-            count: data.len,
-            scores,
-        })
+        let stats = b.download(&stats, 2 * batches * k)?;
+        if keep && !per_batch {
+            kept.push(b.download(&probs, data.len * classes)?);
+        }
+        let mut kept = kept.into_iter();
+        let members: Vec<EvalResult> = (0..k)
+            .map(|m| {
+                let loss: f64 = (0..batches).map(|i| stats[2 * (i * k + m)] as f64).sum();
+                let correct: f64 = (0..batches).map(|i| stats[2 * (i * k + m) + 1] as f64).sum();
+                EvalResult {
+                    loss: if data.len == 0 { 0.0 } else { loss / data.len as f64 },
+                    correct: correct.round() as usize,
+                    count: data.len,
+                    scores: kept.next().unwrap_or_default(),
+                }
+            })
+            .collect();
+        let ensemble = if per_batch { ensemble.result() } else { members[0].clone() };
+        Ok(Evaluation { members, ensemble })
+    }
+}
+
+/// The ensemble of an array's members, example by example: the average of their
+/// probabilities (or outputs, for MSE), its loss as the model's loss function defines it
+/// (cross-entropy of the average), and whether its first maximum is the label.
+struct Ensemble {
+    classes: usize,
+    loss_kind: Loss,
+    keep: bool,
+    loss: f64,
+    correct: usize,
+    count: usize,
+    scores: Vec<f32>,
+}
+
+impl Ensemble {
+    fn new(classes: usize, loss_kind: Loss, keep: bool) -> Ensemble {
+        Ensemble { classes, loss_kind, keep, loss: 0.0, correct: 0, count: 0, scores: Vec::new() }
+    }
+
+    /// One batch: `p` (n, members, classes); the members `include` names are averaged.
+    fn add(&mut self, p: &[f32], include: &[bool], labels: &[u32]) {
+        let c = self.classes;
+        let count = include.iter().filter(|&&i| i).count().max(1);
+        for (row, &y) in p.chunks(include.len() * c).zip(labels) {
+            let mut avg = vec![0f64; c];
+            for (m, _) in row.chunks(c).zip(include).filter(|x| *x.1) {
+                avg.iter_mut().zip(m).for_each(|(a, &v)| *a += v as f64);
+            }
+            avg.iter_mut().for_each(|a| *a /= count as f64);
+            let y = y as usize;
+            self.loss += match self.loss_kind {
+                Loss::CrossEntropy => -avg[y].max(f64::MIN_POSITIVE).ln(),
+                Loss::Mse => {
+                    avg.iter().enumerate().map(|(j, &a)| (a - f64::from(u8::from(j == y))).powi(2)).sum::<f64>()
+                        / c as f64
+                }
+            };
+            let best = avg.iter().enumerate().fold(0, |b, (j, &v)| if v > avg[b] { j } else { b });
+            self.correct += usize::from(best == y);
+            self.count += 1;
+            if self.keep {
+                self.scores.extend(avg.iter().map(|&a| a as f32));
+            }
+        }
+    }
+
+    fn result(self) -> EvalResult {
+        EvalResult {
+            loss: if self.count == 0 { 0.0 } else { self.loss / self.count as f64 },
+            correct: self.correct,
+            count: self.count,
+            scores: self.scores,
+        }
     }
 }

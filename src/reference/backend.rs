@@ -6,7 +6,7 @@
 use ndarray::{Array1, ArrayView1, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut1};
 
 use super::*;
-use crate::backend::{AdamStep, Backend, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep};
 use crate::cpu::data::packed_byte;
 use crate::data::augment::{batch_altered, image_flipped};
 use crate::error::Result;
@@ -49,25 +49,34 @@ fn put<'a>(dst: &mut [f64], at: usize, src: impl IntoIterator<Item = &'a f64>) {
 }
 
 /// Bias, activation and dropout after a conv or dense forward, over the batch's flat output.
-fn epilogue(y: &mut [f64], epi: Epilogue) {
+fn epilogue(y: &mut [f64], table: &[u32], epi: Epilogue) {
     if let Some(a) = epi.act {
         let v = activation_forward(ArrayView1::from(&*y), a);
         put(y, 0, &v);
     }
-    if let Some((p, key)) = epi.dropout {
-        let v = dropout_forward(ArrayView1::from(&*y), p, key);
+    if let Some(d) = epi.dropout {
+        let v = dropout_forward(ArrayView1::from(&*y), table, &d);
         put(y, 0, &v);
     }
 }
 
 fn conv_shape(l: &Conv2d, n: usize) -> [(usize, usize, usize, usize); 3] {
-    [(n, l.c_in, l.h_in, l.w_in), (l.c_out, l.c_in, l.kh, l.kw), (n, l.c_out, l.h_out, l.w_out)]
+    [(n, l.c_in, l.h_in, l.w_in), (l.c_out, l.group_in(), l.kh, l.kw), (n, l.c_out, l.h_out, l.w_out)]
 }
 
-/// Writes (probabilities or scores, per-example loss, correct) for batch `slot`.
-fn write_stats(stats: &mut [f64], slot: usize, loss: &Array1<f64>, correct: &[bool]) {
-    stats[2 * slot] = loss.sum();
-    stats[2 * slot + 1] = correct.iter().filter(|&&c| c).count() as f64;
+/// Writes the per-example losses and hits of `members` models, rows (example, member), as
+/// batch `slot`'s stats of each member.
+fn write_stats(stats: &mut [f64], slot: usize, members: usize, loss: &Array1<f64>, correct: &[bool]) {
+    for k in 0..members {
+        let at = 2 * (slot * members + k);
+        stats[at] = loss.iter().skip(k).step_by(members).sum();
+        stats[at + 1] = correct.iter().skip(k).step_by(members).filter(|&&c| c).count() as f64;
+    }
+}
+
+/// The labels of rows (example, member): each example's label once per member.
+fn member_labels(labels: &[u32], n: usize, members: usize) -> Vec<u32> {
+    labels[..n].iter().flat_map(|&y| std::iter::repeat_n(y, members)).collect()
 }
 
 fn flat(v: &mut [f64], len: usize) -> ArrayViewMut1<'_, f64> {
@@ -149,15 +158,17 @@ impl Backend for Reference {
         out: &mut Vec<f64>,
         inp: &Vec<f64>,
         params: &Vec<f64>,
+        table: &Vec<u32>,
         l: &Conv2d,
         n: usize,
         epi: Epilogue,
     ) {
         let [xs, ws, _] = conv_shape(l, n);
         let b = l.b_off.map(|at| view1(params, at, l.c_out));
-        let y = conv2d_forward(view4(inp, 0, xs), view4(params, l.w_off, ws), b, l.stride, (l.pad_h, l.pad_w));
+        let (x, w, pad) = (view4(inp, 0, xs), view4(params, l.w_off, ws), (l.pad_h, l.pad_w));
+        let y = conv2d_forward(x, w, b, l.stride, pad, (l.groups, l.in_groups));
         put(out, 0, &y);
-        epilogue(&mut out[..y.len()], epi);
+        epilogue(&mut out[..y.len()], table, epi);
     }
 
     fn conv2d_backward_input(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, params: &Vec<f64>, l: &Conv2d, n: usize) {
@@ -165,17 +176,24 @@ impl Backend for Reference {
         let dx = conv2d_backward_input(
             view4(dout, 0, ys),
             view4(params, l.w_off, ws),
-            (l.h_in, l.w_in),
+            (l.c_in, l.h_in, l.w_in),
             l.stride,
             (l.pad_h, l.pad_w),
+            (l.groups, l.in_groups),
         );
         put(dinp, 0, &dx);
     }
 
     fn conv2d_backward_weight(&mut self, grads: &mut Vec<f64>, dout: &Vec<f64>, inp: &Vec<f64>, l: &Conv2d, n: usize) {
         let [xs, _, ys] = conv_shape(l, n);
-        let (dw, db) =
-            conv2d_backward_weight(view4(dout, 0, ys), view4(inp, 0, xs), (l.kh, l.kw), l.stride, (l.pad_h, l.pad_w));
+        let (dw, db) = conv2d_backward_weight(
+            view4(dout, 0, ys),
+            view4(inp, 0, xs),
+            (l.group_in(), l.kh, l.kw),
+            l.stride,
+            (l.pad_h, l.pad_w),
+            (l.groups, l.in_groups),
+        );
         put(grads, l.w_off, &dw);
         if let Some(at) = l.b_off {
             put(grads, at, &db);
@@ -187,23 +205,26 @@ impl Backend for Reference {
         out: &mut Vec<f64>,
         inp: &Vec<f64>,
         params: &Vec<f64>,
+        table: &Vec<u32>,
         l: &Dense,
         n: usize,
         epi: Epilogue,
     ) {
         let b = l.b_off.map(|at| view1(params, at, l.n_out));
-        let y = dense_forward(view2(inp, 0, (n, l.n_in)), view2(params, l.w_off, (l.n_out, l.n_in)), b);
+        let w = view2(params, l.w_off, (l.n_out, l.group_in()));
+        let y = dense_forward(view2(inp, 0, (n, l.n_in)), w, b, l.groups);
         put(out, 0, &y);
-        epilogue(&mut out[..y.len()], epi);
+        epilogue(&mut out[..y.len()], table, epi);
     }
 
     fn dense_backward_input(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, params: &Vec<f64>, l: &Dense, n: usize) {
-        let dx = dense_backward_input(view2(dout, 0, (n, l.n_out)), view2(params, l.w_off, (l.n_out, l.n_in)));
+        let w = view2(params, l.w_off, (l.n_out, l.group_in()));
+        let dx = dense_backward_input(view2(dout, 0, (n, l.n_out)), w, l.groups);
         put(dinp, 0, &dx);
     }
 
     fn dense_backward_weight(&mut self, grads: &mut Vec<f64>, dout: &Vec<f64>, inp: &Vec<f64>, l: &Dense, n: usize) {
-        let (dw, db) = dense_backward_weight(view2(dout, 0, (n, l.n_out)), view2(inp, 0, (n, l.n_in)));
+        let (dw, db) = dense_backward_weight(view2(dout, 0, (n, l.n_out)), view2(inp, 0, (n, l.n_in)), l.groups);
         put(grads, l.w_off, &dw);
         if let Some(at) = l.b_off {
             put(grads, at, &db);
@@ -219,11 +240,16 @@ impl Backend for Reference {
         dinp: &mut Vec<f64>,
         dout: &Vec<f64>,
         out: &Vec<f64>,
+        table: &Vec<u32>,
         len: usize,
         act: Act,
-        scale: f32,
+        dropout: Option<Dropout>,
     ) {
-        put(dinp, 0, &activation_backward(view1(dout, 0, len), view1(out, 0, len), act, scale as f64));
+        let scale = match dropout {
+            Some(d) => dropout_scale(len, table, &d),
+            None => Array1::ones(len),
+        };
+        put(dinp, 0, &activation_backward(view1(dout, 0, len), view1(out, 0, len), act, scale.view()));
     }
 
     fn maxpool_forward(&mut self, out: &mut Vec<f64>, argmax: &mut Vec<u32>, inp: &Vec<f64>, l: &Pool, n: usize) {
@@ -240,13 +266,13 @@ impl Backend for Reference {
         put(dinp, 0, &maxpool_backward(view4(dout, 0, shape), arg, (l.h_in, l.w_in)));
     }
 
-    fn dropout_forward(&mut self, out: &mut Vec<f64>, inp: &Vec<f64>, len: usize, p: f32, key: u32) {
-        put(out, 0, &dropout_forward(view1(inp, 0, len), p, key));
+    fn dropout_forward(&mut self, out: &mut Vec<f64>, inp: &Vec<f64>, table: &Vec<u32>, len: usize, d: &Dropout) {
+        put(out, 0, &dropout_forward(view1(inp, 0, len), table, d));
     }
 
-    fn dropout_backward(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, len: usize, p: f32, key: u32) {
+    fn dropout_backward(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, table: &Vec<u32>, len: usize, d: &Dropout) {
         // The mask is a constant factor: its backward is the forward applied to dout.
-        put(dinp, 0, &dropout_forward(view1(dout, 0, len), p, key));
+        put(dinp, 0, &dropout_forward(view1(dout, 0, len), table, d));
     }
 
     fn batchnorm_forward(
@@ -309,12 +335,14 @@ impl Backend for Reference {
         logits: &Vec<f64>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     ) {
-        let (p, loss, correct) = softmax_xent(view2(logits, 0, (n, classes)), &labels[..n]);
-        put(dlogits, 0, &softmax_xent_backward(p.view(), &labels[..n], scale as f64));
-        write_stats(stats, slot, &loss, &correct);
+        let y = member_labels(labels, n, members);
+        let (p, loss, correct) = softmax_xent(view2(logits, 0, (n * members, classes)), &y);
+        put(dlogits, 0, &softmax_xent_backward(p.view(), &y, scale as f64));
+        write_stats(stats, slot, members, &loss, &correct);
     }
 
     fn softmax_xent_forward(
@@ -326,11 +354,13 @@ impl Backend for Reference {
         logits: &Vec<f64>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
     ) {
-        let (p, loss, correct) = softmax_xent(view2(logits, 0, (n, classes)), &labels[..n]);
-        put(probs, probs_at * classes, &p);
-        write_stats(stats, slot, &loss, &correct);
+        let y = member_labels(labels, n, members);
+        let (p, loss, correct) = softmax_xent(view2(logits, 0, (n * members, classes)), &y);
+        put(probs, probs_at * members * classes, &p);
+        write_stats(stats, slot, members, &loss, &correct);
     }
 
     fn mse_forward_backward(
@@ -341,13 +371,15 @@ impl Backend for Reference {
         outputs: &Vec<f64>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
         scale: f32,
     ) {
-        let z = view2(outputs, 0, (n, classes));
-        let (loss, correct) = mse(z, &labels[..n]);
-        put(dout, 0, &mse_backward(z, &labels[..n], scale as f64));
-        write_stats(stats, slot, &loss, &correct);
+        let y = member_labels(labels, n, members);
+        let z = view2(outputs, 0, (n * members, classes));
+        let (loss, correct) = mse(z, &y);
+        put(dout, 0, &mse_backward(z, &y, scale as f64));
+        write_stats(stats, slot, members, &loss, &correct);
     }
 
     fn mse_forward(
@@ -359,12 +391,14 @@ impl Backend for Reference {
         outputs: &Vec<f64>,
         labels: &Vec<u32>,
         n: usize,
+        members: usize,
         classes: usize,
     ) {
-        let z = view2(outputs, 0, (n, classes));
-        let (loss, correct) = mse(z, &labels[..n]);
-        put(probs, probs_at * classes, z);
-        write_stats(stats, slot, &loss, &correct);
+        let y = member_labels(labels, n, members);
+        let z = view2(outputs, 0, (n * members, classes));
+        let (loss, correct) = mse(z, &y);
+        put(probs, probs_at * members * classes, z);
+        write_stats(stats, slot, members, &loss, &correct);
     }
 
     fn adam_step(
@@ -373,29 +407,45 @@ impl Backend for Reference {
         grads: &Vec<f64>,
         m: &mut Vec<f64>,
         v: &mut Vec<f64>,
+        table: &Vec<u32>,
         len: usize,
         a: &AdamStep,
     ) {
         let (mut p1, mut m1, mut v1) = (flat(params, len).to_owned(), flat(m, len).to_owned(), flat(v, len).to_owned());
-        adam_step(&mut p1, view1(grads, 0, len), &mut m1, &mut v1, a);
+        let lr = per_member(table, &a.segments, a.lr_at, len);
+        let wd = per_member(table, &a.segments, a.wd_at, len);
+        adam_step(&mut p1, view1(grads, 0, len), &mut m1, &mut v1, lr.view(), wd.view(), a);
         put(params, 0, &p1);
         put(m, 0, &m1);
         put(v, 0, &v1);
     }
 
-    fn sgd_step(&mut self, params: &mut Vec<f64>, grads: &Vec<f64>, velocity: &mut Vec<f64>, len: usize, s: &SgdStep) {
+    fn sgd_step(
+        &mut self,
+        params: &mut Vec<f64>,
+        grads: &Vec<f64>,
+        velocity: &mut Vec<f64>,
+        table: &Vec<u32>,
+        len: usize,
+        s: &SgdStep,
+    ) {
+        let lr = per_member(table, &s.segments, s.lr_at, len);
+        let momentum = per_member(table, &s.segments, s.momentum_at, len);
         let mut p1 = flat(params, len).to_owned();
-        let mut b1 = if s.momentum > 0.0 { flat(velocity, len).to_owned() } else { Array1::zeros(0) };
-        sgd_step(&mut p1, view1(grads, 0, len), &mut b1, s.lr as f64, s.momentum as f64);
+        // Velocity is only allocated (and touched) where some member has momentum.
+        let with_velocity = momentum.iter().any(|&m| m > 0.0);
+        let mut b1 = if with_velocity { flat(velocity, len).to_owned() } else { Array1::zeros(len) };
+        sgd_step(&mut p1, view1(grads, 0, len), &mut b1, lr.view(), momentum.view());
         put(params, 0, &p1);
-        if s.momentum > 0.0 {
+        if with_velocity {
             put(velocity, 0, &b1);
         }
     }
 
-    fn ema_update(&mut self, avg: &mut Vec<f64>, src: &Vec<f64>, len: usize, decay: f32) {
+    fn ema_update(&mut self, avg: &mut Vec<f64>, src: &Vec<f64>, table: &Vec<u32>, len: usize, e: &EmaStep) {
+        let decay = per_member(table, &e.segments, e.decay_at, len);
         let mut a1 = flat(avg, len).to_owned();
-        ema_update(&mut a1, view1(src, 0, len), decay as f64);
+        ema_update(&mut a1, view1(src, 0, len), decay.view());
         put(avg, 0, &a1);
     }
 }

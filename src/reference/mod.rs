@@ -17,7 +17,7 @@ pub use backend::Reference;
 
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
 
-use crate::backend::AdamStep;
+use crate::backend::{AdamStep, Dropout, Segments};
 use crate::model::Act;
 use crate::rng::draw;
 
@@ -27,26 +27,39 @@ fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usi
     (o * stride + k).checked_sub(pad).filter(|&i| i < size)
 }
 
+/// Channel groups of a convolution: (groups, in_groups). Output channel o of c_out is in
+/// group g = o / (c_out / groups) and reads the cg = w.dim().1 input channels from
+/// (g % in_groups) cg on; (1, 1) is an ordinary convolution.
+pub type Groups = (usize, usize);
+
+/// The first input channel output channel `o` reads.
+fn in_base(o: usize, c_out: usize, cg: usize, (groups, in_groups): Groups) -> usize {
+    ((o / (c_out / groups)) % in_groups) * cg
+}
+
 /// y (n, c_out, h_out, w_out) = b[o] + sum over (ci, ky, kx) of x (n, c_in, h, w) at the tap
-/// times w (c_out, c_in, kh, kw); h_out = (h + 2 pad_h - kh) / stride + 1, likewise w_out.
+/// (channel in_base(o) + ci) times w (c_out, cg, kh, kw); h_out = (h + 2 pad_h - kh) /
+/// stride + 1, likewise w_out.
 pub fn conv2d_forward(
     x: ArrayView4<f64>,
     w: ArrayView4<f64>,
     b: Option<ArrayView1<f64>>,
     stride: usize,
     (pad_h, pad_w): (usize, usize),
+    groups: Groups,
 ) -> Array4<f64> {
-    let (n, c_in, h, wd) = x.dim();
-    let (c_out, _, kh, kw) = w.dim();
+    let (n, _, h, wd) = x.dim();
+    let (c_out, cg, kh, kw) = w.dim();
     let (h_out, w_out) = ((h + 2 * pad_h - kh) / stride + 1, (wd + 2 * pad_w - kw) / stride + 1);
     let mut y = Array4::zeros((n, c_out, h_out, w_out));
     for ((s, o, oy, ox), v) in y.indexed_iter_mut() {
         let mut sum = b.map_or(0.0, |b| b[o]);
-        for ci in 0..c_in {
+        let base = in_base(o, c_out, cg, groups);
+        for ci in 0..cg {
             for ky in 0..kh {
                 for kx in 0..kw {
                     if let (Some(iy), Some(ix)) = (tap(oy, ky, stride, pad_h, h), tap(ox, kx, stride, pad_w, wd)) {
-                        sum += x[[s, ci, iy, ix]] * w[[o, ci, ky, kx]];
+                        sum += x[[s, base + ci, iy, ix]] * w[[o, ci, ky, kx]];
                     }
                 }
             }
@@ -57,22 +70,25 @@ pub fn conv2d_forward(
 }
 
 /// dx (n, c_in, h, w): every input position collects dy (n, c_out, h_out, w_out) times the
-/// weight of each tap that read it (the forward's loop nest, transposed).
+/// weight of each tap that read it (the forward's loop nest, transposed; an input channel
+/// read by several groups collects from all of them).
 pub fn conv2d_backward_input(
     dy: ArrayView4<f64>,
     w: ArrayView4<f64>,
-    (h, wd): (usize, usize),
+    (c_in, h, wd): (usize, usize, usize),
     stride: usize,
     (pad_h, pad_w): (usize, usize),
+    groups: Groups,
 ) -> Array4<f64> {
     let (n, c_out, h_out, w_out) = dy.dim();
-    let (_, c_in, kh, kw) = w.dim();
+    let (_, cg, kh, kw) = w.dim();
     let mut dx = Array4::zeros((n, c_in, h, wd));
     for s in 0..n {
         for o in 0..c_out {
+            let base = in_base(o, c_out, cg, groups);
             for oy in 0..h_out {
                 for ox in 0..w_out {
-                    for ci in 0..c_in {
+                    for ci in 0..cg {
                         for ky in 0..kh {
                             for kx in 0..kw {
                                 let (Some(iy), Some(ix)) =
@@ -80,7 +96,7 @@ pub fn conv2d_backward_input(
                                 else {
                                     continue;
                                 };
-                                dx[[s, ci, iy, ix]] += dy[[s, o, oy, ox]] * w[[o, ci, ky, kx]];
+                                dx[[s, base + ci, iy, ix]] += dy[[s, o, oy, ox]] * w[[o, ci, ky, kx]];
                             }
                         }
                     }
@@ -91,24 +107,26 @@ pub fn conv2d_backward_input(
     dx
 }
 
-/// dw (c_out, c_in, kh, kw) = sum over (n, oy, ox) of dy times the input at the tap;
+/// dw (c_out, cg, kh, kw) = sum over (n, oy, ox) of dy times the input at the tap;
 /// db (c_out) = sum of dy over (n, oy, ox).
 pub fn conv2d_backward_weight(
     dy: ArrayView4<f64>,
     x: ArrayView4<f64>,
-    (kh, kw): (usize, usize),
+    (cg, kh, kw): (usize, usize, usize),
     stride: usize,
     (pad_h, pad_w): (usize, usize),
+    groups: Groups,
 ) -> (Array4<f64>, Array1<f64>) {
     let (n, c_out, h_out, w_out) = dy.dim();
-    let (_, c_in, h, wd) = x.dim();
-    let mut dw = Array4::zeros((c_out, c_in, kh, kw));
+    let (_, _, h, wd) = x.dim();
+    let mut dw = Array4::zeros((c_out, cg, kh, kw));
     for ((o, ci, ky, kx), v) in dw.indexed_iter_mut() {
+        let base = in_base(o, c_out, cg, groups);
         for s in 0..n {
             for oy in 0..h_out {
                 for ox in 0..w_out {
                     if let (Some(iy), Some(ix)) = (tap(oy, ky, stride, pad_h, h), tap(ox, kx, stride, pad_w, wd)) {
-                        *v += dy[[s, o, oy, ox]] * x[[s, ci, iy, ix]];
+                        *v += dy[[s, o, oy, ox]] * x[[s, base + ci, iy, ix]];
                     }
                 }
             }
@@ -118,23 +136,43 @@ pub fn conv2d_backward_weight(
     (dw, db)
 }
 
-/// y (n, n_out) = x (n, n_in) w^T (n_in, n_out) + b (n_out).
-pub fn dense_forward(x: ArrayView2<f64>, w: ArrayView2<f64>, b: Option<ArrayView1<f64>>) -> Array2<f64> {
-    let y = x.dot(&w.t());
+/// Column block g of `groups` equal blocks of a matrix.
+fn block(m: ArrayView2<f64>, g: usize, groups: usize) -> ArrayView2<f64> {
+    let w = m.ncols() / groups;
+    m.slice_move(ndarray::s![.., g * w..(g + 1) * w])
+}
+
+/// Row block g of `groups` equal blocks.
+fn row_block(m: ArrayView2<f64>, g: usize, groups: usize) -> ArrayView2<f64> {
+    let h = m.nrows() / groups;
+    m.slice_move(ndarray::s![g * h..(g + 1) * h, ..])
+}
+
+/// y (n, n_out) = x (n, n_in) w^T + b (n_out), per group g of `groups`: output block g =
+/// input block g times row block g of w (n_out, n_in / groups), transposed.
+pub fn dense_forward(x: ArrayView2<f64>, w: ArrayView2<f64>, b: Option<ArrayView1<f64>>, groups: usize) -> Array2<f64> {
+    let blocks: Vec<Array2<f64>> = (0..groups).map(|g| block(x, g, groups).dot(&row_block(w, g, groups).t())).collect();
+    let views: Vec<ArrayView2<f64>> = blocks.iter().map(|b| b.view()).collect();
+    let y = ndarray::concatenate(Axis(1), &views).expect("blocks of one height");
     match b {
         Some(b) => y + b,
         None => y,
     }
 }
 
-/// dx (n, n_in) = dy (n, n_out) w (n_out, n_in).
-pub fn dense_backward_input(dy: ArrayView2<f64>, w: ArrayView2<f64>) -> Array2<f64> {
-    dy.dot(&w)
+/// dx (n, n_in) = dy (n, n_out) w, per group.
+pub fn dense_backward_input(dy: ArrayView2<f64>, w: ArrayView2<f64>, groups: usize) -> Array2<f64> {
+    let blocks: Vec<Array2<f64>> = (0..groups).map(|g| block(dy, g, groups).dot(&row_block(w, g, groups))).collect();
+    let views: Vec<ArrayView2<f64>> = blocks.iter().map(|b| b.view()).collect();
+    ndarray::concatenate(Axis(1), &views).expect("blocks of one height")
 }
 
-/// dw (n_out, n_in) = dy^T (n_out, n) x (n, n_in); db (n_out) = column sums of dy.
-pub fn dense_backward_weight(dy: ArrayView2<f64>, x: ArrayView2<f64>) -> (Array2<f64>, Array1<f64>) {
-    (dy.t().dot(&x), dy.sum_axis(Axis(0)))
+/// dw (n_out, n_in / groups) = dy^T x per group (row block g from dy's and x's column block
+/// g); db (n_out) = column sums of dy.
+pub fn dense_backward_weight(dy: ArrayView2<f64>, x: ArrayView2<f64>, groups: usize) -> (Array2<f64>, Array1<f64>) {
+    let blocks: Vec<Array2<f64>> = (0..groups).map(|g| block(dy, g, groups).t().dot(&block(x, g, groups))).collect();
+    let views: Vec<ArrayView2<f64>> = blocks.iter().map(|b| b.view()).collect();
+    (ndarray::concatenate(Axis(0), &views).expect("blocks of one width"), dy.sum_axis(Axis(0)))
 }
 
 /// act(x), one element.
@@ -161,20 +199,31 @@ pub fn activation_forward(x: ArrayView1<f64>, a: Act) -> Array1<f64> {
     x.mapv(|v| act(v, a))
 }
 
-/// dx = dy * act'(.) * scale, from the forward's output y.
-pub fn activation_backward(dy: ArrayView1<f64>, y: ArrayView1<f64>, a: Act, scale: f64) -> Array1<f64> {
-    &dy * &y.mapv(|y| act_grad(y, a) * scale)
+/// dx = dy * act'(.) * scale, from the forward's output y; scale per element.
+pub fn activation_backward(dy: ArrayView1<f64>, y: ArrayView1<f64>, a: Act, scale: ArrayView1<f64>) -> Array1<f64> {
+    &dy * &(y.mapv(|y| act_grad(y, a)) * scale)
 }
 
-/// The inverted-dropout multiplier of element i (of the batch's flat buffer) under `key`:
-/// kept (1 / (1 - p)) when the i-th draw is at least p, else dropped (0).
-pub fn dropout_mask(len: usize, p: f32, key: u32) -> Array1<f64> {
-    Array1::from_shape_fn(len, |i| if draw(key, i as u32) >= p { 1.0 / (1.0 - p as f64) } else { 0.0 })
+/// The inverted-dropout multiplier of element i of a batch buffer of `d.members` models:
+/// with (k, j) = `d.locate(i)` (member, index in its own buffer), kept (1 / (1 - p_k)) when
+/// the j-th draw under member k's key is at least p_k, else dropped (0).
+pub fn dropout_mask(len: usize, table: &[u32], d: &Dropout) -> Array1<f64> {
+    Array1::from_shape_fn(len, |i| {
+        let (k, j) = d.locate(i);
+        let (key, p, _) = d.member(table, k);
+        if draw(key, j as u32) >= p { 1.0 / (1.0 - p as f64) } else { 0.0 }
+    })
+}
+
+/// The scale 1 / (1 - p_k) of every element's member (what a relu + dropout's backward
+/// multiplies by where the element was kept).
+pub fn dropout_scale(len: usize, table: &[u32], d: &Dropout) -> Array1<f64> {
+    Array1::from_shape_fn(len, |i| 1.0 / (1.0 - d.member(table, d.locate(i).0).1 as f64))
 }
 
 /// y = x * mask (and, the mask being a constant, dx = dy * mask).
-pub fn dropout_forward(x: ArrayView1<f64>, p: f32, key: u32) -> Array1<f64> {
-    &x * &dropout_mask(x.len(), p, key)
+pub fn dropout_forward(x: ArrayView1<f64>, table: &[u32], d: &Dropout) -> Array1<f64> {
+    &x * &dropout_mask(x.len(), table, d)
 }
 
 /// y (n, c, h_out, w_out) = maximum of each size x size window of x (n, c, h, w) at stride
@@ -331,30 +380,54 @@ pub fn mse_backward(z: ArrayView2<f64>, labels: &[u32], scale: f64) -> Array2<f6
 
 /// One step of Adam (Kingma & Ba) with decoupled weight decay (AdamW): m and v are the
 /// moment averages, m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t), and
-/// p <- p (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps).
-pub fn adam_step(p: &mut Array1<f64>, g: ArrayView1<f64>, m: &mut Array1<f64>, v: &mut Array1<f64>, a: &AdamStep) {
-    let (b1, b2, lr, eps) = (a.beta1 as f64, a.beta2 as f64, a.lr as f64, a.eps as f64);
+/// p <- p (1 - lr wd) - lr m_hat / (sqrt(v_hat) + eps), with the learning rate lr and weight
+/// decay wd of each element's member (per element here).
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step(
+    p: &mut Array1<f64>,
+    g: ArrayView1<f64>,
+    m: &mut Array1<f64>,
+    v: &mut Array1<f64>,
+    lr: ArrayView1<f64>,
+    wd: ArrayView1<f64>,
+    a: &AdamStep,
+) {
+    let (b1, b2, eps) = (a.beta1 as f64, a.beta2 as f64, a.eps as f64);
     *m = &*m * b1 + &g * (1.0 - b1);
     *v = &*v * b2 + &g.mapv(|g| g * g) * (1.0 - b2);
     let m_hat = &*m / (1.0 - b1.powi(a.t as i32));
     let v_hat = &*v / (1.0 - b2.powi(a.t as i32));
-    *p = &*p * (1.0 - lr * a.weight_decay as f64) - m_hat / (v_hat.mapv(f64::sqrt) + eps) * lr;
+    *p = &*p * (1.0 - &lr * &wd) - m_hat / (v_hat.mapv(f64::sqrt) + eps) * lr;
 }
 
-/// One step of SGD as torch.optim.SGD: with momentum, b <- momentum b + g and p <- p - lr b;
-/// without, p <- p - lr g.
-pub fn sgd_step(p: &mut Array1<f64>, g: ArrayView1<f64>, b: &mut Array1<f64>, lr: f64, momentum: f64) {
-    if momentum > 0.0 {
-        *b = &*b * momentum + g;
-        *p = &*p - &*b * lr;
-    } else {
-        *p = &*p - &g * lr;
+/// One step of SGD as torch.optim.SGD, per element with its member's lr and momentum: with
+/// momentum, b <- momentum b + g and p <- p - lr b; without, p <- p - lr g (b untouched).
+pub fn sgd_step(
+    p: &mut Array1<f64>,
+    g: ArrayView1<f64>,
+    b: &mut Array1<f64>,
+    lr: ArrayView1<f64>,
+    momentum: ArrayView1<f64>,
+) {
+    for i in 0..p.len() {
+        if momentum[i] > 0.0 {
+            b[i] = b[i] * momentum[i] + g[i];
+            p[i] -= b[i] * lr[i];
+        } else {
+            p[i] -= g[i] * lr[i];
+        }
     }
 }
 
-/// avg <- decay avg + (1 - decay) src.
-pub fn ema_update(avg: &mut Array1<f64>, src: ArrayView1<f64>, decay: f64) {
-    *avg = &*avg * decay + &src * (1.0 - decay);
+/// avg <- decay avg + (1 - decay) src, per element with its member's decay.
+pub fn ema_update(avg: &mut Array1<f64>, src: ArrayView1<f64>, decay: ArrayView1<f64>) {
+    *avg = &*avg * &decay + &src * &(1.0 - &decay);
+}
+
+/// Per element of a flat buffer of `len`, its member's value at word `at + member` of the
+/// member table.
+pub fn per_member(table: &[u32], seg: &Segments, at: usize, len: usize) -> Array1<f64> {
+    Array1::from_shape_fn(len, |i| crate::backend::table_f32(table, at + seg.member_of(table, i)) as f64)
 }
 
 /// One augmentation draw: zoom in [lo, hi], rotation theta in [-rotate, rotate] (radians),

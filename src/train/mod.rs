@@ -4,12 +4,23 @@
 //! `train` reads as its steps: `Trainer::new` checks the data against the model and puts
 //! both on the device (or picks up a checkpoint), then each epoch is `run_epoch` (the step
 //! loop, which `bench` drives too), `evaluate` (test and validation figures, printed and
-//! logged), `early_stop` and `checkpoint`; `finish` restores the best epoch if asked and
-//! saves the model.
+//! logged), `early_stop` and `checkpoint`; `finish` keeps each model's best epoch if asked
+//! and saves the models.
 //!
-//! Everything random derives from (seed, epoch, step) (see `rng`), so the same seed on the
-//! same backend gives the same result bit for bit, and `--resume` continues a run exactly.
+//! One model or an array of them trained side by side (seeds, sweeps: `network::Members`)
+//! run through the same steps: every figure is per member, early stopping and divergence
+//! freeze one member at a time (`Network::freeze`), and the run ends when every member has
+//! ended or the epochs run out. A model of its own is the array of one, written as before
+//! (its file at `out`); an array writes a file per member, a manifest and its own log
+//! (`outputs`).
+//!
+//! Everything random derives from (seed, epoch, step) (see `rng`): the batch order and
+//! augmentation from the data seed, which all members share, initialisation and dropout from
+//! each member's seed. So a member trains exactly as a run of its own with that seed and
+//! data seed would, the same seed on the same backend gives the same result bit for bit, and
+//! `--resume` continues a run exactly.
 
+pub mod outputs;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -25,10 +36,12 @@ use crate::data::augment::Augment;
 use crate::data::{DataInfo, Dataset};
 use crate::error::{Error, Result};
 use crate::model::Arch;
-use crate::model::spec::{EarlyStopping, Monitor, Normalize, Recipe};
-use crate::modelfile::{self, Loaded, Progress, TrainState};
-use crate::network::{DeviceData, EvalResult, Network, StepArgs};
+use crate::model::spec::{EarlyStopping, Monitor, Normalize, Recipe, Schedule};
+use crate::modelfile::{self, ArrayState, Loaded, MemberProgress, Progress, Status, TrainState};
+use crate::network::{DeviceData, EvalResult, Evaluation, Member, Members, Network, StepArgs};
 use crate::rng;
+
+pub use outputs::member_file;
 
 /// Batches of this many examples (or the training batch, if larger) for evaluation.
 pub const EVAL_BATCH: usize = 256;
@@ -37,9 +50,17 @@ pub const EVAL_BATCH: usize = 256;
 pub const STEPS_PER_FLUSH: usize = 64;
 
 pub struct TrainConfig {
-    /// The architecture, with the recipe as it will be used (CLI overrides applied).
-    pub arch: Arch,
-    pub seed: u64,
+    /// The models to train, each with its seed and recipe: one, or an array's members
+    /// (differing only in what `network::Members::new` allows).
+    pub members: Vec<Member>,
+    /// What each member's file name adds after its seed: the swept keys with their values as
+    /// given (`outputs::member_file`).
+    pub tags: Vec<Vec<(String, String)>>,
+    /// An array (a file per member, a manifest) rather than one model (its file at `out`).
+    pub array: bool,
+    /// The seed of the batch order, augmentation and validation split, shared by all members.
+    pub data_seed: u64,
+    /// The model file (an array: the base of its members' names, its manifest and log).
     pub out: PathBuf,
     /// Continue from this checkpoint.
     pub resume: Option<Loaded>,
@@ -56,6 +77,25 @@ pub struct TrainConfig {
     pub stream: bool,
 }
 
+impl TrainConfig {
+    /// A model of its own with the given seed (which also orders the batches).
+    pub fn single(arch: Arch, seed: u64, out: PathBuf) -> TrainConfig {
+        TrainConfig {
+            members: vec![Member { seed, spec: arch.spec }],
+            tags: vec![Vec::new()],
+            array: false,
+            data_seed: seed,
+            out,
+            resume: None,
+            progress: false,
+            checkpoints: true,
+            run_info: HashMap::new(),
+            data: DataInfo::default(),
+            stream: false,
+        }
+    }
+}
+
 /// Bytes of pictures one streaming window holds (at least one batch's): small next to any
 /// device's memory and within every adapter's 128 MB per binding.
 const STREAM_WINDOW_BYTES: usize = 64 << 20;
@@ -64,7 +104,7 @@ fn out_of_memory(e: &Error) -> bool {
     matches!(e, Error::Gpu(m) if m.to_lowercase().contains("out of memory"))
 }
 
-/// One epoch's figures, as printed and logged.
+/// One epoch's figures of one model, as printed and logged.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EpochReport {
     pub epoch: usize,
@@ -79,14 +119,39 @@ pub struct EpochReport {
     pub images_per_second: f64,
 }
 
+/// One epoch of a run: each member's report (None for a member that had ended before it)
+/// and the ensemble's test figures (an array's members that did not diverge).
+#[derive(Debug, Clone)]
+pub struct EpochReports {
+    pub members: Vec<Option<EpochReport>>,
+    pub ensemble: EvalResult,
+}
+
+/// How a run ended, per member.
+#[derive(Debug, Clone)]
+pub struct MemberSummary {
+    pub seed: u64,
+    pub tags: Vec<(String, String)>,
+    /// Where its model was saved.
+    pub file: PathBuf,
+    pub status: Status,
+    pub best_epoch: usize,
+    pub final_test: EvalResult,
+    pub history: Vec<EpochReport>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
     pub epochs_run: usize,
     pub best_epoch: usize,
+    /// The first (or only) member's final test figures.
     pub final_test: EvalResult,
     pub history: Vec<EpochReport>,
     pub seconds: f64,
     pub stopped_early: bool,
+    pub members: Vec<MemberSummary>,
+    /// The ensemble of the members that did not diverge, on the test set.
+    pub ensemble_test: EvalResult,
 }
 
 fn pct(x: f64) -> String {
@@ -101,11 +166,11 @@ pub struct Epoch {
     /// Training examples (the last batch may be partial).
     pub n: usize,
     pub batch: usize,
-    /// The epoch's learning rate (its first step's, for a step-wise schedule).
-    pub lr: f32,
-    /// Step-wise schedule: (schedule, base rate, epochs); None: `lr` for every step.
-    pub stepwise: Option<(crate::model::spec::Schedule, f32, usize)>,
-    pub seed: u64,
+    /// Whether each step has its own row of learning rates (a step-wise schedule) rather than
+    /// the epoch's one row.
+    pub stepwise: bool,
+    /// The seed of the batch order and augmentation.
+    pub data_seed: u64,
     pub augment: Option<Augment>,
     /// Steps taken in the whole run before this epoch's first.
     pub first_step: u32,
@@ -124,20 +189,39 @@ impl Epoch {
             slot: step,
             global_step: self.first_step + step as u32,
             epoch: self.index as u32 + 1,
-            lr: match self.stepwise {
-                Some((s, base, epochs)) => schedule::lr_at_step(&s, base, self.index, epochs, step, self.steps()),
-                None => self.lr,
-            },
-            seed: self.seed,
+            row: if self.stepwise { step } else { 0 },
+            data_seed: self.data_seed,
             augment: self.augment,
         }
     }
 }
 
+/// The learning-rate rows of epoch `index` (`Network::set_rates`): each member's rate for the
+/// epoch, or for every step of it under a step-wise schedule.
+pub fn epoch_rates(members: &Members, recipe: &Recipe, index: usize, steps: usize) -> Vec<Vec<f32>> {
+    let epochs = recipe.epochs;
+    let base = |k: usize| members.lr(k);
+    if stepwise(&recipe.schedule) {
+        (0..steps)
+            .map(|s| {
+                (0..members.len())
+                    .map(|k| schedule::lr_at_step(&recipe.schedule, base(k), index, epochs, s, steps))
+                    .collect()
+            })
+            .collect()
+    } else {
+        vec![(0..members.len()).map(|k| schedule::lr_at(&recipe.schedule, base(k), index, epochs)).collect()]
+    }
+}
+
+fn stepwise(s: &Schedule) -> bool {
+    matches!(s, Schedule::OneCycle { .. })
+}
+
 /// Enqueues steps `steps` of epoch `e` over the permutation `perm` (each step's loss and hits
-/// into `stats[step]`), submitting every `STEPS_PER_FLUSH` steps and calling `after_flush`
-/// with the number of steps done and the stats. Training and `bench` both run their steps
-/// through here.
+/// per member into its stats slot), submitting every `STEPS_PER_FLUSH` steps and calling
+/// `after_flush` with the number of steps done and the stats. Training and `bench` both run
+/// their steps through here.
 #[allow(clippy::too_many_arguments)]
 pub fn run_steps<B: Backend>(
     b: &mut B,
@@ -193,9 +277,11 @@ pub fn check_data(arch: &Arch, ds: &Dataset, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Each member's state in a run: who it is and where its early stopping stands.
+type Progresses = Vec<MemberProgress>;
+
 /// A training run in progress: the network and data on the device and the scheduler's state.
 pub struct Trainer<B: Backend> {
-    arch: Arch,
     recipe: Recipe,
     cfg: TrainConfig,
     net: Network<B>,
@@ -206,10 +292,16 @@ pub struct Trainer<B: Backend> {
     stats: B::Buf,
     perm: B::IBuf,
     progress: Progress,
-    /// Early stopping's best weights so far (when it restores them).
-    best: Option<(Vec<f32>, Vec<f32>)>,
-    metrics_log: std::fs::File,
-    history: Vec<EpochReport>,
+    members: Progresses,
+    /// The weights each member keeps (fused layout): its best epoch's while early stopping
+    /// restores them, and for a member that has ended, what it ended with.
+    kept: Option<(Vec<f32>, Vec<f32>)>,
+    /// The weights to keep at the end of the last epoch (an array's snapshot, which a member
+    /// that diverges in the next epoch keeps).
+    last: Option<(Vec<f32>, Vec<f32>)>,
+    metrics_logs: Vec<std::fs::File>,
+    array_log: Option<std::fs::File>,
+    history: Vec<Vec<EpochReport>>,
 }
 
 impl<B: Backend> Trainer<B> {
@@ -217,10 +309,31 @@ impl<B: Backend> Trainer<B> {
     /// "auto"` from the training images, uploads everything and starts fresh or from the
     /// checkpoint in `cfg.resume`.
     pub fn new(b: &mut B, mut cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<Self> {
-        cfg.arch.spec.train.validate().map_err(Error::Config)?;
-        check_data(&cfg.arch, &train, "training")?;
-        check_data(&cfg.arch, test, "test")?;
-        let recipe = cfg.arch.recipe().clone();
+        if let Some((ck, ts)) = cfg.resume.as_ref().and_then(|c| Some((c, c.train.as_ref()?))) {
+            // A checkpoint says who trains and on which batches; only the epochs may change.
+            let epochs = cfg.members.first().map(|m| m.spec.train.epochs);
+            let (members, tags): (Vec<Member>, Vec<_>) = match &ts.array {
+                Some(a) => {
+                    a.members.iter().map(|m| (Member { seed: m.seed, spec: m.spec.clone() }, m.tags.clone())).unzip()
+                }
+                None => (vec![Member { seed: ts.progress.seed, spec: ck.arch.spec.clone() }], vec![Vec::new()]),
+            };
+            cfg.members = members;
+            cfg.tags = tags;
+            cfg.array = ts.array.is_some();
+            cfg.data_seed = ts.progress.data_seed.unwrap_or(ts.progress.seed);
+            for m in &mut cfg.members {
+                m.spec.train.epochs = epochs.unwrap_or(m.spec.train.epochs);
+            }
+        }
+        let Some(first) = cfg.members.first() else {
+            return Err(Error::Config("nothing to train: no members".into()));
+        };
+        first.spec.train.validate().map_err(Error::Config)?;
+        let lone = Arch::new(first.spec.clone())?;
+        check_data(&lone, &train, "training")?;
+        check_data(&lone, test, "test")?;
+        let recipe = lone.recipe().clone();
         let val_count = (recipe.validation as f64 * train.len() as f64).round() as usize;
         let (train, val) = train.split_tail(val_count);
         if train.is_empty() {
@@ -229,12 +342,14 @@ impl<B: Backend> Trainer<B> {
         if recipe.normalize.is_auto() {
             let (mean, std) = train.channel_stats();
             println!("normalize auto: per-channel mean {mean:.4?}, std {std:.4?} over the training images");
-            cfg.arch.spec.train.normalize = Normalize::values(mean, std);
+            for m in &mut cfg.members {
+                m.spec.train.normalize = Normalize::values(mean.clone(), std.clone());
+            }
         }
-        let arch = cfg.arch.clone();
-        let recipe = arch.recipe().clone();
+        let members = Members::new(cfg.members.clone())?;
+        let recipe = members.lone.recipe().clone();
 
-        crate::network::check_fits(b, &arch, recipe.batch.max(EVAL_BATCH))?;
+        crate::network::check_array(b, &members, recipe.batch.max(EVAL_BATCH))?;
         let n = train.len();
         // A streamed training set moves into the stream (host memory), without a copy.
         let streamed = |b: &mut B, train: Dataset| {
@@ -259,40 +374,85 @@ impl<B: Backend> Trainer<B> {
         let test_dev = DeviceData::upload(b, test)?;
         let val = if val.is_empty() { None } else { Some(DeviceData::upload(b, &val)?) };
 
-        let (params, state, progress, best) = match &cfg.resume {
+        let fresh_member = |m: &Member, k: usize| MemberProgress {
+            seed: m.seed,
+            spec: m.spec.clone(),
+            tags: cfg.tags.get(k).cloned().unwrap_or_default(),
+            best_value: None,
+            best_epoch: 0,
+            wait: 0,
+            status: Status::Training,
+            ended: 0,
+        };
+        let (params, state, progress, mut progresses, kept) = match &cfg.resume {
             Some(ck) => {
                 let ts = ck
                     .train
                     .as_ref()
                     .ok_or_else(|| Error::Config("the resume file is a model, not a checkpoint".into()))?;
-                (ck.params.clone(), ck.state.clone(), ts.progress.clone(), ts.best.clone())
+                let p = &ts.progress;
+                let progresses = match &ts.array {
+                    Some(a) => a.members.clone(),
+                    None => vec![MemberProgress {
+                        best_value: p.best_value,
+                        best_epoch: p.best_epoch,
+                        wait: p.wait,
+                        ..fresh_member(&cfg.members[0], 0)
+                    }],
+                };
+                (ck.params.clone(), ck.state.clone(), p.clone(), progresses, ts.best.clone())
             }
             None => {
-                let (p, s) = arch.init(recipe.init, cfg.seed);
+                let (p, s) = members.init();
                 let progress = Progress {
                     epoch: 0,
                     global_step: 0,
-                    seed: cfg.seed,
+                    seed: members.list[0].seed,
                     best_value: None,
                     best_epoch: 0,
                     wait: 0,
                     seconds: 0.0,
+                    data_seed: Some(cfg.data_seed),
                 };
-                (p, s, progress, None)
+                let progresses = cfg.members.iter().enumerate().map(|(k, m)| fresh_member(m, k)).collect();
+                (p, s, progress, progresses, None)
             }
         };
-        let mut net = Network::new(b, arch.clone(), recipe.batch.max(EVAL_BATCH), &params, &state)?;
+        // A resumed run's epochs may change (`--epochs`): members that ran out of epochs may
+        // train on.
+        for m in &mut progresses {
+            m.spec.train.epochs = recipe.epochs;
+        }
+        let mut net = Network::array(b, members, recipe.batch.max(EVAL_BATCH), &params, &state)?;
         if let Some(ts) = cfg.resume.as_ref().and_then(|c| c.train.as_ref()) {
             net.set_opt_state(b, &ts.m, &ts.v)?;
             if let Some((ap, as_)) = &ts.average {
                 net.set_average(b, ap, as_)?;
             }
         }
-        let stats = b.alloc(2 * n.div_ceil(recipe.batch))?;
+        for (k, m) in progresses.iter().enumerate() {
+            if m.status == Status::StoppedEarly || m.status == Status::Diverged {
+                net.freeze(b, k)?;
+            }
+        }
+        let stats = b.alloc(2 * n.div_ceil(recipe.batch) * net.len())?;
         let perm = b.alloc_u32(n)?;
-        let metrics_log = open_metrics(&modelfile::metrics_path(&cfg.out), cfg.resume.is_some())?;
+        let append = cfg.resume.is_some();
+        let metrics_logs = (0..net.len())
+            .map(|k| open_metrics(&modelfile::metrics_path(&member_path(&cfg, k)), append))
+            .collect::<Result<Vec<_>>>()?;
+        let array_log = match cfg.array {
+            true => Some(open_metrics(&modelfile::metrics_path(&cfg.out), append)?),
+            false => None,
+        };
+        let history = vec![Vec::new(); net.len()];
+        // An array keeps the weights of the last epoch that ended, for a member that diverges
+        // in the next (before the first epoch: where it starts).
+        let last = match cfg.array {
+            true => Some(net.with_average(|net| net.get_params(b))?),
+            false => None,
+        };
         Ok(Trainer {
-            arch,
             recipe,
             cfg,
             net,
@@ -303,9 +463,12 @@ impl<B: Backend> Trainer<B> {
             stats,
             perm,
             progress,
-            best,
-            metrics_log,
-            history: Vec::new(),
+            members: progresses,
+            kept,
+            last,
+            metrics_logs,
+            array_log,
+            history,
         })
     }
 
@@ -314,44 +477,55 @@ impl<B: Backend> Trainer<B> {
         self.progress.epoch..self.recipe.epochs
     }
 
+    fn data_seed(&self) -> u64 {
+        self.progress.data_seed.unwrap_or(self.progress.seed)
+    }
+
     fn epoch_plan(&self, index: usize) -> Epoch {
         Epoch {
             index,
             n: self.n,
             batch: self.recipe.batch,
-            lr: schedule::lr_at(&self.recipe.schedule, self.recipe.optimizer.lr(), index, self.recipe.epochs),
-            stepwise: matches!(self.recipe.schedule, crate::model::spec::Schedule::OneCycle { .. })
-                .then(|| (self.recipe.schedule, self.recipe.optimizer.lr(), self.recipe.epochs)),
-            seed: self.progress.seed,
+            stepwise: stepwise(&self.recipe.schedule),
+            data_seed: self.data_seed(),
             augment: self.recipe.augment,
             first_step: self.progress.global_step,
         }
     }
 
+    fn active(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members.iter().enumerate().filter(|(_, m)| m.status == Status::Training).map(|(k, _)| k)
+    }
+
     /// Every step of epoch `index` over a fresh shuffle, with a progress bar and a look at
-    /// the running loss every few seconds (a diverging run stops there, not at the epoch's
-    /// end). Returns the epoch's mean training loss and accuracy and its seconds.
-    pub fn run_epoch(&mut self, b: &mut B, index: usize) -> Result<(f64, f64, f64, f32)> {
+    /// the running loss every few seconds (a run whose every training member diverges stops
+    /// there, not at the epoch's end). Returns each member's mean training loss and accuracy,
+    /// and the seconds.
+    pub fn run_epoch(&mut self, b: &mut B, index: usize) -> Result<(Vec<(f64, f64)>, f64)> {
         let e = self.epoch_plan(index);
         let steps = e.steps();
-        let perm = rng::epoch_permutation(e.seed, index, self.n);
+        let k = self.net.len();
+        let perm = rng::epoch_permutation(e.data_seed, index, self.n);
         b.upload_u32(&mut self.perm, &perm)?;
+        self.net.set_rates(b, epoch_rates(&self.net.members, &self.recipe, index, steps))?;
         let bar = progress_bar(self.cfg.progress, steps, index, self.recipe.epochs);
         let t0 = Instant::now();
         let mut last_peek = Instant::now();
         let (batch, ckpt, checkpoints) = (e.batch, modelfile::checkpoint_path(&self.cfg.out), self.cfg.checkpoints);
         let progress = &self.progress;
+        let active: Vec<usize> = self.active().collect();
         let mut peek = |b: &mut B, done: usize, stats: &B::Buf| -> Result<()> {
             bar.set_position(done as u64);
             if last_peek.elapsed() > Duration::from_secs(3) {
                 last_peek = Instant::now();
-                let s = b.download(stats, 2 * done)?;
-                let loss = s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() / (done * batch) as f64;
-                if !loss.is_finite() {
+                let s = b.download(stats, 2 * done * k)?;
+                let losses = member_means(&s, k, done, (done * batch) as f64);
+                if losses.iter().all(|l| !l.0.is_finite()) {
                     bar.finish_and_clear();
                     return Err(diverged(index, progress, &ckpt, checkpoints));
                 }
-                bar.set_message(format!("loss {loss:.4}"));
+                let shown = active.iter().map(|&m| losses[m].0).find(|l| l.is_finite()).unwrap_or(f64::NAN);
+                bar.set_message(format!("loss {shown:.4}"));
             }
             Ok(())
         };
@@ -365,88 +539,166 @@ impl<B: Backend> Trainer<B> {
             run_steps(b, &mut self.net, &self.train, &self.perm, &mut self.stats, &e, first..end, &mut peek)?;
             first = end;
         }
-        let s = b.download(&self.stats, 2 * steps)?;
+        let s = b.download(&self.stats, 2 * steps * k)?;
         let seconds = t0.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        let loss = s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() / self.n as f64;
-        let acc = s.iter().skip(1).step_by(2).map(|&v| v as f64).sum::<f64>() / self.n as f64;
-        if !loss.is_finite() {
+        let figures = member_means(&s, k, steps, self.n as f64);
+        // Every member diverged: the run has nothing left to keep training or to save.
+        if figures.iter().all(|f| !f.0.is_finite()) {
             return Err(diverged(index, &self.progress, &ckpt, checkpoints));
         }
         self.progress.epoch = index + 1;
         self.progress.global_step += steps as u32;
         self.progress.seconds += seconds;
-        Ok((loss, acc, seconds, e.lr))
+        Ok((figures, seconds))
     }
 
-    /// Test (and validation) figures of the weights to keep (the average's, with `ema`),
-    /// printed as one line and appended to the metrics log; the live weights stay in place.
-    pub fn evaluate(&mut self, b: &mut B, (loss, acc, seconds, lr): (f64, f64, f64, f32)) -> Result<EpochReport> {
-        self.net.swap_average();
-        let test = self.net.evaluate_figures(b, &self.test);
-        let val = match &self.val {
-            Some(v) => self.net.evaluate_figures(b, v).map(Some),
-            None => Ok(None),
-        };
-        self.net.swap_average();
-        let (test, val) = (test?, val?);
-        let report = EpochReport {
-            epoch: self.progress.epoch,
-            train_loss: loss,
-            train_acc: acc,
-            val_loss: val.as_ref().map(|r| r.loss),
-            val_acc: val.as_ref().map(|r| r.accuracy()),
-            test_loss: test.loss,
-            test_acc: test.accuracy(),
-            lr,
-            seconds,
-            images_per_second: self.n as f64 / seconds,
-        };
-        println!("{}", epoch_line(&report, self.recipe.epochs));
-        let line = serde_json::to_string(&report).unwrap_or_default();
-        let path = modelfile::metrics_path(&self.cfg.out);
-        writeln!(self.metrics_log, "{line}").map_err(|e| Error::io(&path, e))?;
-        self.history.push(report.clone());
-        Ok(report)
-    }
-
-    /// Seed B's early stopping: the relative improvement of the monitored loss. Keeps the
-    /// best weights when they are to be restored; true when patience has run out.
-    pub fn early_stop(&mut self, b: &mut B, r: &EpochReport) -> Result<bool> {
-        let Some(es) = self.recipe.early_stopping else { return Ok(false) };
-        let value = match es.monitor {
-            Monitor::TrainLoss => r.train_loss,
-            Monitor::ValLoss => r.val_loss.unwrap_or(r.train_loss),
-        };
-        let p = &mut self.progress;
-        if p.best_value.is_none_or(|best| value < best * (1.0 - es.min_delta as f64)) {
-            p.best_value = Some(value);
-            p.best_epoch = r.epoch;
-            p.wait = 0;
-            if es.restore_best {
-                self.net.swap_average();
-                let kept = self.net.get_params(b);
-                self.net.swap_average();
-                self.best = Some(kept?);
+    /// Test (and validation) figures of the weights to keep (the average's, with `ema`) for
+    /// every member that was training, and the ensemble's; printed and appended to the
+    /// metrics logs. A member whose training loss became NaN is frozen here (it keeps its
+    /// last finite epoch's weights). The live weights stay in place.
+    pub fn evaluate(&mut self, b: &mut B, (figures, seconds): (Vec<(f64, f64)>, f64)) -> Result<EpochReports> {
+        let index = self.progress.epoch - 1;
+        let include: Vec<bool> = self.members.iter().map(|m| m.status != Status::Diverged).collect();
+        let (test, val) = self.net.with_average(|net| -> Result<(Evaluation, Option<Evaluation>)> {
+            let test = net.evaluate_all(b, &self.test, false, &include)?;
+            let val = match &self.val {
+                Some(v) => Some(net.evaluate_all(b, v, false, &include)?),
+                None => None,
+            };
+            Ok((test, val))
+        })?;
+        let rates = epoch_rates(&self.net.members, &self.recipe, index, 1);
+        let mut reports = Vec::new();
+        for k in 0..self.net.len() {
+            if self.members[k].status != Status::Training {
+                reports.push(None);
+                continue;
             }
-            return Ok(false);
+            let (loss, acc) = figures[k];
+            let report = EpochReport {
+                epoch: self.progress.epoch,
+                train_loss: loss,
+                train_acc: acc,
+                val_loss: val.as_ref().map(|v| v.members[k].loss),
+                val_acc: val.as_ref().map(|v| v.members[k].accuracy()),
+                test_loss: test.members[k].loss,
+                test_acc: test.members[k].accuracy(),
+                lr: rates[0][k],
+                seconds,
+                images_per_second: self.n as f64 / seconds,
+            };
+            let line = serde_json::to_string(&report).unwrap_or_default();
+            let path = modelfile::metrics_path(&member_path(&self.cfg, k));
+            writeln!(self.metrics_logs[k], "{line}").map_err(|e| Error::io(&path, e))?;
+            self.history[k].push(report.clone());
+            reports.push(Some(report));
         }
-        p.wait += 1;
-        if p.wait < es.patience {
-            return Ok(false);
+        let reports = EpochReports { members: reports, ensemble: test.ensemble };
+        if self.cfg.array {
+            outputs::print_epoch(&reports, &self.members, self.recipe.epochs, seconds, self.n);
+        } else if let Some(r) = &reports.members[0] {
+            println!("{}", epoch_line(r, self.recipe.epochs));
         }
-        println!(
-            "early stopping: no {}% improvement of the {} in {} epochs; best was epoch {}",
-            es.min_delta * 100.0,
-            monitored(&es),
-            p.wait,
-            p.best_epoch
-        );
-        Ok(true)
+        // Members whose loss became NaN stop here, keeping their last finite weights.
+        for k in 0..self.net.len() {
+            if reports.members[k].as_ref().is_some_and(|r| !r.train_loss.is_finite()) {
+                self.end_member(b, k, Status::Diverged)?;
+                println!(
+                    "member {}: the training loss became NaN or infinite in epoch {}; it stops with the weights of epoch {}",
+                    outputs::member_name(&self.members[k]),
+                    self.progress.epoch,
+                    self.progress.epoch - 1
+                );
+            }
+        }
+        if let Some(log) = self.array_log.as_mut() {
+            let line = outputs::array_log_line(&reports, &self.members, &self.cfg);
+            let path = modelfile::metrics_path(&self.cfg.out);
+            writeln!(log, "{line}").map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(reports)
     }
 
-    /// Writes the checkpoint (weights, optimizer state, scheduler position, best weights,
-    /// average) atomically, when the run keeps them.
+    /// Ends member k's training: frozen from now on, keeping what `kept` or `last` holds for
+    /// it (or, if it has nothing yet, its weights now).
+    fn end_member(&mut self, b: &mut B, k: usize, status: Status) -> Result<()> {
+        let m = &mut self.members[k];
+        m.status = status;
+        m.ended = self.progress.epoch;
+        self.net.freeze(b, k)?;
+        let keeps_best = self.recipe.early_stopping.is_some_and(|es| es.restore_best) && m.best_epoch > 0;
+        if !keeps_best {
+            let source = match (status, &self.last) {
+                (Status::Diverged, Some(last)) => last.clone(),
+                _ => self.net.with_average(|net| net.get_params(b))?,
+            };
+            self.keep(k, &source);
+        }
+        Ok(())
+    }
+
+    /// Makes member k's kept weights its part of `weights` (fused).
+    fn keep(&mut self, k: usize, weights: &(Vec<f32>, Vec<f32>)) {
+        let ms = &self.net.members;
+        let kept = self.kept.get_or_insert_with(|| (vec![0f32; ms.fused.n_params], vec![0f32; ms.fused.n_state]));
+        let (p, s) = ms.member(k, &weights.0, &weights.1);
+        ms.put(k, &mut kept.0, &p, &mut kept.1, &s);
+    }
+
+    /// Seed B's early stopping, per member: the relative improvement of the monitored loss.
+    /// Keeps each member's best weights when they are to be restored; a member whose
+    /// patience runs out stops (frozen). True when no member trains on.
+    pub fn early_stop(&mut self, b: &mut B, r: &EpochReports) -> Result<bool> {
+        let snapshot = self.cfg.array || self.recipe.early_stopping.is_some_and(|es| es.restore_best);
+        let weights = match snapshot && self.active().next().is_some() {
+            true => Some(self.net.with_average(|net| net.get_params(b))?),
+            false => None,
+        };
+        if let Some(es) = self.recipe.early_stopping {
+            for k in 0..self.net.len() {
+                let Some(report) = &r.members[k] else { continue };
+                if self.members[k].status != Status::Training {
+                    continue;
+                }
+                let value = match es.monitor {
+                    Monitor::TrainLoss => report.train_loss,
+                    Monitor::ValLoss => report.val_loss.unwrap_or(report.train_loss),
+                };
+                let m = &mut self.members[k];
+                if m.best_value.is_none_or(|best| value < best * (1.0 - es.min_delta as f64)) {
+                    m.best_value = Some(value);
+                    m.best_epoch = report.epoch;
+                    m.wait = 0;
+                    if es.restore_best
+                        && let Some(w) = &weights
+                    {
+                        self.keep(k, w);
+                    }
+                    continue;
+                }
+                m.wait += 1;
+                if m.wait < es.patience {
+                    continue;
+                }
+                let (wait, best) = (m.wait, m.best_epoch);
+                let who = if self.cfg.array { format!("member {}: ", outputs::member_name(m)) } else { String::new() };
+                println!(
+                    "{who}early stopping: no {}% improvement of the {} in {wait} epochs; best was epoch {best}",
+                    es.min_delta * 100.0,
+                    monitored(&es),
+                );
+                self.end_member(b, k, Status::StoppedEarly)?;
+            }
+        }
+        if self.cfg.array {
+            self.last = weights;
+        }
+        Ok(self.active().next().is_none())
+    }
+
+    /// Writes the checkpoint (weights, optimizer state, scheduler position, kept weights,
+    /// average, an array's members) atomically, when the run keeps them.
     pub fn checkpoint(&mut self, b: &mut B) -> Result<()> {
         if !self.cfg.checkpoints {
             return Ok(());
@@ -454,79 +706,151 @@ impl<B: Backend> Trainer<B> {
         let (p, s) = self.net.get_params(b)?;
         let (m, v) = self.net.get_opt_state(b)?;
         let average = self.net.get_average(b)?;
-        let ts = TrainState { progress: self.progress.clone(), m, v, best: self.best.clone(), average };
+        let first = &self.members[0];
+        let progress = Progress {
+            best_value: first.best_value,
+            best_epoch: first.best_epoch,
+            wait: first.wait,
+            ..self.progress.clone()
+        };
+        let array = self.cfg.array.then(|| ArrayState { members: self.members.clone() });
+        let ts = TrainState { progress, array, m, v, best: self.kept.clone(), average };
         let path = modelfile::checkpoint_path(&self.cfg.out);
-        modelfile::save(&path, &self.arch, &p, &s, self.cfg.run_info.clone(), Some(&ts))
+        modelfile::save(&path, &self.net.arch, &p, &s, self.cfg.run_info.clone(), Some(&ts))
     }
 
-    /// The final model: the best epoch's weights if early stopping keeps them, else the last
-    /// epoch's (their average, with `ema`); evaluated on the test set and saved.
+    /// The final models: each member's kept weights where it has them (its best epoch's, or
+    /// what it ended with), else its last epoch's (their average, with `ema`); evaluated on
+    /// the test set and saved (an array: with its manifest).
     pub fn finish(mut self, b: &mut B, stopped_early: bool) -> Result<TrainSummary> {
-        self.net.swap_average();
-        let es = self.recipe.early_stopping;
-        let mut final_test = None;
-        if let (Some(es), Some((p, s))) = (es, self.best.as_ref())
-            && es.restore_best
-            && self.progress.best_epoch != self.progress.epoch
-        {
-            self.net.set_params(b, p, s)?;
-            let r = self.net.evaluate_figures(b, &self.test)?;
-            println!(
-                "restored the weights of epoch {} (best {}): test acc {}",
-                self.progress.best_epoch,
-                monitored(&es),
-                pct(r.accuracy())
-            );
-            final_test = Some(r);
+        for m in &mut self.members {
+            if m.status == Status::Training {
+                m.status = Status::Finished;
+                m.ended = self.progress.epoch;
+            }
         }
-        let final_test = match final_test {
-            Some(r) => r,
-            None => self.net.evaluate_figures(b, &self.test)?,
-        };
-        let (p, s) = self.net.get_params(b)?;
-        let metrics = serde_json::json!({
-            "test_accuracy": final_test.accuracy(),
-            "test_error": 1.0 - final_test.accuracy(),
-            "test_loss": final_test.loss,
-            "test_count": final_test.count,
-            "epochs": self.progress.epoch,
-            "best_epoch": self.progress.best_epoch,
-            "train_seconds": self.progress.seconds,
-            "seed": self.progress.seed,
-        });
-        let mut meta = self.cfg.run_info.clone();
-        meta.insert("metrics".into(), metrics.to_string());
-        let (mean, std) = self.recipe.normalize.per_channel(self.arch.spec.input[0]);
-        meta.insert(
-            "normalization".into(),
-            serde_json::json!({ "input": "pixel / 255", "mean": mean, "std": std }).to_string(),
-        );
-        self.cfg.data.record(&mut meta);
-        modelfile::save(&self.cfg.out, &self.arch, &p, &s, meta, None)?;
+        let (live_p, live_s) = self.net.with_average(|net| net.get_params(b))?;
+        let members = self.net.members.clone();
+        let es = self.recipe.early_stopping.filter(|es| es.restore_best);
+        let mut each = Vec::new();
+        let mut restored = Vec::new();
+        for (k, m) in self.members.iter().enumerate() {
+            let restore = es.is_some() && m.best_epoch > 0 && m.best_epoch != m.ended;
+            let from_kept = m.status == Status::Diverged || m.status == Status::StoppedEarly || restore;
+            let weights = match (&self.kept, from_kept) {
+                (Some((kp, ks)), true) => members.member(k, kp, ks),
+                _ => members.member(k, &live_p, &live_s),
+            };
+            if restore {
+                restored.push(k);
+            }
+            each.push(weights);
+        }
+        let (fp, fs) = members.join(&each);
+        let include: Vec<bool> = self.members.iter().map(|m| m.status != Status::Diverged).collect();
+        let final_eval = self.net.with_average(|net| -> Result<Evaluation> {
+            net.set_params(b, &fp, &fs)?;
+            net.evaluate_all(b, &self.test, false, &include)
+        })?;
+        if let Some(es) = es {
+            for k in restored {
+                let m = &self.members[k];
+                let who = if self.cfg.array { format!("member {}: ", outputs::member_name(m)) } else { String::new() };
+                println!(
+                    "{who}restored the weights of epoch {} (best {}): test acc {}",
+                    m.best_epoch,
+                    monitored(&es),
+                    pct(final_eval.members[k].accuracy())
+                );
+            }
+        }
+        let mut summaries = Vec::new();
+        for (k, m) in self.members.iter().enumerate() {
+            let test = &final_eval.members[k];
+            let file = member_path(&self.cfg, k);
+            let metrics = serde_json::json!({
+                "test_accuracy": test.accuracy(),
+                "test_error": 1.0 - test.accuracy(),
+                "test_loss": test.loss,
+                "test_count": test.count,
+                "epochs": m.ended,
+                "best_epoch": m.best_epoch,
+                "train_seconds": self.progress.seconds,
+                "seed": m.seed,
+                "data_seed": self.data_seed(),
+                "status": m.status.name(),
+            });
+            let mut meta = self.cfg.run_info.clone();
+            meta.insert("metrics".into(), metrics.to_string());
+            let (mean, std) = m.spec.train.normalize.per_channel(m.spec.input[0]);
+            meta.insert(
+                "normalization".into(),
+                serde_json::json!({ "input": "pixel / 255", "mean": mean, "std": std }).to_string(),
+            );
+            if self.cfg.array {
+                // The array this member was trained in (the manifest's file name).
+                let manifest = outputs::manifest_path(&self.cfg.out);
+                meta.insert("manifest".into(), manifest.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            }
+            self.cfg.data.record(&mut meta);
+            let arch = Arch::new(m.spec.clone())?;
+            modelfile::save(&file, &arch, &each[k].0, &each[k].1, meta, None)?;
+            summaries.push(MemberSummary {
+                seed: m.seed,
+                tags: m.tags.clone(),
+                file,
+                status: m.status,
+                best_epoch: m.best_epoch,
+                final_test: test.clone(),
+                history: self.history[k].clone(),
+            });
+        }
+        if self.cfg.array {
+            outputs::write_manifest(&self.cfg.out, &summaries, &final_eval.ensemble)?;
+        }
         Ok(TrainSummary {
             epochs_run: self.progress.epoch,
-            best_epoch: self.progress.best_epoch,
-            final_test,
-            history: self.history,
+            best_epoch: self.members[0].best_epoch,
+            final_test: final_eval.members[0].clone(),
+            history: self.history[0].clone(),
             seconds: self.progress.seconds,
             stopped_early,
+            ensemble_test: final_eval.ensemble,
+            members: summaries,
         })
     }
+}
+
+/// Where member k's model goes: `out` for a model of its own, else its name beside `out`.
+fn member_path(cfg: &TrainConfig, k: usize) -> PathBuf {
+    if cfg.array { member_file(&cfg.out, cfg.members[k].seed, &cfg.tags[k]) } else { cfg.out.clone() }
+}
+
+/// Each member's mean loss and accuracy over `steps` steps' stats (slot-major, then member),
+/// divided by `count` examples.
+fn member_means(s: &[f32], members: usize, steps: usize, count: f64) -> Vec<(f64, f64)> {
+    (0..members)
+        .map(|k| {
+            let loss: f64 = (0..steps).map(|i| s[2 * (i * members + k)] as f64).sum();
+            let hits: f64 = (0..steps).map(|i| s[2 * (i * members + k) + 1] as f64).sum();
+            (loss / count, hits / count)
+        })
+        .collect()
 }
 
 fn monitored(es: &EarlyStopping) -> &'static str {
     if es.monitor == Monitor::ValLoss { "validation loss" } else { "training loss" }
 }
 
-/// Trains `cfg.arch` on `train` (after holding out the recipe's validation share), testing on
-/// `test` after every epoch; saves the model to `cfg.out` and returns the summary.
+/// Trains `cfg.members` on `train` (after holding out the recipe's validation share), testing
+/// on `test` after every epoch; saves the models and returns the summary.
 pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<TrainSummary> {
     let mut t = Trainer::new(b, cfg, train, test)?;
     let mut stopped_early = false;
     for epoch in t.epochs() {
         let figures = t.run_epoch(b, epoch)?;
-        let report = t.evaluate(b, figures)?;
-        let stop = t.early_stop(b, &report)?;
+        let reports = t.evaluate(b, figures)?;
+        let stop = t.early_stop(b, &reports)?;
         t.checkpoint(b)?;
         if stop {
             stopped_early = true;

@@ -257,10 +257,13 @@ fn gpu_product(
             b_rs: 1,
             b_cs: k as u32,
             c_rs: n as u32,
-            drop_scale: 1.0,
+            batches: 1,
+            drop_members: 1,
+            drop_len: 1,
             ..Default::default()
         };
-        g.coop_dispatch([&ga, &gb, &gc], m as u32, n as u32, &prm);
+        let table = g.no_table();
+        g.coop_dispatch([&ga, &gb, &gc, &table], m as u32, n as u32, 1, &prm);
     } else {
         g.coop_gemm(&mut gc, &ga, &gb, m, n, k);
     }

@@ -1,36 +1,52 @@
 //! shaders/activation.wgsl: an activation on its own (when it cannot be fused into the
 //! producing GEMM's epilogue) and its gradient.
 
+use crate::backend::Dropout;
 use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::Act;
 
 params! {
+    #[derive(Default)]
     pub(super) struct ActParams {
         len: u32,
         act: u32,
-        /// backward: multiplies the gradient (the dropout scale after a fused relu + dropout)
-        scale: f32,
+        /// backward after a fused relu + dropout: each element's gradient times its member's
+        /// dropout scale (members.wgsl)
+        has_dropout: u32,
+        drop_members: u32,
+        drop_len: u32,
+        drop_at: u32,
     }
 }
 
 /// out = act(inp), `len` elements.
 pub(in crate::gpu) fn activation_forward(gpu: &mut GpuBackend, out: &mut GpuBuf, inp: &GpuBuf, len: usize, act: Act) {
     let grid = gpu.grid(len);
-    let prm = ActParams { len: len as u32, act: act as u32, scale: 1.0 };
+    let prm = ActParams { len: len as u32, act: act as u32, ..Default::default() };
     gpu.dispatch("activation_forward", &[inp, out], &prm, grid);
 }
 
-/// dinp = dout * act'(out) * scale, `len` elements.
+/// dinp = dout * act'(out) (times the dropout scale of the element's member), `len` elements.
+#[allow(clippy::too_many_arguments)]
 pub(in crate::gpu) fn activation_backward(
     gpu: &mut GpuBackend,
     dinp: &mut GpuBuf,
     dout: &GpuBuf,
     out: &GpuBuf,
+    table: &GpuBuf,
     len: usize,
     act: Act,
-    scale: f32,
+    dropout: Option<Dropout>,
 ) {
     let grid = gpu.grid(len);
-    let prm = ActParams { len: len as u32, act: act as u32, scale };
-    gpu.dispatch("activation_backward", &[dout, out, dinp], &prm, grid);
+    let d = super::dropout_fields(dropout.as_ref());
+    let prm = ActParams {
+        len: len as u32,
+        act: act as u32,
+        has_dropout: d.has,
+        drop_members: d.members,
+        drop_len: d.len,
+        drop_at: d.at,
+    };
+    gpu.dispatch("activation_backward", &[dout, out, dinp, table], &prm, grid);
 }

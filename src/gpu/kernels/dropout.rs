@@ -1,29 +1,42 @@
 //! shaders/dropout.wgsl: dropout on its own (when it follows no GEMM epilogue); the backward
-//! draws the same mask from the same key.
+//! draws the same mask from the same keys.
 
+use crate::backend::Dropout;
 use crate::gpu::{GpuBackend, GpuBuf};
 
 params! {
     pub(super) struct DropoutParams {
         len: u32,
-        key: u32,
-        p: f32,
-        scale: f32,
+        members: u32,
+        member_len: u32,
+        stream: u32,
+        step: u32,
+        at: u32,
     }
 }
 
-/// out = inp * mask / (1 - p), `len` elements; the mask comes from `key`.
+fn dropout_params(len: usize, d: &Dropout) -> DropoutParams {
+    DropoutParams {
+        len: len as u32,
+        members: d.members as u32,
+        member_len: d.len as u32,
+        stream: d.stream,
+        step: d.step,
+        at: d.at as u32,
+    }
+}
+
+/// out = inp * mask / (1 - p), `len` elements, each member's mask from its key.
 pub(in crate::gpu) fn dropout_forward(
     gpu: &mut GpuBackend,
     out: &mut GpuBuf,
     inp: &GpuBuf,
+    table: &GpuBuf,
     len: usize,
-    p: f32,
-    key: u32,
+    d: &Dropout,
 ) {
-    let prm = DropoutParams { len: len as u32, key, p, scale: 1.0 / (1.0 - p) };
     let grid = gpu.grid(len);
-    gpu.dispatch("dropout_forward", &[inp, out], &prm, grid);
+    gpu.dispatch("dropout_forward", &[inp, out, table], &dropout_params(len, d), grid);
 }
 
 /// dinp = dout * mask / (1 - p), with the forward's mask.
@@ -31,11 +44,10 @@ pub(in crate::gpu) fn dropout_backward(
     gpu: &mut GpuBackend,
     dinp: &mut GpuBuf,
     dout: &GpuBuf,
+    table: &GpuBuf,
     len: usize,
-    p: f32,
-    key: u32,
+    d: &Dropout,
 ) {
-    let prm = DropoutParams { len: len as u32, key, p, scale: 1.0 / (1.0 - p) };
     let grid = gpu.grid(len);
-    gpu.dispatch("dropout_backward", &[dout, dinp], &prm, grid);
+    gpu.dispatch("dropout_backward", &[dout, dinp, table], &dropout_params(len, d), grid);
 }

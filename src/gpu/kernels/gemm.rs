@@ -1,6 +1,7 @@
-//! shaders/gemm.wgsl: the dense layers as strided GEMMs C = A B (+ bias, activation and
-//! dropout fused into the forward's epilogue): 64x64 tiles, or one workgroup per output when
-//! the product has few rows or columns and a long K.
+//! shaders/gemm.wgsl: the dense layers as strided, batched GEMMs C = A B (+ bias, activation
+//! and dropout fused into the forward's epilogue), a grouped layer's groups as the batches of
+//! one dispatch: 64x64 tiles, or one workgroup per output when the product has few rows or
+//! columns and a long K.
 
 use super::{TILE, act_code, dropout_fields, reduce};
 use crate::backend::Epilogue;
@@ -8,8 +9,8 @@ use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::Dense;
 
 params! {
-    /// Element (i, j) of A is a[a_off + i * a_rs + j * a_cs]; likewise B; C is row-major
-    /// from c_off with row stride c_rs.
+    /// Element (i, j) of A is a[a_off + z * a_bs + i * a_rs + j * a_cs] in batch z; likewise
+    /// B; C is row-major from c_off + z * c_bs with row stride c_rs.
     #[derive(Default)]
     pub(super) struct GemmParams {
         m: u32,
@@ -27,64 +28,84 @@ params! {
         bias_off: u32,
         has_bias: u32,
         act: u32,
-        /// dense_forward: dropout after the activation (common.wgsl's epilogue)
+        tiles_m: u32,
+        batches: u32,
+        a_bs: u32,
+        b_bs: u32,
+        c_bs: u32,
+        bias_bs: u32,
+        /// dense_forward: dropout after the activation (members.wgsl's epilogue)
         has_dropout: u32,
-        drop_key: u32,
-        drop_p: f32,
-        drop_scale: f32,
+        drop_members: u32,
+        drop_len: u32,
+        drop_stream: u32,
+        drop_step: u32,
+        drop_at: u32,
     }
 }
 
 /// A dense-layer product: tiled, or (few rows or columns, long K) one workgroup per output.
-fn gemm(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 3], mut prm: GemmParams) {
+fn gemm(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 4], mut prm: GemmParams) {
     if gpu.coop.is_some() {
         // --precision mixed: every dense product on the cooperative-matrix kernel
         // (src/gpu/coop.rs), which takes this parameter block as it is.
-        gpu.coop_dispatch(bufs, prm.m, prm.n, &prm);
+        gpu.coop_dispatch(bufs, prm.m, prm.n, prm.batches, &prm);
         return;
     }
     if prm.m.min(prm.n) < 16 && prm.k >= 64 {
-        let grid = gpu.tile_grid((prm.m * prm.n) as usize, 1);
+        let grid = gpu.tile_grid((prm.m * prm.n * prm.batches) as usize, 1);
         gpu.dispatch("gemm_skinny", &bufs, &prm, grid);
         return;
     }
     let tiles_n = (prm.n as usize).div_ceil(TILE);
+    let tiles_m = (prm.m as usize).div_ceil(TILE);
     prm.tiles_n = tiles_n as u32;
-    let grid = gpu.tile_grid(tiles_n, (prm.m as usize).div_ceil(TILE));
+    prm.tiles_m = tiles_m as u32;
+    let grid = gpu.tile_grid(tiles_n, tiles_m * prm.batches as usize);
     gpu.dispatch(entry, &bufs, &prm, grid);
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(in crate::gpu) fn dense_forward(
     gpu: &mut GpuBackend,
     out: &mut GpuBuf,
     inp: &GpuBuf,
     params: &GpuBuf,
+    table: &GpuBuf,
     l: &Dense,
     n: usize,
     epi: Epilogue,
 ) {
-    // out (n, n_out) = inp (n, n_in) * W^T: B(k = i, j = o) = W[o * n_in + i].
-    let (has_dropout, drop_key, drop_p, drop_scale) = dropout_fields(&epi);
+    // out_g (n, no) = inp_g (n, ni) * W_g^T: B(k = i, j = o) = W[w_off + g no ni + o * ni + i].
+    let (ni, no) = (l.group_in(), l.group_out());
+    let d = dropout_fields(epi.dropout.as_ref());
     let prm = GemmParams {
         m: n as u32,
-        n: l.n_out as u32,
-        k: l.n_in as u32,
+        n: no as u32,
+        k: ni as u32,
         a_rs: l.n_in as u32,
         a_cs: 1,
+        a_bs: ni as u32,
         b_off: l.w_off as u32,
         b_rs: 1,
-        b_cs: l.n_in as u32,
+        b_cs: ni as u32,
+        b_bs: (no * ni) as u32,
         c_rs: l.n_out as u32,
+        c_bs: no as u32,
         bias_off: l.b_off.unwrap_or(0) as u32,
+        bias_bs: no as u32,
         has_bias: l.b_off.is_some() as u32,
         act: act_code(epi.act),
-        has_dropout,
-        drop_key,
-        drop_p,
-        drop_scale,
+        batches: l.groups as u32,
+        has_dropout: d.has,
+        drop_members: d.members,
+        drop_len: d.len,
+        drop_stream: d.stream,
+        drop_step: d.step,
+        drop_at: d.at,
         ..Default::default()
     };
-    gemm(gpu, "dense_forward", [inp, params, out], prm);
+    gemm(gpu, "dense_forward", [inp, params, out, table], prm);
 }
 
 pub(in crate::gpu) fn dense_backward_input(
@@ -95,20 +116,28 @@ pub(in crate::gpu) fn dense_backward_input(
     l: &Dense,
     n: usize,
 ) {
-    // dinp (n, n_in) = dout (n, n_out) * W (n_out, n_in)
+    // dinp_g (n, ni) = dout_g (n, no) * W_g (no, ni)
+    let (ni, no) = (l.group_in(), l.group_out());
     let prm = GemmParams {
         m: n as u32,
-        n: l.n_in as u32,
-        k: l.n_out as u32,
+        n: ni as u32,
+        k: no as u32,
         a_rs: l.n_out as u32,
         a_cs: 1,
+        a_bs: no as u32,
         b_off: l.w_off as u32,
-        b_rs: l.n_in as u32,
+        b_rs: ni as u32,
         b_cs: 1,
+        b_bs: (no * ni) as u32,
         c_rs: l.n_in as u32,
+        c_bs: ni as u32,
+        batches: l.groups as u32,
+        drop_members: 1,
+        drop_len: 1,
         ..Default::default()
     };
-    gemm(gpu, "dense_backward_input", [dout, params, dinp], prm);
+    let table = gpu.no_table();
+    gemm(gpu, "dense_backward_input", [dout, params, dinp, &table], prm);
 }
 
 pub(in crate::gpu) fn dense_backward_weight(
@@ -119,20 +148,28 @@ pub(in crate::gpu) fn dense_backward_weight(
     l: &Dense,
     n: usize,
 ) {
-    // dW (n_out, n_in) = dout^T (n_out, n) * inp (n, n_in)
+    // dW_g (no, ni) = dout_g^T (no, n) * inp_g (n, ni)
+    let (ni, no) = (l.group_in(), l.group_out());
     let prm = GemmParams {
-        m: l.n_out as u32,
-        n: l.n_in as u32,
+        m: no as u32,
+        n: ni as u32,
         k: n as u32,
         a_rs: 1,
         a_cs: l.n_out as u32,
+        a_bs: no as u32,
         b_rs: l.n_in as u32,
         b_cs: 1,
+        b_bs: ni as u32,
         c_off: l.w_off as u32,
-        c_rs: l.n_in as u32,
+        c_rs: ni as u32,
+        c_bs: (no * ni) as u32,
+        batches: l.groups as u32,
+        drop_members: 1,
+        drop_len: 1,
         ..Default::default()
     };
-    gemm(gpu, "dense_backward_weight", [dout, inp, grads], prm);
+    let table = gpu.no_table();
+    gemm(gpu, "dense_backward_weight", [dout, inp, grads, &table], prm);
     if let Some(b) = l.b_off {
         reduce::bias_backward(gpu, grads, dout, n, l.n_out, 1, b);
     }

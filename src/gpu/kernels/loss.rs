@@ -1,6 +1,6 @@
-//! shaders/loss.wgsl: a loss over the whole batch in one workgroup, its sum and the correct
-//! count written to `stats[2 * slot]` and `stats[2 * slot + 1]`; the training kernels also
-//! write the gradient, the evaluation kernels the outputs from row `probs_at` on. With
+//! shaders/loss.wgsl: a loss over the whole batch in one workgroup per member, its sum and
+//! the correct count written to the (slot, member) stats; the training kernels also write the
+//! gradient, the evaluation kernels the outputs from example `probs_at` on. With
 //! `WIDE_CLASSES` or more classes a row is one workgroup's work instead of one thread's
 //! (`*_rows_*`), its (loss, hit) written to scratch and summed in order by `loss_rows_sum`.
 
@@ -11,14 +11,21 @@ use crate::gpu::{GpuBackend, GpuBuf};
 /// Mesa's llvmpipe runs); below it, one workgroup for the batch needs one dispatch, not two.
 pub(in crate::gpu) const WIDE_CLASSES: usize = 1024;
 
-/// The `entry` (a `*_rows_*` kernel) over rows 0..n with one workgroup each, then their
-/// per-row figures summed into `stats[slot]`.
+/// The `entry` (a `*_rows_*` kernel) over rows (example, member) with one workgroup each,
+/// then each member's per-row figures summed into its stats.
 fn wide(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 3], stats: &mut GpuBuf, prm: &LossParams) {
-    let n = prm.n as usize;
-    let Some(part) = gpu.scratch(2 * n.max(1)) else { return };
-    let grid = gpu.tile_grid(n, 1);
+    let rows = (prm.n * prm.members) as usize;
+    let Some(part) = gpu.scratch(2 * rows.max(1)) else { return };
+    let grid = gpu.tile_grid(rows, 1);
     gpu.dispatch(entry, &[bufs[0], bufs[1], bufs[2], &part], prm, grid);
-    gpu.dispatch("loss_rows_sum", &[stats, &part], prm, [1, 1, 1]);
+    let grid = gpu.tile_grid(prm.members as usize, 1);
+    gpu.dispatch("loss_rows_sum", &[stats, &part], prm, grid);
+}
+
+/// One workgroup per member.
+fn per_member(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 4], prm: &LossParams) {
+    let grid = gpu.tile_grid(prm.members as usize, 1);
+    gpu.dispatch(entry, &bufs, prm, grid);
 }
 
 params! {
@@ -30,11 +37,19 @@ params! {
         scale: f32,
         /// forward: first example's row in probs
         probs_at: u32,
+        members: u32,
     }
 }
 
-fn loss_params(n: usize, classes: usize, slot: usize, scale: f32, probs_at: usize) -> LossParams {
-    LossParams { n: n as u32, classes: classes as u32, slot: slot as u32, scale, probs_at: probs_at as u32 }
+fn loss_params(n: usize, members: usize, classes: usize, slot: usize, scale: f32, probs_at: usize) -> LossParams {
+    LossParams {
+        n: n as u32,
+        classes: classes as u32,
+        slot: slot as u32,
+        scale,
+        probs_at: probs_at as u32,
+        members: members as u32,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -46,14 +61,15 @@ pub(in crate::gpu) fn softmax_xent_forward_backward(
     logits: &GpuBuf,
     labels: &GpuBuf,
     n: usize,
+    members: usize,
     classes: usize,
     scale: f32,
 ) {
-    let prm = loss_params(n, classes, slot, scale, 0);
+    let prm = loss_params(n, members, classes, slot, scale, 0);
     if classes >= WIDE_CLASSES {
         return wide(gpu, "softmax_xent_rows_forward_backward", [logits, labels, dlogits], stats, &prm);
     }
-    gpu.dispatch("softmax_xent_forward_backward", &[logits, labels, dlogits, stats], &prm, [1, 1, 1]);
+    per_member(gpu, "softmax_xent_forward_backward", [logits, labels, dlogits, stats], &prm);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -66,13 +82,14 @@ pub(in crate::gpu) fn softmax_xent_forward(
     logits: &GpuBuf,
     labels: &GpuBuf,
     n: usize,
+    members: usize,
     classes: usize,
 ) {
-    let prm = loss_params(n, classes, slot, 1.0, probs_at);
+    let prm = loss_params(n, members, classes, slot, 1.0, probs_at);
     if classes >= WIDE_CLASSES {
         return wide(gpu, "softmax_xent_rows_forward", [logits, labels, probs], stats, &prm);
     }
-    gpu.dispatch("softmax_xent_forward", &[logits, labels, probs, stats], &prm, [1, 1, 1]);
+    per_member(gpu, "softmax_xent_forward", [logits, labels, probs, stats], &prm);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -84,14 +101,15 @@ pub(in crate::gpu) fn mse_forward_backward(
     outputs: &GpuBuf,
     labels: &GpuBuf,
     n: usize,
+    members: usize,
     classes: usize,
     scale: f32,
 ) {
-    let prm = loss_params(n, classes, slot, scale, 0);
+    let prm = loss_params(n, members, classes, slot, scale, 0);
     if classes >= WIDE_CLASSES {
         return wide(gpu, "mse_rows_forward_backward", [outputs, labels, dout], stats, &prm);
     }
-    gpu.dispatch("mse_forward_backward", &[outputs, labels, dout, stats], &prm, [1, 1, 1]);
+    per_member(gpu, "mse_forward_backward", [outputs, labels, dout, stats], &prm);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -104,11 +122,12 @@ pub(in crate::gpu) fn mse_forward(
     outputs: &GpuBuf,
     labels: &GpuBuf,
     n: usize,
+    members: usize,
     classes: usize,
 ) {
-    let prm = loss_params(n, classes, slot, 1.0, probs_at);
+    let prm = loss_params(n, members, classes, slot, 1.0, probs_at);
     if classes >= WIDE_CLASSES {
         return wide(gpu, "mse_rows_forward", [outputs, labels, probs], stats, &prm);
     }
-    gpu.dispatch("mse_forward", &[outputs, labels, probs, stats], &prm, [1, 1, 1]);
+    per_member(gpu, "mse_forward", [outputs, labels, probs, stats], &prm);
 }

@@ -23,7 +23,7 @@ pub(super) mod optim;
 pub(super) mod pool;
 pub(super) mod reduce;
 
-use crate::backend::Epilogue;
+use crate::backend::Dropout;
 use crate::model::Act;
 use layout::ParamsLayout;
 
@@ -59,9 +59,27 @@ fn act_code(act: Option<Act>) -> u32 {
     act.map_or(0, |a| a as u32)
 }
 
-/// (has_dropout, key, p, scale) of an epilogue, as the shaders take them.
-fn dropout_fields(epi: &Epilogue) -> (u32, u32, f32, f32) {
-    epi.dropout.map_or((0, 0, 0.0, 1.0), |(p, key)| (1, key, p, 1.0 / (1.0 - p)))
+/// An epilogue's dropout as the shaders take it (members.wgsl): has_dropout, members,
+/// per-member length, stream, step, table offset.
+#[derive(Debug, Clone, Copy, Default)]
+struct DropFields {
+    has: u32,
+    members: u32,
+    len: u32,
+    stream: u32,
+    step: u32,
+    at: u32,
+}
+
+fn dropout_fields(d: Option<&Dropout>) -> DropFields {
+    d.map_or(DropFields { members: 1, len: 1, ..Default::default() }, |d| DropFields {
+        has: 1,
+        members: d.members as u32,
+        len: d.len as u32,
+        stream: d.stream,
+        step: d.step,
+        at: d.at as u32,
+    })
 }
 
 /// Output tile edge of the GEMM kernels (TM = TN in gemm.wgsl and conv2d.wgsl).
