@@ -57,9 +57,42 @@ for the rest of the process): the variants after that one were not run.
 `--repeats R` times each variant's timed section R times after one compile or capture (the
 figure is the median): compiling is what costs time, not the steps. `--skip VARIANT:PRECISION`
 leaves out single combinations (bench/compare.py uses it to resume after a crash).
+
+K models at once (`--models K`, K > 1): PyTorch's two ways to train what `gpu-train bench
+--seeds 1..K` trains (K models of the architecture, member m initialised from seed
+`--seed` + m, all seeing the same batches), each in every variant and precision above
+(`--routes`, default both):
+
+  sequential  K models trained one after another: a member-step costs one model's step, so
+              this is the single-model measurement above (one model, seed `--seed`), recorded
+              as the route's member-step
+  vmap        the K models' parameters and buffers stacked (torch.func.stack_module_state,
+              shape (K, ...)); a step is torch.func.vmap of a functional_call forward and
+              loss over the stacked tensors with the batch shared (in_dims None), with
+              randomness="different" (each member draws its own dropout masks); backward()
+              of the summed member losses (members share nothing, so each member's gradient
+              is its own loss's) and one optimizer over the stacked leaves (the same Adam
+              hyper-parameters for all). Batch norm's running statistics are stacked
+              buffers vmapped with the parameters, so each member updates its own in
+              place: the "vmap cannot update running_mean" limitation of the torch.func
+              docs is about unbatched buffers and does not arise here. Whether it trains
+              the same K models is checked, not assumed: see vmap_check.
+
+Each line then also has route, models (K) and seconds_per_member_step (vmap: the K-model
+step / K; sequential: one model's step); seconds_per_step is the whole vmapped step (vmap)
+or one model's step (sequential); seconds_per_epoch and images_per_second mean what
+`gpu-train bench --seeds` reports: all K models' epoch (K x 60,000 member-images) and
+batch / (time of one step of all K). vmap lines add loss (the members' mean), member_losses,
+vmap_randomness and vmap_check: one forward and backward of K separately built models
+against the vmapped one on the same batch (fp32, dropout off since its masks differ by
+design): the largest differences of member loss, gradient (with the largest gradient, for
+scale) and buffer (batch norm's running statistics), or the error it raised. `--skip` takes
+ROUTE:VARIANT:PRECISION then. With `--models 1` (the default) nothing of this appears and
+the output is as described above.
 """
 import argparse
 import contextlib
+import copy
 import gc
 import gzip
 import json
@@ -87,6 +120,7 @@ COMPILE_MODES = {
     "compile-reduce-overhead": "reduce-overhead",
     "compile-max-autotune": "max-autotune-no-cudagraphs",
 }
+ROUTES = ["sequential", "vmap"]
 MNIST_SHAPE = (1, 28, 28)
 # Errors after which the CUDA context cannot be trusted: exit with EXIT_CUDA_ERROR at once.
 STICKY_ERRORS = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "cuDNN error", "illegal memory access",
@@ -119,7 +153,8 @@ def build(spec):
             elif pad == "valid":
                 pad = 0
             stride = layer.get("stride", 1)
-            m = nn.Conv2d(shape[0], layer["filters"], (kh, kw), stride=stride, padding=pad, bias=layer.get("bias", True))
+            m = nn.Conv2d(shape[0], layer["filters"], (kh, kw), stride=stride, padding=pad, bias=layer.get("bias", True),
+                          groups=layer.get("groups", 1))
             ph, pw = (pad, pad) if isinstance(pad, int) else pad
             shape = (layer["filters"], (shape[1] + 2 * ph - kh) // stride + 1, (shape[2] + 2 * pw - kw) // stride + 1)
         elif t == "dense":
@@ -255,6 +290,78 @@ def make_optimizer(spec, params, capturable, impl):
     return opt, desc
 
 
+def loss_of(out, y, kind):
+    """The recipe's loss of logits `out` (B, classes) for labels `y` (B,)."""
+    if kind == "mse":
+        target = torch.zeros(out.shape, dtype=out.dtype, device=out.device).scatter_(1, y[:, None], 1.0)
+        return torch.nn.functional.mse_loss(out, target)
+    return torch.nn.functional.cross_entropy(out, y)
+
+
+def gather(data, idx):
+    """The batch at indices `idx`: images as floats, normalised per the recipe (B, C, H, W), labels (B,)."""
+    images, labels, _, scale, shift = data
+    x = images.index_select(0, idx).float()
+    x = x.div_(255.0) if scale is None else torch.addcmul(shift, x, scale)
+    return x, labels.index_select(0, idx)
+
+
+def member_nets(spec, dev, seed, k):
+    """K models of the architecture, member m initialised from seed + m, in training mode."""
+    nets = []
+    for m in range(k):
+        torch.manual_seed(seed + m)
+        nets.append(build(spec).to(dev).train())
+    return nets
+
+
+def stacked(nets):
+    """torch.func's form of K models: parameters and buffers stacked along a new first
+    dimension ({name: (K, ...)}, the parameters leaves that require grad), and one copy of
+    the module without storage (meta device) for functional_call to run with a member's slice."""
+    params, buffers = torch.func.stack_module_state(nets)
+    return params, buffers, copy.deepcopy(nets[0]).to("meta")
+
+
+def vmapped_losses(base, loss_kind):
+    """f(params, buffers, x, y) -> the K member losses (K,): each member's forward and loss on
+    the same batch. randomness="different": each member draws its own dropout masks, as K
+    separate models would (the default, "error", refuses any random op inside vmap)."""
+    def member_loss(p, b, x, y):
+        return loss_of(torch.func.functional_call(base, (p, b), (x,)), y, loss_kind)
+    return torch.func.vmap(member_loss, in_dims=(0, 0, None, None), randomness="different")
+
+
+def check_vmap(spec, dev, seed, k, data, batch, loss_kind):
+    """Whether the vmapped step computes what K separate models do: one forward and backward
+    of K models built as `member_nets` builds them, each on its own and all vmapped over
+    their stacked copies, on the same batch in fp32. Dropout is set to p = 0 in both (its masks
+    differ by design); batch norm's running statistics are compared after the forward."""
+    nets = member_nets(spec, dev, seed, k)
+    for net in nets:
+        for mod in net.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = 0.0
+    params, buffers, base = stacked(nets)  # copies: the separate runs below do not touch them
+    x, y = gather(data, data[2][:batch])
+    losses = vmapped_losses(base, loss_kind)(params, buffers, x, y)
+    losses.sum().backward()
+    worst = {"loss": 0.0, "grad": 0.0, "buffer": 0.0}
+    largest_grad = 0.0
+    for m, net in enumerate(nets):
+        loss = loss_of(net(x), y, loss_kind)
+        loss.backward()
+        worst["loss"] = max(worst["loss"], abs(loss.item() - losses[m].item()))
+        for name, p in net.named_parameters():
+            worst["grad"] = max(worst["grad"], (p.grad - params[name].grad[m]).abs().max().item())
+            largest_grad = max(largest_grad, p.grad.abs().max().item())
+        for name, b in net.named_buffers():
+            worst["buffer"] = max(worst["buffer"], (b.double() - buffers[name][m].double()).abs().max().item())
+    return {"members": k, "max_loss_diff": worst["loss"], "max_grad_diff": worst["grad"], "max_grad": largest_grad,
+            "max_buffer_diff": worst["buffer"], "buffers": len(buffers),
+            "how": "one forward and backward, fp32, dropout p=0, the same batch: K separate models against the vmapped one"}
+
+
 def dynamo_counters():
     """What Dynamo and Inductor say about the compiled variant: graphs, breaks, cudagraph skips."""
     try:
@@ -306,8 +413,10 @@ class Failed(Exception):
         self.exc = exc
 
 
-def run_variant(args, spec, dev, data, variant, precision):
-    """Times one variant in one precision; returns its JSON object's variant-specific keys."""
+def run_variant(args, spec, dev, data, variant, precision, route=None):
+    """Times one variant in one precision; returns its JSON object's variant-specific keys.
+    route "vmap": the step of all `args.models` models vmapped over their stacked parameters;
+    otherwise (a single model, or the sequential route's member) one model's step."""
     images, labels, perm, scale, shift = data
     batch = args.batch
     batches = images.shape[0] // batch
@@ -322,16 +431,32 @@ def run_variant(args, spec, dev, data, variant, precision):
         if variant == "cudagraph" and use_scaler:
             raise RuntimeError("float16 AMP needs a GradScaler, whose step syncs with the host: "
                                "not capturable as a whole step (this GPU has no bfloat16)")
-        torch.manual_seed(args.seed)
-        net = build(spec).to(dev)
-        net.train()
-        opt, opt_desc = make_optimizer(spec, net.parameters(), capturable=variant == "cudagraph", impl=args.adam)
-        scaler = torch.amp.GradScaler(dev.type) if use_scaler else None
         loss_kind = spec.get("train", {}).get("loss", "cross_entropy")
+        static = [images, labels]  # tensors that never move (for cudagraph trees)
+        if route == "vmap":
+            params, buffers, base = stacked(member_nets(spec, dev, args.seed, args.models))
+            static += list(params.values()) + list(buffers.values())
+            leaves = list(params.values())
+            losses_of = vmapped_losses(base, loss_kind)
+            if variant in COMPILE_MODES and args.compile_scope == "model":
+                losses_of = torch.compile(losses_of, mode=COMPILE_MODES[variant])
+
+            def forward_loss(x, y):
+                return losses_of(params, buffers, x, y)  # (K,)
+        else:
+            torch.manual_seed(args.seed)
+            net = build(spec).to(dev)
+            net.train()
+            leaves = net.parameters()
+            model = net
+            if variant in COMPILE_MODES and args.compile_scope == "model":
+                model = torch.compile(net, mode=COMPILE_MODES[variant])
+
+            def forward_loss(x, y):
+                return loss_of(model(x), y, loss_kind)
+        opt, opt_desc = make_optimizer(spec, leaves, capturable=variant == "cudagraph", impl=args.adam)
+        scaler = torch.amp.GradScaler(dev.type) if use_scaler else None
         idx_buf = torch.empty(batch, dtype=torch.int64, device=dev)
-        model = net
-        if variant in COMPILE_MODES and args.compile_scope == "model":
-            model = torch.compile(net, mode=COMPILE_MODES[variant])
 
         def autocast():
             if precision != "amp":
@@ -341,22 +466,17 @@ def run_variant(args, spec, dev, data, variant, precision):
             return torch.autocast(dev.type, dtype=dtype, cache_enabled=False if variant == "cudagraph" else None)
 
         def train_step(idx):
-            x = images.index_select(0, idx).float()
-            x = x.div_(255.0) if scale is None else torch.addcmul(shift, x, scale)
-            y = labels.index_select(0, idx)
+            x, y = gather(data, idx)
             with autocast():
-                out = model(x)
-                if loss_kind == "mse":
-                    target = torch.zeros(out.shape, dtype=out.dtype, device=dev).scatter_(1, y[:, None], 1.0)
-                    loss = torch.nn.functional.mse_loss(out, target)
-                else:
-                    loss = torch.nn.functional.cross_entropy(out, y)
+                loss = forward_loss(x, y)
+            # vmap: the members' losses (K,); their sum's gradient is each member's own.
+            total = loss if loss.dim() == 0 else loss.sum()
             if scaler is not None:
-                scaler.scale(loss).backward()
+                scaler.scale(total).backward()
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
+                total.backward()
                 opt.step()
             return loss.detach()
 
@@ -384,7 +504,7 @@ def run_variant(args, spec, dev, data, variant, precision):
         i = 0
         if variant in COMPILE_MODES:
             if args.compile_scope == "step":
-                for t in (images, labels, idx_buf) + ((scale, shift) if scale is not None else ()):
+                for t in static + [idx_buf] + ([scale, shift] if scale is not None else []):
                     try:  # the data never moves: tell cudagraph trees not to copy it each replay
                         torch._dynamo.mark_static_address(t)
                     except Exception:
@@ -458,8 +578,9 @@ def run_variant(args, spec, dev, data, variant, precision):
                 i += 1
             sync()
             runs.append((time.perf_counter() - t0) / args.steps)
-        loss_value = float(loss.float().item())
         per_step = statistics.median(runs)
+        member_losses = loss.float().tolist() if loss.dim() else None
+        loss_value = statistics.fmean(member_losses) if member_losses else float(loss.float().item())
         out = {
             "dtype": str(dtype).replace("torch.", ""),
             "grad_scaler": use_scaler,
@@ -472,9 +593,19 @@ def run_variant(args, spec, dev, data, variant, precision):
             "images_per_second": batch / per_step,
             "seconds_per_step_runs": runs,
             "loss": loss_value,
-            "loss_finite": bool(np.isfinite(loss_value)),
+            "loss_finite": bool(np.all(np.isfinite(member_losses or [loss_value]))),
             "optimizer": opt_desc,
         }
+        if args.models > 1:
+            # As `gpu-train bench --seeds` reports them: a member-step, all K models' epoch,
+            # and the shared batch's images per second of K-model steps.
+            k = args.models
+            member = per_step / k if route == "vmap" else per_step
+            out["seconds_per_member_step"] = member
+            out["seconds_per_epoch"] = member * k * -(-EPOCH_IMAGES // batch)
+            out["images_per_second"] = batch / (member * k)
+        if member_losses:
+            out["member_losses"] = member_losses
         if variant in COMPILE_MODES:
             out["compile_scope"] = args.compile_scope
             out["dynamo"] = dynamo_counters()
@@ -512,7 +643,11 @@ def main():
     ap.add_argument("--cudnn-benchmark", action="store_true",
                     help="set torch.backends.cudnn.benchmark (off by default in PyTorch, and here)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1, help="the (first) model's initialisation and the batch order")
+    ap.add_argument("--models", type=int, default=1, metavar="K",
+                    help="K > 1: train K models (seeds --seed .. --seed+K-1) by each route of --routes")
+    ap.add_argument("--routes", nargs="+", choices=ROUTES, default=None,
+                    help="with --models K > 1: sequential and/or vmap (default: both)")
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "data", "mnist"))
     args = ap.parse_args()
     if args.threads:
@@ -521,6 +656,11 @@ def main():
         torch.backends.cudnn.benchmark = True
     if args.steps < 1 or args.repeats < 1 or args.warmup < 0:
         sys.exit("--steps and --repeats must be at least 1, --warmup at least 0")
+    if args.models < 1:
+        sys.exit("--models must be at least 1")
+    if args.routes and args.models == 1:
+        sys.exit("--routes needs --models K with K > 1")
+    routes = [None] if args.models == 1 else (args.routes or ROUTES)
     dev = torch.device(args.device)
     variants = args.variants or DEFAULT_VARIANTS.get(dev.type, ["eager"])
     precisions = ["fp32", "amp"] if args.precision == "both" else [args.precision]
@@ -563,32 +703,51 @@ def main():
         common["cudnn"] = torch.backends.cudnn.version()
     else:
         common["threads"] = torch.get_num_threads()
+    if args.models > 1:
+        common["models"] = args.models
+    vmap_checked = None
+    if "vmap" in routes:
+        loss_kind = spec.get("train", {}).get("loss", "cross_entropy")
+        try:
+            vmap_checked = check_vmap(spec, dev, args.seed, args.models, data, args.batch, loss_kind)
+        except Exception as e:
+            vmap_checked = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            print("".join(traceback.format_exception(e)[-6:]), file=sys.stderr)
+        cleanup(dev)
+        print(f"vmap check: {json.dumps(vmap_checked)}", file=sys.stderr, flush=True)
 
     ok = 0
-    for variant in variants:
-        for precision in precisions:
-            if f"{variant}:{precision}" in args.skip:
-                continue
-            rec = dict(common, variant=variant, precision=precision)
-            try:
-                rec.update(run_variant(args, spec, dev, data, variant, precision))
-                ok += rec["loss_finite"]
-            except Failed as e:
-                rec["failed_in"] = e.stage
-                rec["error"] = f"{type(e.exc).__name__}: {e.exc}"[:2000]
-                print("".join(traceback.format_exception(e.exc)[-6:]), file=sys.stderr)
-            # The variant's frame (its graphs, compiled code, model) is gone by now, unless
-            # the exception held it: free what it left before the next variant.
-            cleanup(dev)
-            print(json.dumps(rec), flush=True)
-            line = f"{variant} {precision}: " + (
-                f"{1e3 * rec['seconds_per_step']:.3f} ms/step" if "seconds_per_step" in rec else f"FAILED in {rec['failed_in']}: {rec['error'][:200]}")
-            print(line, file=sys.stderr, flush=True)
-            if any(m in rec.get("error", "") for m in STICKY_ERRORS):
-                # The CUDA context may be unusable now: stop, and let the caller start a fresh
-                # process for the variants not yet run (bench/compare.py does).
-                print(f"stopping after a CUDA error; exit status {EXIT_CUDA_ERROR}", file=sys.stderr, flush=True)
-                sys.exit(EXIT_CUDA_ERROR)
+    for route, variant, precision in [(r, v, p) for r in routes for v in variants for p in precisions]:
+        combination = ":".join(([route] if route else []) + [variant, precision])
+        if combination in args.skip:
+            continue
+        rec = dict(common, variant=variant, precision=precision)
+        if route:
+            rec["route"] = route
+        if route == "vmap":
+            rec["vmap_randomness"] = "different"
+            rec["vmap_check"] = vmap_checked
+        try:
+            rec.update(run_variant(args, spec, dev, data, variant, precision, route))
+            ok += rec["loss_finite"]
+        except Failed as e:
+            rec["failed_in"] = e.stage
+            rec["error"] = f"{type(e.exc).__name__}: {e.exc}"[:2000]
+            print("".join(traceback.format_exception(e.exc)[-6:]), file=sys.stderr)
+        # The variant's frame (its graphs, compiled code, model) is gone by now, unless
+        # the exception held it: free what it left before the next variant.
+        cleanup(dev)
+        print(json.dumps(rec), flush=True)
+        line = f"{combination.replace(':', ' ')}: " + (
+            f"{1e3 * rec['seconds_per_step']:.3f} ms/step" if "seconds_per_step" in rec else f"FAILED in {rec['failed_in']}: {rec['error'][:200]}")
+        if "seconds_per_member_step" in rec:
+            line += f", {1e3 * rec['seconds_per_member_step']:.3f} ms/member-step"
+        print(line, file=sys.stderr, flush=True)
+        if any(m in rec.get("error", "") for m in STICKY_ERRORS):
+            # The CUDA context may be unusable now: stop, and let the caller start a fresh
+            # process for the variants not yet run (bench/compare.py does).
+            print(f"stopping after a CUDA error; exit status {EXIT_CUDA_ERROR}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_CUDA_ERROR)
     sys.exit(0 if ok else 1)
 
 
