@@ -14,6 +14,7 @@ pub mod memory;
 pub mod model;
 pub mod modelfile;
 pub mod network;
+pub mod plot;
 pub mod predict;
 pub mod reference;
 pub mod rng;
