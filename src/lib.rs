@@ -17,6 +17,7 @@ pub mod network;
 pub mod plot;
 pub mod predict;
 pub mod reference;
+pub mod report;
 pub mod rng;
 pub mod selftest;
 pub mod train;

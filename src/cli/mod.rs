@@ -7,6 +7,7 @@ pub mod export;
 pub mod info;
 pub mod predict;
 pub mod probe;
+pub mod report;
 pub mod train;
 
 use std::io::IsTerminal;
