@@ -10,6 +10,7 @@ pub mod error;
 pub mod evaluate;
 pub mod export;
 pub mod gpu;
+pub mod lrfind;
 pub mod memory;
 pub mod model;
 pub mod modelfile;

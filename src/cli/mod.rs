@@ -5,6 +5,7 @@ pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod info;
+pub mod lrfind;
 pub mod predict;
 pub mod probe;
 pub mod report;
