@@ -182,11 +182,15 @@ pub fn line_chart(c: &LineChart) -> Result<String, PlotError> {
         root.fill(&WHITE).map_err(|e| fail(&c.title)(&e))?;
         let legend_width = legend_width(c);
         let (plot, legend) = root.split_horizontally(c.size.0.saturating_sub(legend_width));
+        let log = |(lo, hi): (f64, f64)| {
+            let (labels, lines) = log_ticks((lo, hi));
+            (lo..hi).log_scale().with_key_points(labels).with_light_points(lines)
+        };
         let area = match (c.x_log, c.y_log) {
             (false, false) => draw_lines(c, &shown, &plot, xs.0..xs.1, ys.0..ys.1),
-            (true, false) => draw_lines(c, &shown, &plot, (xs.0..xs.1).log_scale(), ys.0..ys.1),
-            (false, true) => draw_lines(c, &shown, &plot, xs.0..xs.1, (ys.0..ys.1).log_scale()),
-            (true, true) => draw_lines(c, &shown, &plot, (xs.0..xs.1).log_scale(), (ys.0..ys.1).log_scale()),
+            (true, false) => draw_lines(c, &shown, &plot, log(xs), ys.0..ys.1),
+            (false, true) => draw_lines(c, &shown, &plot, xs.0..xs.1, log(ys)),
+            (true, true) => draw_lines(c, &shown, &plot, log(xs), log(ys)),
         }?;
         if legend_width > 0 {
             draw_legend(c, &legend).map_err(|e| fail(&c.title)(&e))?;
@@ -217,15 +221,20 @@ fn visible(points: &[(f64, f64)], x_log: bool, y_log: bool) -> Vec<(f64, f64)> {
     points.iter().copied().filter(|&(x, y)| ok(x, x_log) && ok(y, y_log)).collect()
 }
 
-/// An axis range covering `values`: padded by `pad` of its width on a linear axis; widened to
-/// whole decades on a log one (plotters labels a log axis at powers of ten, so a range inside
-/// one decade would have no labels). Empty or flat data gets a range around it.
+/// An axis range covering `values`: padded by `pad` of its width on a linear axis. On a log
+/// axis padded by a factor of 1.2, or, where that holds fewer than two powers of ten (where
+/// plotters puts a log axis's labels), widened to whole decades. Empty or flat data gets a
+/// range around it.
 fn range(values: impl Iterator<Item = f64>, log: bool, pad: f64) -> (f64, f64) {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return if log { (0.1, 1.0) } else { (0.0, 1.0) };
     }
     if log {
+        let (lo_pad, hi_pad) = (lo / 1.2, hi * 1.2);
+        if hi_pad.log10().floor() - lo_pad.log10().ceil() >= 1.0 {
+            return (lo_pad, hi_pad);
+        }
         let (a, b) = (lo.log10().floor(), hi.log10().ceil());
         let b = if a == b { b + 1.0 } else { b };
         // Nudged outward: plotters finds the decades inside a range through ln(x) / ln(10),
@@ -300,6 +309,22 @@ where
     }
     let (xr, yr) = chart.plotting_area().get_pixel_range();
     Ok((xr.start, xr.end, yr.start, yr.end))
+}
+
+/// A log axis's labelled values and grid lines: over at most 2.5 decades the 1-2-5 multiples
+/// of each power of ten (grid lines at every multiple), over at most five the powers of ten
+/// (grid lines at every multiple), over more the powers of ten alone. (Plotters' own log
+/// ticks label nothing below the lowest power of ten in the range and some values twice.)
+fn log_ticks((lo, hi): (f64, f64)) -> (Vec<f64>, Vec<f64>) {
+    let decades = (hi / lo).log10();
+    let labelled: &[u32] = if decades <= 2.5 { &[1, 2, 5] } else { &[1] };
+    let lines: &[u32] = if decades <= 5.0 { &[1, 2, 3, 4, 5, 6, 7, 8, 9] } else { &[1] };
+    // Through the decimal text, so that a label reads 0.02, not 0.020000000000000004.
+    let at = |m: u32, k: i32| format!("{m}e{k}").parse::<f64>().unwrap_or(f64::NAN);
+    let within = |v: &f64| *v >= lo && *v <= hi;
+    let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let pick = |ms: &[u32]| (first..=last).flat_map(|k| ms.iter().map(move |&m| at(m, k))).filter(within).collect();
+    (pick(labelled), pick(lines))
 }
 
 /// Pixels the legend beside a chart needs: none without labels.
@@ -472,10 +497,20 @@ mod tests {
     }
 
     #[test]
+    fn log_axes_label_round_values() {
+        let (labels, lines) = log_ticks((0.007, 0.36));
+        assert_eq!(labels, vec![0.01, 0.02, 0.05, 0.1, 0.2]);
+        assert_eq!(lines.len(), 3 + 9 + 3, "0.007 0.008 0.009, 0.01..0.09, 0.1 0.2 0.3");
+        let (labels, _) = log_ticks((1e-7, 10.0));
+        assert_eq!(labels.len(), 9);
+    }
+
+    #[test]
     fn log_ranges_cover_whole_decades() {
         let near = |(a, b): (f64, f64), (c, d): (f64, f64)| (a / c - 1.0).abs() < 1e-6 && (b / d - 1.0).abs() < 1e-6;
         assert!(near(range([2e-3, 5e-3].into_iter(), true, 0.0), (1e-3, 1e-2)));
         assert!(near(range([1e-3].into_iter(), true, 0.0), (1e-3, 1e-2)));
+        assert!(near(range([0.0085, 0.3].into_iter(), true, 0.0), (0.0085 / 1.2, 0.36)));
         assert_eq!(range(std::iter::empty(), false, 0.05), (0.0, 1.0));
         let (lo, hi) = range([1.0, 3.0].into_iter(), false, 0.5);
         assert!((lo + 0.0).abs() < 1e-12 && (hi - 4.0).abs() < 1e-12);
