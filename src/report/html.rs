@@ -97,67 +97,81 @@ fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
 }
 
-/// One row per run: what its model file records, else its log's last epoch.
+/// One row per run: what its model file records, else its manifest entry or its log's last
+/// epoch; an array's members have a status column (finished, stopped early, diverged).
 fn summary(h: &mut String, p: &Page) {
-    h.push_str(
-        "<h2 id=\"runs\">Runs</h2>\n<table>\n<tr><th>run</th><th>architecture</th><th>epochs</th>\
-                <th>best epoch</th><th>test accuracy</th><th>test loss</th><th>training time</th>\
-                <th>backend, device</th><th>status</th></tr>\n",
-    );
+    let statuses = p.sections.iter().any(|s| s.group.manifest.is_some());
+    let mut head = vec!["run", "architecture", "epochs", "best epoch", "test accuracy", "test loss", "training time"];
+    head.push("device");
+    if statuses {
+        head.push("status");
+    }
+    h.push_str("<h2 id=\"runs\">Runs</h2>\n<table>\n<tr>");
+    head.iter().for_each(|c| {
+        let _ = write!(h, "<th>{c}</th>");
+    });
+    h.push_str("</tr>\n");
     for s in &p.sections {
         let g = s.group;
-        for (i, run) in g.runs.iter().enumerate() {
-            let member = g.manifest.as_ref().and_then(|m| m.members.get(i));
-            let last = run.epochs.last();
-            let metrics = s.info.as_ref().filter(|_| g.runs.len() == 1).map(|info| &info.metrics);
-            let acc = metrics
-                .and_then(|m| num(m, "test_accuracy"))
-                .or_else(|| member.and_then(|m| m.test_accuracy))
-                .or_else(|| last.and_then(|e| e.test_acc));
-            let loss = metrics.and_then(|m| num(m, "test_loss")).or_else(|| last.and_then(|e| e.test_loss));
-            let epochs = metrics.and_then(|m| num(m, "epochs")).map(|e| e as usize).or(last.map(|e| e.epoch));
-            let best = metrics
-                .and_then(|m| num(m, "best_epoch"))
-                .map(|e| e as usize)
-                .or_else(|| member.and_then(|m| m.best_epoch))
-                .filter(|&b| b > 0);
-            let seconds = metrics
-                .and_then(|m| num(m, "train_seconds"))
-                .or_else(|| (!run.epochs.is_empty()).then(|| run.epochs.iter().filter_map(|e| e.seconds).sum()));
-            let device = s.info.as_ref().map_or(String::new(), |i| {
-                let backend = i.run.get("backend").and_then(Value::as_str).unwrap_or("");
-                [backend, i.device.as_str()].iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join(", ")
-            });
-            let status = member.and_then(|m| m.status.clone()).unwrap_or_default();
-            let name = if g.runs.len() > 1 { format!("{} {}", g.title, run.label) } else { run.label.clone() };
-            let arch = s.info.as_ref().map_or(String::new(), |i| i.arch.clone());
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "&#8211;".into());
-            let _ = writeln!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-                 <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&name),
-                escape(&arch),
-                opt(epochs.map(|e| e.to_string())),
-                opt(best.map(|e| e.to_string())),
-                opt(acc.map(pct)),
-                opt(loss.map(|l| format!("{l:.4}"))),
-                opt(seconds.map(duration)),
-                escape(&device),
-                escape(&status),
-            );
+        for i in 0..g.runs.len() {
+            let mut cells = run_cells(s, i);
+            if !statuses {
+                cells.pop();
+            }
+            h.push_str("<tr>");
+            for (k, c) in cells.iter().enumerate() {
+                let class = if (2..7).contains(&k) { " class=\"num\"" } else { "" };
+                let _ = write!(h, "<td{class}>{}</td>", c.as_deref().map_or_else(|| "&#8211;".to_string(), escape));
+            }
+            h.push_str("</tr>\n");
         }
         if let Some(acc) = g.manifest.as_ref().and_then(|m| m.ensemble_test_accuracy) {
-            let _ = writeln!(
-                h,
-                "<tr><td>{} ensemble</td><td></td><td></td><td></td><td class=\"num\">{}</td><td></td><td></td><td></td>\
-                 <td></td></tr>",
-                escape(&g.title),
-                pct(acc)
-            );
+            let _ = write!(h, "<tr><td>{} ensemble</td><td></td><td></td><td></td>", escape(&g.title));
+            let _ = writeln!(h, "<td class=\"num\">{}</td>{}</tr>", pct(acc), "<td></td>".repeat(head.len() - 5));
         }
     }
     h.push_str("</table>\n");
+}
+
+/// The summary cells of run `i` of a section, in the header's order, status last.
+fn run_cells(s: &Section, i: usize) -> Vec<Option<String>> {
+    let g = s.group;
+    let run = &g.runs[i];
+    let member = g.manifest.as_ref().and_then(|m| m.members.get(i));
+    let last = run.epochs.last();
+    // An array's record is its first member's: its metrics are not every member's.
+    let metrics = s.info.as_ref().filter(|_| g.runs.len() == 1).map(|info| &info.metrics);
+    let acc = metrics
+        .and_then(|m| num(m, "test_accuracy"))
+        .or_else(|| member.and_then(|m| m.test_accuracy))
+        .or_else(|| last.and_then(|e| e.test_acc));
+    let loss = metrics.and_then(|m| num(m, "test_loss")).or_else(|| last.and_then(|e| e.test_loss));
+    let epochs = metrics.and_then(|m| num(m, "epochs")).map(|e| e as usize).or(last.map(|e| e.epoch));
+    let best = metrics
+        .and_then(|m| num(m, "best_epoch"))
+        .map(|e| e as usize)
+        .or_else(|| member.and_then(|m| m.best_epoch))
+        .filter(|&b| b > 0);
+    let seconds = metrics
+        .and_then(|m| num(m, "train_seconds"))
+        .or_else(|| (!run.epochs.is_empty()).then(|| run.epochs.iter().filter_map(|e| e.seconds).sum()));
+    let device = s.info.as_ref().map(|i| {
+        let backend = i.run.get("backend").and_then(Value::as_str).unwrap_or("");
+        // The CPU backend names its device "cpu (2 threads, ...)": say it once.
+        if i.device.starts_with(backend) { i.device.clone() } else { format!("{backend}, {}", i.device) }
+    });
+    let name = if g.runs.len() > 1 { format!("{} {}", g.title, run.label) } else { run.label.clone() };
+    vec![
+        Some(name),
+        s.info.as_ref().map(|i| i.arch.clone()),
+        epochs.map(|e| e.to_string()),
+        best.map(|e| e.to_string()),
+        acc.map(pct),
+        loss.map(|l| format!("{l:.4}")),
+        seconds.map(duration),
+        device,
+        member.and_then(|m| m.status.clone()),
+    ]
 }
 
 /// Seconds as "42.1 s", "12 min 5 s" or "2 h 3 min".
