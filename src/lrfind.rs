@@ -348,9 +348,19 @@ pub fn with_lr(source: &str, origin: &str, lr: f32, batch: Option<usize>) -> Res
     if let Some(bs) = batch {
         train.insert("batch", toml_edit::value(bs as i64));
     }
+    // A file without an optimizer trains with the default one: name its type, which the
+    // entry needs once it exists.
+    let default_type = serde_json::to_value(crate::model::spec::Optimizer::default())
+        .ok()
+        .and_then(|v| v["type"].as_str().map(String::from))
+        .unwrap_or_default();
     let optimizer = train
         .entry("optimizer")
-        .or_insert_with(|| toml_edit::value(toml_edit::InlineTable::new()))
+        .or_insert_with(|| {
+            let mut t = toml_edit::InlineTable::new();
+            t.insert("type", default_type.into());
+            toml_edit::value(t)
+        })
         .as_table_like_mut()
         .ok_or_else(|| bad(&"`train.optimizer` is not a table"))?;
     // f32 -> f64 through its shortest decimal form, so that 6.8e-3 is written as 0.0068.
