@@ -250,20 +250,26 @@ fn evaluation(h: &mut String, e: &Evaluation, matrix: Option<&str>) {
     if e.mistakes.is_empty() {
         return;
     }
-    let _ =
-        writeln!(h, "<h3>The {} most confidently wrong test pictures</h3>\n<div class=\"mistakes\">", e.mistakes.len());
+    let _ = writeln!(
+        h,
+        "<h3>The {} most confidently wrong test pictures</h3>\n<p class=\"note\">Each with its index in the \
+             test set, its true class, the class the model said with the score it gave that class, and the score it \
+             gave the true one.</p>\n<div class=\"mistakes\">",
+        e.mistakes.len()
+    );
     let name = |c: usize| e.classes.get(c).cloned().unwrap_or_else(|| c.to_string());
     for m in &e.mistakes {
         let _ = writeln!(
             h,
             "<figure><img src=\"{}\" alt=\"test picture {}\"/><figcaption>#{}<br/>true {}<br/><b>said {}</b> {:.0}%\
-             <br/>true class {:.0}%</figcaption></figure>",
+             <br/>p({}) {:.0}%</figcaption></figure>",
             m.data_uri(),
             m.index,
             m.index,
             escape(&name(m.label)),
             escape(&name(m.predicted)),
             100.0 * m.confidence,
+            escape(&name(m.label)),
             100.0 * m.true_score
         );
     }
