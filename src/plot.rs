@@ -221,25 +221,17 @@ fn visible(points: &[(f64, f64)], x_log: bool, y_log: bool) -> Vec<(f64, f64)> {
     points.iter().copied().filter(|&(x, y)| ok(x, x_log) && ok(y, y_log)).collect()
 }
 
-/// An axis range covering `values`: padded by `pad` of its width on a linear axis. On a log
-/// axis padded by a factor of 1.2, or, where that holds fewer than two powers of ten (where
-/// plotters puts a log axis's labels), widened to whole decades. Empty or flat data gets a
-/// range around it.
+/// An axis range covering `values`: padded by `pad` of its width on a linear axis; on a log
+/// axis padded by a factor of 1.2 and widened to the next 1-2-5 values (1e-3, 2e-3, 5e-3,
+/// 1e-2, ...), so that its ends are labelled values and no line runs along an edge. Empty or
+/// flat data gets a range around it.
 fn range(values: impl Iterator<Item = f64>, log: bool, pad: f64) -> (f64, f64) {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if lo > hi {
         return if log { (0.1, 1.0) } else { (0.0, 1.0) };
     }
     if log {
-        let (lo_pad, hi_pad) = (lo / 1.2, hi * 1.2);
-        if hi_pad.log10().floor() - lo_pad.log10().ceil() >= 1.0 {
-            return (lo_pad, hi_pad);
-        }
-        let (a, b) = (lo.log10().floor(), hi.log10().ceil());
-        let b = if a == b { b + 1.0 } else { b };
-        // Nudged outward: plotters finds the decades inside a range through ln(x) / ln(10),
-        // which puts 0.01 just inside -2 and would leave the lowest decade unlabelled.
-        return (10f64.powf(a) * (1.0 - 1e-9), 10f64.powf(b) * (1.0 + 1e-9));
+        return (one_two_five(lo / 1.2, false), one_two_five(hi * 1.2, true));
     }
     if lo == hi {
         let d = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
@@ -247,6 +239,20 @@ fn range(values: impl Iterator<Item = f64>, log: bool, pad: f64) -> (f64, f64) {
     }
     let d = (hi - lo) * pad;
     (lo - d, hi + d)
+}
+
+/// `m * 10^k` for m in 1, 2, 5 at `k`, through its decimal text so that 0.02 is 0.02, not
+/// 0.020000000000000004.
+fn decimal(m: u32, k: i32) -> f64 {
+    format!("{m}e{k}").parse().unwrap_or(f64::NAN)
+}
+
+/// The nearest 1-2-5 value at or above (`up`) or at or below a positive `v`.
+fn one_two_five(v: f64, up: bool) -> f64 {
+    let k = v.log10().floor() as i32;
+    let candidates = [(1, k), (2, k), (5, k), (1, k + 1)].map(|(m, k)| decimal(m, k));
+    let pick = if up { candidates.iter().find(|&&c| c >= v) } else { candidates.iter().rev().find(|&&c| c <= v) };
+    pick.copied().unwrap_or(v)
 }
 
 /// The axes, grid, series and markers of a line chart on `area`; returns the plotting area
@@ -319,11 +325,10 @@ fn log_ticks((lo, hi): (f64, f64)) -> (Vec<f64>, Vec<f64>) {
     let decades = (hi / lo).log10();
     let labelled: &[u32] = if decades <= 2.5 { &[1, 2, 5] } else { &[1] };
     let lines: &[u32] = if decades <= 5.0 { &[1, 2, 3, 4, 5, 6, 7, 8, 9] } else { &[1] };
-    // Through the decimal text, so that a label reads 0.02, not 0.020000000000000004.
-    let at = |m: u32, k: i32| format!("{m}e{k}").parse::<f64>().unwrap_or(f64::NAN);
     let within = |v: &f64| *v >= lo && *v <= hi;
     let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
-    let pick = |ms: &[u32]| (first..=last).flat_map(|k| ms.iter().map(move |&m| at(m, k))).filter(within).collect();
+    let pick =
+        |ms: &[u32]| (first..=last).flat_map(|k| ms.iter().map(move |&m| decimal(m, k))).filter(within).collect();
     (pick(labelled), pick(lines))
 }
 
@@ -506,11 +511,12 @@ mod tests {
     }
 
     #[test]
-    fn log_ranges_cover_whole_decades() {
-        let near = |(a, b): (f64, f64), (c, d): (f64, f64)| (a / c - 1.0).abs() < 1e-6 && (b / d - 1.0).abs() < 1e-6;
-        assert!(near(range([2e-3, 5e-3].into_iter(), true, 0.0), (1e-3, 1e-2)));
-        assert!(near(range([1e-3].into_iter(), true, 0.0), (1e-3, 1e-2)));
-        assert!(near(range([0.0085, 0.3].into_iter(), true, 0.0), (0.0085 / 1.2, 0.36)));
+    fn log_ranges_end_at_one_two_five_values() {
+        assert_eq!(range([2e-3, 5e-3].into_iter(), true, 0.0), (1e-3, 1e-2));
+        assert_eq!(range([1e-3].into_iter(), true, 0.0), (5e-4, 2e-3));
+        assert_eq!(range([0.0085, 0.3].into_iter(), true, 0.0), (5e-3, 0.5));
+        assert_eq!(one_two_five(0.03, true), 0.05);
+        assert_eq!(one_two_five(0.03, false), 0.02);
         assert_eq!(range(std::iter::empty(), false, 0.05), (0.0, 1.0));
         let (lo, hi) = range([1.0, 3.0].into_iter(), false, 0.5);
         assert!((lo + 0.0).abs() < 1e-12 && (hi - 4.0).abs() < 1e-12);
