@@ -78,6 +78,13 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         Some(n) => splits.train.take(n),
         None => splits.train,
     };
+    if s.batch < 8 {
+        println!(
+            "note: with batch {} each step's loss is that of {} picture(s), and {} steps see few pictures: the curve \
+             is mostly noise; raise --steps or --batch",
+            s.batch, s.batch, s.steps
+        );
+    }
     let chosen = choose_backend(&a.device)?;
     let outcome = crate::with_backend!(chosen, b => {
         println!(
