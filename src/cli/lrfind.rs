@@ -21,8 +21,10 @@ pub struct LrFindArgs {
     /// Steps of the test (the rate rises exponentially from --start-lr to --end-lr)
     #[arg(long, default_value_t = 300)]
     steps: usize,
+    /// The rate of the first step
     #[arg(long, default_value_t = 1e-7, value_name = "LR")]
     start_lr: f64,
+    /// The rate of the last step (the test stops sooner if the loss diverges)
     #[arg(long, default_value_t = 10.0, value_name = "LR")]
     end_lr: f64,
     /// Batch size (default: the recipe's)

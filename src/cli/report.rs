@@ -27,7 +27,7 @@ pub struct ReportArgs {
     /// The HTML file to write [default: runs/report.html, unless --svg is given alone]
     #[arg(long, value_name = "FILE.html")]
     out: Option<PathBuf>,
-    /// Write the charts as SVG files into this folder (loss.svg, accuracy.svg, lr.svg,
+    /// Write the charts as SVG files into this folder (loss.svg, accuracy.svg, error.svg, lr.svg,
     /// confusion-<run>.svg)
     #[arg(long, value_name = "DIR")]
     svg: Option<PathBuf>,
