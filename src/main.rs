@@ -1,4 +1,4 @@
-//! The `gpu-train` command line: train (the default), eval, predict, export, bench,
+//! The `gpu-train` command line: train (the default), eval, predict, export, report, lr-find, bench,
 //! presets, devices, probe, selftest; one file per command in `cli/`. Errors end as one line on stderr and a
 //! non-zero exit.
 
@@ -37,6 +37,10 @@ enum Cmd {
     Predict(cli::predict::PredictArgs),
     /// Write a saved model as ONNX (opset 13), for onnxruntime, OpenCV, TensorRT, browsers
     Export(cli::export::ExportArgs),
+    /// Show runs as pictures: curves, confusion matrix, worst mistakes, in one HTML file
+    Report(cli::report::ReportArgs),
+    /// The learning-rate range test: a plot and a suggested rate
+    LrFind(cli::lrfind::LrFindArgs),
     /// Time training steps and print one JSON line
     Bench(cli::bench::BenchArgs),
     /// List the built-in architectures, or print one as a model file
@@ -111,6 +115,8 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Eval(a)) => cli::eval::run(a),
         Some(Cmd::Predict(a)) => cli::predict::run(a),
         Some(Cmd::Export(a)) => cli::export::run(a),
+        Some(Cmd::Report(a)) => cli::report::run(a),
+        Some(Cmd::LrFind(a)) => cli::lrfind::run(a),
         Some(Cmd::Bench(a)) => cli::bench::run(a),
         Some(Cmd::Presets { name }) => cli::info::presets(name),
         Some(Cmd::Devices) => cli::info::devices(),

@@ -6,8 +6,10 @@ pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod info;
+pub mod lrfind;
 pub mod predict;
 pub mod probe;
+pub mod report;
 pub mod train;
 
 use std::io::IsTerminal;
