@@ -19,7 +19,7 @@ use crate::data::augment::Augment;
 use crate::error::{Error, Result};
 use crate::model::Arch;
 use crate::model::spec::Normalize;
-use crate::network::{DeviceData, Network, StepArgs};
+use crate::network::{DeviceData, Members, Network, StepArgs};
 use crate::plot::{LineChart, Marker, Rgb, Series, Stroke, palette};
 use crate::rng;
 
@@ -187,10 +187,10 @@ struct Ctx {
     batch: usize,
 }
 
-/// One training step of the test at rate `lr`: the `index`-th step overall, the batch at
-/// `start` of pass `pass` over the data, its loss summed into `stats[2 * slot]`. The one
-/// place that knows how the network takes a step.
-#[allow(clippy::too_many_arguments)]
+/// One training step of the test: the `index`-th step overall at the rate of row `index`
+/// (`run` writes every step's rate first), the batch at `start` of pass `pass` over the data,
+/// its loss summed into `stats[2 * slot]`. The one place that knows how the network takes a
+/// step.
 fn step<B: Backend>(
     b: &mut B,
     net: &mut Network<B>,
@@ -199,7 +199,6 @@ fn step<B: Backend>(
     stats: &mut B::Buf,
     ctx: &Ctx,
     (index, pass, start, slot): (usize, usize, usize, usize),
-    lr: f32,
 ) {
     let args = StepArgs {
         start,
@@ -207,8 +206,8 @@ fn step<B: Backend>(
         slot,
         global_step: index as u32,
         epoch: pass as u32 + 1,
-        lr,
-        seed: ctx.seed,
+        row: index,
+        data_seed: ctx.seed,
         augment: ctx.augment,
     };
     net.train_step(b, data, perm, stats, &args);
@@ -238,7 +237,9 @@ pub fn run<B: Backend>(
     let recipe = arch.recipe().clone();
     let (params, state) = arch.init(recipe.init, s.seed);
     let data = DeviceData::upload(b, train)?;
-    let mut net = Network::new(b, arch.clone(), s.batch, &params, &state)?;
+    let mut net = Network::array(b, Members::one(arch.clone(), s.seed), s.batch, &params, &state)?;
+    // Every step's rate, one row each, written to the device once.
+    net.set_rates(b, (0..s.steps).map(|i| vec![s.lr_at(i) as f32]).collect())?;
     let mut stats = b.alloc(2 * CHUNK)?;
     let mut perm = b.alloc_u32(train.len())?;
     let ctx = Ctx { seed: s.seed, augment: recipe.augment, batch: s.batch };
@@ -254,16 +255,7 @@ pub fn run<B: Backend>(
             if within == 0 {
                 b.upload_u32(&mut perm, &rng::epoch_permutation(s.seed, pass, train.len()))?;
             }
-            step(
-                b,
-                &mut net,
-                &data,
-                &perm,
-                &mut stats,
-                &ctx,
-                (i, pass, within * s.batch, i - first),
-                s.lr_at(i) as f32,
-            );
+            step(b, &mut net, &data, &perm, &mut stats, &ctx, (i, pass, within * s.batch, i - first));
         }
         b.flush()?;
         let sums = b.download(&stats, 2 * (end - first))?;

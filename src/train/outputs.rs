@@ -138,14 +138,21 @@ pub fn write_manifest(out: &Path, members: &[MemberSummary], ensemble: &EvalResu
             tags_into(&mut o, &m.tags);
             o.insert("best_epoch".into(), json!(m.best_epoch));
             o.insert("test_accuracy".into(), json!(m.final_test.accuracy()));
-            o.insert("test_loss".into(), json!(m.final_test.loss));
-            o.insert("epochs".into(), json!(m.history.last().map_or(0, |h| h.epoch)));
             o.insert("status".into(), json!(m.status.name()));
             Value::Object(o)
         })
         .collect();
+    // Every key of a member besides file, seed, best_epoch, test_accuracy and status is a
+    // swept value; `swept` names them.
+    let mut swept: Vec<&str> = Vec::new();
+    for (k, _) in members.iter().flat_map(|m| &m.tags) {
+        if !swept.contains(&k.as_str()) {
+            swept.push(k);
+        }
+    }
     let manifest = json!({
         "members": list,
+        "swept": swept,
         "ensemble_test_accuracy": ensemble.accuracy(),
         "ensemble_test_loss": ensemble.loss,
         "ensemble_members": members.iter().filter(|m| m.status != Status::Diverged).count(),
