@@ -283,9 +283,23 @@ pub trait Backend {
     /// Writes `data` at the start of `dst`, ordered after all work enqueued so far.
     fn upload(&mut self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
     fn upload_u32(&mut self, dst: &mut Self::IBuf, data: &[u32]) -> Result<()>;
-    /// Runs everything enqueued and reads the first `len` elements back.
-    fn download(&mut self, src: &Self::Buf, len: usize) -> Result<Vec<f32>>;
-    fn download_u32(&mut self, src: &Self::IBuf, len: usize) -> Result<Vec<u32>>;
+    /// Runs everything enqueued and reads the first `len` elements back. A GPU waits for its
+    /// queue: in a browser the wait is awaited (the page's event loop delivers the mapping);
+    /// native code blocks on it (`read`).
+    fn download(&mut self, src: &Self::Buf, len: usize) -> impl Future<Output = Result<Vec<f32>>>;
+    fn download_u32(&mut self, src: &Self::IBuf, len: usize) -> impl Future<Output = Result<Vec<u32>>>;
+
+    /// `download`, blocking until it is done: for native code and tests (a browser cannot
+    /// block; there the read-back is awaited).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn read(&mut self, src: &Self::Buf, len: usize) -> Result<Vec<f32>> {
+        pollster::block_on(self.download(src, len))
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn read_u32(&mut self, src: &Self::IBuf, len: usize) -> Result<Vec<u32>> {
+        pollster::block_on(self.download_u32(src, len))
+    }
     /// Starts the work enqueued so far (a GPU submit) without waiting for it.
     fn flush(&mut self) -> Result<()>;
 

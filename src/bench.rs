@@ -6,7 +6,7 @@
 //! members (`--seeds`), a step trains all of them at once (`network::Members`), and the
 //! figures per member-step are what compares with training them one by one.
 
-use std::time::Instant;
+use web_time::Instant;
 
 use serde::Serialize;
 
@@ -64,7 +64,7 @@ pub struct Footprint {
 pub const EPOCH_IMAGES: usize = 60_000;
 
 #[allow(clippy::too_many_arguments)]
-pub fn bench<B: Backend>(
+pub async fn bench<B: Backend>(
     b: &mut B,
     backend: &str,
     members: Members,
@@ -92,7 +92,7 @@ pub fn bench<B: Backend>(
     let mut stats = b.alloc(2 * batches * k)?;
     let mut perm = b.alloc_u32(data.len())?;
     b.upload_u32(&mut perm, &rng::epoch_permutation(1, 0, data.len()))?;
-    let _ = b.download(&stats, 1)?;
+    let _ = b.download(&stats, 1).await?;
     let setup_seconds = t0.elapsed().as_secs_f64();
 
     let dataset_bytes = data.images.len().div_ceil(4) * 4 + 8 * data.len();
@@ -103,35 +103,10 @@ pub fn bench<B: Backend>(
         activation_bytes,
         total_bytes: dataset_bytes + parameter_state_bytes + activation_bytes,
     };
-    // Steps `first..first + count` of a run over the same shuffle every epoch, through the
-    // trainer's own step loop.
-    let mut run = |b: &mut B, count: usize, first: usize| -> Result<f64> {
-        let t = Instant::now();
-        let mut i = first;
-        while i < first + count {
-            let (epoch, step) = (i / batches, i % batches);
-            let e = Epoch {
-                index: epoch,
-                n: batches * batch,
-                batch,
-                stepwise: false,
-                data_seed: 1,
-                augment: if augment { recipe.augment } else { None },
-                first_step: (epoch * batches) as u32,
-            };
-            let end = (step + first + count - i).min(batches);
-            run_steps(b, &mut net, &dev, &perm, &mut stats, &e, step..end, |_, _, _| Ok(()))?;
-            i += end - step;
-        }
-        let s = b.download(&stats, 2 * k)?;
-        if s.iter().step_by(2).any(|l| !l.is_finite()) {
-            return Err(Error::Diverged("the loss became NaN during the benchmark".into()));
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let warmup_seconds = run(b, warmup, 0)?;
+    let ctx = Timed { dev: &dev, perm: &perm, batch, batches, members: k, augment: augment.then_some(recipe.augment).flatten() };
+    let warmup_seconds = ctx.run(b, &mut net, &mut stats, warmup, 0).await?;
     let before = b.host_counters();
-    let seconds = run(b, steps, warmup)?;
+    let seconds = ctx.run(b, &mut net, &mut stats, steps, warmup).await?;
     let per_step = |after: (u64, f64), before: (u64, f64)| {
         ((after.0 - before.0) as f64 / steps as f64, (after.1 - before.1) / steps as f64)
     };
@@ -158,6 +133,46 @@ pub fn bench<B: Backend>(
         host_seconds_per_member_step: host.map(|h| h.1 / k as f64),
         footprint,
     })
+}
+
+/// What the timed stretches of `bench` share.
+struct Timed<'a, B: Backend> {
+    dev: &'a DeviceData<B>,
+    perm: &'a B::IBuf,
+    batch: usize,
+    /// Whole batches per pass over the data.
+    batches: usize,
+    members: usize,
+    augment: Option<crate::data::augment::Augment>,
+}
+
+impl<B: Backend> Timed<'_, B> {
+    /// Seconds of steps `first..first + count` of a run over the same shuffle every epoch,
+    /// through the trainer's own step loop, read back at the end (a NaN loss is an error).
+    async fn run(&self, b: &mut B, net: &mut Network<B>, stats: &mut B::Buf, count: usize, first: usize) -> Result<f64> {
+        let t = Instant::now();
+        let mut i = first;
+        while i < first + count {
+            let (epoch, step) = (i / self.batches, i % self.batches);
+            let e = Epoch {
+                index: epoch,
+                n: self.batches * self.batch,
+                batch: self.batch,
+                stepwise: false,
+                data_seed: 1,
+                augment: self.augment,
+                first_step: (epoch * self.batches) as u32,
+            };
+            let end = (step + first + count - i).min(self.batches);
+            run_steps(b, net, self.dev, self.perm, stats, &e, step..end)?;
+            i += end - step;
+        }
+        let s = b.download(stats, 2 * self.members).await?;
+        if s.iter().step_by(2).any(|l| !l.is_finite()) {
+            return Err(Error::Diverged("the loss became NaN during the benchmark".into()));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
 }
 
 /// Floating-point operations (2 per multiply-add) per training step of the conv and dense

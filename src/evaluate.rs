@@ -53,7 +53,7 @@ fn check_input(model: &Loaded, name: &str, data: &Dataset) -> Result<()> {
 }
 
 /// Runs one model over a data set on backend `b`.
-pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
+pub async fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
     check_input(model, name, data)?;
     let arch = model.arch.clone();
     let classes = arch.classes();
@@ -62,17 +62,17 @@ pub fn score<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) 
     }
     let dev = DeviceData::upload(b, data)?;
     let mut net = Network::new(b, arch, EVAL_BATCH, &model.params, &model.state)?;
-    let r = net.evaluate(b, &dev)?;
+    let r = net.evaluate(b, &dev).await?;
     Ok(Scored { name: name.to_string(), scores: r.scores, classes, loss: r.loss })
 }
 
 /// The final layer's outputs of one model for every example, (count, classes): logits for a
 /// cross-entropy model (what `score` turns into probabilities), the scores of an MSE one.
-pub fn logits<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Vec<f32>> {
+pub async fn logits<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Vec<f32>> {
     check_input(model, name, data)?;
     let dev = DeviceData::upload(b, data)?;
     let mut net = Network::new(b, model.arch.clone(), EVAL_BATCH, &model.params, &model.state)?;
-    net.outputs(b, &dev)
+    net.outputs(b, &dev).await
 }
 
 /// The views of test-time augmentation (`eval --tta`): the image itself and its four
@@ -82,9 +82,11 @@ pub const TTA_SHIFTS: [(isize, isize); 5] = [(0, 0), (0, -1), (0, 1), (-1, 0), (
 /// Runs one model over every view in `TTA_SHIFTS` of a data set and averages its scores
 /// (probabilities, or outputs for an MSE model); the loss is the model's own loss of that
 /// average.
-pub fn score_tta<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
-    let views =
-        TTA_SHIFTS.iter().map(|&(dx, dy)| score(b, model, name, &data.shifted(dx, dy))).collect::<Result<Vec<_>>>()?;
+pub async fn score_tta<B: Backend>(b: &mut B, model: &Loaded, name: &str, data: &Dataset) -> Result<Scored> {
+    let mut views = Vec::new();
+    for &(dx, dy) in &TTA_SHIFTS {
+        views.push(score(b, model, name, &data.shifted(dx, dy)).await?);
+    }
     let mut avg = average(&views, &data.labels, model.arch.recipe().loss)?;
     avg.name = format!("{name} (tta x{})", views.len());
     Ok(avg)

@@ -216,7 +216,7 @@ fn step<B: Backend>(
 /// Runs the test for `arch` (its recipe's optimizer, initialisation, augmentation and
 /// normalisation, `s.batch` per step) on `train`, passing each point to `progress` as it is
 /// read back.
-pub fn run<B: Backend>(
+pub async fn run<B: Backend>(
     b: &mut B,
     arch: &Arch,
     train: &Dataset,
@@ -258,7 +258,7 @@ pub fn run<B: Backend>(
             step(b, &mut net, &data, &perm, &mut stats, &ctx, (i, pass, within * s.batch, i - first));
         }
         b.flush()?;
-        let sums = b.download(&stats, 2 * (end - first))?;
+        let sums = b.download(&stats, 2 * (end - first)).await?;
         for (i, pair) in (first..end).zip(sums.chunks(2)) {
             let loss = pair[0] as f64 / s.batch as f64;
             if !loss.is_finite() {

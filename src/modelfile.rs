@@ -154,9 +154,22 @@ pub fn save(
     arch: &Arch,
     params: &[f32],
     state: &[f32],
-    mut metadata: HashMap<String, String>,
+    metadata: HashMap<String, String>,
     train: Option<&TrainState>,
 ) -> Result<()> {
+    write_atomic(path, &encode(path, arch, params, state, metadata, train)?)
+}
+
+/// A model (and, for a checkpoint, its training state) as the bytes of a safetensors file;
+/// `path` names it in errors.
+pub fn encode(
+    path: &Path,
+    arch: &Arch,
+    params: &[f32],
+    state: &[f32],
+    mut metadata: HashMap<String, String>,
+    train: Option<&TrainState>,
+) -> Result<Vec<u8>> {
     let mut tensors = Vec::new();
     named("", &arch.params, params, &mut tensors);
     named("", &arch.state, state, &mut tensors);
@@ -200,8 +213,7 @@ pub fn save(
                 .map_err(|e| Error::model(path, e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::model(path, e.to_string()))?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::model(path, e.to_string()))
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it into place.
@@ -232,9 +244,14 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// we wrote); a file from elsewhere (e.g. PyTorch) needs it given.
 pub fn load(path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+    decode(&bytes, path, arch)
+}
+
+/// A model file's bytes (`load`, from memory: a browser's file); `path` names it in errors.
+pub fn decode(bytes: &[u8], path: &Path, arch: Option<ModelSpec>) -> Result<Loaded> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::model(path, format!("not a valid safetensors file ({e})")))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::model(path, e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::model(path, e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let spec = match arch {
         Some(spec) => spec,

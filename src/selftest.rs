@@ -163,7 +163,7 @@ fn test_table(k: usize) -> TableBuilder {
     TableBuilder::new(&(0..k as u64).map(|i| 11 + i).collect::<Vec<_>>())
 }
 
-fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let mean = [0.1307, 0.5, 0.25, 0.75];
     let std = [0.3081, 0.5, 0.25, 0.4];
@@ -222,8 +222,8 @@ fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
             } else {
                 ((1e-6, 1e-6), (1e-6, 1e-6))
             };
-            out.push(Out::new(&name, b.download(&x, n * len)?, pair, reference));
-            out.push(Out::labels(format!("{name} labels"), b.download_u32(&y, n)?));
+            out.push(Out::new(&name, b.download(&x, n * len).await?, pair, reference));
+            out.push(Out::labels(format!("{name} labels"), b.download_u32(&y, n).await?));
         }
     }
     Ok(out)
@@ -236,7 +236,7 @@ fn grouped(l: Conv2d, groups: usize, in_groups: usize) -> Conv2d {
     Conv2d { b_off: l.b_off.map(|_| 64 + l.weight_len().div_ceil(64) * 64), ..l }
 }
 
-fn conv_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn conv_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     // Dropout in a buffer of 3 members with rates of their own (and of one member).
     let mut t = test_table(3);
@@ -278,22 +278,22 @@ fn conv_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let x = up(b, &random(20 + i as u64, n * l.in_len(), -1.0, 1.0))?;
         let mut y = b.alloc(n * l.out_len())?;
         b.conv2d_forward(&mut y, &x, &w, table, &l, n, epi);
-        out.push(Out::new(format!("conv2d_forward {tag}"), b.download(&y, n * l.out_len())?, GEMM_TOL, GEMM_TOL));
+        out.push(Out::new(format!("conv2d_forward {tag}"), b.download(&y, n * l.out_len()).await?, GEMM_TOL, GEMM_TOL));
         let d = up(b, &random(30 + i as u64, n * l.out_len(), -1.0, 1.0))?;
         if l.groups == l.in_groups {
             let mut dx = b.alloc(n * l.in_len())?;
             b.conv2d_backward_input(&mut dx, &d, &w, &l, n);
-            let dx = b.download(&dx, n * l.in_len())?;
+            let dx = b.download(&dx, n * l.in_len()).await?;
             out.push(Out::new(format!("conv2d_backward_input {tag}"), dx, GEMM_TOL, GEMM_TOL));
         }
         let mut g = up(b, &vec![7.0; plen])?;
         b.conv2d_backward_weight(&mut g, &d, &x, &l, n);
-        out.push(Out::new(format!("conv2d_backward_weight {tag}"), b.download(&g, plen)?, GEMM_TOL, GEMM_TOL));
+        out.push(Out::new(format!("conv2d_backward_weight {tag}"), b.download(&g, plen).await?, GEMM_TOL, GEMM_TOL));
     }
     Ok(out)
 }
 
-fn dense_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn dense_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let mut t = test_table(3);
     let at3 = t.dropout(&[0.2, 0.5, 0.05]);
@@ -335,19 +335,19 @@ fn dense_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let x = up(b, &random(50 + i as u64, n * ni, -1.0, 1.0))?;
         let mut y = b.alloc(n * no)?;
         b.dense_forward(&mut y, &x, &w, table, &l, n, epi);
-        out.push(Out::new(format!("dense_forward {tag}"), b.download(&y, n * no)?, GEMM_TOL, GEMM_TOL));
+        out.push(Out::new(format!("dense_forward {tag}"), b.download(&y, n * no).await?, GEMM_TOL, GEMM_TOL));
         let d = up(b, &random(60 + i as u64, n * no, -1.0, 1.0))?;
         let mut dx = b.alloc(n * ni)?;
         b.dense_backward_input(&mut dx, &d, &w, &l, n);
-        out.push(Out::new(format!("dense_backward_input {tag}"), b.download(&dx, n * ni)?, GEMM_TOL, GEMM_TOL));
+        out.push(Out::new(format!("dense_backward_input {tag}"), b.download(&dx, n * ni).await?, GEMM_TOL, GEMM_TOL));
         let mut g = up(b, &vec![7.0; plen])?;
         b.dense_backward_weight(&mut g, &d, &x, &l, n);
-        out.push(Out::new(format!("dense_backward_weight {tag}"), b.download(&g, plen)?, GEMM_TOL, GEMM_TOL));
+        out.push(Out::new(format!("dense_backward_weight {tag}"), b.download(&g, plen).await?, GEMM_TOL, GEMM_TOL));
     }
     Ok(out)
 }
 
-fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let len = 1001;
     // The gradient of a relu + dropout of 3 members (7 elements each per example): each
@@ -363,7 +363,7 @@ fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let gx = up(b, &x)?;
         let mut y = b.alloc(len)?;
         b.activation_forward(&mut y, &gx, len, act);
-        out.push(Out::new(format!("activation_forward {act:?} len={len}"), b.download(&y, len)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("activation_forward {act:?} len={len}"), b.download(&y, len).await?, ULP_TOL, ULP_TOL));
         // The backward from the same outputs (the CPU's) on every side.
         let mut y_host = vec![0f32; len];
         crate::cpu::activation::activation_forward(&mut y_host, &x, len, act);
@@ -371,18 +371,18 @@ fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let d = up(b, &random(71, len, -1.0, 1.0))?;
         let mut dx = b.alloc(len)?;
         b.activation_backward(&mut dx, &d, &y, &table, len, act, None);
-        out.push(Out::new(format!("activation_backward {act:?} len={len}"), b.download(&dx, len)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("activation_backward {act:?} len={len}"), b.download(&dx, len).await?, ULP_TOL, ULP_TOL));
         if act == Act::Relu {
             let d3 = Dropout { members: 3, len: 7, stream: 0x105, step: 3, at };
             b.activation_backward(&mut dx, &d, &y, &table, len, act, Some(d3));
             let name = format!("activation_backward Relu+dropout x3 len={len}");
-            out.push(Out::new(name, b.download(&dx, len)?, ULP_TOL, ULP_TOL));
+            out.push(Out::new(name, b.download(&dx, len).await?, ULP_TOL, ULP_TOL));
         }
     }
     Ok(out)
 }
 
-fn pool_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn pool_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let cases = [
         (2, Pool { c: 3, h_in: 6, w_in: 8, h_out: 3, w_out: 4, size: 2, stride: 2 }),
@@ -396,17 +396,17 @@ fn pool_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let x = up(b, &x)?;
         let (mut y, mut arg) = (b.alloc(n * l.out_len())?, b.alloc_u32(n * l.out_len())?);
         b.maxpool_forward(&mut y, &mut arg, &x, &l, n);
-        out.push(Out::new(format!("maxpool_forward {tag}"), b.download(&y, n * l.out_len())?, EXACT, EXACT));
-        out.push(Out::labels(format!("maxpool_forward {tag} argmax"), b.download_u32(&arg, n * l.out_len())?));
+        out.push(Out::new(format!("maxpool_forward {tag}"), b.download(&y, n * l.out_len()).await?, EXACT, EXACT));
+        out.push(Out::labels(format!("maxpool_forward {tag} argmax"), b.download_u32(&arg, n * l.out_len()).await?));
         let d = up(b, &random(90 + i as u64, n * l.out_len(), -1.0, 1.0))?;
         let mut dx = b.alloc(n * l.in_len())?;
         b.maxpool_backward(&mut dx, &d, &arg, &l, n);
-        out.push(Out::new(format!("maxpool_backward {tag}"), b.download(&dx, n * l.in_len())?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("maxpool_backward {tag}"), b.download(&dx, n * l.in_len()).await?, ULP_TOL, ULP_TOL));
     }
     Ok(out)
 }
 
-fn dropout_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn dropout_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     // (len, rates per member, elements per example and member, step)
     let cases: [(usize, &[f32], usize, u32); 5] = [
@@ -427,15 +427,15 @@ fn dropout_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let mut y = b.alloc(len)?;
         b.dropout_forward(&mut y, &x, &table, len, &d);
         let tag = format!("len={len} p={p:?} x{}", p.len());
-        out.push(Out::new(format!("dropout_forward {tag}"), b.download(&y, len)?, EXACT, ROUNDED));
+        out.push(Out::new(format!("dropout_forward {tag}"), b.download(&y, len).await?, EXACT, ROUNDED));
         let mut dx = b.alloc(len)?;
         b.dropout_backward(&mut dx, &x, &table, len, &d);
-        out.push(Out::new(format!("dropout_backward {tag}"), b.download(&dx, len)?, EXACT, ROUNDED));
+        out.push(Out::new(format!("dropout_backward {tag}"), b.download(&dx, len).await?, EXACT, ROUNDED));
     }
     Ok(out)
 }
 
-fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let bn_tol = (1e-4, 1e-4);
     for (i, (n, c, hw)) in [(4usize, 3usize, 10usize), (1, 5, 49), (7, 300, 1)].into_iter().enumerate() {
@@ -453,9 +453,9 @@ fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         for train in [true, false] {
             b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &l, n, train);
             let mode = if train { "train" } else { "eval" };
-            out.push(Out::new(format!("batchnorm_forward {mode} {tag}"), b.download(&y, n * c * hw)?, bn_tol, bn_tol));
+            out.push(Out::new(format!("batchnorm_forward {mode} {tag}"), b.download(&y, n * c * hw).await?, bn_tol, bn_tol));
         }
-        let stats = b.download(&state, 640)?;
+        let stats = b.download(&state, 640).await?;
         out.push(Out::new(format!("batchnorm_forward {tag} running stats"), stats, (1e-5, 1e-4), (1e-5, 1e-4)));
         // Backward, from the training forward's saved statistics.
         b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &l, n, true);
@@ -463,13 +463,13 @@ fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let mut dx = b.alloc(n * c * hw)?;
         let mut g = b.alloc(640)?;
         b.batchnorm_backward(&mut dx, &mut g, &d, &x, &saved, &p, &l, n);
-        out.push(Out::new(format!("batchnorm_backward {tag} dx"), b.download(&dx, n * c * hw)?, bn_tol, bn_tol));
-        out.push(Out::new(format!("batchnorm_backward {tag} dgamma/dbeta"), b.download(&g, 640)?, bn_tol, bn_tol));
+        out.push(Out::new(format!("batchnorm_backward {tag} dx"), b.download(&dx, n * c * hw).await?, bn_tol, bn_tol));
+        out.push(Out::new(format!("batchnorm_backward {tag} dgamma/dbeta"), b.download(&g, 640).await?, bn_tol, bn_tol));
     }
     Ok(out)
 }
 
-fn loss_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn loss_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let stats_tol = (1e-5, 1e-5);
     // (examples, members, classes): rows (example, member) of one softmax each.
@@ -492,29 +492,29 @@ fn loss_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let scale = 1.0 / n as f32;
         let name = format!("softmax_xent_forward_backward {tag}");
         b.softmax_xent_forward_backward(&mut d, &mut stats, slot, &gz, &gl, n, k, classes, scale);
-        out.push(Out::new(&name, b.download(&d, n * width)?, ULP_TOL, ULP_TOL));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
+        out.push(Out::new(&name, b.download(&d, n * width).await?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len).await?, stats_tol, stats_tol));
         let at = 3;
         let mut probs = b.alloc((n + at) * width)?;
         b.softmax_xent_forward(&mut probs, at, &mut stats, slot, &gz, &gl, n, k, classes);
         let name = format!("softmax_xent_forward {tag}");
-        out.push(Out::new(&name, b.download(&probs, (n + at) * width)?, ULP_TOL, ULP_TOL));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
+        out.push(Out::new(&name, b.download(&probs, (n + at) * width).await?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len).await?, stats_tol, stats_tol));
         let zt: Vec<f32> = z.iter().map(|v| (v / 4.0).tanh()).collect();
         let gzt = up(b, &zt)?;
         b.mse_forward_backward(&mut d, &mut stats, slot, &gzt, &gl, n, k, classes, scale);
         let name = format!("mse_forward_backward {tag}");
-        out.push(Out::new(&name, b.download(&d, n * width)?, ULP_TOL, ULP_TOL));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
+        out.push(Out::new(&name, b.download(&d, n * width).await?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len).await?, stats_tol, stats_tol));
         b.mse_forward(&mut probs, at, &mut stats, slot, &gzt, &gl, n, k, classes);
         let name = format!("mse_forward {tag}");
-        out.push(Out::new(&name, b.download(&probs, (n + at) * width)?, EXACT, EXACT));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len)?, stats_tol, stats_tol));
+        out.push(Out::new(&name, b.download(&probs, (n + at) * width).await?, EXACT, EXACT));
+        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len).await?, stats_tol, stats_tol));
     }
     Ok(out)
 }
 
-fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+async fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     // One model: one segment over the whole buffer. Two members: three tensors of 2 x 100,
     // 2 x 37 and 2 x 150 elements with alignment padding between them, each member with its
@@ -541,9 +541,9 @@ fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
             let a = AdamStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, t, segments, lr_at, wd_at };
             b.adam_step(&mut p, &g, &mut m, &mut v, &table, len, &a);
         }
-        out.push(Out::new(format!("adam_step len={len} x3{tag}"), b.download(&p, len)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(format!("adam_step len={len} x3{tag}"), b.download(&p, len).await?, ULP_TOL, ULP_TOL));
         let v_tol = (1e-9, ULP_TOL.1);
-        out.push(Out::new(format!("adam_step len={len} x3{tag} v"), b.download(&v, len)?, v_tol, v_tol));
+        out.push(Out::new(format!("adam_step len={len} x3{tag} v"), b.download(&v, len).await?, v_tol, v_tol));
         let mut p = up(b, &random(140, len, -1.0, 1.0))?;
         let mut vel = b.alloc(len)?;
         for t in 0..2 {
@@ -551,7 +551,7 @@ fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
             b.sgd_step(&mut p, &g, &mut vel, &table, len, &SgdStep { segments, lr_at, momentum_at });
         }
         let name = format!("sgd_step len={len} momentum {momenta:?} x2{tag}");
-        out.push(Out::new(name, b.download(&p, len)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(name, b.download(&p, len).await?, ULP_TOL, ULP_TOL));
         // An odd length, not a multiple of the workgroup; only the first `len` elements move.
         let (len, cap) = (777, 800);
         let mut avg = up(b, &random(150, cap, -1.0, 1.0))?;
@@ -560,12 +560,14 @@ fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
             b.ema_update(&mut avg, &src, &table, len, &EmaStep { segments, decay_at });
         }
         let name = format!("ema_update len={len} of {cap} x3{tag}");
-        out.push(Out::new(name, b.download(&avg, cap)?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(name, b.download(&avg, cap).await?, ULP_TOL, ULP_TOL));
     }
     Ok(out)
 }
 
-type Cases<B> = fn(&mut B) -> Result<Vec<Out>>;
+/// A family's cases on one backend, as a future (the GPU's read-backs are awaited).
+type CaseFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Out>>> + 'a>>;
+type Cases<B> = for<'a> fn(&'a mut B) -> CaseFuture<'a>;
 
 /// One family of cases, instantiated for each backend.
 struct Family {
@@ -579,7 +581,13 @@ struct Family {
 
 macro_rules! family {
     ($name:literal, $f:ident, $fold:literal) => {
-        Family { name: $name, reference: $f::<Reference>, cpu: $f::<CpuBackend>, gpu: $f::<GpuBackend>, fold: $fold }
+        Family {
+            name: $name,
+            reference: |b: &mut Reference| -> CaseFuture<'_> { Box::pin($f::<Reference>(b)) },
+            cpu: |b: &mut CpuBackend| -> CaseFuture<'_> { Box::pin($f::<CpuBackend>(b)) },
+            gpu: |b: &mut GpuBackend| -> CaseFuture<'_> { Box::pin($f::<GpuBackend>(b)) },
+            fold: $fold,
+        }
     };
 }
 
@@ -630,11 +638,11 @@ fn judge(reference: &[Out], cpu: &[Out], gpu: Option<&[Out]>, suffix: &str) -> V
 
 /// Runs every case whose family contains `filter` (all if empty): the CPU against the
 /// reference, and the GPU against both when `gpu` is given (also with folded grids).
-pub fn run(mut gpu: Option<&mut GpuBackend>, filter: &str) -> Vec<CaseResult> {
+pub async fn run(mut gpu: Option<&mut GpuBackend>, filter: &str) -> Vec<CaseResult> {
     let mut out = Vec::new();
     let (mut r, mut c) = (Reference::new(), CpuBackend::new());
     for f in FAMILIES.iter().filter(|f| filter.is_empty() || f.name.contains(filter)) {
-        let (want, cpu) = match ((f.reference)(&mut r), (f.cpu)(&mut c)) {
+        let (want, cpu) = match ((f.reference)(&mut r).await, (f.cpu)(&mut c).await) {
             (Ok(want), Ok(cpu)) => (want, cpu),
             (Err(e), _) | (_, Err(e)) => {
                 out.push(failed(f.name.to_string(), e));
@@ -645,7 +653,7 @@ pub fn run(mut gpu: Option<&mut GpuBackend>, filter: &str) -> Vec<CaseResult> {
             out.extend(judge(&want, &cpu, None, ""));
             continue;
         };
-        match (f.gpu)(g) {
+        match (f.gpu)(g).await {
             Ok(got) => out.extend(judge(&want, &cpu, Some(&got), "")),
             Err(e) => out.push(failed(f.name.to_string(), e)),
         }
@@ -655,7 +663,7 @@ pub fn run(mut gpu: Option<&mut GpuBackend>, filter: &str) -> Vec<CaseResult> {
             // kernel family's index arithmetic for folded grids runs without huge buffers.
             let saved = g.max_groups;
             g.max_groups = 3;
-            let folded = (f.gpu)(g);
+            let folded = (f.gpu)(g).await;
             g.max_groups = saved;
             match folded {
                 Ok(got) => out.extend(judge(&want, &cpu, Some(&got), " (grid folded at 3)")),

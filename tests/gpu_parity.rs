@@ -30,7 +30,7 @@ fn gpu() -> Option<GpuBackend> {
 #[test]
 fn every_kernel_matches_the_reference_and_the_cpu() {
     let Some(mut g) = gpu() else { return };
-    let results = selftest::run(Some(&mut g), "");
+    let results = pollster::block_on(selftest::run(Some(&mut g), ""));
     let failed: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.line()).collect();
     assert!(results.len() > 100, "only {} cases ran", results.len());
     assert!(
@@ -53,7 +53,7 @@ fn a_grid_past_65535_workgroups_covers_every_element() {
     g.upload(&mut gx, &x).unwrap();
     let mut gy = g.alloc(len).unwrap();
     g.activation_forward(&mut gy, &gx, len, Act::Relu);
-    let got = g.download(&gy, len).unwrap();
+    let got = g.read(&gy, len).unwrap();
     let mut want = vec![0.0; len];
     CpuBackend::new().activation_forward(&mut want, &x, len, Act::Relu);
     let bad = got.iter().zip(&want).position(|(a, b)| a != b);
@@ -135,11 +135,11 @@ fn whole_models_match_the_cpu_reference() {
         cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
         gnet.forward_backward(&mut g, &mut gstats, n, 0, 5);
         let classes = arch.classes();
-        let logits = (g.download(gnet.logits(), n * classes).unwrap(), c.download(cnet.logits(), n * classes).unwrap());
+        let logits = (g.read(gnet.logits(), n * classes).unwrap(), c.read(cnet.logits(), n * classes).unwrap());
         assert_close(&format!("{name} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
-        let loss = (g.download(&gstats, 2).unwrap(), c.download(&cstats, 2).unwrap());
+        let loss = (g.read(&gstats, 2).unwrap(), c.read(&cstats, 2).unwrap());
         assert_close(&format!("{name} loss and hits"), &loss.0, &loss.1, 1e-5, 1e-4);
-        let grads = (g.download(&gnet.grads, arch.n_params).unwrap(), c.download(&cnet.grads, arch.n_params).unwrap());
+        let grads = (g.read(&gnet.grads, arch.n_params).unwrap(), c.read(&cnet.grads, arch.n_params).unwrap());
         let scale = grads.1.iter().fold(0f32, |m, v| m.max(v.abs()));
         for t in &arch.params {
             let r = t.range();
@@ -161,13 +161,13 @@ fn whole_models_match_the_cpu_reference() {
             cnet.train_step(&mut c, &cdev, &cperm, &mut cstats, &args);
             gnet.train_step(&mut g, &gdev, &gperm, &mut gstats, &args);
         }
-        let (gp, gs) = gnet.get_params(&mut g).unwrap();
-        let (cp, cs) = cnet.get_params(&mut c).unwrap();
+        let (gp, gs) = pollster::block_on(gnet.get_params(&mut g)).unwrap();
+        let (cp, cs) = pollster::block_on(cnet.get_params(&mut c)).unwrap();
         assert_close(&format!("{name} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
         assert_close(&format!("{name} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
         // The weight average ('bn' keeps one): parameters and statistics.
         assert_eq!(gnet.has_average(), name == "bn");
-        if let (Some((gp, gs)), Some((cp, cs))) = (gnet.get_average(&mut g).unwrap(), cnet.get_average(&mut c).unwrap())
+        if let (Some((gp, gs)), Some((cp, cs))) = (pollster::block_on(gnet.get_average(&mut g)).unwrap(), pollster::block_on(cnet.get_average(&mut c)).unwrap())
         {
             assert_close(&format!("{name} averaged parameters"), &gp, &cp, 2e-4, 1e-3);
             assert_close(&format!("{name} averaged statistics"), &gs, &cs, 1e-4, 1e-3);
@@ -224,12 +224,12 @@ fn whole_arrays_match_the_cpu() {
         cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
         gnet.forward_backward(&mut g, &mut gstats, n, 0, 5);
         let width = arch.output().len();
-        let logits = (g.download(gnet.logits(), n * width).unwrap(), c.download(cnet.logits(), n * width).unwrap());
+        let logits = (g.read(gnet.logits(), n * width).unwrap(), c.read(cnet.logits(), n * width).unwrap());
         let tag = format!("{name} x{k}");
         assert_close(&format!("{tag} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
-        let loss = (g.download(&gstats, 2 * k).unwrap(), c.download(&cstats, 2 * k).unwrap());
+        let loss = (g.read(&gstats, 2 * k).unwrap(), c.read(&cstats, 2 * k).unwrap());
         assert_close(&format!("{tag} loss and hits"), &loss.0, &loss.1, 1e-5, 1e-4);
-        let grads = (g.download(&gnet.grads, arch.n_params).unwrap(), c.download(&cnet.grads, arch.n_params).unwrap());
+        let grads = (g.read(&gnet.grads, arch.n_params).unwrap(), c.read(&cnet.grads, arch.n_params).unwrap());
         let scale = grads.1.iter().fold(0f32, |m, v| m.max(v.abs()));
         for t in &arch.params {
             let r = t.range();
@@ -249,11 +249,11 @@ fn whole_arrays_match_the_cpu() {
             cnet.train_step(&mut c, &cdev, &cdev.order, &mut cstats, &args);
             gnet.train_step(&mut g, &gdev, &gdev.order, &mut gstats, &args);
         }
-        let (gp, gs) = gnet.get_params(&mut g).unwrap();
-        let (cp, cs) = cnet.get_params(&mut c).unwrap();
+        let (gp, gs) = pollster::block_on(gnet.get_params(&mut g)).unwrap();
+        let (cp, cs) = pollster::block_on(cnet.get_params(&mut c)).unwrap();
         assert_close(&format!("{tag} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
         assert_close(&format!("{tag} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
-        if let (Some((gp, _)), Some((cp, _))) = (gnet.get_average(&mut g).unwrap(), cnet.get_average(&mut c).unwrap()) {
+        if let (Some((gp, _)), Some((cp, _))) = (pollster::block_on(gnet.get_average(&mut g)).unwrap(), pollster::block_on(cnet.get_average(&mut c)).unwrap()) {
             assert_close(&format!("{tag} averaged parameters"), &gp, &cp, 2e-4, 1e-3);
         }
     }
@@ -318,7 +318,7 @@ fn gpu_training_is_reproducible() {
             };
             net.train_step(&mut g, &dev, &dev.order, &mut stats, &args);
         }
-        (net.get_params(&mut g).unwrap().0, g.download(&stats, 8).unwrap())
+        (pollster::block_on(net.get_params(&mut g)).unwrap().0, g.read(&stats, 8).unwrap())
     };
     let (a, b) = (run(), run());
     assert!(a.0 == b.0, "parameters differ between two identical GPU runs");
@@ -369,8 +369,8 @@ fn a_data_set_larger_than_one_binding_trains_on_the_gpu() {
     dev.gather(&mut g, &mut gx, &mut gy, &perm, &gather);
     let (mut cx, mut cy) = (vec![0f32; picks.len() * len], vec![0u32; picks.len()]);
     cdev.gather(&mut c, &mut cx, &mut cy, &picks, &gather);
-    assert_close("gathered across shards", &g.download(&gx, picks.len() * len).unwrap(), &cx, 1e-6, 1e-6);
-    assert_eq!(g.download_u32(&gy, picks.len()).unwrap(), cy);
+    assert_close("gathered across shards", &g.read(&gx, picks.len() * len).unwrap(), &cx, 1e-6, 1e-6);
+    assert_eq!(g.read_u32(&gy, picks.len()).unwrap(), cy);
     // One epoch of a small model over all of it.
     let spec = "name = 'wide'\ninput = [1, 128, 128]\nlayers = [{ type = 'conv2d', filters = 4, kernel = 8, stride = 8 }, \
                 { type = 'relu' }, { type = 'flatten' }, { type = 'dense', units = 10 }]\n[train]\nepochs = 1\nbatch = 256\n";
@@ -474,7 +474,7 @@ fn dense_products_on_the_cooperative_kernel_match_the_cpu() {
             let (gx, gw) = (up(&mut g, &x), up(&mut g, &w));
             let mut gy = g.alloc(n * no).unwrap();
             g.dense_forward(&mut gy, &gx, &gw, &gt, &l, n, epi);
-            let got = g.download(&gy, n * no).unwrap();
+            let got = g.read(&gy, n * no).unwrap();
             let (mut want, mut mag) = (vec![0.0; n * no], vec![0.0; n * no]);
             cpu.dense_forward(&mut want, &x, &w, &table, &l, n, epi);
             cpu.dense_forward(&mut mag, &abs(&x), &abs(&w), &table, &l, n, Epilogue::default());
@@ -483,7 +483,7 @@ fn dense_products_on_the_cooperative_kernel_match_the_cpu() {
             let gd = up(&mut g, &d);
             let mut gdx = g.alloc(n * ni).unwrap();
             g.dense_backward_input(&mut gdx, &gd, &gw, &l, n);
-            let got = g.download(&gdx, n * ni).unwrap();
+            let got = g.read(&gdx, n * ni).unwrap();
             let (mut want, mut mag) = (vec![0.0; n * ni], vec![0.0; n * ni]);
             cpu.dense_backward_input(&mut want, &d, &w, &l, n);
             cpu.dense_backward_input(&mut mag, &abs(&d), &abs(&w), &l, n);
@@ -491,7 +491,7 @@ fn dense_products_on_the_cooperative_kernel_match_the_cpu() {
             // Backward to the weights (and the f32 bias gradient beside them): K = n.
             let mut gg = up(&mut g, &vec![7.0; plen]);
             g.dense_backward_weight(&mut gg, &gd, &gx, &l, n);
-            let got = g.download(&gg, plen).unwrap();
+            let got = g.read(&gg, plen).unwrap();
             let (mut want, mut mag) = (vec![7.0; plen], vec![7.0; plen]);
             cpu.dense_backward_weight(&mut want, &d, &x, &l, n);
             cpu.dense_backward_weight(&mut mag, &abs(&d), &abs(&x), &l, n);

@@ -101,10 +101,10 @@ fn randomize_batch_norm(m: &mut Loaded, seed: u64) {
 /// gpu-train's logits and, for cross-entropy models, its probabilities, as two cases.
 fn cases_for(name: &str, model: Loaded, images: &Dataset) -> Vec<Case> {
     let mut cpu = CpuBackend::new();
-    let logits = evaluate::logits(&mut cpu, &model, name, images).unwrap();
+    let logits = pollster::block_on(evaluate::logits(&mut cpu, &model, name, images)).unwrap();
     let mut cases = Vec::new();
     if model.arch.recipe().loss == Loss::CrossEntropy {
-        let probs = evaluate::score(&mut cpu, &model, name, images).unwrap().scores;
+        let probs = pollster::block_on(evaluate::score(&mut cpu, &model, name, images)).unwrap().scores;
         cases.push(Case {
             name: format!("{name}.softmax"),
             model: model.clone(),

@@ -271,7 +271,7 @@ fn reference_ops_on_hand_computed_cases() {
 
 #[test]
 fn every_cpu_op_matches_the_reference() {
-    let results = selftest::run(None, "");
+    let results = pollster::block_on(selftest::run(None, ""));
     let failed: Vec<String> = results.iter().filter(|r| !r.passed()).map(|r| r.line()).collect();
     assert!(results.len() > 100, "only {} cases ran", results.len());
     assert!(results.iter().all(|r| r.checks.len() == 1), "without a GPU, each case is one comparison");
@@ -321,11 +321,11 @@ fn whole_models_match_the_reference() {
         cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
         rnet.forward_backward(&mut r, &mut rstats, n, 0, 5);
         let classes = arch.classes();
-        let logits = (c.download(cnet.logits(), n * classes).unwrap(), r.download(rnet.logits(), n * classes).unwrap());
+        let logits = (c.read(cnet.logits(), n * classes).unwrap(), r.read(rnet.logits(), n * classes).unwrap());
         assert_close(&format!("{name} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
-        let loss = (c.download(&cstats, 2).unwrap(), r.download(&rstats, 2).unwrap());
+        let loss = (c.read(&cstats, 2).unwrap(), r.read(&rstats, 2).unwrap());
         assert_close(&format!("{name} loss and hits"), &loss.0, &loss.1, 1e-5, 1e-4);
-        let grads = (c.download(&cnet.grads, arch.n_params).unwrap(), r.download(&rnet.grads, arch.n_params).unwrap());
+        let grads = (c.read(&cnet.grads, arch.n_params).unwrap(), r.read(&rnet.grads, arch.n_params).unwrap());
         let scale = grads.1.iter().fold(0f32, |m, v| m.max(v.abs()));
         for t in &arch.params {
             let range = t.range();
@@ -372,11 +372,11 @@ fn whole_arrays_match_the_reference() {
         cnet.forward_backward(&mut c, &mut cstats, n, 0, 5);
         rnet.forward_backward(&mut r, &mut rstats, n, 0, 5);
         let width = arch.output().len();
-        let logits = (c.download(cnet.logits(), n * width).unwrap(), r.download(rnet.logits(), n * width).unwrap());
+        let logits = (c.read(cnet.logits(), n * width).unwrap(), r.read(rnet.logits(), n * width).unwrap());
         assert_close(&format!("{name} x{k} logits"), &logits.0, &logits.1, 1e-4, 1e-3);
-        let loss = (c.download(&cstats, 2 * k).unwrap(), r.download(&rstats, 2 * k).unwrap());
+        let loss = (c.read(&cstats, 2 * k).unwrap(), r.read(&rstats, 2 * k).unwrap());
         assert_close(&format!("{name} x{k} loss and hits"), &loss.0, &loss.1, 1e-5, 1e-4);
-        let grads = (c.download(&cnet.grads, arch.n_params).unwrap(), r.download(&rnet.grads, arch.n_params).unwrap());
+        let grads = (c.read(&cnet.grads, arch.n_params).unwrap(), r.read(&rnet.grads, arch.n_params).unwrap());
         let scale = grads.1.iter().fold(0f32, |m, v| m.max(v.abs()));
         for t in &arch.params {
             let range = t.range();

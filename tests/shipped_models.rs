@@ -134,7 +134,7 @@ fn shipped_models_evaluate_to_their_recorded_accuracy() {
     for path in &models {
         let m = modelfile::load(path, None).unwrap();
         let recorded = m.metrics().unwrap()["test_accuracy"].as_f64().unwrap();
-        let s = evaluate::score(&mut CpuBackend::new(), &m, "m", &test).unwrap();
+        let s = pollster::block_on(evaluate::score(&mut CpuBackend::new(), &m, "m", &test)).unwrap();
         let acc = s.accuracy(&test.labels);
         assert!((acc - recorded).abs() < 1e-9, "{}: evaluates to {acc}, recorded {recorded}", path.display());
         scores.insert(path.file_stem().unwrap().to_string_lossy().into_owned(), s);
@@ -154,7 +154,7 @@ fn shipped_models_with_test_time_augmentation_score_as_the_readme_states() {
         for name in members.iter() {
             scores.entry(*name).or_insert_with(|| {
                 let m = modelfile::load(&repo().join(format!("models/{name}.safetensors")), None).unwrap();
-                evaluate::score_tta(&mut CpuBackend::new(), &m, name, &test).unwrap()
+                pollster::block_on(evaluate::score_tta(&mut CpuBackend::new(), &m, name, &test)).unwrap()
             });
         }
         let s: Vec<_> = members.iter().map(|m| scores[m].clone()).collect();
@@ -171,7 +171,7 @@ fn test_time_augmentation_averages_the_five_shifted_views() {
     let test = data::load_dir(&mnist_dir()).unwrap().1.take(300);
     let m = modelfile::load(&repo().join("models/cnn5-s1.safetensors"), None).unwrap();
     let mut cpu = CpuBackend::new();
-    let tta = evaluate::score_tta(&mut cpu, &m, "cnn5-s1", &test).unwrap();
+    let tta = pollster::block_on(evaluate::score_tta(&mut cpu, &m, "cnn5-s1", &test)).unwrap();
     let shift = |dx: i32, dy: i32| {
         let mut v = test.clone();
         for (i, px) in v.images.iter_mut().enumerate() {
@@ -184,7 +184,7 @@ fn test_time_augmentation_averages_the_five_shifted_views() {
     let views = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)];
     let mut mean = vec![0f64; tta.scores.len()];
     for (dx, dy) in views {
-        let s = evaluate::score(&mut cpu, &m, "view", &shift(dx, dy)).unwrap();
+        let s = pollster::block_on(evaluate::score(&mut cpu, &m, "view", &shift(dx, dy))).unwrap();
         mean.iter_mut().zip(&s.scores).for_each(|(a, &v)| *a += v as f64 / 5.0);
     }
     for (i, (&got, &want)) in tta.scores.iter().zip(&mean).enumerate() {
@@ -193,7 +193,7 @@ fn test_time_augmentation_averages_the_five_shifted_views() {
     let loss = -mean.chunks(10).zip(&test.labels).map(|(p, &y)| p[y as usize].ln()).sum::<f64>() / 300.0;
     assert!((tta.loss - loss).abs() < 1e-4, "loss {} against {loss}", tta.loss);
     // The views differ from one another, so the mean is not just the unshifted scores.
-    let plain = evaluate::score(&mut cpu, &m, "plain", &test).unwrap();
+    let plain = pollster::block_on(evaluate::score(&mut cpu, &m, "plain", &test)).unwrap();
     assert!(plain.scores.iter().zip(&tta.scores).any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
@@ -211,16 +211,16 @@ fn shipped_models_agree_on_the_gpu() {
     let test = data::load_dir(&mnist_dir()).unwrap().1.take(200);
     for name in ["cnn4", "cnn4-s2", "cnn5-s1", "cnn6-s1"] {
         let m = modelfile::load(&repo().join("models").join(format!("{name}.safetensors")), None).unwrap();
-        let on_gpu = evaluate::score(&mut g, &m, name, &test).unwrap().predictions();
-        let on_cpu = evaluate::score(&mut CpuBackend::new(), &m, name, &test).unwrap().predictions();
+        let on_gpu = pollster::block_on(evaluate::score(&mut g, &m, name, &test)).unwrap().predictions();
+        let on_cpu = pollster::block_on(evaluate::score(&mut CpuBackend::new(), &m, name, &test)).unwrap().predictions();
         let differ = on_gpu.iter().zip(&on_cpu).filter(|(a, b)| a != b).count();
         assert!(differ <= 1, "{name}: {differ} of 200 predictions differ between GPU and CPU");
     }
     // `eval --tta` on the GPU: the README's single-model TTA figure, on the first 100 images.
     let test = test.take(100);
     let m = modelfile::load(&repo().join("models/cnn5-e60-s6.safetensors"), None).unwrap();
-    let on_gpu = evaluate::score_tta(&mut g, &m, "tta", &test).unwrap();
-    let on_cpu = evaluate::score_tta(&mut CpuBackend::new(), &m, "tta", &test).unwrap();
+    let on_gpu = pollster::block_on(evaluate::score_tta(&mut g, &m, "tta", &test)).unwrap();
+    let on_cpu = pollster::block_on(evaluate::score_tta(&mut CpuBackend::new(), &m, "tta", &test)).unwrap();
     let worst = on_gpu.scores.iter().zip(&on_cpu.scores).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-3, "cnn5-e60-s6 with --tta: GPU and CPU probabilities differ by {worst}");
 }

@@ -19,7 +19,7 @@ fn pytorch_state_dict_loads_and_gives_the_same_outputs() {
     let spec = presets::load(dir.join("torch_small.toml").to_str().unwrap()).unwrap();
     let model = modelfile::load(&dir.join("torch_small.safetensors"), Some(spec)).unwrap();
     let test = data::load_dir(&mnist_dir()).unwrap().1.take(4);
-    let ours = evaluate::score(&mut CpuBackend::new(), &model, "torch", &test).unwrap();
+    let ours = pollster::block_on(evaluate::score(&mut CpuBackend::new(), &model, "torch", &test)).unwrap();
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("torch_small.json")).unwrap()).unwrap();
     let logits: Vec<f64> = expected["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();

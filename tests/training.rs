@@ -279,7 +279,7 @@ fn model_files_round_trip_and_reject_mismatches() {
     assert!(m.train.is_none());
     // The saved model evaluates to the accuracy training reported.
     let b = &mut CpuBackend::new();
-    let s = gpu_train::evaluate::score(b, &m, "m", &data.1).unwrap();
+    let s = pollster::block_on(gpu_train::evaluate::score(b, &m, "m", &data.1)).unwrap();
     assert_eq!(s.accuracy(&data.1.labels), r.final_test.accuracy());
     // No temporary files are left behind.
     let names: Vec<String> =
@@ -399,7 +399,7 @@ fn sixty_five_thousand_classes_train_and_evaluate() {
     }
     // The report of a 65,536-class model lists classes without a matrix.
     let m = modelfile::load(&tmp.path().join("wide-0.safetensors"), None).unwrap();
-    let scored = gpu_train::evaluate::score(&mut CpuBackend::new(), &m, "wide", &test_ds).unwrap();
+    let scored = pollster::block_on(gpu_train::evaluate::score(&mut CpuBackend::new(), &m, "wide", &test_ds)).unwrap();
     let text = gpu_train::evaluate::report(&scored, &test_ds.labels, &test_ds.classes);
     assert!(text.starts_with("accuracy per class") && text.lines().count() <= 41, "{}", &text[..200.min(text.len())]);
 }

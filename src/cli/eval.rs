@@ -69,7 +69,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let mut scored = Vec::new();
         for (m, path) in models.iter().zip(&a.models) {
             let name = path.display().to_string();
-            let s = if a.tta { evaluate::score_tta(b, m, &name, &test)? } else { evaluate::score(b, m, &name, &test)? };
+            let s = if a.tta {
+                pollster::block_on(evaluate::score_tta(b, m, &name, &test))?
+            } else {
+                pollster::block_on(evaluate::score(b, m, &name, &test))?
+            };
             let acc = s.accuracy(&test.labels);
             let recorded = m.metrics().and_then(|v| v["test_accuracy"].as_f64());
             let rec = recorded.map_or(String::new(), |r| format!(" (recorded at save: {:.2}%)", 100.0 * r));

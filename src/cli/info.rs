@@ -114,7 +114,7 @@ pub fn selftest(a: SelftestArgs) -> Result<()> {
         let compile = g.compile_all()?;
         println!("built {} pipelines in {compile:.2}s", gpu_train::gpu::shaders::KERNELS.len());
     }
-    let results = gpu_train::selftest::run(gpu.as_mut(), filter);
+    let results = pollster::block_on(gpu_train::selftest::run(gpu.as_mut(), filter));
     for r in &results {
         println!("{}", r.line());
     }

@@ -96,11 +96,11 @@ pub fn run(a: LrFindArgs) -> Result<()> {
         );
         println!("{:>6}  {:>9}  {:>9}  {:>9}", "step", "lr", "loss", "smoothed");
         let every = (s.steps / 15).max(1);
-        lrfind::run(b, &arch, &train, &s, |p| {
+        pollster::block_on(lrfind::run(b, &arch, &train, &s, |p| {
             if p.step % every == 0 {
                 println!("{:>6}  {:>9}  {:>9.4}  {:>9.4}", p.step, short(p.lr), p.loss, p.smoothed);
             }
-        })?
+        }))?
     });
     let last = outcome.points.last().ok_or_else(|| anyhow!("the loss was not finite from the first step"))?;
     match outcome.stop {

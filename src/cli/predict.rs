@@ -56,7 +56,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     crate::with_backend!(chosen, b => {
         let dev = DeviceData::upload(b, &ds)?;
         let mut net = Network::new(b, model.arch.clone(), ds.len(), &model.params, &model.state)?;
-        let r = net.evaluate(b, &dev)?;
+        let r = pollster::block_on(net.evaluate(b, &dev))?;
         let classes = model.arch.classes();
         for (path, scores) in a.images.iter().zip(r.scores.chunks(classes)) {
             let mut order: Vec<usize> = (0..classes).collect();

@@ -151,7 +151,7 @@ fn evaluate_all(a: &ReportArgs, groups: &[Group], models: &[Vec<Loaded>]) -> Res
             let t0 = Instant::now();
             let mut scored = Vec::new();
             for (m, p) in ms.iter().zip(g.models()) {
-                scored.push(evaluate::score(b, m, &p.display().to_string(), test)?);
+                scored.push(pollster::block_on(evaluate::score(b, m, &p.display().to_string(), test))?);
             }
             let shown: Scored = if scored.len() > 1 {
                 evaluate::ensemble(&scored, &test.labels)?

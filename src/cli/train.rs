@@ -233,6 +233,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             run_info: info,
             data: splits.info.clone(),
             stream: a.stream,
+            start_from: None,
         };
         let s = train::train(b, cfg, train_ds, &test_ds)?;
         if array {

@@ -111,11 +111,11 @@ impl<T: Real> Backend for Cpu<T> {
         Ok(())
     }
 
-    fn download(&mut self, src: &Vec<T>, len: usize) -> Result<Vec<f32>> {
+    async fn download(&mut self, src: &Vec<T>, len: usize) -> Result<Vec<f32>> {
         Ok(src[..len].iter().map(|v| v.to32()).collect())
     }
 
-    fn download_u32(&mut self, src: &Vec<u32>, len: usize) -> Result<Vec<u32>> {
+    async fn download_u32(&mut self, src: &Vec<u32>, len: usize) -> Result<Vec<u32>> {
         Ok(src[..len].to_vec())
     }
 

@@ -37,7 +37,7 @@ pub struct Listing {
     pub ignored: Vec<PathBuf>,
 }
 
-fn is_picture(path: &Path) -> bool {
+pub(super) fn is_picture(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
@@ -125,8 +125,22 @@ pub fn list(root: &Path) -> Result<Listing> {
 /// Decodes one picture file (format guessed from its content, whatever its extension) and
 /// brings it to the input shape (channels, height, width), as planar bytes (c, h, w).
 pub fn decode_file(path: &Path, shape: [usize; 3], resize: Resize) -> std::result::Result<Vec<u8>, String> {
-    let mut reader =
+    let reader =
         ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
+    decode(reader, shape, resize)
+}
+
+/// `decode_file` of a picture held in memory (a browser's file).
+pub fn decode_bytes(bytes: &[u8], shape: [usize; 3], resize: Resize) -> std::result::Result<Vec<u8>, String> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    decode(reader, shape, resize)
+}
+
+fn decode<R: std::io::BufRead + std::io::Seek>(
+    mut reader: ImageReader<R>,
+    shape: [usize; 3],
+    resize: Resize,
+) -> std::result::Result<Vec<u8>, String> {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);

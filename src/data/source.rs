@@ -143,6 +143,100 @@ fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<
     Ok(Splits { train, test, info, notes: Vec::new() })
 }
 
+/// A folder of pictures held in memory: files by their path relative to the folder chosen
+/// (a browser's folder picker gives `photos/train/cat/1.png`; a folder of the same name at the
+/// top of every path is taken to be the chosen one), under the same rules as a folder on disk:
+/// `train/` and `test/` (or `val/`, `validation/`) of class folders, or class folders alone
+/// of which `o.val_split` is held out by `o.seed`; hidden files ignored, pictures by extension.
+pub fn load_files(files: &[(String, Vec<u8>)], name: &str, o: &LoadOptions) -> Result<Splits> {
+    let mut paths: Vec<(Vec<&str>, usize)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (p.split('/').filter(|c| !c.is_empty()).collect::<Vec<_>>(), i))
+        .filter(|(c, _)| !c.is_empty() && !c.iter().any(|c| c.starts_with('.')))
+        .collect();
+    if paths.is_empty() {
+        return Err(Error::Data(format!("{name}: no files")));
+    }
+    let first = paths[0].0[0];
+    if paths.iter().all(|(c, _)| c.len() > 2 && c[0] == first) && !["train", "test", "val", "validation"].contains(&first)
+    {
+        paths.iter_mut().for_each(|(c, _)| {
+            c.remove(0);
+        });
+    }
+    // The class folders under `root` (a path prefix) and their pictures.
+    let listing = |root: &[&str]| -> Result<(Vec<String>, Vec<(usize, u32)>)> {
+        let under: Vec<&(Vec<&str>, usize)> =
+            paths.iter().filter(|(c, _)| c.len() > root.len() + 1 && c.starts_with(root)).collect();
+        let mut classes: Vec<String> = under.iter().map(|(c, _)| c[root.len()].to_string()).collect();
+        classes.sort();
+        classes.dedup();
+        if classes.is_empty() {
+            return Err(Error::Data(format!(
+                "{name}/{}: no class folders (expected one folder of pictures per class)",
+                root.join("/")
+            )));
+        }
+        let mut picked: Vec<(String, usize, u32)> = under
+            .iter()
+            .filter(|(c, _)| folder::is_picture(Path::new(c[c.len() - 1])))
+            .map(|(c, i)| (c.join("/"), *i, classes.binary_search(&c[root.len()].to_string()).unwrap_or(0) as u32))
+            .collect();
+        picked.sort();
+        for (k, class) in classes.iter().enumerate() {
+            if !picked.iter().any(|p| p.2 == k as u32) {
+                return Err(Error::Data(format!("{name}/{}: no pictures in this class folder", [root, &[class]].concat().join("/"))));
+            }
+        }
+        Ok((classes, picked.into_iter().map(|(_, i, l)| (i, l)).collect()))
+    };
+    let decode = |list: &[(usize, u32)]| -> Result<Dataset> {
+        let mut images = Vec::with_capacity(list.len() * o.shape.iter().product::<usize>());
+        let mut labels = Vec::with_capacity(list.len());
+        for &(i, label) in list {
+            match folder::decode_bytes(&files[i].1, o.shape, o.resize) {
+                Ok(px) => {
+                    images.extend_from_slice(&px);
+                    labels.push(label);
+                }
+                Err(_) if o.skip_bad => {}
+                Err(why) => return Err(Error::Image { path: files[i].0.clone().into(), reason: why }),
+            }
+        }
+        let [c, h, w] = o.shape;
+        Ok(Dataset { images, labels, channels: c, height: h, width: w, classes: Vec::new() })
+    };
+    let has = |d: &str| paths.iter().any(|(c, _)| c.len() > 2 && c[0] == d);
+    let test_dir = ["test", "val", "validation"].into_iter().find(|d| has(d));
+    let (mut train, mut test, classes) = match test_dir {
+        Some(t) if has("train") => {
+            let ((tr_classes, tr), (te_classes, te)) = (listing(&["train"])?, listing(&[t])?);
+            if tr_classes != te_classes {
+                return Err(Error::Data(format!("{name}: the class folders of train/ and {t}/ differ")));
+            }
+            let mut train = decode(&tr)?;
+            // As on disk: a fixed shuffle, so that a limit and validation draw from every class.
+            let perm = rng::epoch_permutation(0, 0, train.len());
+            train = train.select(&perm.iter().map(|&i| i as usize).collect::<Vec<_>>());
+            (train, decode(&te)?, tr_classes)
+        }
+        _ => {
+            let (classes, all) = listing(&[])?;
+            let split = o.val_split.unwrap_or(DEFAULT_VAL_SPLIT);
+            if !(split > 0.0 && split < 1.0) {
+                return Err(Error::Config(format!("the held-out share must be a fraction in (0, 1), got {split}")));
+            }
+            let (train, test) = split_by_seed(decode(&all)?, split, o.seed, Path::new(name))?;
+            (train, test, classes)
+        }
+    };
+    train.classes = classes.clone();
+    test.classes = classes.clone();
+    let info = DataInfo { source: "folder".into(), path: name.into(), classes, resize: Some(o.resize), digits: false };
+    Ok(Splits { train, test, info, notes: Vec::new() })
+}
+
 /// Train and test class folders must name the same classes.
 fn same_classes(tr: &Listing, te: &Listing, train: &Path, test: &Path) -> Result<()> {
     if tr.classes == te.classes {

@@ -41,6 +41,7 @@
 //! without subgroup builtins. The feature is requested only for `--precision mixed`: with
 //! `f32` the device is opened exactly as before.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod probe;
 
 use std::time::Instant;
@@ -313,7 +314,7 @@ impl GpuBackend {
     pub fn open_mixed(adapter: &wgpu::Adapter) -> Result<Self> {
         let cfg =
             choose(adapter).map_err(|why| Error::Gpu(format!("--precision mixed: {why} (see `gpu-train devices`)")))?;
-        let mut g = Self::open(adapter, cfg.features())?;
+        let mut g = pollster::block_on(Self::open(adapter, cfg.features()))?;
         g.build_coop(cfg, shader_source(&cfg))?;
         Ok(g)
     }
@@ -323,7 +324,7 @@ impl GpuBackend {
     #[doc(hidden)]
     pub fn open_emulated(adapter: &wgpu::Adapter, cfg: CoopConfig) -> Result<Self> {
         let f16 = if cfg.operand == Operand::F16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() };
-        let mut g = Self::open(adapter, f16)?;
+        let mut g = pollster::block_on(Self::open(adapter, f16))?;
         g.build_coop(cfg, emulated_source(&cfg))?;
         Ok(g)
     }

@@ -1,6 +1,7 @@
 //! Adapters: listing them, choosing one, and telling real GPUs from software rasterizers.
 //! `WGPU_BACKEND` (vulkan, metal, dx12, gl) narrows the search as in any wgpu program.
 
+#[cfg(not(target_arch = "wasm32"))]
 use crate::error::{Error, Result};
 
 /// What `gpu-train devices` prints for one adapter.
@@ -28,16 +29,17 @@ pub struct AdapterSummary {
     pub mixed: std::result::Result<String, String>,
 }
 
-fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
+pub(crate) fn instance_for(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
     wgpu::Instance::new(desc)
 }
 
-/// Every adapter, best first: discrete, integrated, virtual, other, then software. Indices
+/// Every adapter, best first (native only: a browser offers one, `GpuBackend::browser`): discrete, integrated, virtual, other, then software. Indices
 /// into this order are what `--adapter N` means. The backends are those `WGPU_BACKEND` names;
 /// without it, the native APIs (Vulkan, Metal, DX12), and GL only where none of them has an
 /// adapter (starting GL on a headless machine is slow and prints EGL complaints).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn adapters() -> Vec<wgpu::Adapter> {
     let mut all = match wgpu::Backends::from_env() {
         Some(b) => pollster::block_on(instance_for(b).enumerate_adapters(b)),
@@ -55,6 +57,7 @@ pub fn adapters() -> Vec<wgpu::Adapter> {
     all
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let ty = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -100,6 +103,7 @@ pub fn summary(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
 }
 
 /// The adapter `--adapter N` names, or the best one.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn pick(index: Option<usize>) -> Result<wgpu::Adapter> {
     let mut all = adapters();
     if all.is_empty() {

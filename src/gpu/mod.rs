@@ -15,7 +15,7 @@ pub mod shaders;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use web_time::Instant;
 
 use bytemuck::Pod;
 
@@ -147,17 +147,31 @@ pub(crate) fn storage_layout(bindings: &[(u32, shaders::Access)]) -> Vec<wgpu::B
 
 impl GpuBackend {
     /// Opens adapter `index` (see `gpu-train devices`), or the best one.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(index: Option<usize>) -> Result<Self> {
         let adapter = device::pick(index)?;
         Self::from_adapter(&adapter)
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
-        Self::open(adapter, wgpu::Features::empty())
+        pollster::block_on(Self::open(adapter, wgpu::Features::empty()))
     }
 
-    /// `from_adapter` with `extra` features too (which the adapter must offer).
-    fn open(adapter: &wgpu::Adapter, extra: wgpu::Features) -> Result<Self> {
+    /// The browser's WebGPU adapter (a page's only way in: it cannot enumerate adapters).
+    pub async fn browser() -> Result<Self> {
+        let adapter = device::instance_for(wgpu::Backends::BROWSER_WEBGPU)
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("this browser offers no WebGPU adapter: {e}")))?;
+        Self::open(&adapter, wgpu::Features::empty()).await
+    }
+
+    /// The adapter opened with `extra` features too (which it must offer).
+    async fn open(adapter: &wgpu::Adapter, extra: wgpu::Features) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
         let features = (adapter.features() & wgpu::Features::TIMESTAMP_QUERY) | extra;
@@ -169,14 +183,16 @@ impl GpuBackend {
         } else {
             wgpu::ExperimentalFeatures::disabled()
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("gpu-train"),
-            required_features: features,
-            required_limits: limits.clone(),
-            experimental_features: experimental,
-            ..Default::default()
-        }))
-        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("gpu-train"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: experimental,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", info.name)))?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -326,11 +342,26 @@ impl GpuBackend {
             compilation_options: Default::default(),
             cache: None,
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            self.fail(format!("kernel {entry} does not build: {e}"));
-        }
+        self.report_scope(scope, format!("kernel {entry} does not build"));
         self.pipelines.insert(entry, Pipeline { pipeline, layout });
         self.compile_seconds += t.elapsed().as_secs_f64();
+    }
+
+    /// Records what an error scope caught, prefixed by `what`: natively at once; in a browser
+    /// when the scope's promise settles (an error then shows at the next check).
+    fn report_scope(&self, scope: wgpu::ErrorScopeGuard, what: String) {
+        let errors = self.errors.clone();
+        let record = move |e: Option<wgpu::Error>| {
+            if let (Some(e), Ok(mut v)) = (e, errors.lock()) {
+                v.push(format!("{what}: {e}"));
+            }
+        };
+        // The pop takes effect now; its result comes later.
+        let popped = scope.pop();
+        #[cfg(not(target_arch = "wasm32"))]
+        record(pollster::block_on(popped));
+        #[cfg(target_arch = "wasm32")]
+        wasm_bindgen_futures::spawn_local(async move { record(popped.await) });
     }
 
     fn fail(&self, msg: String) {
@@ -519,31 +550,32 @@ impl GpuBackend {
         self.check_errors()
     }
 
-    /// Waits for the GPU and maps `size` bytes of a read-back buffer.
-    fn read_mapped(&self, buf: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+    /// Maps `size` bytes of a read-back buffer once the GPU has written them: natively by
+    /// waiting on the device, in a browser by awaiting the mapping, which the page's event
+    /// loop delivers (wgpu's `poll` does nothing there). All mapping goes through here.
+    async fn read_mapped(&self, buf: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let slice = buf.slice(..size);
-        let result = Arc::new(Mutex::new(None));
-        let r = result.clone();
+        let (tx, rx) = futures_channel::oneshot::channel();
         slice.map_async(wgpu::MapMode::Read, move |res| {
-            if let Ok(mut slot) = r.lock() {
-                *slot = Some(res);
-            }
+            let _ = tx.send(res);
         });
+        #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
+        let mapped = rx.await;
         self.check_errors()?;
-        match result.lock().ok().and_then(|mut s| s.take()) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Gpu(format!("cannot read results back: {e}"))),
-            None => return Err(Error::Gpu("the GPU did not finish (device lost?)".into())),
+        match mapped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Error::Gpu(format!("cannot read results back: {e}"))),
+            Err(_) => return Err(Error::Gpu("the GPU did not finish (device lost?)".into())),
         }
         let data = slice.get_mapped_range().map_err(|e| Error::Gpu(e.to_string()))?.to_vec();
         buf.unmap();
         Ok(data)
     }
 
-    fn read_back(&mut self, src: &GpuBuf, len: usize) -> Result<Vec<u8>> {
+    async fn read_back(&mut self, src: &GpuBuf, len: usize) -> Result<Vec<u8>> {
         if len == 0 {
             return Ok(Vec::new());
         }
@@ -566,7 +598,7 @@ impl GpuBackend {
         let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         enc.copy_buffer_to_buffer(&src.buf, 0, staging, 0, size);
         self.queue.submit([enc.finish()]);
-        self.read_mapped(staging, size)
+        self.read_mapped(staging, size).await
     }
 
     fn write(&mut self, dst: &GpuBuf, bytes: &[u8]) -> Result<()> {
@@ -622,7 +654,8 @@ impl GpuBackend {
     fn collect_profile(&mut self) -> Result<()> {
         let Some(p) = self.profiler.as_ref() else { return Ok(()) };
         let n = p.pending.len();
-        let bytes = self.read_mapped(&p.readback, n as u64 * 16)?;
+        // Profiling is native only (`enable_profiling`): blocking here is allowed.
+        let bytes = pollster::block_on(self.read_mapped(&p.readback, n as u64 * 16))?;
         let p = self.profiler.as_mut().expect("checked");
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);
         for (i, name) in p.pending.drain(..).enumerate() {

@@ -39,12 +39,12 @@ impl Backend for GpuBackend {
         self.write(dst, bytemuck::cast_slice(data))
     }
 
-    fn download(&mut self, src: &GpuBuf, len: usize) -> Result<Vec<f32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read_back(src, len)?))
+    async fn download(&mut self, src: &GpuBuf, len: usize) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_back(src, len).await?))
     }
 
-    fn download_u32(&mut self, src: &GpuBuf, len: usize) -> Result<Vec<u32>> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read_back(src, len)?))
+    async fn download_u32(&mut self, src: &GpuBuf, len: usize) -> Result<Vec<u32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_back(src, len).await?))
     }
 
     fn flush(&mut self) -> Result<()> {

@@ -265,7 +265,11 @@ pub const MAX_SIDE: usize = 4096;
 
 /// Elements in any one tensor or activation at most (2^40, far past any machine's memory),
 /// so that shape arithmetic cannot overflow.
+#[cfg(target_pointer_width = "64")]
 const MAX_ELEMENTS: usize = 1 << 40;
+/// A 32-bit target (WebAssembly) addresses at most 4 GiB: 2^30 f32.
+#[cfg(not(target_pointer_width = "64"))]
+const MAX_ELEMENTS: usize = 1 << 30;
 
 /// Tensors start at multiples of 64 floats (256 bytes): aligned vector loads on every
 /// backend, and a whole tensor can be bound at its offset on a GPU.

@@ -400,11 +400,38 @@ impl<B: Backend> Network<B> {
     }
 
     /// The averaged parameters and statistics, when the recipe keeps them.
-    pub fn get_average(&mut self, b: &mut B) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    pub async fn get_average(&mut self, b: &mut B) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         if !self.has_average() {
             return Ok(None);
         }
-        self.with_average(|net| net.get_params(b)).map(Some)
+        self.kept_params(b).await.map(Some)
+    }
+
+    /// The weights to keep: the average's with `ema` (and its statistics), else the live ones.
+    pub async fn kept_params(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
+        self.swap_average();
+        let r = self.get_params(b).await;
+        self.swap_average();
+        r
+    }
+
+    /// Writes the weights to keep (see `kept_params`).
+    pub fn set_kept(&mut self, b: &mut B, params: &[f32], state: &[f32]) -> Result<()> {
+        self.with_average(|net| net.set_params(b, params, state))
+    }
+
+    /// `evaluate_all` of the weights to keep (see `kept_params`).
+    pub async fn evaluate_kept(
+        &mut self,
+        b: &mut B,
+        data: &DeviceData<B>,
+        keep: bool,
+        include: &[bool],
+    ) -> Result<Evaluation> {
+        self.swap_average();
+        let r = self.evaluate_all(b, data, keep, include).await;
+        self.swap_average();
+        r
     }
 
     pub fn set_average(&mut self, b: &mut B, params: &[f32], state: &[f32]) -> Result<()> {
@@ -419,17 +446,17 @@ impl<B: Backend> Network<B> {
         Ok(())
     }
 
-    pub fn get_params(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
-        let p = b.download(&self.params, self.arch.n_params)?;
-        let s = b.download(&self.state, self.arch.n_state)?;
+    pub async fn get_params(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
+        let p = b.download(&self.params, self.arch.n_params).await?;
+        let s = b.download(&self.state, self.arch.n_state).await?;
         Ok((p, s))
     }
 
     /// Optimizer state (m, v) as flat vectors (empty where the optimizer has none).
-    pub fn get_opt_state(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
+    pub async fn get_opt_state(&mut self, b: &mut B) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = self.arch.n_params;
-        let m = if self.has_m() { b.download(&self.opt_m, n)? } else { Vec::new() };
-        let v = if self.has_v() { b.download(&self.opt_v, n)? } else { Vec::new() };
+        let m = if self.has_m() { b.download(&self.opt_m, n).await? } else { Vec::new() };
+        let v = if self.has_v() { b.download(&self.opt_v, n).await? } else { Vec::new() };
         Ok((m, v))
     }
 
@@ -626,16 +653,16 @@ impl<B: Backend> Network<B> {
 
     /// Every activation buffer at every layer boundary, and the max-pool positions, for the
     /// first `n` examples (empty where a boundary has no buffer). For tests and debugging.
-    pub fn debug_activations(&mut self, b: &mut B, n: usize) -> Result<Activations> {
+    pub async fn debug_activations(&mut self, b: &mut B, n: usize) -> Result<Activations> {
         let mut acts = Vec::new();
         for (k, shape) in self.arch.shapes.iter().enumerate() {
             let used = self.train_plan.iter().any(|node| node.out == k || node.inp == k);
-            acts.push(if used { b.download(&self.acts[k], n * shape.len())? } else { Vec::new() });
+            acts.push(if used { b.download(&self.acts[k], n * shape.len()).await? } else { Vec::new() });
         }
         let mut argmax = Vec::new();
         for (i, layer) in self.arch.layers.iter().enumerate() {
             argmax.push(match layer {
-                Layer::MaxPool2d(p) => b.download_u32(&self.argmax[i], n * p.out_len())?,
+                Layer::MaxPool2d(p) => b.download_u32(&self.argmax[i], n * p.out_len()).await?,
                 _ => Vec::new(),
             });
         }
@@ -692,29 +719,29 @@ impl<B: Backend> Network<B> {
     /// The final layer's outputs for a whole data set, (count, members x classes), in
     /// evaluation mode: the logits of a cross-entropy model, which `evaluate` turns into
     /// probabilities. Reads back once per batch.
-    pub fn outputs(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<Vec<f32>> {
+    pub async fn outputs(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<Vec<f32>> {
         let width = self.arch.output().len();
         let mut out = Vec::with_capacity(data.len * width);
         for start in (0..data.len).step_by(self.cap) {
             let n = self.cap.min(data.len - start);
             self.forward_eval(b, data, start, n);
-            out.extend(b.download(&self.acts[self.eval_out], n * width)?);
+            out.extend(b.download(&self.acts[self.eval_out], n * width).await?);
         }
         Ok(out)
     }
 
     /// Evaluates the first (or only) member on a whole data set (no dropout, batch-norm
     /// running statistics): loss, accuracy and every example's scores.
-    pub fn evaluate(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
+    pub async fn evaluate(&mut self, b: &mut B, data: &DeviceData<B>) -> Result<EvalResult> {
         let all = vec![true; self.len()];
-        Ok(self.evaluate_all(b, data, true, &all)?.members.swap_remove(0))
+        Ok(self.evaluate_all(b, data, true, &all).await?.members.swap_remove(0))
     }
 
     /// Every member and the ensemble of those `include` names on a whole data set, in batches
     /// of the buffers' capacity; with `keep`, every example's scores too. One model reads back
     /// once at the end; an array reads each batch's probabilities back for the ensemble (in
     /// memory for one batch of them, however many classes).
-    pub fn evaluate_all(
+    pub async fn evaluate_all(
         &mut self,
         b: &mut B,
         data: &DeviceData<B>,
@@ -748,16 +775,16 @@ impl<B: Backend> Network<B> {
                 Loss::Mse => b.mse_forward(&mut probs, at, &mut stats, i, logits, &self.labels, n, k, classes),
             }
             if per_batch {
-                let p = b.download(&probs, n * width)?;
+                let p = b.download(&probs, n * width).await?;
                 ensemble.add(&p, include, &data.host_labels()[start..start + n]);
                 for (m, scores) in kept.iter_mut().enumerate() {
                     scores.extend(p.chunks(classes).skip(m).step_by(k).flatten());
                 }
             }
         }
-        let stats = b.download(&stats, 2 * batches * k)?;
+        let stats = b.download(&stats, 2 * batches * k).await?;
         if keep && !per_batch {
-            kept.push(b.download(&probs, data.len * classes)?);
+            kept.push(b.download(&probs, data.len * classes).await?);
         }
         let mut kept = kept.into_iter();
         let members: Vec<EvalResult> = (0..k)

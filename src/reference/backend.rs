@@ -113,11 +113,11 @@ impl Backend for Reference {
         Ok(())
     }
 
-    fn download(&mut self, src: &Vec<f64>, len: usize) -> Result<Vec<f32>> {
+    async fn download(&mut self, src: &Vec<f64>, len: usize) -> Result<Vec<f32>> {
         Ok(src[..len].iter().map(|&v| v as f32).collect())
     }
 
-    fn download_u32(&mut self, src: &Vec<u32>, len: usize) -> Result<Vec<u32>> {
+    async fn download_u32(&mut self, src: &Vec<u32>, len: usize) -> Result<Vec<u32>> {
         Ok(src[..len].to_vec())
     }
 

@@ -20,16 +20,16 @@
 //! data seed would, the same seed on the same backend gives the same result bit for bit, and
 //! `--resume` continues a run exactly.
 
+pub mod host;
 pub mod outputs;
 pub mod schedule;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use web_time::Instant;
 
 use crate::backend::Backend;
 use crate::data::augment::Augment;
@@ -38,9 +38,10 @@ use crate::error::{Error, Result};
 use crate::model::Arch;
 use crate::model::spec::{EarlyStopping, Monitor, Normalize, Recipe, Schedule};
 use crate::modelfile::{self, ArrayState, Loaded, MemberProgress, Progress, Status, TrainState};
-use crate::network::{DeviceData, EvalResult, Evaluation, Member, Members, Network, StepArgs};
+use crate::network::{DeviceData, EvalResult, Member, Members, Network, StepArgs};
 use crate::rng;
 
+pub use host::{FileHost, Host};
 pub use outputs::member_file;
 
 /// Batches of this many examples (or the training batch, if larger) for evaluation.
@@ -75,6 +76,9 @@ pub struct TrainConfig {
     /// Keep the training set in host memory and stream it to the device (see
     /// `network::Stream`); also chosen when uploading it runs out of device memory.
     pub stream: bool,
+    /// A model of its own may start from these (parameters, state) instead of its seed's
+    /// initialisation (a model loaded to train on).
+    pub start_from: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl TrainConfig {
@@ -92,6 +96,7 @@ impl TrainConfig {
             run_info: HashMap::new(),
             data: DataInfo::default(),
             stream: false,
+            start_from: None,
         }
     }
 }
@@ -219,10 +224,8 @@ fn stepwise(s: &Schedule) -> bool {
 }
 
 /// Enqueues steps `steps` of epoch `e` over the permutation `perm` (each step's loss and hits
-/// per member into its stats slot), submitting every `STEPS_PER_FLUSH` steps and calling
-/// `after_flush` with the number of steps done and the stats. Training and `bench` both run
-/// their steps through here.
-#[allow(clippy::too_many_arguments)]
+/// per member into its stats slot), submitting every `STEPS_PER_FLUSH` steps. Training and
+/// `bench` both run their steps through here.
 pub fn run_steps<B: Backend>(
     b: &mut B,
     net: &mut Network<B>,
@@ -231,13 +234,11 @@ pub fn run_steps<B: Backend>(
     stats: &mut B::Buf,
     e: &Epoch,
     steps: Range<usize>,
-    mut after_flush: impl FnMut(&mut B, usize, &B::Buf) -> Result<()>,
 ) -> Result<()> {
     for step in steps {
         net.train_step(b, data, perm, stats, &e.args(step));
         if (step + 1) % STEPS_PER_FLUSH == 0 {
             b.flush()?;
-            after_flush(b, step + 1, stats)?;
         }
     }
     Ok(())
@@ -299,16 +300,30 @@ pub struct Trainer<B: Backend> {
     /// The weights to keep at the end of the last epoch (an array's snapshot, which a member
     /// that diverges in the next epoch keeps).
     last: Option<(Vec<f32>, Vec<f32>)>,
-    metrics_logs: Vec<std::fs::File>,
-    array_log: Option<std::fs::File>,
     history: Vec<Vec<EpochReport>>,
+    /// The epoch in progress: its plan, shuffle, next step and the time it started.
+    current: Option<EpochRun>,
+}
+
+/// An epoch between `begin_epoch` and `end_epoch`.
+struct EpochRun {
+    e: Epoch,
+    perm: Vec<u32>,
+    next: usize,
+    started: Instant,
 }
 
 impl<B: Backend> Trainer<B> {
     /// Checks the recipe and data, holds out the validation share, resolves `normalize =
     /// "auto"` from the training images, uploads everything and starts fresh or from the
     /// checkpoint in `cfg.resume`.
-    pub fn new(b: &mut B, mut cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<Self> {
+    pub async fn new(
+        b: &mut B,
+        host: &mut impl Host,
+        mut cfg: TrainConfig,
+        train: Dataset,
+        test: &Dataset,
+    ) -> Result<Self> {
         if let Some((ck, ts)) = cfg.resume.as_ref().and_then(|c| Some((c, c.train.as_ref()?))) {
             // A checkpoint says who trains and on which batches; only the epochs may change.
             let epochs = cfg.members.first().map(|m| m.spec.train.epochs);
@@ -341,7 +356,7 @@ impl<B: Backend> Trainer<B> {
         }
         if recipe.normalize.is_auto() {
             let (mean, std) = train.channel_stats();
-            println!("normalize auto: per-channel mean {mean:.4?}, std {std:.4?} over the training images");
+            host.say(&format!("normalize auto: per-channel mean {mean:.4?}, std {std:.4?} over the training images"));
             for m in &mut cfg.members {
                 m.spec.train.normalize = Normalize::values(mean.clone(), std.clone());
             }
@@ -362,10 +377,10 @@ impl<B: Backend> Trainer<B> {
             match DeviceData::upload(b, &train) {
                 Ok(d) => d,
                 Err(e) if out_of_memory(&e) => {
-                    println!(
+                    host.say(&format!(
                         "note: the training set ({} MB) does not fit in the device's memory; streaming it from host memory",
                         train.images.len() >> 20
-                    );
+                    ));
                     streamed(b, train)?
                 }
                 Err(e) => return Err(e),
@@ -403,7 +418,10 @@ impl<B: Backend> Trainer<B> {
                 (ck.params.clone(), ck.state.clone(), p.clone(), progresses, ts.best.clone())
             }
             None => {
-                let (p, s) = members.init();
+                let (p, s) = match cfg.start_from.take() {
+                    Some(w) if members.len() == 1 => w,
+                    _ => members.init(),
+                };
                 let progress = Progress {
                     epoch: 0,
                     global_step: 0,
@@ -437,19 +455,18 @@ impl<B: Backend> Trainer<B> {
         }
         let stats = b.alloc(2 * n.div_ceil(recipe.batch) * net.len())?;
         let perm = b.alloc_u32(n)?;
-        let append = cfg.resume.is_some();
-        let metrics_logs = (0..net.len())
-            .map(|k| open_metrics(&modelfile::metrics_path(&member_path(&cfg, k)), append))
-            .collect::<Result<Vec<_>>>()?;
-        let array_log = match cfg.array {
-            true => Some(open_metrics(&modelfile::metrics_path(&cfg.out), append)?),
-            false => None,
-        };
+        let keep = cfg.resume.is_some();
+        for k in 0..net.len() {
+            host.log_start(&modelfile::metrics_path(&member_path(&cfg, k)), keep)?;
+        }
+        if cfg.array {
+            host.log_start(&modelfile::metrics_path(&cfg.out), keep)?;
+        }
         let history = vec![Vec::new(); net.len()];
         // An array keeps the weights of the last epoch that ended, for a member that diverges
         // in the next (before the first epoch: where it starts).
         let last = match cfg.array {
-            true => Some(net.with_average(|net| net.get_params(b))?),
+            true => Some(net.kept_params(b).await?),
             false => None,
         };
         Ok(Trainer {
@@ -466,10 +483,29 @@ impl<B: Backend> Trainer<B> {
             members: progresses,
             kept,
             last,
-            metrics_logs,
-            array_log,
             history,
+            current: None,
         })
+    }
+
+    /// The network being trained (for predictions between chunks of steps).
+    pub fn network(&mut self) -> &mut Network<B> {
+        &mut self.net
+    }
+
+    /// Epochs completed.
+    pub fn epochs_done(&self) -> usize {
+        self.progress.epoch
+    }
+
+    /// The epochs the recipe asks for.
+    pub fn epochs_total(&self) -> usize {
+        self.recipe.epochs
+    }
+
+    /// The epoch in progress: (0-based index, steps done, steps).
+    pub fn position(&self) -> Option<(usize, usize, usize)> {
+        self.current.as_ref().map(|c| (c.e.index, c.next, c.e.steps()))
     }
 
     /// The epochs still to run (0-based).
@@ -497,77 +533,124 @@ impl<B: Backend> Trainer<B> {
         self.members.iter().enumerate().filter(|(_, m)| m.status == Status::Training).map(|(k, _)| k)
     }
 
-    /// Every step of epoch `index` over a fresh shuffle, with a progress bar and a look at
-    /// the running loss every few seconds (a run whose every training member diverges stops
-    /// there, not at the epoch's end). Returns each member's mean training loss and accuracy,
-    /// and the seconds.
-    pub fn run_epoch(&mut self, b: &mut B, index: usize) -> Result<(Vec<(f64, f64)>, f64)> {
+    /// Starts epoch `index`: its shuffle and learning rates on the device, its clock.
+    pub fn begin_epoch(&mut self, b: &mut B, index: usize) -> Result<()> {
         let e = self.epoch_plan(index);
-        let steps = e.steps();
-        let k = self.net.len();
         let perm = rng::epoch_permutation(e.data_seed, index, self.n);
         b.upload_u32(&mut self.perm, &perm)?;
-        self.net.set_rates(b, epoch_rates(&self.net.members, &self.recipe, index, steps))?;
-        let bar = progress_bar(self.cfg.progress, steps, index, self.recipe.epochs);
-        let t0 = Instant::now();
-        let mut last_peek = Instant::now();
-        let (batch, ckpt, checkpoints) = (e.batch, modelfile::checkpoint_path(&self.cfg.out), self.cfg.checkpoints);
-        let progress = &self.progress;
-        let active: Vec<usize> = self.active().collect();
-        let mut peek = |b: &mut B, done: usize, stats: &B::Buf| -> Result<()> {
-            bar.set_position(done as u64);
-            if last_peek.elapsed() > Duration::from_secs(3) {
-                last_peek = Instant::now();
-                let s = b.download(stats, 2 * done * k)?;
-                let losses = member_means(&s, k, done, (done * batch) as f64);
-                if losses.iter().all(|l| !l.0.is_finite()) {
-                    bar.finish_and_clear();
-                    return Err(diverged(index, progress, &ckpt, checkpoints));
-                }
-                let shown = active.iter().map(|&m| losses[m].0).find(|l| l.is_finite()).unwrap_or(f64::NAN);
-                bar.set_message(format!("loss {shown:.4}"));
-            }
-            Ok(())
+        self.net.set_rates(b, epoch_rates(&self.net.members, &self.recipe, index, e.steps()))?;
+        self.current = Some(EpochRun { e, perm, next: 0, started: Instant::now() });
+        Ok(())
+    }
+
+    /// Records (and submits) the next stretch of the epoch's steps: up to the next multiple of
+    /// `STEPS_PER_FLUSH`, or, for a streamed training set, one window's worth (its examples
+    /// staged first). True once every step of the epoch is recorded. Between stretches a host
+    /// may do anything (a browser: draw, take a prediction, pause).
+    pub fn run_chunk(&mut self, b: &mut B) -> Result<bool> {
+        let Some(c) = self.current.as_mut() else {
+            return Err(Error::Config("no epoch in progress (begin_epoch first)".into()));
         };
-        // Resident data: one stretch. Streamed: as many steps as the window holds batches,
-        // each stretch's examples staged before its steps are recorded.
-        let stretch = self.train.stream.as_ref().map_or(steps, |st| (st.capacity / batch).max(1));
-        let mut first = 0;
-        while first < steps {
-            let end = (first + stretch).min(steps);
-            self.train.stage(b, &perm, first * batch, (end * batch).min(self.n) - first * batch)?;
-            run_steps(b, &mut self.net, &self.train, &self.perm, &mut self.stats, &e, first..end, &mut peek)?;
-            first = end;
-        }
-        let s = b.download(&self.stats, 2 * steps * k)?;
-        let seconds = t0.elapsed().as_secs_f64();
-        bar.finish_and_clear();
+        let (steps, batch) = (c.e.steps(), c.e.batch);
+        let end = match self.train.stream.as_ref() {
+            Some(st) => {
+                let end = (c.next + (st.capacity / batch).max(1)).min(steps);
+                self.train.stage(b, &c.perm, c.next * batch, (end * batch).min(self.n) - c.next * batch)?;
+                end
+            }
+            None => ((c.next / STEPS_PER_FLUSH + 1) * STEPS_PER_FLUSH).min(steps),
+        };
+        run_steps(b, &mut self.net, &self.train, &self.perm, &mut self.stats, &c.e, c.next..end)?;
+        c.next = end;
+        Ok(end == steps)
+    }
+
+    /// Each member's mean training loss and accuracy over the steps done so far this epoch
+    /// (reads them back).
+    pub async fn running_figures(&mut self, b: &mut B) -> Result<Vec<(f64, f64)>> {
+        let Some(c) = self.current.as_ref() else { return Ok(Vec::new()) };
+        let (k, done) = (self.net.len(), c.next);
+        let count = (done * c.e.batch).min(self.n).max(1) as f64;
+        b.flush()?;
+        let s = b.download(&self.stats, 2 * done * k).await?;
+        Ok(member_means(&s, k, done, count))
+    }
+
+    /// Ends the epoch whose steps are all recorded: each member's mean training loss and
+    /// accuracy and the seconds it took. Every member diverged: the run's error.
+    pub async fn end_epoch(&mut self, b: &mut B) -> Result<(Vec<(f64, f64)>, f64)> {
+        let c = match self.current.take() {
+            Some(c) if c.next == c.e.steps() => c,
+            other => {
+                self.current = other;
+                return Err(Error::Config("the epoch's steps are not all recorded (run_chunk)".into()));
+            }
+        };
+        let (steps, k) = (c.e.steps(), self.net.len());
+        let s = b.download(&self.stats, 2 * steps * k).await?;
+        let seconds = c.started.elapsed().as_secs_f64();
         let figures = member_means(&s, k, steps, self.n as f64);
         // Every member diverged: the run has nothing left to keep training or to save.
         if figures.iter().all(|f| !f.0.is_finite()) {
-            return Err(diverged(index, &self.progress, &ckpt, checkpoints));
+            return Err(self.diverged(c.e.index));
         }
-        self.progress.epoch = index + 1;
+        self.progress.epoch = c.e.index + 1;
         self.progress.global_step += steps as u32;
         self.progress.seconds += seconds;
         Ok((figures, seconds))
+    }
+
+    fn diverged(&self, index: usize) -> Error {
+        diverged(index, &self.progress, &modelfile::checkpoint_path(&self.cfg.out), self.cfg.checkpoints)
+    }
+
+    /// Every step of epoch `index` over a fresh shuffle, with progress shown by the host and
+    /// a look at the running loss every few seconds (a run whose every member diverges stops
+    /// there, not at the epoch's end). Returns each member's mean training loss and accuracy,
+    /// and the seconds.
+    pub async fn run_epoch(&mut self, b: &mut B, host: &mut impl Host, index: usize) -> Result<(Vec<(f64, f64)>, f64)> {
+        self.begin_epoch(b, index)?;
+        let mut last_peek = Instant::now();
+        let epochs = self.recipe.epochs;
+        loop {
+            let done = self.run_chunk(b)?;
+            let Some((_, at, steps)) = self.position() else { break };
+            let mut loss = None;
+            if !done && last_peek.elapsed() > Duration::from_secs(3) {
+                last_peek = Instant::now();
+                let figures = self.running_figures(b).await?;
+                if figures.iter().all(|f| !f.0.is_finite()) {
+                    host.progress_done();
+                    return Err(self.diverged(index));
+                }
+                loss = figures.iter().map(|f| f.0).find(|l| l.is_finite());
+            }
+            host.progress(index, epochs, at, steps, loss);
+            if done {
+                break;
+            }
+        }
+        host.progress_done();
+        self.end_epoch(b).await
     }
 
     /// Test (and validation) figures of the weights to keep (the average's, with `ema`) for
     /// every member that was training, and the ensemble's; printed and appended to the
     /// metrics logs. A member whose training loss became NaN is frozen here (it keeps its
     /// last finite epoch's weights). The live weights stay in place.
-    pub fn evaluate(&mut self, b: &mut B, (figures, seconds): (Vec<(f64, f64)>, f64)) -> Result<EpochReports> {
+    pub async fn evaluate(
+        &mut self,
+        b: &mut B,
+        host: &mut impl Host,
+        (figures, seconds): (Vec<(f64, f64)>, f64),
+    ) -> Result<EpochReports> {
         let index = self.progress.epoch - 1;
         let include: Vec<bool> = self.members.iter().map(|m| m.status != Status::Diverged).collect();
-        let (test, val) = self.net.with_average(|net| -> Result<(Evaluation, Option<Evaluation>)> {
-            let test = net.evaluate_all(b, &self.test, false, &include)?;
-            let val = match &self.val {
-                Some(v) => Some(net.evaluate_all(b, v, false, &include)?),
-                None => None,
-            };
-            Ok((test, val))
-        })?;
+        let test = self.net.evaluate_kept(b, &self.test, false, &include).await?;
+        let val = match &self.val {
+            Some(v) => Some(self.net.evaluate_kept(b, v, false, &include).await?),
+            None => None,
+        };
         let rates = epoch_rates(&self.net.members, &self.recipe, index, 1);
         let mut reports = Vec::new();
         for k in 0..self.net.len() {
@@ -589,40 +672,40 @@ impl<B: Backend> Trainer<B> {
                 images_per_second: self.n as f64 / seconds,
             };
             let line = serde_json::to_string(&report).unwrap_or_default();
-            let path = modelfile::metrics_path(&member_path(&self.cfg, k));
-            writeln!(self.metrics_logs[k], "{line}").map_err(|e| Error::io(&path, e))?;
+            host.log(&modelfile::metrics_path(&member_path(&self.cfg, k)), &line)?;
             self.history[k].push(report.clone());
             reports.push(Some(report));
         }
         let reports = EpochReports { members: reports, ensemble: test.ensemble };
         if self.cfg.array {
-            outputs::print_epoch(&reports, &self.members, self.recipe.epochs, seconds, self.n);
+            for line in outputs::epoch_lines(&reports, &self.members, self.recipe.epochs, seconds, self.n) {
+                host.say(&line);
+            }
         } else if let Some(r) = &reports.members[0] {
-            println!("{}", epoch_line(r, self.recipe.epochs));
+            host.say(&epoch_line(r, self.recipe.epochs));
         }
         // Members whose loss became NaN stop here, keeping their last finite weights.
         for k in 0..self.net.len() {
             if reports.members[k].as_ref().is_some_and(|r| !r.train_loss.is_finite()) {
-                self.end_member(b, k, Status::Diverged)?;
-                println!(
+                self.end_member(b, k, Status::Diverged).await?;
+                host.say(&format!(
                     "member {}: the training loss became NaN or infinite in epoch {}; it stops with the weights of epoch {}",
                     outputs::member_name(&self.members[k]),
                     self.progress.epoch,
                     self.progress.epoch - 1
-                );
+                ));
             }
         }
-        if let Some(log) = self.array_log.as_mut() {
+        if self.cfg.array {
             let line = outputs::array_log_line(&reports, &self.members, &self.cfg);
-            let path = modelfile::metrics_path(&self.cfg.out);
-            writeln!(log, "{line}").map_err(|e| Error::io(&path, e))?;
+            host.log(&modelfile::metrics_path(&self.cfg.out), &line)?;
         }
         Ok(reports)
     }
 
     /// Ends member k's training: frozen from now on, keeping what `kept` or `last` holds for
     /// it (or, if it has nothing yet, its weights now).
-    fn end_member(&mut self, b: &mut B, k: usize, status: Status) -> Result<()> {
+    async fn end_member(&mut self, b: &mut B, k: usize, status: Status) -> Result<()> {
         let m = &mut self.members[k];
         m.status = status;
         m.ended = self.progress.epoch;
@@ -631,7 +714,7 @@ impl<B: Backend> Trainer<B> {
         if !keeps_best {
             let source = match (status, &self.last) {
                 (Status::Diverged, Some(last)) => last.clone(),
-                _ => self.net.with_average(|net| net.get_params(b))?,
+                _ => self.net.kept_params(b).await?,
             };
             self.keep(k, &source);
         }
@@ -649,10 +732,10 @@ impl<B: Backend> Trainer<B> {
     /// Seed B's early stopping, per member: the relative improvement of the monitored loss.
     /// Keeps each member's best weights when they are to be restored; a member whose
     /// patience runs out stops (frozen). True when no member trains on.
-    pub fn early_stop(&mut self, b: &mut B, r: &EpochReports) -> Result<bool> {
+    pub async fn early_stop(&mut self, b: &mut B, host: &mut impl Host, r: &EpochReports) -> Result<bool> {
         let snapshot = self.cfg.array || self.recipe.early_stopping.is_some_and(|es| es.restore_best);
         let weights = match snapshot && self.active().next().is_some() {
-            true => Some(self.net.with_average(|net| net.get_params(b))?),
+            true => Some(self.net.kept_params(b).await?),
             false => None,
         };
         if let Some(es) = self.recipe.early_stopping {
@@ -683,12 +766,12 @@ impl<B: Backend> Trainer<B> {
                 }
                 let (wait, best) = (m.wait, m.best_epoch);
                 let who = if self.cfg.array { format!("member {}: ", outputs::member_name(m)) } else { String::new() };
-                println!(
+                host.say(&format!(
                     "{who}early stopping: no {}% improvement of the {} in {wait} epochs; best was epoch {best}",
                     es.min_delta * 100.0,
                     monitored(&es),
-                );
-                self.end_member(b, k, Status::StoppedEarly)?;
+                ));
+                self.end_member(b, k, Status::StoppedEarly).await?;
             }
         }
         if self.cfg.array {
@@ -699,13 +782,13 @@ impl<B: Backend> Trainer<B> {
 
     /// Writes the checkpoint (weights, optimizer state, scheduler position, kept weights,
     /// average, an array's members) atomically, when the run keeps them.
-    pub fn checkpoint(&mut self, b: &mut B) -> Result<()> {
+    pub async fn checkpoint(&mut self, b: &mut B, host: &mut impl Host) -> Result<()> {
         if !self.cfg.checkpoints {
             return Ok(());
         }
-        let (p, s) = self.net.get_params(b)?;
-        let (m, v) = self.net.get_opt_state(b)?;
-        let average = self.net.get_average(b)?;
+        let (p, s) = self.net.get_params(b).await?;
+        let (m, v) = self.net.get_opt_state(b).await?;
+        let average = self.net.get_average(b).await?;
         let first = &self.members[0];
         let progress = Progress {
             best_value: first.best_value,
@@ -716,20 +799,21 @@ impl<B: Backend> Trainer<B> {
         let array = self.cfg.array.then(|| ArrayState { members: self.members.clone() });
         let ts = TrainState { progress, array, m, v, best: self.kept.clone(), average };
         let path = modelfile::checkpoint_path(&self.cfg.out);
-        modelfile::save(&path, &self.net.arch, &p, &s, self.cfg.run_info.clone(), Some(&ts))
+        let bytes = modelfile::encode(&path, &self.net.arch, &p, &s, self.cfg.run_info.clone(), Some(&ts))?;
+        host.save(&path, &bytes)
     }
 
     /// The final models: each member's kept weights where it has them (its best epoch's, or
     /// what it ended with), else its last epoch's (their average, with `ema`); evaluated on
     /// the test set and saved (an array: with its manifest).
-    pub fn finish(mut self, b: &mut B, stopped_early: bool) -> Result<TrainSummary> {
+    pub async fn finish(mut self, b: &mut B, host: &mut impl Host, stopped_early: bool) -> Result<TrainSummary> {
         for m in &mut self.members {
             if m.status == Status::Training {
                 m.status = Status::Finished;
                 m.ended = self.progress.epoch;
             }
         }
-        let (live_p, live_s) = self.net.with_average(|net| net.get_params(b))?;
+        let (live_p, live_s) = self.net.kept_params(b).await?;
         let members = self.net.members.clone();
         let es = self.recipe.early_stopping.filter(|es| es.restore_best);
         let mut each = Vec::new();
@@ -748,20 +832,21 @@ impl<B: Backend> Trainer<B> {
         }
         let (fp, fs) = members.join(&each);
         let include: Vec<bool> = self.members.iter().map(|m| m.status != Status::Diverged).collect();
-        let final_eval = self.net.with_average(|net| -> Result<Evaluation> {
-            net.set_params(b, &fp, &fs)?;
-            net.evaluate_all(b, &self.test, false, &include)
-        })?;
+        // The final weights go where the kept ones are read from (the average, with `ema`).
+        let final_eval = {
+            self.net.set_kept(b, &fp, &fs)?;
+            self.net.evaluate_kept(b, &self.test, false, &include).await?
+        };
         if let Some(es) = es {
             for k in restored {
                 let m = &self.members[k];
                 let who = if self.cfg.array { format!("member {}: ", outputs::member_name(m)) } else { String::new() };
-                println!(
+                host.say(&format!(
                     "{who}restored the weights of epoch {} (best {}): test acc {}",
                     m.best_epoch,
                     monitored(&es),
                     pct(final_eval.members[k].accuracy())
-                );
+                ));
             }
         }
         let mut summaries = Vec::new();
@@ -794,7 +879,7 @@ impl<B: Backend> Trainer<B> {
             }
             self.cfg.data.record(&mut meta);
             let arch = Arch::new(m.spec.clone())?;
-            modelfile::save(&file, &arch, &each[k].0, &each[k].1, meta, None)?;
+            host.save(&file, &modelfile::encode(&file, &arch, &each[k].0, &each[k].1, meta, None)?)?;
             summaries.push(MemberSummary {
                 seed: m.seed,
                 tags: m.tags.clone(),
@@ -806,7 +891,8 @@ impl<B: Backend> Trainer<B> {
             });
         }
         if self.cfg.array {
-            outputs::write_manifest(&self.cfg.out, &summaries, &final_eval.ensemble)?;
+            let manifest = outputs::manifest(&summaries, &final_eval.ensemble)?;
+            host.save(&outputs::manifest_path(&self.cfg.out), manifest.as_bytes())?;
         }
         Ok(TrainSummary {
             epochs_run: self.progress.epoch,
@@ -843,21 +929,35 @@ fn monitored(es: &EarlyStopping) -> &'static str {
 }
 
 /// Trains `cfg.members` on `train` (after holding out the recipe's validation share), testing
-/// on `test` after every epoch; saves the models and returns the summary.
-pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<TrainSummary> {
-    let mut t = Trainer::new(b, cfg, train, test)?;
+/// on `test` after every epoch; saves the models through `host` and returns the summary.
+pub async fn train_on<B: Backend>(
+    b: &mut B,
+    host: &mut impl Host,
+    cfg: TrainConfig,
+    train: Dataset,
+    test: &Dataset,
+) -> Result<TrainSummary> {
+    let mut t = Trainer::new(b, host, cfg, train, test).await?;
     let mut stopped_early = false;
     for epoch in t.epochs() {
-        let figures = t.run_epoch(b, epoch)?;
-        let reports = t.evaluate(b, figures)?;
-        let stop = t.early_stop(b, &reports)?;
-        t.checkpoint(b)?;
+        let figures = t.run_epoch(b, host, epoch).await?;
+        let reports = t.evaluate(b, host, figures).await?;
+        let stop = t.early_stop(b, host, &reports).await?;
+        t.checkpoint(b, host).await?;
         if stop {
             stopped_early = true;
             break;
         }
     }
-    t.finish(b, stopped_early)
+    t.finish(b, host, stopped_early).await
+}
+
+/// `train_on` with the terminal and files (`FileHost`; a progress bar if `cfg.progress`),
+/// blocking until it is done.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<TrainSummary> {
+    let mut host = FileHost::new(cfg.progress);
+    pollster::block_on(train_on(b, &mut host, cfg, train, test))
 }
 
 fn diverged(epoch: usize, progress: &Progress, ckpt: &Path, checkpoints: bool) -> Error {
@@ -870,33 +970,6 @@ fn diverged(epoch: usize, progress: &Progress, ckpt: &Path, checkpoints: bool) -
         "training diverged in epoch {} (the loss became NaN or infinite); stopped, {kept}; try a lower --lr",
         epoch + 1
     ))
-}
-
-fn open_metrics(path: &Path, append: bool) -> Result<std::fs::File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .append(append)
-        .truncate(!append)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
-}
-
-fn progress_bar(enabled: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    // Drawn on stderr only when it is a terminal (indicatif hides it otherwise).
-    let bar = ProgressBar::new(steps as u64);
-    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps, {per_sec}, ETA {eta} {msg}")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style);
-    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
-    bar
 }
 
 /// The one plain line printed per epoch.

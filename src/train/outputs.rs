@@ -57,18 +57,18 @@ fn file_name(p: &Path) -> String {
 }
 
 /// One epoch of an array: a line with the ensemble's test accuracy, then a line per member.
-pub fn print_epoch(r: &EpochReports, members: &[MemberProgress], epochs: usize, seconds: f64, images: usize) {
+pub fn epoch_lines(r: &EpochReports, members: &[MemberProgress], epochs: usize, seconds: f64, images: usize) -> Vec<String> {
     let w = epochs.to_string().len();
     let epoch = r.members.iter().flatten().map(|m| m.epoch).next().unwrap_or(0);
     let training = members.iter().filter(|m| m.status == Status::Training).count();
-    println!(
+    let mut lines = vec![format!(
         "epoch {epoch:>w$}/{epochs}  ensemble test acc {} loss {:.4}  {training} of {} members training  {seconds:.1}s  {:.0} img/s x {}",
         pct(r.ensemble.accuracy()),
         r.ensemble.loss,
         members.len(),
         images as f64 / seconds,
         members.len()
-    );
+    )];
     let width = members.iter().map(|m| member_name(m).len()).max().unwrap_or(0);
     for (m, rep) in members.iter().zip(&r.members) {
         let name = member_name(m);
@@ -78,18 +78,19 @@ pub fn print_epoch(r: &EpochReports, members: &[MemberProgress], epochs: usize, 
                     (Some(l), Some(a)) => format!("  val loss {l:.4} acc {}", pct(a)),
                     _ => String::new(),
                 };
-                println!(
+                lines.push(format!(
                     "  {name:<width$}  train loss {:.4} acc {}{val}  test loss {:.4} acc {}  lr {:.3e}",
                     x.train_loss,
                     pct(x.train_acc),
                     x.test_loss,
                     pct(x.test_acc),
                     x.lr
-                );
+                ));
             }
-            None => println!("  {name:<width$}  {} in epoch {}", m.status.name().replace('_', " "), m.ended),
+            None => lines.push(format!("  {name:<width$}  {} in epoch {}", m.status.name().replace('_', " "), m.ended)),
         }
     }
+    lines
 }
 
 /// The array log's line for one epoch.
@@ -126,9 +127,9 @@ pub fn array_log_line(r: &EpochReports, members: &[MemberProgress], cfg: &TrainC
     .to_string()
 }
 
-/// Writes the manifest: every member's file, seed, swept values, best epoch, test accuracy
-/// and status, and the ensemble's test accuracy.
-pub fn write_manifest(out: &Path, members: &[MemberSummary], ensemble: &EvalResult) -> Result<()> {
+/// The manifest: every member's file, seed, swept values, best epoch, test accuracy and
+/// status, and the ensemble's test accuracy (JSON).
+pub fn manifest(members: &[MemberSummary], ensemble: &EvalResult) -> Result<String> {
     let list: Vec<Value> = members
         .iter()
         .map(|m| {
@@ -157,7 +158,6 @@ pub fn write_manifest(out: &Path, members: &[MemberSummary], ensemble: &EvalResu
         "ensemble_test_loss": ensemble.loss,
         "ensemble_members": members.iter().filter(|m| m.status != Status::Diverged).count(),
     });
-    let path = manifest_path(out);
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(e.to_string()))?;
-    crate::modelfile::write_atomic(&path, format!("{text}\n").as_bytes())
+    Ok(format!("{text}\n"))
 }

@@ -267,7 +267,7 @@ fn gpu_product(
     } else {
         g.coop_gemm(&mut gc, &ga, &gb, m, n, k);
     }
-    g.download(&gc, m * n).map_err(|e| e.to_string())
+    g.read(&gc, m * n).map_err(|e| e.to_string())
 }
 
 fn up(g: &mut GpuBackend, data: &[f32]) -> Result<GpuBuf, String> {
