@@ -124,12 +124,16 @@ fn k_decode(mode: u32, k: u32) -> vec4<i32> {
 }
 
 // One group's (M, N, K).
+// Computed from the uniforms alone (not the private cg and fg, which WGSL's uniformity
+// analysis counts as non-uniform): the K loop's bounds, and so its barriers, must be uniform.
 fn dims(mode: u32) -> vec3<u32> {
     let khw = prm.kh * prm.kw;
+    let c_group = prm.c_in / prm.in_groups;
+    let f_group = prm.c_out / prm.groups;
     switch mode {
-        case FORWARD: { return vec3(fg, prm.n * prm.h_out * prm.w_out, cg * khw); }
-        case BACKWARD_INPUT: { return vec3(cg, prm.n * prm.h_in * prm.w_in, fg * khw); }
-        default: { return vec3(fg, cg * khw, prm.n * prm.h_out * prm.w_out); }
+        case FORWARD: { return vec3(f_group, prm.n * prm.h_out * prm.w_out, c_group * khw); }
+        case BACKWARD_INPUT: { return vec3(c_group, prm.n * prm.h_in * prm.w_in, f_group * khw); }
+        default: { return vec3(f_group, c_group * khw, prm.n * prm.h_out * prm.w_out); }
     }
 }
 
