@@ -150,13 +150,15 @@ pub fn write(path: &Path, prefix: &str, mut header: Header, data: &Packed) -> Re
     header.crc32 = crc32fast::hash(&payload);
     let head = serde_json::to_vec(&header).map_err(|e| Error::Data(e.to_string()))?;
     let tmp = path.with_extension("gtc.tmp-write");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut put = |b: &[u8]| f.write_all(b).map_err(|e| Error::io(&tmp, e));
-    put(MAGIC)?;
-    put(&(head.len() as u32).to_le_bytes())?;
-    put(&head)?;
-    put(&payload)?;
-    drop(f);
+    {
+        // Closed at the end of this block, before the rename.
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut put = |b: &[u8]| f.write_all(b).map_err(|e| Error::io(&tmp, e));
+        put(MAGIC)?;
+        put(&(head.len() as u32).to_le_bytes())?;
+        put(&head)?;
+        put(&payload)?;
+    }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {

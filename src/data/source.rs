@@ -159,14 +159,17 @@ pub fn load_files(files: &[(String, Vec<u8>)], name: &str, o: &LoadOptions) -> R
         return Err(Error::Data(format!("{name}: no files")));
     }
     let first = paths[0].0[0];
-    if paths.iter().all(|(c, _)| c.len() > 2 && c[0] == first) && !["train", "test", "val", "validation"].contains(&first)
+    if paths.iter().all(|(c, _)| c.len() > 2 && c[0] == first)
+        && !["train", "test", "val", "validation"].contains(&first)
     {
         paths.iter_mut().for_each(|(c, _)| {
             c.remove(0);
         });
     }
     // The class folders under `root` (a path prefix) and their pictures.
-    let listing = |root: &[&str]| -> Result<(Vec<String>, Vec<(usize, u32)>)> {
+    // Class names, and each picture as (file index, label).
+    type Classes = (Vec<String>, Vec<(usize, u32)>);
+    let listing = |root: &[&str]| -> Result<Classes> {
         let under: Vec<&(Vec<&str>, usize)> =
             paths.iter().filter(|(c, _)| c.len() > root.len() + 1 && c.starts_with(root)).collect();
         let mut classes: Vec<String> = under.iter().map(|(c, _)| c[root.len()].to_string()).collect();
@@ -186,7 +189,10 @@ pub fn load_files(files: &[(String, Vec<u8>)], name: &str, o: &LoadOptions) -> R
         picked.sort();
         for (k, class) in classes.iter().enumerate() {
             if !picked.iter().any(|p| p.2 == k as u32) {
-                return Err(Error::Data(format!("{name}/{}: no pictures in this class folder", [root, &[class]].concat().join("/"))));
+                return Err(Error::Data(format!(
+                    "{name}/{}: no pictures in this class folder",
+                    [root, &[class]].concat().join("/")
+                )));
             }
         }
         Ok((classes, picked.into_iter().map(|(_, i, l)| (i, l)).collect()))

@@ -1,0 +1,506 @@
+// The page: controls, the training loop (a chunk of steps per call, so the page stays live),
+// the curves, the drawing pad. Everything that trains, tests and predicts is the Rust library
+// compiled to WebAssembly (pkg/); this file only moves data between it and the page.
+//
+// URL parameters run the page without a hand on it (tests, demos, links to a set-up):
+//   arch, epochs, batch, lr, limit, seed  preset and recipe overrides (fill the form)
+//   data=mnist | URL                      load the shipped MNIST, or the four IDX files in the
+//                                         folder at URL (same server); digits=0: not digits
+//   model=URL                             load a model file (training then continues it;
+//                                         train=fresh trains the form's model instead)
+//   evaluate=1                            test the loaded model ("EVAL {json}")
+//   autostart=1                           train as soon as data is loaded (MNIST if no data=)
+//   selftest=1 (&filter=...)              check every kernel against the reference first
+//   digit=D                               after training, draw D on the pad and predict it
+//   post=1                                after training, POST the model and the pad's picture
+//                                         to /upload/ on the page's server (tests)
+// Results go to the console as one line each: "RESULT {json}", "SELFTEST {json}",
+// "EVAL {json}", "ERROR message".
+
+import init, * as wasm from './pkg/gpu_train_web.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+let presets = [];
+let running = false; // the loop is taking steps
+let training = false; // a run exists (running or paused)
+let lastChart = 0;
+
+// One call into the library at a time: each takes the session for its duration.
+let queue = Promise.resolve();
+function call(f) {
+  const r = queue.then(f);
+  queue = r.catch(() => {});
+  return r;
+}
+
+function status(id, text, error = false) {
+  const el = $(id);
+  el.textContent = text;
+  el.classList.toggle('error', error);
+}
+
+function fail(id, e) {
+  const msg = String(e && e.message ? e.message : e);
+  status(id, msg, true);
+  console.error('ERROR ' + msg);
+}
+
+function log(lines) {
+  if (!lines || lines.length === 0) return;
+  const el = $('log');
+  el.textContent += lines.join('\n') + '\n';
+  el.scrollTop = el.scrollHeight;
+}
+
+function setButtons() {
+  const ready = opened;
+  $('start').disabled = !ready || training || !haveData;
+  $('pause').disabled = !training;
+  $('pause').textContent = running || !training ? 'Pause' : 'Continue';
+  $('stop').disabled = !training;
+  $('download').disabled = !haveModel;
+  $('test').disabled = !haveModel || !haveData || training;
+}
+let opened = false;
+let haveData = false;
+let haveModel = false;
+
+// ---- data ----
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: ${r.status} ${r.statusText}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+// The four IDX files at `base` (a folder URL; raw or .gz, either spelling of the names).
+// `digits`: MNIST-style digits (predictions get MNIST's preparation).
+async function loadIdxUrl(base, name, digits) {
+  status('data-status', `Downloading ${name}…`);
+  if (!base.endsWith('/')) base += '/';
+  const one = async (stem, kind) => {
+    for (const sep of ['-', '.']) {
+      for (const ext of ['.gz', '']) {
+        const r = await fetch(`${base}${stem}${sep}${kind}${ext}`);
+        if (r.ok) return new Uint8Array(await r.arrayBuffer());
+      }
+    }
+    throw new Error(`${base}: no ${stem}-${kind}[.gz] (expected the four IDX files with the standard names)`);
+  };
+  const files = await Promise.all([['train-images', 'idx3-ubyte'], ['train-labels', 'idx1-ubyte'],
+    ['t10k-images', 'idx3-ubyte'], ['t10k-labels', 'idx1-ubyte']].map(([s, k]) => one(s, k)));
+  const line = await call(() => wasm.load_idx(name, files[0], files[1], files[2], files[3], digits));
+  haveData = true;
+  status('data-status', line);
+  setButtons();
+}
+
+const loadMnist = () => loadIdxUrl('data/mnist/', 'mnist', true);
+
+const IDX = [/^train-images[-.]idx3-ubyte(\.gz)?$/, /^train-labels[-.]idx1-ubyte(\.gz)?$/,
+  /^t10k-images[-.]idx3-ubyte(\.gz)?$/, /^t10k-labels[-.]idx1-ubyte(\.gz)?$/];
+
+// files: [{path, file}] with paths relative to the chosen folder's parent.
+async function loadFolder(files) {
+  const name = (files[0] && files[0].path.split('/')[0]) || 'folder';
+  const base = (p) => p.split('/').pop();
+  const idx = IDX.map((re) => files.find((f) => re.test(base(f.path))));
+  status('data-status', `Reading ${files.length} files…`);
+  if (idx.every((f) => f)) {
+    const bytes = await Promise.all(idx.map(async (f) => new Uint8Array(await f.file.arrayBuffer())));
+    const line = await call(() => wasm.load_idx(name, bytes[0], bytes[1], bytes[2], bytes[3], false));
+    status('data-status', line + ' (IDX)');
+  } else {
+    const picked = files.filter((f) => !base(f.path).startsWith('.'));
+    const contents = [];
+    for (let i = 0; i < picked.length; i++) {
+      contents.push(new Uint8Array(await picked[i].file.arrayBuffer()));
+      if (i % 500 === 0) status('data-status', `Reading ${i + 1} of ${picked.length} files…`);
+    }
+    status('data-status', `Checking ${picked.length} files…`);
+    const line = await call(() => wasm.load_files(name, picked.map((f) => f.path), contents));
+    status('data-status', line);
+  }
+  haveData = true;
+  setButtons();
+}
+
+// A dropped folder, walked recursively.
+async function walk(entry, path, out) {
+  if (entry.isFile) {
+    const file = await new Promise((ok, no) => entry.file(ok, no));
+    out.push({ path: path + entry.name, file });
+  } else if (entry.isDirectory) {
+    const reader = entry.createReader();
+    for (;;) {
+      const batch = await new Promise((ok, no) => reader.readEntries(ok, no));
+      if (batch.length === 0) break;
+      for (const e of batch) await walk(e, path + entry.name + '/', out);
+    }
+  }
+}
+
+// ---- model ----
+
+function fillPreset(name) {
+  const p = presets.find((x) => x.name === name);
+  if (!p) return;
+  $('toml').value = p.text;
+  $('toml').dataset.preset = p.text;
+  const get = (re) => { const m = p.text.match(re); return m ? m[1] : ''; };
+  $('epochs').value = get(/^\s*epochs\s*=\s*(\d+)/m);
+  $('batch').value = get(/^\s*batch\s*=\s*(\d+)/m);
+  $('lr').value = get(/\blr\s*=\s*([0-9.eE+-]+)/);
+  const desc = get(/^description\s*=\s*"(.*)"/m);
+  status('model-status', desc);
+  fromLoaded = false;
+}
+let fromLoaded = false;
+
+function options() {
+  const num = (id, int) => {
+    const v = $(id).value.trim();
+    if (v === '') return undefined;
+    const n = int ? parseInt(v, 10) : parseFloat(v);
+    if (!Number.isFinite(n)) throw new Error(`${id}: not a number: ${v}`);
+    return n;
+  };
+  const o = {
+    epochs: num('epochs', true), batch: num('batch', true), lr: num('lr', false),
+    limit: num('limit', true), seed: num('seed', true),
+  };
+  if (fromLoaded) o.from_loaded = true;
+  else if ($('toml').value !== $('toml').dataset.preset) o.toml = $('toml').value;
+  else o.arch = $('preset').value;
+  return o;
+}
+
+// ---- training ----
+
+async function startRun() {
+  $('log').textContent = '';
+  let o;
+  try { o = options(); } catch (e) { fail('train-status', e); return; }
+  status('train-status', 'Starting…');
+  const st = JSON.parse(await call(() => wasm.start(JSON.stringify(o))));
+  log(st.lines);
+  training = true;
+  running = true;
+  started = { options: { ...o, arch: st.arch, train_images: st.train_images }, at: performance.now() };
+  setButtons();
+  return loop();
+}
+let started = null;
+
+const frame = () => new Promise((ok) => requestAnimationFrame(() => ok()));
+const tick = () => new Promise((ok) => setTimeout(ok, 0));
+
+async function loop() {
+  while (running) {
+    const r = JSON.parse(await call(() => wasm.step()));
+    log(r.lines);
+    const done = (r.epoch - 1 + r.step / r.steps) / r.epochs;
+    $('bar').style.width = `${(100 * done).toFixed(1)}%`;
+    status('train-status', `epoch ${r.epoch}/${r.epochs}, step ${r.step}/${r.steps}: loss ${r.running_loss.toFixed(4)}, `
+      + `accuracy ${(100 * r.running_acc).toFixed(2)}%, ${Math.round(r.images_per_second)} images/s`);
+    if (r.epoch_report || r.finished || performance.now() - lastChart > 700) await drawCharts();
+    if (r.finished) {
+      ended(r.finished);
+      return r.finished;
+    }
+    // Let the page paint (and take clicks) between chunks; in a hidden tab, frames stop, so
+    // only yield to the event loop there.
+    await (document.hidden ? tick() : frame());
+  }
+  return null;
+}
+
+function ended(f) {
+  log(f.lines);
+  running = false;
+  training = false;
+  haveModel = true;
+  $('bar').style.width = '100%';
+  status('train-status', `done: ${f.epochs_run} epochs in ${f.seconds.toFixed(1)} s, test accuracy `
+    + `${(100 * f.test_accuracy).toFixed(2)}% (loss ${f.test_loss.toFixed(4)})${f.stopped_early ? ', stopped early' : ''}`);
+  setButtons();
+  predictPad();
+}
+
+async function drawCharts() {
+  lastChart = performance.now();
+  const w = Math.max(420, Math.min(640, Math.round($('loss-chart').clientWidth || 560)));
+  const [loss, acc] = JSON.parse(await call(() => wasm.charts(w, Math.round(w * 0.55))));
+  $('loss-chart').innerHTML = loss;
+  $('acc-chart').innerHTML = acc;
+}
+
+// ---- the pad ----
+
+const pad = $('pad');
+const ctx = pad.getContext('2d');
+function clearPad() {
+  ctx.fillStyle = '#000';
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  $('guesses').innerHTML = '';
+  padEmpty = true;
+}
+let padEmpty = true;
+let drawing = false;
+let predictAgain = false;
+let predicting = false;
+
+function at(e) {
+  const r = pad.getBoundingClientRect();
+  return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
+}
+pad.addEventListener('pointerdown', (e) => {
+  drawing = true;
+  pad.setPointerCapture(e.pointerId);
+  ctx.strokeStyle = '#fff';
+  ctx.lineWidth = 20;
+  ctx.lineCap = 'round';
+  ctx.lineJoin = 'round';
+  ctx.beginPath();
+  ctx.moveTo(...at(e));
+  ctx.lineTo(...at(e));
+  ctx.stroke();
+  padEmpty = false;
+});
+pad.addEventListener('pointermove', (e) => {
+  if (!drawing) return;
+  ctx.lineTo(...at(e));
+  ctx.stroke();
+  predictPad();
+});
+pad.addEventListener('pointerup', () => { drawing = false; predictPad(); });
+
+// Predicts the pad's picture (once more after the one in flight, if it changed meanwhile).
+async function predictPad() {
+  if (padEmpty || !(haveModel || training)) return null;
+  if (predicting) { predictAgain = true; return null; }
+  predicting = true;
+  let guesses = null;
+  try {
+    const img = ctx.getImageData(0, 0, pad.width, pad.height);
+    guesses = JSON.parse(await call(() => wasm.predict(new Uint8Array(img.data.buffer), img.width, img.height)));
+    $('guesses').innerHTML = guesses.map((g) => `<li>${escapeHtml(g.name)} <small>${(100 * g.probability).toFixed(1)}%</small>`
+      + `<div class="barwrap"><div class="bar" style="width:${(100 * g.probability).toFixed(1)}%"></div></div></li>`).join('');
+  } catch (e) {
+    fail('train-status', e);
+  }
+  predicting = false;
+  if (predictAgain) { predictAgain = false; return predictPad(); }
+  return guesses;
+}
+
+function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+}
+
+async function loadPicture(file) {
+  const bmp = await createImageBitmap(file);
+  clearPad();
+  const s = Math.min(pad.width / bmp.width, pad.height / bmp.height);
+  const w = bmp.width * s;
+  const h = bmp.height * s;
+  ctx.drawImage(bmp, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+  padEmpty = false;
+  return predictPad();
+}
+
+// ---- downloads ----
+
+async function modelFile() {
+  const [name, bytes] = await call(() => wasm.model_file());
+  return { name, bytes };
+}
+
+async function download() {
+  const { name, bytes } = await modelFile();
+  const url = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+async function upload(name, body) {
+  const r = await fetch('/upload/' + name, { method: 'POST', body });
+  if (!r.ok) throw new Error(`upload ${name}: ${r.status}`);
+}
+
+// ---- wiring ----
+
+function wire() {
+  $('mnist').onclick = () => loadMnist().catch((e) => fail('data-status', e));
+  $('folder').onchange = (e) => {
+    const files = [...e.target.files].map((file) => ({ path: file.webkitRelativePath || file.name, file }));
+    loadFolder(files).catch((err) => fail('data-status', err));
+  };
+  const drop = $('drop');
+  drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
+  drop.ondragleave = () => drop.classList.remove('over');
+  drop.ondrop = async (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    try {
+      const out = [];
+      for (const item of [...e.dataTransfer.items]) {
+        const entry = item.webkitGetAsEntry && item.webkitGetAsEntry();
+        if (entry) await walk(entry, '', out);
+      }
+      await loadFolder(out);
+    } catch (err) { fail('data-status', err); }
+  };
+  $('preset').onchange = () => fillPreset($('preset').value);
+  $('model-file').onchange = async (e) => {
+    const f = e.target.files[0];
+    if (!f) return;
+    try {
+      const line = await call(async () => wasm.load_model(new Uint8Array(await f.arrayBuffer()), f.name));
+      status('model-status', line + ' (Train continues training it)');
+      fromLoaded = true;
+      haveModel = true;
+      setButtons();
+      predictPad();
+    } catch (err) { fail('model-status', err); }
+  };
+  $('start').onclick = () => startRun().catch((e) => { training = running = false; setButtons(); fail('train-status', e); });
+  $('pause').onclick = () => {
+    if (running) { running = false; status('train-status', 'paused'); }
+    else { running = true; loop().catch((e) => fail('train-status', e)); }
+    setButtons();
+  };
+  $('stop').onclick = async () => {
+    running = false;
+    try { ended(JSON.parse(await call(() => wasm.finish()))); await drawCharts(); } catch (e) { fail('train-status', e); }
+  };
+  $('download').onclick = () => download().catch((e) => fail('train-status', e));
+  $('test').onclick = async () => {
+    try {
+      const r = JSON.parse(await call(() => wasm.evaluate()));
+      status('train-status', `test: accuracy ${(100 * r.accuracy).toFixed(2)}%, loss ${r.loss.toFixed(4)} on ${r.count} images`);
+    } catch (e) { fail('train-status', e); }
+  };
+  $('clear').onclick = clearPad;
+  $('picture').onchange = (e) => e.target.files[0] && loadPicture(e.target.files[0]).catch((err) => fail('train-status', err));
+}
+
+// Draws a digit with the page's font, for a prediction without a hand.
+function drawDigit(d) {
+  clearPad();
+  ctx.fillStyle = '#fff';
+  ctx.font = 'bold 200px sans-serif';
+  ctx.textAlign = 'center';
+  ctx.textBaseline = 'middle';
+  ctx.fillText(String(d), pad.width / 2, pad.height / 2 + 10);
+  padEmpty = false;
+}
+
+async function automatic(adapter) {
+  if (params.get('selftest') === '1') {
+    status('train-status', 'Checking every kernel against the reference…');
+    const r = JSON.parse(await call(() => wasm.selftest(params.get('filter') || '')));
+    for (const l of r.lines) if (!l.startsWith('pass')) console.log('SELFTEST-FAIL ' + l);
+    console.log('SELFTEST ' + JSON.stringify({ passed: r.passed, failed: r.failed, adapter }));
+    status('train-status', `self-test: ${r.passed} passed, ${r.failed} failed`, r.failed > 0);
+  }
+  if (params.has('model')) {
+    const url = params.get('model');
+    const line = await call(async () => wasm.load_model(await fetchBytes(url), url.split('/').pop()));
+    status('model-status', line);
+    fromLoaded = params.get('train') !== 'fresh';
+    haveModel = true;
+    setButtons();
+  }
+  const data = params.get('data') || (params.get('autostart') === '1' || params.get('evaluate') === '1' ? 'mnist' : '');
+  if (data === 'mnist') await loadMnist();
+  else if (data) await loadIdxUrl(data, data.replace(/\/+$/, '').split('/').pop() || 'data', params.get('digits') !== '0');
+  if (params.get('evaluate') === '1') {
+    const r = JSON.parse(await call(() => wasm.evaluate()));
+    console.log('EVAL ' + JSON.stringify({ ...r, adapter }));
+    status('train-status', `test: accuracy ${(100 * r.accuracy).toFixed(2)}%, loss ${r.loss.toFixed(4)} on ${r.count} images`);
+  }
+  if (params.get('autostart') !== '1') return;
+  const f = await startRun();
+  if (!f) return;
+  const result = { ...started.options, ...f, adapter };
+  delete result.toml;
+  delete result.lines;
+  if (params.has('digit')) {
+    drawDigit(params.get('digit'));
+    result.guesses = await predictPad();
+  }
+  if (params.get('post') === '1') {
+    const { bytes } = await modelFile();
+    await upload('model.safetensors', bytes);
+    const png = await new Promise((ok) => pad.toBlob(ok, 'image/png'));
+    await upload('digit.png', png);
+    await upload('loss.svg', $('loss-chart').innerHTML);
+    await upload('accuracy.svg', $('acc-chart').innerHTML);
+  }
+  console.log('RESULT ' + JSON.stringify(result));
+}
+
+// What the browser tells of its adapter (vendor, architecture, device, description).
+async function adapterName() {
+  try {
+    const a = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+    const i = (a && a.info) || {};
+    return [i.vendor, i.architecture, i.device, i.description].filter(Boolean).join(' ');
+  } catch (e) {
+    return '';
+  }
+}
+
+async function main() {
+  wire();
+  if (!navigator.gpu) {
+    $('nowebgpu').hidden = false;
+    $('nowebgpu-why').textContent = 'navigator.gpu is missing'
+      + (window.isSecureContext ? '.' : ': this page is not a secure context (see the last point).');
+    status('gpu', 'No WebGPU in this browser.', true);
+    console.error('ERROR no WebGPU: navigator.gpu is missing');
+    $('app').classList.add('off');
+    return;
+  }
+  await init();
+  presets = JSON.parse(wasm.presets());
+  const sel = $('preset');
+  for (const p of presets) sel.add(new Option(p.name, p.name));
+  sel.value = presets.some((p) => p.name === params.get('arch')) ? params.get('arch') : 'speedrun';
+  fillPreset(sel.value);
+  for (const k of ['epochs', 'batch', 'lr', 'limit', 'seed']) if (params.has(k)) $(k).value = params.get(k);
+  if (params.has('arch') && !presets.some((p) => p.name === params.get('arch'))) {
+    fail('model-status', `no preset called ${params.get('arch')}`);
+    return;
+  }
+  clearPad();
+  let adapter;
+  try {
+    const info = JSON.parse(await call(() => wasm.open()));
+    opened = true;
+    const named = await adapterName();
+    adapter = named ? `${named}, ${info.adapter}` : info.adapter;
+    status('gpu', `GPU: ${adapter}; ${info.kernels} kernels ready`);
+  } catch (e) {
+    // WebGPU is there but gives no adapter (a blocklisted GPU, a disabled feature): the same
+    // advice applies.
+    $('nowebgpu').hidden = false;
+    $('nowebgpu-why').textContent = String(e);
+    status('gpu', String(e), true);
+    console.error('ERROR no WebGPU: ' + e);
+    return;
+  }
+  setButtons();
+  try {
+    await automatic(adapter);
+  } catch (e) {
+    fail('train-status', e);
+  }
+}
+
+main();
