@@ -103,7 +103,14 @@ pub async fn bench<B: Backend>(
         activation_bytes,
         total_bytes: dataset_bytes + parameter_state_bytes + activation_bytes,
     };
-    let ctx = Timed { dev: &dev, perm: &perm, batch, batches, members: k, augment: augment.then_some(recipe.augment).flatten() };
+    let ctx = Timed {
+        dev: &dev,
+        perm: &perm,
+        batch,
+        batches,
+        members: k,
+        augment: augment.then_some(recipe.augment).flatten(),
+    };
     let warmup_seconds = ctx.run(b, &mut net, &mut stats, warmup, 0).await?;
     let before = b.host_counters();
     let seconds = ctx.run(b, &mut net, &mut stats, steps, warmup).await?;
@@ -149,7 +156,14 @@ struct Timed<'a, B: Backend> {
 impl<B: Backend> Timed<'_, B> {
     /// Seconds of steps `first..first + count` of a run over the same shuffle every epoch,
     /// through the trainer's own step loop, read back at the end (a NaN loss is an error).
-    async fn run(&self, b: &mut B, net: &mut Network<B>, stats: &mut B::Buf, count: usize, first: usize) -> Result<f64> {
+    async fn run(
+        &self,
+        b: &mut B,
+        net: &mut Network<B>,
+        stats: &mut B::Buf,
+        count: usize,
+        first: usize,
+    ) -> Result<f64> {
         let t = Instant::now();
         let mut i = first;
         while i < first + count {

@@ -363,7 +363,12 @@ async fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let gx = up(b, &x)?;
         let mut y = b.alloc(len)?;
         b.activation_forward(&mut y, &gx, len, act);
-        out.push(Out::new(format!("activation_forward {act:?} len={len}"), b.download(&y, len).await?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(
+            format!("activation_forward {act:?} len={len}"),
+            b.download(&y, len).await?,
+            ULP_TOL,
+            ULP_TOL,
+        ));
         // The backward from the same outputs (the CPU's) on every side.
         let mut y_host = vec![0f32; len];
         crate::cpu::activation::activation_forward(&mut y_host, &x, len, act);
@@ -371,7 +376,12 @@ async fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let d = up(b, &random(71, len, -1.0, 1.0))?;
         let mut dx = b.alloc(len)?;
         b.activation_backward(&mut dx, &d, &y, &table, len, act, None);
-        out.push(Out::new(format!("activation_backward {act:?} len={len}"), b.download(&dx, len).await?, ULP_TOL, ULP_TOL));
+        out.push(Out::new(
+            format!("activation_backward {act:?} len={len}"),
+            b.download(&dx, len).await?,
+            ULP_TOL,
+            ULP_TOL,
+        ));
         if act == Act::Relu {
             let d3 = Dropout { members: 3, len: 7, stream: 0x105, step: 3, at };
             b.activation_backward(&mut dx, &d, &y, &table, len, act, Some(d3));
@@ -453,7 +463,12 @@ async fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         for train in [true, false] {
             b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &l, n, train);
             let mode = if train { "train" } else { "eval" };
-            out.push(Out::new(format!("batchnorm_forward {mode} {tag}"), b.download(&y, n * c * hw).await?, bn_tol, bn_tol));
+            out.push(Out::new(
+                format!("batchnorm_forward {mode} {tag}"),
+                b.download(&y, n * c * hw).await?,
+                bn_tol,
+                bn_tol,
+            ));
         }
         let stats = b.download(&state, 640).await?;
         out.push(Out::new(format!("batchnorm_forward {tag} running stats"), stats, (1e-5, 1e-4), (1e-5, 1e-4)));
@@ -464,7 +479,12 @@ async fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let mut g = b.alloc(640)?;
         b.batchnorm_backward(&mut dx, &mut g, &d, &x, &saved, &p, &l, n);
         out.push(Out::new(format!("batchnorm_backward {tag} dx"), b.download(&dx, n * c * hw).await?, bn_tol, bn_tol));
-        out.push(Out::new(format!("batchnorm_backward {tag} dgamma/dbeta"), b.download(&g, 640).await?, bn_tol, bn_tol));
+        out.push(Out::new(
+            format!("batchnorm_backward {tag} dgamma/dbeta"),
+            b.download(&g, 640).await?,
+            bn_tol,
+            bn_tol,
+        ));
     }
     Ok(out)
 }

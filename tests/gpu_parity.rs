@@ -167,8 +167,10 @@ fn whole_models_match_the_cpu_reference() {
         assert_close(&format!("{name} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
         // The weight average ('bn' keeps one): parameters and statistics.
         assert_eq!(gnet.has_average(), name == "bn");
-        if let (Some((gp, gs)), Some((cp, cs))) = (pollster::block_on(gnet.get_average(&mut g)).unwrap(), pollster::block_on(cnet.get_average(&mut c)).unwrap())
-        {
+        if let (Some((gp, gs)), Some((cp, cs))) = (
+            pollster::block_on(gnet.get_average(&mut g)).unwrap(),
+            pollster::block_on(cnet.get_average(&mut c)).unwrap(),
+        ) {
             assert_close(&format!("{name} averaged parameters"), &gp, &cp, 2e-4, 1e-3);
             assert_close(&format!("{name} averaged statistics"), &gs, &cs, 1e-4, 1e-3);
         }
@@ -253,7 +255,10 @@ fn whole_arrays_match_the_cpu() {
         let (cp, cs) = pollster::block_on(cnet.get_params(&mut c)).unwrap();
         assert_close(&format!("{tag} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
         assert_close(&format!("{tag} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
-        if let (Some((gp, _)), Some((cp, _))) = (pollster::block_on(gnet.get_average(&mut g)).unwrap(), pollster::block_on(cnet.get_average(&mut c)).unwrap()) {
+        if let (Some((gp, _)), Some((cp, _))) = (
+            pollster::block_on(gnet.get_average(&mut g)).unwrap(),
+            pollster::block_on(cnet.get_average(&mut c)).unwrap(),
+        ) {
             assert_close(&format!("{tag} averaged parameters"), &gp, &cp, 2e-4, 1e-3);
         }
     }

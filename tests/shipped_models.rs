@@ -212,7 +212,8 @@ fn shipped_models_agree_on_the_gpu() {
     for name in ["cnn4", "cnn4-s2", "cnn5-s1", "cnn6-s1"] {
         let m = modelfile::load(&repo().join("models").join(format!("{name}.safetensors")), None).unwrap();
         let on_gpu = pollster::block_on(evaluate::score(&mut g, &m, name, &test)).unwrap().predictions();
-        let on_cpu = pollster::block_on(evaluate::score(&mut CpuBackend::new(), &m, name, &test)).unwrap().predictions();
+        let on_cpu =
+            pollster::block_on(evaluate::score(&mut CpuBackend::new(), &m, name, &test)).unwrap().predictions();
         let differ = on_gpu.iter().zip(&on_cpu).filter(|(a, b)| a != b).count();
         assert!(differ <= 1, "{name}: {differ} of 200 predictions differ between GPU and CPU");
     }

@@ -84,7 +84,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if a.profile {
                 c.enable_profiling();
             }
-            let r = pollster::block_on(bench::bench(&mut c, label, members, &train_ds, a.batch, a.steps, a.warmup, a.augment))?;
+            let r = pollster::block_on(bench::bench(
+                &mut c, label, members, &train_ds, a.batch, a.steps, a.warmup, a.augment,
+            ))?;
             let mut v = serde_json::to_value(&r)?;
             v["precision"] = "f32".into();
             v["path"] = "cpu f32".into();
@@ -102,7 +104,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 g.enable_profiling()?;
             }
             let flops = bench::gemm_flops_per_step(&members.fused, a.batch);
-            let r = pollster::block_on(bench::bench(&mut *g, label, members, &train_ds, a.batch, a.steps, a.warmup, a.augment))?;
+            let r = pollster::block_on(bench::bench(
+                &mut *g, label, members, &train_ds, a.batch, a.steps, a.warmup, a.augment,
+            ))?;
             let mut v = serde_json::to_value(&r)?;
             v["shader_compile_seconds"] = compile.into();
             v["precision"] = precision.into();

@@ -57,7 +57,13 @@ fn file_name(p: &Path) -> String {
 }
 
 /// One epoch of an array: a line with the ensemble's test accuracy, then a line per member.
-pub fn epoch_lines(r: &EpochReports, members: &[MemberProgress], epochs: usize, seconds: f64, images: usize) -> Vec<String> {
+pub fn epoch_lines(
+    r: &EpochReports,
+    members: &[MemberProgress],
+    epochs: usize,
+    seconds: f64,
+    images: usize,
+) -> Vec<String> {
     let w = epochs.to_string().len();
     let epoch = r.members.iter().flatten().map(|m| m.epoch).next().unwrap_or(0);
     let training = members.iter().filter(|m| m.status == Status::Training).count();
