@@ -340,6 +340,9 @@ fn direct_matches_gemm(isa: gpu_train::cpu::direct::Isa) {
         (2, 1, 2, 2, 3, 2, 1, 1),
         (2, 3, 6, 8, 10, 3, 1, 1),
         (1, 2, 5, 9, 4, 3, 2, 1),
+        // More than 32 output channels forward (70) and input channels backward (40): the
+        // channels go 32 at a time.
+        (2, 40, 6, 7, 4, 3, 1, 1),
         // Grouped: two groups, depthwise, and an array of 3 after its first layer.
         (2, 4, 9, 11, 6, 3, 1, 2),
         (3, 5, 8, 8, 5, 3, 1, 5),
