@@ -243,12 +243,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     Status::Finished => String::new(),
                     st => format!(" ({})", st.name().replace('_', " ")),
                 };
+                // best_epoch is 0 where no early stopping chose one: the last epoch's weights.
+                let best = if m.best_epoch > 0 { format!(", best epoch {}", m.best_epoch) } else { String::new() };
                 println!(
-                    "  {}  test accuracy {:.2}% (error {:.2}%), best epoch {}{status}",
+                    "  {}  test accuracy {:.2}% (error {:.2}%){best}{status}",
                     m.file.display(),
                     100.0 * m.final_test.accuracy(),
                     100.0 * (1.0 - m.final_test.accuracy()),
-                    m.best_epoch,
                 );
             }
             println!(
