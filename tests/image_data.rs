@@ -6,8 +6,8 @@
 //!   multiset), through the cache the second time; shipped models evaluate on the folder test
 //!   set to the accuracy recorded in them.
 //! - Coloured shapes (`bench/make_shapes.py`, RGB 32x32, brought to 16x16 by the model's resize
-//!   rule) train on the CPU and on the GPU to a
-//!   stated accuracy, and the GPU-trained model evaluates the same on both backends.
+//!   rule) train on the CPU and on the GPU to a stated accuracy, and the GPU-trained model
+//!   evaluates the same on both backends.
 //! - Bad input ends in one line on stderr naming the file, never a panic.
 //!
 //! The Python scripts need Pillow; without it these tests skip, except with CI=true.
@@ -206,9 +206,10 @@ fn eval_accuracy(out: &str) -> f64 {
 /// backends (as for MNIST in tests/gpu_parity.rs, which also compares an RGB model's logits,
 /// gradients and Adam steps). 3000 training pictures over 5 epochs (about 50 s on lavapipe);
 /// on the CPU, seeds 1-5 of this run reached 71.8, 75.2, 78.5, 79.7 and 76.7% (chance is 25%;
-/// at 32x32, seeds 1-4 reached 74.2, 81.8, 73.7 and 83.2%), hence the stated 60%. The two backends start on the same trajectory (the first
-/// epoch's training loss agrees within 2%) and then part as f32 rounding differences grow,
-/// as two seeds would: their final accuracies are each checked, not against each other.
+/// at 32x32, seeds 1-4 reached 74.2, 81.8, 73.7 and 83.2%), hence the stated 60%. The two
+/// backends start on the same trajectory (the first epoch's training loss agrees within 2%)
+/// and then part as f32 rounding differences grow, as two seeds would: their final
+/// accuracies are each checked, not against each other.
 #[test]
 fn rgb_shapes_train_on_both_backends() {
     let Some(dir) = shapes(3000, 600, 1) else { return };

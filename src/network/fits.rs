@@ -81,7 +81,7 @@ pub fn largest_array<B: Backend>(b: &B, spec: &crate::model::ModelSpec, cap: usi
 
 /// Checks the device's per-buffer limit against every buffer a network of `arch` with
 /// batches of `cap` allocates, before allocating any.
-pub(super) fn fits_buffers<B: Backend>(b: &B, arch: &Arch, cap: usize) -> Result<()> {
+fn fits_buffers<B: Backend>(b: &B, arch: &Arch, cap: usize) -> Result<()> {
     let max = b.max_buffer_len();
     let (train_plan, _) = plan::plan(arch, true);
     let (eval_plan, _) = plan::plan(arch, false);

@@ -7,11 +7,6 @@
 //! `fits` (what fits before allocating), `data` (the data set on the device, resident or
 //! streamed), `members` (the models and their table), `step` (forward, backward, optimizer)
 //! and `eval` (evaluation and the ensemble); here the network's buffers and their contents.
-//!
-//! Gradients need fewer buffers than activations: the backward of op k reads the gradient of
-//! its output and writes that of its input (op k-1's output), with a pre-activation gradient
-//! in between for fused activations. So three buffers serve them all: op k's output gradient
-//! is `grad[k % 2]`, its input's `grad[(k + 1) % 2]`, the pre-activation's `grad[2]`.
 
 mod data;
 mod eval;

@@ -1,5 +1,10 @@
 //! The training step: gathering a batch, the plan's forward and backward ops, and the
 //! optimizer's update of every member at once.
+//!
+//! Gradients need fewer buffers than activations: the backward of op k reads the gradient of
+//! its output and writes that of its input (op k-1's output), with a pre-activation gradient
+//! in between for fused activations. So three buffers serve them all: op k's output gradient
+//! is `grad[k % 2]`, its input's `grad[(k + 1) % 2]`, the pre-activation's `grad[2]`.
 
 use super::{DeviceData, Network};
 use crate::backend::{AdamStep, Backend, EmaStep, Epilogue, Gather, SgdStep};
