@@ -12,6 +12,9 @@ struct Params {
     scale: f32,
     probs_at: u32,
     members: u32,
+    // forward-backward of the cross-entropy: where each member's label smoothing is in the
+    // member table (members.wgsl)
+    smoothing_at: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -51,8 +54,10 @@ fn reduce_and_store(k: u32, lid: u32, loss: f32, hits: f32) {
     }
 }
 
-// Softmax of row r into out[dst..], returning -log softmax[label].
-fn softmax_row(r: u32, dst: u32, grad: bool) -> f32 {
+// Softmax of row r into out[dst..], returning -log softmax[label]; with `grad`, the gradient
+// (softmax - target) * scale instead, target = (1 - s) onehot + s / classes, and the smoothed
+// loss (1 - s) (-log p[label]) + s mean_j(-log p[j]) (src/cpu/loss.rs).
+fn softmax_row(r: u32, dst: u32, grad: bool, s: f32) -> f32 {
     let base = r * prm.classes;
     let best = row_argmax(base);
     let mx = logits[base + best];
@@ -64,14 +69,22 @@ fn softmax_row(r: u32, dst: u32, grad: bool) -> f32 {
     }
     let inv = 1.0 / sum;
     let y = labels[r / prm.members];
+    let keep = 1.0 - s;
+    let spread = s / f32(prm.classes);
+    var zsum = 0.0;
     for (var j = 0u; j < prm.classes; j++) {
         var p = out[dst + j] * inv;
         if grad {
-            p = (p - select(0.0, 1.0, j == y)) * prm.scale;
+            p = (p - select(spread, keep + spread, j == y)) * prm.scale;
         }
         out[dst + j] = p;
+        zsum += logits[base + j] - mx;
     }
-    return log(sum) - (logits[base + y] - mx);
+    let nll = log(sum) - (logits[base + y] - mx);
+    if s == 0.0 {
+        return nll;
+    }
+    return keep * nll + s * (log(sum) - zsum / f32(prm.classes));
 }
 
 // The member of this workgroup (one per member, the grid folded past 65,535).
@@ -88,11 +101,12 @@ fn softmax_xent_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin
     if k >= prm.members {
         return;
     }
+    let s = member_f32(prm.smoothing_at + k);
     var loss = 0.0;
     var hits = 0.0;
     for (var i = lid; i < prm.n; i += WG) {
         let r = i * prm.members + k;
-        loss += softmax_row(r, r * prm.classes, true);
+        loss += softmax_row(r, r * prm.classes, true, s);
         hits += select(0.0, 1.0, row_argmax(r * prm.classes) == labels[i]);
     }
     reduce_and_store(k, lid, loss, hits);
@@ -111,7 +125,7 @@ fn softmax_xent_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     var hits = 0.0;
     for (var i = lid; i < prm.n; i += WG) {
         let r = i * prm.members + k;
-        loss += softmax_row(r, (prm.probs_at * prm.members + r) * prm.classes, false);
+        loss += softmax_row(r, (prm.probs_at * prm.members + r) * prm.classes, false, 0.0);
         hits += select(0.0, 1.0, row_argmax(r * prm.classes) == labels[i]);
     }
     reduce_and_store(k, lid, loss, hits);
@@ -219,7 +233,7 @@ fn wide_sum(lid: u32, v: f32) -> f32 {
     return red_hits[0];
 }
 
-fn wide_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, softmax: bool, grad: bool) {
+fn wide_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, softmax: bool, grad: bool, s: f32) {
     let i = wid.x + wid.y * nwg.x;
     if i >= prm.n * prm.members {
         return;
@@ -232,20 +246,28 @@ fn wide_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, softmax: bool, grad: bool)
     let hit = select(0.0, 1.0, red_i[0] == y);
     var loss = 0.0;
     if softmax {
-        var s = 0.0;
+        var e = 0.0;
         for (var j = lid; j < prm.classes; j += WG) {
-            s += exp(logits[base + j] - mx);
+            e += exp(logits[base + j] - mx);
         }
-        let sum = wide_sum(lid, s);
+        let sum = wide_sum(lid, e);
         let inv = 1.0 / sum;
+        let keep = 1.0 - s;
+        let spread = s / f32(prm.classes);
+        var z = 0.0;
         for (var j = lid; j < prm.classes; j += WG) {
             var p = exp(logits[base + j] - mx) * inv;
             if grad {
-                p = (p - select(0.0, 1.0, j == y)) * prm.scale;
+                p = (p - select(spread, keep + spread, j == y)) * prm.scale;
             }
             out[dst + j] = p;
+            z += logits[base + j] - mx;
         }
+        let zsum = wide_sum(lid, z);
         loss = log(sum) - (logits[base + y] - mx);
+        if s != 0.0 {
+            loss = keep * loss + s * (log(sum) - zsum / f32(prm.classes));
+        }
     } else {
         var sq = 0.0;
         for (var j = lid; j < prm.classes; j += WG) {
@@ -264,25 +286,26 @@ fn wide_row(wid: vec3<u32>, nwg: vec3<u32>, lid: u32, softmax: bool, grad: bool)
 @compute @workgroup_size(256)
 fn softmax_xent_rows_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid3: vec3<u32>) {
-    wide_row(wid, nwg, lid3.x, true, true);
+    let s = member_f32(prm.smoothing_at + (wid.x + wid.y * nwg.x) % prm.members);
+    wide_row(wid, nwg, lid3.x, true, true, s);
 }
 
 @compute @workgroup_size(256)
 fn softmax_xent_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid3: vec3<u32>) {
-    wide_row(wid, nwg, lid3.x, true, false);
+    wide_row(wid, nwg, lid3.x, true, false, 0.0);
 }
 
 @compute @workgroup_size(256)
 fn mse_rows_forward_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid3: vec3<u32>) {
-    wide_row(wid, nwg, lid3.x, false, true);
+    wide_row(wid, nwg, lid3.x, false, true, 0.0);
 }
 
 @compute @workgroup_size(256)
 fn mse_rows_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid3: vec3<u32>) {
-    wide_row(wid, nwg, lid3.x, false, false);
+    wide_row(wid, nwg, lid3.x, false, false, 0.0);
 }
 
 // stats of (slot, member) = the member's rows' summed loss and hits, added in order (part:

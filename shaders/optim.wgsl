@@ -1,7 +1,8 @@
 // Optimizers over the whole flat parameter buffer: one dispatch per step (src/cpu/optim.rs).
 // Each element takes its member's rates from the member table (members.wgsl): the element's
 // member by the segment list at `segs`, its learning rate at `lr_at` + member, its weight
-// decay (adam), momentum (sgd) or decay (ema) at `rate_at` + member.
+// decay (adam), momentum (sgd) or decay (ema) at `rate_at` + member, sgd's weight decay at
+// `wd_at` + member.
 
 struct Params {
     len: u32,
@@ -15,6 +16,9 @@ struct Params {
     // adam: 1 - beta1^t and 1 / sqrt(1 - beta2^t)
     c1: f32,
     inv_sqrt_c2: f32,
+    // sgd: the (coupled) weight decays, and 1 for Nesterov momentum
+    wd_at: u32,
+    nesterov: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -49,10 +53,17 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     }
     let k = member_of(i, prm.segs, prm.members);
     let momentum = member_f32(prm.rate_at + k);
-    var d = grads[i];
+    let wd = member_f32(prm.wd_at + k);
+    // torch.optim.SGD: g += wd p; b = momentum b + g; a step of lr b, or lr (g + momentum b).
+    var g = grads[i];
+    if wd != 0.0 {
+        g = g + wd * params[i];
+    }
+    var d = g;
     if momentum > 0.0 {
-        d = momentum * m[i] + d;
-        m[i] = d;
+        let b = momentum * m[i] + g;
+        m[i] = b;
+        d = select(b, g + momentum * b, prm.nesterov == 1u);
     }
     params[i] = params[i] - member_f32(prm.lr_at + k) * d;
 }

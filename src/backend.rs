@@ -27,7 +27,7 @@
 
 use crate::data::augment::Augment;
 use crate::error::Result;
-use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
+use crate::model::{Act, AvgPool, BatchNorm, Conv2d, Dense, Pool};
 
 /// The most input channels an image may have (grayscale, gray + alpha, RGB, RGBA).
 pub const MAX_CHANNELS: usize = 4;
@@ -88,7 +88,7 @@ impl Dropout {
 }
 
 /// What `conv2d_forward` and `dense_forward` apply to each output after the bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Epilogue {
     pub act: Option<Act>,
     /// Inverted dropout after a relu, with exactly `dropout_forward`'s mask. After relu the
@@ -189,13 +189,30 @@ impl AdamStep {
     }
 }
 
-/// One SGD step (with optional heavy-ball momentum, as torch.optim.SGD): member k's learning
-/// rate at word `lr_at + k` of the member table, its momentum at `momentum_at + k`.
+/// One SGD step as torch.optim.SGD: member k's learning rate at word `lr_at + k` of the
+/// member table, its momentum at `momentum_at + k` and its (coupled) weight decay at
+/// `wd_at + k`. With g = grad + wd p: with momentum, b <- momentum b + g and p <- p - lr b,
+/// or with `nesterov` p <- p - lr (g + momentum b); without, p <- p - lr g (b untouched).
 #[derive(Debug, Clone, Copy)]
 pub struct SgdStep {
     pub segments: Segments,
     pub lr_at: usize,
     pub momentum_at: usize,
+    pub wd_at: usize,
+    pub nesterov: bool,
+}
+
+/// What the fused softmax + cross-entropy needs besides its buffers: logits (n, members,
+/// classes), the gradient scale (1 / examples in the batch for a mean loss), and where member
+/// k's label smoothing s_k is in the member table (word `smoothing_at + k`, f32 bits): the
+/// target is (1 - s) onehot + s / classes, the loss (1 - s) (-log p[label]) + s mean_c(-log
+/// p[c]), torch's `CrossEntropyLoss(label_smoothing = s)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Xent {
+    pub members: usize,
+    pub classes: usize,
+    pub scale: f32,
+    pub smoothing_at: usize,
 }
 
 /// Weight averaging: member k's decay per step at word `decay_at + k` of the member table.
@@ -373,19 +390,31 @@ pub trait Backend {
 
     /// out = act(inp), element-wise over `len` elements.
     fn activation_forward(&mut self, out: &mut Self::Buf, inp: &Self::Buf, len: usize, act: Act);
-    /// dinp = dout * act'(.) * scale, computed from the activation's output `out`; scale is 1,
-    /// or after a fused relu + dropout the dropout's scale of the element's member.
+    /// dinp = dout * act'(.) * scale, computed from `saved`: the activation's output where
+    /// `act.grad_from_output()` (relu, sigmoid, tanh, leaky relu), else its input (gelu,
+    /// silu); scale is 1, or after a fused relu + dropout the dropout's scale of the element's
+    /// member.
     #[allow(clippy::too_many_arguments)]
     fn activation_backward(
         &mut self,
         dinp: &mut Self::Buf,
         dout: &Self::Buf,
-        out: &Self::Buf,
+        saved: &Self::Buf,
         table: &Self::IBuf,
         len: usize,
         act: Act,
         dropout: Option<Dropout>,
     );
+
+    /// out = a + b, element-wise over `len` elements: a residual block's output (body plus
+    /// shortcut) and, in the backward, the sum of a value's gradients from the two branches
+    /// that read it.
+    fn residual_add(&mut self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, len: usize);
+
+    /// out (n, c, h_out, w_out) = the mean of each kh x kw window at stride steps.
+    fn avgpool_forward(&mut self, out: &mut Self::Buf, inp: &Self::Buf, l: &AvgPool, n: usize);
+    /// dinp (n, c, h_in, w_in): every input element gets dout / (kh kw) of each window it is in.
+    fn avgpool_backward(&mut self, dinp: &mut Self::Buf, dout: &Self::Buf, l: &AvgPool, n: usize);
 
     /// out (n, c, h_out, w_out) = window maxima; `argmax` keeps each maximum's position
     /// (y * w_in + x within its plane) for the backward.
@@ -425,8 +454,9 @@ pub trait Backend {
     );
 
     /// Softmax + cross-entropy, fused, one per member: logits (n, members, classes), each
-    /// member's row against the example's label; writes dlogits = (softmax - onehot) * scale
-    /// and the batch's stats per member. `scale` is 1/(examples in the batch) for a mean loss.
+    /// member's row against the example's label; writes dlogits = (softmax - target) * scale
+    /// with each member's smoothed target (`Xent`), and the batch's stats per member (the
+    /// smoothed loss).
     #[allow(clippy::too_many_arguments)]
     fn softmax_xent_forward_backward(
         &mut self,
@@ -435,10 +465,9 @@ pub trait Backend {
         slot: usize,
         logits: &Self::Buf,
         labels: &Self::IBuf,
+        table: &Self::IBuf,
         n: usize,
-        members: usize,
-        classes: usize,
-        scale: f32,
+        x: &Xent,
     );
     /// Evaluation: probabilities into `probs` (rows of members x classes) from example
     /// `probs_at` on, and the stats.
@@ -498,7 +527,7 @@ pub trait Backend {
         len: usize,
         a: &AdamStep,
     );
-    /// SGD; `velocity` is only touched where the member's momentum is > 0.
+    /// SGD (see `SgdStep`); `velocity` is only touched where the member's momentum is > 0.
     fn sgd_step(
         &mut self,
         params: &mut Self::Buf,

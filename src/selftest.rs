@@ -32,12 +32,12 @@
 //! The GPU against the reference: the looser of the two bounds, element by element (a GPU may
 //! be as far from the exact value as it may be from the CPU, e.g. its sin/cos).
 
-use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder, Xent};
 use crate::cpu::CpuBackend;
 use crate::data::augment::Augment;
 use crate::error::Result;
 use crate::gpu::GpuBackend;
-use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
+use crate::model::{Act, AvgPool, BatchNorm, Conv2d, Dense, Pool};
 use crate::reference::Reference;
 use crate::rng;
 
@@ -167,9 +167,12 @@ async fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let mean = [0.1307, 0.5, 0.25, 0.75];
     let std = [0.3081, 0.5, 0.25, 0.4];
-    let shape_aug = Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2, flip: false };
+    let shape_aug = Augment { chance: 1.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2, flip: false, translate: 0 };
     let flip_only = Augment { chance: 0.0, flip: true, ..shape_aug };
     let both = Augment { flip: true, ..shape_aug };
+    // Pad-and-crop with a flip (no affine part), and every augmentation at once.
+    let crop = Augment { chance: 0.0, flip: true, translate: 3, ..shape_aug };
+    let all = Augment { flip: true, translate: 2, ..shape_aug };
     // (batch, channels, height, width, images, shard): with a shard (first, count), the
     // images buffer holds only those examples, as one buffer of a data set split over
     // several does; the batch's other examples must be left untouched.
@@ -191,7 +194,7 @@ async fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let perm: Vec<u32> = rng::epoch_permutation(3, 0, n_images).into_iter().collect();
         let (images, labels, perm) = (up_u32(b, &packed)?, up_u32(b, &labels)?, up_u32(b, &perm)?);
         let shard_tag = shard.map_or(String::new(), |(f, k)| format!(" shard {f}..{}", f + k));
-        for aug in [None, Some(shape_aug), Some(flip_only), Some(both)] {
+        for aug in [None, Some(shape_aug), Some(flip_only), Some(both), Some(crop), Some(all)] {
             // Sentinels show what a gather left untouched.
             let mut x = up(b, &vec![7.0; n * len])?;
             let mut y = up_u32(b, &vec![999; n])?;
@@ -211,7 +214,9 @@ async fn gather_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
             b.gather_batch(&mut x, &mut y, &images, &labels, &perm, &g);
             let what = match aug {
                 None => "",
+                Some(a) if a.chance == 0.0 && a.translate > 0 => " translated+flipped",
                 Some(a) if a.chance == 0.0 => " flipped",
+                Some(a) if a.translate > 0 => " augmented+translated+flipped",
                 Some(a) if a.flip => " augmented+flipped",
                 Some(_) => " augmented",
             };
@@ -359,7 +364,7 @@ async fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     x[0] = 0.0;
     x[1] = 90.0;
     x[2] = -90.0;
-    for act in [Act::Relu, Act::Sigmoid, Act::Tanh] {
+    for act in [Act::Relu, Act::Sigmoid, Act::Tanh, Act::LeakyRelu(0.1), Act::LeakyRelu(0.0), Act::Gelu, Act::Silu] {
         let gx = up(b, &x)?;
         let mut y = b.alloc(len)?;
         b.activation_forward(&mut y, &gx, len, act);
@@ -369,10 +374,11 @@ async fn activation_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
             ULP_TOL,
             ULP_TOL,
         ));
-        // The backward from the same outputs (the CPU's) on every side.
+        // The backward from the same outputs (the CPU's) on every side, or for gelu and silu
+        // from the inputs.
         let mut y_host = vec![0f32; len];
         crate::cpu::activation::activation_forward(&mut y_host, &x, len, act);
-        let y = up(b, &y_host)?;
+        let y = up(b, if act.grad_from_output() { &y_host } else { &x })?;
         let d = up(b, &random(71, len, -1.0, 1.0))?;
         let mut dx = b.alloc(len)?;
         b.activation_backward(&mut dx, &d, &y, &table, len, act, None);
@@ -412,6 +418,46 @@ async fn pool_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let mut dx = b.alloc(n * l.in_len())?;
         b.maxpool_backward(&mut dx, &d, &arg, &l, n);
         out.push(Out::new(format!("maxpool_backward {tag}"), b.download(&dx, n * l.in_len()).await?, ULP_TOL, ULP_TOL));
+    }
+    // Average pooling: 2x2/2 on odd sides (the last row and column in no window), an
+    // overlapping 3x3/2, a 3x3/1, and global pooling of a non-square map (batch 1, and a
+    // ResNet's 8x8 of 64 channels).
+    let avg = |c, (h_in, w_in), (kh, kw), stride| {
+        let (h_out, w_out) = ((h_in - kh) / stride + 1, (w_in - kw) / stride + 1);
+        AvgPool { c, h_in, w_in, h_out, w_out, kh, kw, stride }
+    };
+    let cases = [
+        (2, avg(3, (7, 5), (2, 2), 2)),
+        (3, avg(5, (7, 7), (3, 3), 2)),
+        (1, avg(2, (6, 5), (3, 3), 1)),
+        (1, avg(3, (7, 5), (7, 5), 1)),
+        (5, avg(64, (8, 8), (8, 8), 1)),
+    ];
+    for (i, (n, l)) in cases.into_iter().enumerate() {
+        let tag = format!("n={n} c={} {}x{} window {}x{} stride {}", l.c, l.h_in, l.w_in, l.kh, l.kw, l.stride);
+        let x = up(b, &random(85 + i as u64, n * l.in_len(), -2.0, 2.0))?;
+        let mut y = b.alloc(n * l.out_len())?;
+        b.avgpool_forward(&mut y, &x, &l, n);
+        out.push(Out::new(format!("avgpool_forward {tag}"), b.download(&y, n * l.out_len()).await?, ULP_TOL, ULP_TOL));
+        let d = up(b, &random(95 + i as u64, n * l.out_len(), -1.0, 1.0))?;
+        let mut dx = up(b, &vec![7.0; n * l.in_len()])?;
+        b.avgpool_backward(&mut dx, &d, &l, n);
+        out.push(Out::new(format!("avgpool_backward {tag}"), b.download(&dx, n * l.in_len()).await?, ULP_TOL, ULP_TOL));
+    }
+    Ok(out)
+}
+
+async fn residual_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    // Odd lengths, one past the workgroup, one element; then a value added to itself.
+    for (i, len) in [1001usize, 257, 1].into_iter().enumerate() {
+        let x = up(b, &random(160 + i as u64, len, -3.0, 3.0))?;
+        let y = up(b, &random(170 + i as u64, len, -3.0, 3.0))?;
+        let mut z = up(b, &vec![7.0; len + 3])?;
+        b.residual_add(&mut z, &x, &y, len);
+        out.push(Out::new(format!("residual_add len={len}"), b.download(&z, len + 3).await?, EXACT, ROUNDED));
+        b.residual_add(&mut z, &x, &x, len);
+        out.push(Out::new(format!("residual_add len={len} x + x"), b.download(&z, len + 3).await?, EXACT, EXACT));
     }
     Ok(out)
 }
@@ -510,10 +556,19 @@ async fn loss_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let mut stats = b.alloc(stats_len)?;
         let mut d = b.alloc(n * width)?;
         let scale = 1.0 / n as f32;
-        let name = format!("softmax_xent_forward_backward {tag}");
-        b.softmax_xent_forward_backward(&mut d, &mut stats, slot, &gz, &gl, n, k, classes, scale);
-        out.push(Out::new(&name, b.download(&d, n * width).await?, ULP_TOL, ULP_TOL));
-        out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len).await?, stats_tol, stats_tol));
+        // Label smoothing per member: none, then each member its own (one of them none).
+        let mut t = test_table(k);
+        let plain = t.values(&vec![0.0; k]);
+        let smoothing: Vec<f32> = (0..k).map(|m| [0.1, 0.0, 0.3][m % 3]).collect();
+        let smooth = t.values(&smoothing);
+        let table = up_u32(b, &t.words)?;
+        for (at, what) in [(plain, String::new()), (smooth, format!(" smoothing {smoothing:?}"))] {
+            let name = format!("softmax_xent_forward_backward {tag}{what}");
+            let x = Xent { members: k, classes, scale, smoothing_at: at };
+            b.softmax_xent_forward_backward(&mut d, &mut stats, slot, &gz, &gl, &table, n, &x);
+            out.push(Out::new(&name, b.download(&d, n * width).await?, ULP_TOL, ULP_TOL));
+            out.push(Out::new(format!("{name} stats"), b.download(&stats, stats_len).await?, stats_tol, stats_tol));
+        }
         let at = 3;
         let mut probs = b.alloc((n + at) * width)?;
         b.softmax_xent_forward(&mut probs, at, &mut stats, slot, &gz, &gl, n, k, classes);
@@ -564,14 +619,21 @@ async fn optim_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         out.push(Out::new(format!("adam_step len={len} x3{tag}"), b.download(&p, len).await?, ULP_TOL, ULP_TOL));
         let v_tol = (1e-9, ULP_TOL.1);
         out.push(Out::new(format!("adam_step len={len} x3{tag} v"), b.download(&v, len).await?, v_tol, v_tol));
-        let mut p = up(b, &random(140, len, -1.0, 1.0))?;
-        let mut vel = b.alloc(len)?;
-        for t in 0..2 {
-            let g = up(b, &random(141 + t, len, -1.0, 1.0))?;
-            b.sgd_step(&mut p, &g, &mut vel, &table, len, &SgdStep { segments, lr_at, momentum_at });
+        // Plain, then with each member's weight decay (coupled) and Nesterov momentum.
+        for (wd_at, nesterov, what) in [(None, false, ""), (Some(wd_at), true, " weight decay, nesterov")] {
+            let mut t = t.clone();
+            let wd_at = wd_at.unwrap_or_else(|| t.values(&vec![0.0; k]));
+            let table = up_u32(b, &t.words)?;
+            let mut p = up(b, &random(140, len, -1.0, 1.0))?;
+            let mut vel = b.alloc(len)?;
+            for step in 0..2 {
+                let g = up(b, &random(141 + step, len, -1.0, 1.0))?;
+                let s = SgdStep { segments, lr_at, momentum_at, wd_at, nesterov };
+                b.sgd_step(&mut p, &g, &mut vel, &table, len, &s);
+            }
+            let name = format!("sgd_step len={len} momentum {momenta:?}{what} x2{tag}");
+            out.push(Out::new(name, b.download(&p, len).await?, ULP_TOL, ULP_TOL));
         }
-        let name = format!("sgd_step len={len} momentum {momenta:?} x2{tag}");
-        out.push(Out::new(name, b.download(&p, len).await?, ULP_TOL, ULP_TOL));
         // An odd length, not a multiple of the workgroup; only the first `len` elements move.
         let (len, cap) = (777, 800);
         let mut avg = up(b, &random(150, cap, -1.0, 1.0))?;
@@ -616,7 +678,8 @@ const FAMILIES: &[Family] = &[
     family!("conv2d", conv_cases, true),
     family!("dense", dense_cases, true),
     family!("activation", activation_cases, true),
-    family!("maxpool", pool_cases, true),
+    family!("pool", pool_cases, true),
+    family!("residual", residual_cases, true),
     family!("dropout", dropout_cases, false),
     family!("batchnorm", batchnorm_cases, false),
     family!("loss", loss_cases, false),

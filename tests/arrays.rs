@@ -35,11 +35,11 @@ fn array_cfg(members: Vec<Tagged>, data_seed: u64, out: PathBuf) -> TrainConfig 
 }
 
 fn with_dropout(mut spec: ModelSpec, p: f32) -> ModelSpec {
-    for l in &mut spec.layers {
+    gpu_train::model::spec::for_each_mut(&mut spec.layers, &mut |l| {
         if let LayerSpec::Dropout { p: q } = l {
             *q = p;
         }
-    }
+    });
     spec
 }
 
@@ -92,7 +92,9 @@ fn array_and_alone<B: gpu_train::backend::Backend>(
 
 /// On the CPU, bit for bit: a dense model with dropout and augmentation (two seeds), a conv,
 /// pool and dropout model with a sweep of dropout rates and learning rates (four members),
-/// and a batch-norm model with weight averaging and a sweep of its decay.
+/// a batch-norm model with weight averaging and a sweep of its decay, and a residual model
+/// (SGD, Nesterov, flips and shifts) with a sweep of label smoothing, weight decay and
+/// dropout.
 #[test]
 fn members_train_bit_for_bit_as_runs_of_their_own_on_the_cpu() {
     let data = mnist(300, 100);
@@ -105,6 +107,17 @@ fn members_train_bit_for_bit_as_runs_of_their_own_on_the_cpu() {
     (cnn.train.epochs, cnn.train.batch) = (2, 16);
     let mut bn = bn_spec();
     bn.train.epochs = 2;
+    let res = presets::load(repo().join("tests/fixtures/residual_small.toml").to_str().unwrap()).unwrap();
+    let res_member = |seed: u64, smoothing: f32, wd: f32, p: f32| {
+        let mut spec = with_dropout(res.clone(), p);
+        spec.train.epochs = 2;
+        spec.train.label_smoothing = smoothing;
+        if let Optimizer::Sgd { weight_decay, .. } = &mut spec.train.optimizer {
+            *weight_decay = wd;
+        }
+        let tags = [tag("label_smoothing", &smoothing.to_string()), tag("weight_decay", &wd.to_string())].concat();
+        (Member { seed, spec }, [tags, tag("dropout", &p.to_string())].concat())
+    };
     let cases: Vec<(&str, Vec<Tagged>, u64)> = vec![
         ("fc-b", vec![(Member { seed: 3, spec: fc.clone() }, vec![]), (Member { seed: 4, spec: fc }, vec![])], 7),
         (
@@ -133,6 +146,11 @@ fn members_train_bit_for_bit_as_runs_of_their_own_on_the_cpu() {
                 })
                 .collect(),
             2,
+        ),
+        (
+            "residual",
+            vec![res_member(1, 0.1, 5e-4, 0.2), res_member(2, 0.0, 0.0, 0.2), res_member(1, 0.2, 1e-3, 0.4)],
+            3,
         ),
     ];
     for (name, members, data_seed) in cases {

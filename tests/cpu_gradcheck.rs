@@ -9,9 +9,9 @@
 mod common;
 
 use common::*;
-use gpu_train::backend::{Dropout, Epilogue, TableBuilder};
+use gpu_train::backend::{Dropout, Epilogue, TableBuilder, Xent};
 use gpu_train::cpu::{activation, batchnorm, conv2d, dense, dropout, loss, pool};
-use gpu_train::model::{Act, BatchNorm, Conv2d, Dense, Pool};
+use gpu_train::model::{Act, AvgPool, BatchNorm, Conv2d, Dense, Pool};
 
 const EPS: f32 = 1e-2;
 const ATOL: f32 = 1e-3;
@@ -189,7 +189,7 @@ fn dense_backward_matches_finite_differences() {
 fn activation_backward_matches_finite_differences() {
     let x = away_from_zero(6, 50);
     let r = uniform(7, 50, -1.0, 1.0);
-    for act in [Act::Relu, Act::Sigmoid, Act::Tanh] {
+    for act in [Act::Relu, Act::Sigmoid, Act::Tanh, Act::LeakyRelu(0.2), Act::Gelu, Act::Silu] {
         let f = |x: &[f32]| {
             let mut y = vec![0.0; x.len()];
             activation::activation_forward(&mut y, x, x.len(), act);
@@ -198,7 +198,8 @@ fn activation_backward_matches_finite_differences() {
         let mut y = vec![0.0; x.len()];
         activation::activation_forward(&mut y, &x, x.len(), act);
         let mut dx = vec![0.0; x.len()];
-        activation::activation_backward(&mut dx, &r, &y, &[], x.len(), act, None);
+        let saved = if act.grad_from_output() { &y } else { &x };
+        activation::activation_backward(&mut dx, &r, saved, &[], x.len(), act, None);
         let idx: Vec<usize> = (0..x.len()).collect();
         assert_close(&format!("{act:?}"), &dx, &numeric_grad(&x, &idx, 1e-3, f), ATOL, RTOL);
     }
@@ -228,6 +229,36 @@ fn maxpool_backward_matches_finite_differences() {
         pool::maxpool_backward(&mut dx, &r, &am, &l, n);
         let idx: Vec<usize> = (0..x.len()).collect();
         assert_close(&format!("maxpool case {ci}"), &dx, &numeric_grad(&x, &idx, 1e-3, f), ATOL, RTOL);
+    }
+}
+
+#[test]
+fn avgpool_backward_matches_finite_differences() {
+    let avg = |c, (h_in, w_in): (usize, usize), (kh, kw): (usize, usize), stride| AvgPool {
+        c,
+        h_in,
+        w_in,
+        h_out: (h_in - kh) / stride + 1,
+        w_out: (w_in - kw) / stride + 1,
+        kh,
+        kw,
+        stride,
+    };
+    for (ci, l) in
+        [avg(3, (7, 5), (2, 2), 2), avg(2, (7, 7), (3, 3), 2), avg(4, (5, 3), (5, 3), 1)].into_iter().enumerate()
+    {
+        let n = 2;
+        let x = uniform(30 + ci as u64, n * l.in_len(), -1.0, 1.0);
+        let r = uniform(40 + ci as u64, n * l.out_len(), -1.0, 1.0);
+        let f = |x: &[f32]| {
+            let mut y = vec![0.0; n * l.out_len()];
+            pool::avgpool_forward(&mut y, x, &l, n);
+            dot(&r, &y)
+        };
+        let mut dx = vec![0.0; x.len()];
+        pool::avgpool_backward(&mut dx, &r, &l, n);
+        let idx: Vec<usize> = (0..x.len()).collect();
+        assert_close(&format!("avgpool case {ci}"), &dx, &numeric_grad(&x, &idx, 1e-3, f), ATOL, RTOL);
     }
 }
 
@@ -287,28 +318,41 @@ fn batchnorm_backward_matches_finite_differences() {
     }
 }
 
+/// A fused loss: (dlogits, stats, logits).
+type Fused<'a> = dyn Fn(&mut [f32], &mut [f32], &[f32]) + 'a;
+
 #[test]
 fn softmax_xent_and_mse_gradients_match_finite_differences() {
     // One model, and three members (each row of the logits its own loss; the sum of the
-    // members' losses is what the gradient is of).
-    for members in [1, 3] {
+    // members' losses is what the gradient is of), without label smoothing and with each
+    // member's own (one of them none).
+    for (members, smoothing) in
+        [(1, &[0.0f32][..]), (3, &[0.0, 0.0, 0.0][..]), (1, &[0.2][..]), (3, &[0.1, 0.0, 0.3][..])]
+    {
         let (n, classes) = (5, 7);
         let z = uniform(15, n * members * classes, -3.0, 3.0);
         let labels: Vec<u32> = (0..n as u32).map(|i| (i * 3) % classes as u32).collect();
         let scale = 1.0 / n as f32;
-        type Fused = fn(&mut [f32], &mut [f32], usize, &[f32], &[u32], usize, usize, usize, f32);
-        let fused: [(&str, Fused); 2] =
-            [("softmax_xent", loss::softmax_xent_forward_backward), ("mse", loss::mse_forward_backward)];
+        let mut t = TableBuilder::new(&vec![1; members]);
+        let x = Xent { members, classes, scale, smoothing_at: t.values(smoothing) };
+        let xent = |d: &mut [f32], s: &mut [f32], z: &[f32]| {
+            loss::softmax_xent_forward_backward(d, s, 0, z, &labels, &t.words, n, &x)
+        };
+        let mse = |d: &mut [f32], s: &mut [f32], z: &[f32]| {
+            loss::mse_forward_backward(d, s, 0, z, &labels, n, members, classes, scale)
+        };
+        let fused: [(&str, &Fused); 2] = [("softmax_xent", &xent), ("mse", &mse)];
         for (name, op) in fused {
             let f = |z: &[f32]| {
                 let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2 * members]);
-                op(&mut d, &mut s, 0, z, &labels, n, members, classes, scale);
+                op(&mut d, &mut s, z);
                 s.iter().step_by(2).map(|&v| v as f64).sum::<f64>() * scale as f64
             };
             let (mut d, mut s) = (vec![0.0; z.len()], vec![0.0; 2 * members]);
-            op(&mut d, &mut s, 0, &z, &labels, n, members, classes, scale);
+            op(&mut d, &mut s, &z);
             let idx: Vec<usize> = (0..z.len()).collect();
-            assert_close(&format!("{name} x{members}"), &d, &numeric_grad(&z, &idx, 1e-2, f), 1e-3, 1e-2);
+            let what = format!("{name} x{members} smoothing {smoothing:?}");
+            assert_close(&what, &d, &numeric_grad(&z, &idx, 1e-2, f), 1e-3, 1e-2);
         }
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use gpu_train::backend::{AdamStep, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder};
+use gpu_train::backend::{AdamStep, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder, Xent};
 use gpu_train::cpu::{batchnorm, conv2d, data, dense, dropout, loss, optim, pool};
 use gpu_train::data::augment::Augment;
 use gpu_train::model::{BatchNorm, Conv2d, Dense, Pool};
@@ -110,11 +110,21 @@ fn softmax_xent_hand_case_and_stability() {
     assert_close("probs", &p, &[1.0 / 6.0, 2.0 / 6.0, 0.5], 1e-6, 1e-6);
     assert!((s[0] - 2f32.ln()).abs() < 1e-6 && s[1] == 1.0);
     let mut d = vec![0.0; 3];
-    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &z, &[0], 1, 1, 3, 1.0);
+    let mut t = TableBuilder::new(&[1]);
+    let (none, smooth) = (t.values(&[0.0]), t.values(&[0.3]));
+    let x = Xent { members: 1, classes: 3, scale: 1.0, smoothing_at: none };
+    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &z, &[0], &t.words, 1, &x);
     assert_close("dlogits", &d, &[1.0 / 6.0 - 1.0, 2.0 / 6.0, 0.5], 1e-6, 1e-6);
     assert_eq!(s[1], 0.0);
+    // Smoothed by 0.3: the target is (0.8, 0.1, 0.1); the loss 0.7 ln 6 + 0.3 (ln 6 + ln 3 +
+    // ln 2) / 3.
+    let xs = Xent { smoothing_at: smooth, ..x };
+    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &z, &[0], &t.words, 1, &xs);
+    assert_close("smoothed dlogits", &d, &[1.0 / 6.0 - 0.8, 2.0 / 6.0 - 0.1, 0.4], 1e-6, 1e-6);
+    let want = 0.7 * 6f32.ln() + 0.1 * (6f32.ln() + 3f32.ln() + 2f32.ln());
+    assert!((s[0] - want).abs() < 1e-6, "{} vs {want}", s[0]);
     // Huge logits stay finite.
-    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &[1000.0, 0.0, -1000.0], &[1], 1, 1, 3, 1.0);
+    loss::softmax_xent_forward_backward(&mut d, &mut s, 0, &[1000.0, 0.0, -1000.0], &[1], &t.words, 1, &x);
     assert!((s[0] - 1000.0).abs() < 1e-3 && d.iter().all(|v| v.is_finite()));
 }
 
@@ -177,14 +187,27 @@ fn sgd_with_and_without_momentum() {
     let segments = table.segments(&[(0, 1)]);
     let mut p = vec![1.0f32];
     let mut vel = vec![0.0f32];
-    optim::sgd_step(&mut p, &[2.0], &mut vel, &table.words, 1, &SgdStep { segments, lr_at, momentum_at: none });
+    let plain = SgdStep { segments, lr_at, momentum_at: none, wd_at: none, nesterov: false };
+    optim::sgd_step(&mut p, &[2.0], &mut vel, &table.words, 1, &plain);
     assert!((p[0] - 0.8).abs() < 1e-7);
     let mut p = vec![1.0f32];
     for _ in 0..2 {
-        optim::sgd_step(&mut p, &[1.0], &mut vel, &table.words, 1, &SgdStep { segments, lr_at, momentum_at: some });
+        optim::sgd_step(&mut p, &[1.0], &mut vel, &table.words, 1, &SgdStep { momentum_at: some, ..plain });
     }
     // buf = 1, then 0.9 + 1 = 1.9: p = 1 - 0.1 - 0.19
     assert!((p[0] - 0.71).abs() < 1e-6, "{}", p[0]);
+    // torch's weight decay adds wd p to the gradient: 2 + 0.5 * 1 = 2.5, p = 1 - 0.25.
+    let half = table.values(&[0.5]);
+    let (mut p, mut vel) = (vec![1.0f32], vec![0.0f32]);
+    optim::sgd_step(&mut p, &[2.0], &mut vel, &table.words, 1, &SgdStep { wd_at: half, ..plain });
+    assert!((p[0] - 0.75).abs() < 1e-7, "{}", p[0]);
+    // Nesterov: b = 1, step lr (g + 0.9 b) = 0.19; then b = 1.9, step 0.1 (1 + 1.71) = 0.271.
+    let (mut p, mut vel) = (vec![1.0f32], vec![0.0f32]);
+    for _ in 0..2 {
+        let s = SgdStep { momentum_at: some, nesterov: true, ..plain };
+        optim::sgd_step(&mut p, &[1.0], &mut vel, &table.words, 1, &s);
+    }
+    assert!((p[0] - (1.0 - 0.19 - 0.271)).abs() < 1e-6, "{}", p[0]);
 }
 
 #[test]
@@ -273,7 +296,7 @@ fn gather_batch_normalises_permutes_and_augments() {
     let want: Vec<f32> = [0u8, 0, 0, 255, 1, 2, 3, 255].iter().map(|&b| (b as f32 / 255.0 - 0.5) / 0.5).collect();
     assert_close("gather", &x, &want, 1e-6, 1e-6);
     // Chance 0 never alters a batch; chance 1 always does (and the same key repeats).
-    let aug = Augment { chance: 0.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2, flip: false };
+    let aug = Augment { chance: 0.0, zoom: [0.8, 1.2], rotate: 25.0, shift: 0.2, flip: false, translate: 0 };
     let mut xa = vec![0.0; 8];
     data::gather_batch(&mut xa, &mut y, &images, &labels, &perm, &Gather { augment: Some((aug, 3)), ..g });
     assert_eq!(xa, x);

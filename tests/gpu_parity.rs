@@ -105,15 +105,21 @@ fn whole_models_match_the_cpu_reference() {
     let mut vgg = presets::load("vgg").unwrap();
     vgg.train.normalize = gpu_train::model::spec::Normalize::values(vec![0.49, 0.48, 0.45], vec![0.25, 0.24, 0.26]);
     specs.push((vgg, rgb(2 * n, 10)));
+    // Residual blocks of every wiring, trained by its recipe: SGD with Nesterov momentum and
+    // weight decay, label smoothing, flips and whole-pixel shifts.
+    let res = presets::load(repo().join("tests/fixtures/residual_small.toml").to_str().unwrap()).unwrap();
+    specs.push((res, digits.clone()));
     for (mut spec, data) in specs {
-        spec.train.optimizer = Optimizer::Adam {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            bias_correction: Default::default(),
-        };
+        if matches!(spec.train.optimizer, Optimizer::Adam { .. }) {
+            spec.train.optimizer = Optimizer::Adam {
+                lr: 1e-4,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                bias_correction: Default::default(),
+            };
+        }
         let name = spec.name.clone();
         let arch = Arch::new(spec).unwrap();
         let (params, state) = arch.init(arch.recipe().init, 4);
@@ -146,7 +152,7 @@ fn whole_models_match_the_cpu_reference() {
             assert_close(&format!("{name} gradient {}", t.name), &grads.0[r.clone()], &grads.1[r], 1e-3 * scale, 1e-3);
         }
 
-        // Three Adam steps with dropout and the recipe's augmentation (if any) on.
+        // Three optimizer steps with dropout and the recipe's augmentation (if any) on.
         for step in 0..3u32 {
             let args = StepArgs {
                 start: (step as usize % 2) * n,
@@ -163,7 +169,7 @@ fn whole_models_match_the_cpu_reference() {
         }
         let (gp, gs) = pollster::block_on(gnet.get_params(&mut g)).unwrap();
         let (cp, cs) = pollster::block_on(cnet.get_params(&mut c)).unwrap();
-        assert_close(&format!("{name} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
+        assert_close(&format!("{name} parameters after 3 steps"), &gp, &cp, 2e-4, 1e-3);
         assert_close(&format!("{name} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
         // The weight average ('bn' keeps one): parameters and statistics.
         assert_eq!(gnet.has_average(), name == "bn");
@@ -179,35 +185,53 @@ fn whole_models_match_the_cpu_reference() {
 
 /// Arrays, whole, on the GPU against the CPU with the tolerances above: a dense model of 3
 /// members, a conv + pool + dropout model of 2 members with a sweep of their dropout rates
-/// and learning rates, a batch-norm model of 2 with weight averaging: logits, each member's
-/// loss, every gradient, and the parameters after three Adam steps with per-member rates.
+/// and learning rates, a batch-norm model of 2 with weight averaging, a residual model of 2
+/// with its own SGD rates, momenta, weight decays, label smoothing and dropout: logits, each
+/// member's loss, every gradient, and the parameters after three steps with per-member rates.
 #[test]
 fn whole_arrays_match_the_cpu() {
     let Some(mut g) = gpu() else { return };
     let n = 3;
     let digits = mnist(2 * n);
-    for (name, k, dropout) in [("fc-b", 3, None), ("cnn4", 2, Some([0.1f32, 0.4])), ("cnn6", 2, None)] {
+    let residual = repo().join("tests/fixtures/residual_small.toml");
+    for (name, k, dropout) in [
+        ("fc-b", 3, None),
+        ("cnn4", 2, Some([0.1f32, 0.4])),
+        ("cnn6", 2, None),
+        (residual.to_str().unwrap(), 2, Some([0.0, 0.3])),
+    ] {
         let spec = presets::load(name).unwrap();
+        let name = spec.name.as_str();
         let list: Vec<Member> = (0..k)
             .map(|i| {
                 let mut spec = spec.clone();
-                spec.train.optimizer = Optimizer::Adam {
-                    lr: 1e-4 * (i + 1) as f32,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-8,
-                    weight_decay: 0.01 * i as f32,
-                    bias_correction: Default::default(),
+                spec.train.optimizer = match spec.train.optimizer {
+                    // The residual model keeps SGD: each member its own rate, momentum, weight
+                    // decay and label smoothing.
+                    Optimizer::Sgd { nesterov, .. } => {
+                        spec.train.label_smoothing = 0.2 * i as f32;
+                        let (lr, momentum, weight_decay) =
+                            (0.01 * (i + 1) as f32, 0.5 + 0.4 * i as f32, 0.01 * i as f32);
+                        Optimizer::Sgd { lr, momentum, nesterov, weight_decay }
+                    }
+                    Optimizer::Adam { .. } => Optimizer::Adam {
+                        lr: 1e-4 * (i + 1) as f32,
+                        beta1: 0.9,
+                        beta2: 0.999,
+                        eps: 1e-8,
+                        weight_decay: 0.01 * i as f32,
+                        bias_correction: Default::default(),
+                    },
                 };
                 if name == "cnn6" {
                     spec.train.ema = Some(0.5 + 0.2 * i as f32);
                 }
                 if let Some(p) = dropout {
-                    for l in &mut spec.layers {
+                    gpu_train::model::spec::for_each_mut(&mut spec.layers, &mut |l| {
                         if let gpu_train::model::LayerSpec::Dropout { p: q } = l {
                             *q = p[i];
                         }
-                    }
+                    });
                 }
                 Member { seed: 30 + i as u64, spec }
             })
@@ -253,7 +277,7 @@ fn whole_arrays_match_the_cpu() {
         }
         let (gp, gs) = pollster::block_on(gnet.get_params(&mut g)).unwrap();
         let (cp, cs) = pollster::block_on(cnet.get_params(&mut c)).unwrap();
-        assert_close(&format!("{tag} parameters after 3 Adam steps"), &gp, &cp, 2e-4, 1e-3);
+        assert_close(&format!("{tag} parameters after 3 steps"), &gp, &cp, 2e-4, 1e-3);
         assert_close(&format!("{tag} batch-norm running statistics"), &gs, &cs, 1e-4, 1e-3);
         if let (Some((gp, _)), Some((cp, _))) = (
             pollster::block_on(gnet.get_average(&mut g)).unwrap(),

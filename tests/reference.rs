@@ -144,11 +144,16 @@ fn dense_backward_matches_finite_differences() {
 fn activation_and_dropout_backward_match_finite_differences() {
     let x = away(200, 57).mapv(|v| 3.0 * v);
     let dy = arr(201, 57, -1.0, 1.0);
-    for a in [Act::Relu, Act::Sigmoid, Act::Tanh] {
+    for a in [Act::Relu, Act::Sigmoid, Act::Tanh, Act::LeakyRelu(0.2), Act::Gelu, Act::Silu] {
+        // The backward reads the output, or gelu's and silu's input.
         let y = r::activation_forward(x.view(), a);
-        let dx = r::activation_backward(dy.view(), y.view(), a, Array1::ones(57).view());
+        let saved = if a.grad_from_output() { &y } else { &x };
+        let dx = r::activation_backward(dy.view(), saved.view(), a, Array1::ones(57).view());
         check(&format!("{a:?}"), &x, &dy, &dx, |x| r::activation_forward(x.view(), a));
     }
+    // The sum of two values: each gets the whole gradient.
+    let other = arr(202, 57, -1.0, 1.0);
+    check("residual_add", &x, &dy, &dy, |x| r::residual_add(x.view(), other.view()));
     // One model, and three members of 19 elements per example with rates of their own.
     for (seeds, p, len) in
         [(&[5u64][..], &[0.3f32][..], 57), (&[7][..], &[0.5][..], 57), (&[1, 2, 3][..], &[0.3, 0.5, 0.1][..], 19)]
@@ -173,6 +178,22 @@ fn maxpool_backward_matches_finite_differences() {
         let dy = arr(310 + i as u64, y.raw_dim(), -1.0, 1.0);
         let dx = r::maxpool_backward(dy.view(), arg.view(), (h, w));
         check(&format!("maxpool case {i}"), &x, &dy, &dx, |x| r::maxpool_forward(x.view(), size, stride).0);
+    }
+}
+
+#[test]
+fn avgpool_backward_matches_finite_differences() {
+    // (c, h, w, window, stride): non-overlapping with rows and columns in no window,
+    // overlapping, and global pooling of a non-square map.
+    for (i, &(c, h, w, (kh, kw), stride)) in
+        [(2, 7, 5, (2, 2), 2), (3, 7, 7, (3, 3), 2), (1, 6, 5, (3, 3), 1), (2, 5, 3, (5, 3), 1)].iter().enumerate()
+    {
+        let n = 2;
+        let x = arr(320 + i as u64, (n, c, h, w), -2.0, 2.0);
+        let y = r::avgpool_forward(x.view(), (kh, kw), stride);
+        let dy = arr(330 + i as u64, y.raw_dim(), -1.0, 1.0);
+        let dx = r::avgpool_backward(dy.view(), (h, w), (kh, kw), stride);
+        check(&format!("avgpool case {i}"), &x, &dy, &dx, |x| r::avgpool_forward(x.view(), (kh, kw), stride));
     }
 }
 
@@ -209,6 +230,10 @@ fn loss_backward_matches_finite_differences() {
         check("softmax cross-entropy", &z, &ones, &dz, |z| r::softmax_xent(z.view(), &labels).1);
         let dz = r::mse_backward(z.view(), &labels, scale);
         check("mse", &z, &ones, &dz, |z| r::mse(z.view(), &labels).0);
+        // Label smoothing, a different amount per row.
+        let s = Array1::from_shape_fn(n, |j| [0.1, 0.0, 0.35][j % 3]);
+        let dz = r::smoothed_xent_backward(p.view(), &labels, s.view(), scale);
+        check("smoothed cross-entropy", &z, &ones, &dz, |z| r::smoothed_xent(z.view(), &labels, s.view()));
     }
 }
 
@@ -258,6 +283,30 @@ fn reference_ops_on_hand_computed_cases() {
     let ones: ArrayView1<f64> = ArrayView1::from(&[1.0, 1.0][..]);
     let scale = Array1::ones(2);
     assert_eq!(r::activation_backward(ones, array![0.0, 2.0].view(), Act::Relu, scale.view()), array![0.0, 1.0]);
+    // Leaky relu, gelu and silu at known points: gelu(1) = Phi(1) = 0.8413447460685429,
+    // silu(1) = 1 / (1 + e^-1) = 0.7310585786300049, gelu'(0) = silu'(0) = 1/2.
+    assert_eq!(r::act(-2.0, Act::LeakyRelu(0.5)), -1.0);
+    assert!((r::act(1.0, Act::Gelu) - 0.8413447460685429).abs() < 1e-15);
+    assert!((r::act(-1.0, Act::Gelu) - 0.8413447460685429 + 1.0).abs() < 1e-15);
+    assert!((r::act(1.0, Act::Silu) - 0.7310585786300049).abs() < 1e-15);
+    assert_eq!((r::act_grad_input(0.0, Act::Gelu), r::act_grad_input(0.0, Act::Silu)), (0.5, 0.5));
+    // Average pooling of 1..16 (4x4) in 2x2 windows: the windows' means; globally 8.5.
+    let x = Array::from_shape_vec((1, 1, 4, 4), (1..=16).map(f64::from).collect()).unwrap();
+    assert_eq!(r::avgpool_forward(x.view(), (2, 2), 2).iter().copied().collect::<Vec<_>>(), vec![3.5, 5.5, 11.5, 13.5]);
+    assert_eq!(r::avgpool_forward(x.view(), (4, 4), 1)[[0, 0, 0, 0]], 8.5);
+    // Label smoothing 0.3 over 2 classes with logits (0, ln 3): target (0.85, 0.15) for label
+    // 0; loss 0.7 ln 4 + 0.3 (ln 4 + ln 4/3) / 2.
+    let s = array![0.3];
+    let loss = r::smoothed_xent(array![[0.0, 3f64.ln()]].view(), &[0], s.view());
+    assert!((loss[0] - (0.7 * 4f64.ln() + 0.15 * (4f64.ln() + (4.0f64 / 3.0).ln()))).abs() < 1e-15);
+    let dz = r::smoothed_xent_backward(array![[0.25, 0.75]].view(), &[0], s.view(), 1.0);
+    assert!((dz[[0, 0]] + 0.6).abs() < 1e-15 && (dz[[0, 1]] - 0.6).abs() < 1e-15, "{dz}");
+    // SGD with weight decay 0.5 and Nesterov momentum 0.9, lr 0.1, from p = 2, grad 1:
+    // g = 1 + 0.5 * 2 = 2; b = 2; step 0.1 (2 + 0.9 * 2) = 0.38.
+    let (mut p, mut b) = (array![2.0], array![0.0]);
+    let one = |v: f64| array![v];
+    r::sgd_step(&mut p, one(1.0).view(), &mut b, one(0.1).view(), one(0.9).view(), one(0.5).view(), true);
+    assert!((p[0] - 1.62).abs() < 1e-15 && b[0] == 2.0, "{p} {b}");
     // A grouped convolution is its groups side by side: 2 groups of 1 channel each.
     let x = Array::from_shape_vec((1, 2, 1, 2), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
     let w = Array::from_shape_vec((2, 1, 1, 1), vec![10.0, -1.0]).unwrap();
@@ -290,6 +339,7 @@ fn whole_models_match_the_reference() {
         ["mlp", "cnn-a", "cnn2", "cnn4", "cnn6", "b2"].iter().map(|n| presets::load(n).unwrap()).collect();
     specs.push(presets::parse(bn, "bn").unwrap());
     specs.push(presets::load("vgg").unwrap());
+    specs.push(presets::load(repo().join("tests/fixtures/residual_small.toml").to_str().unwrap()).unwrap());
     let n = 3;
     let digits = data::load_dir(&mnist_dir()).unwrap().0.take(n);
     // RGB pictures for the VGG-style preset, normalised per channel.
@@ -342,17 +392,24 @@ fn whole_models_match_the_reference() {
 fn whole_arrays_match_the_reference() {
     let n = 3;
     let digits = data::load_dir(&mnist_dir()).unwrap().0.take(n);
-    for (name, k, dropout) in [("fc-b", 3, None), ("cnn4", 2, Some([0.1f32, 0.4])), ("cnn6", 2, None)] {
+    let residual = repo().join("tests/fixtures/residual_small.toml");
+    for (name, k, dropout) in [
+        ("fc-b", 3, None),
+        ("cnn4", 2, Some([0.1f32, 0.4])),
+        ("cnn6", 2, None),
+        (residual.to_str().unwrap(), 2, Some([0.0, 0.3])),
+    ] {
         let spec = presets::load(name).unwrap();
         let list: Vec<Member> = (0..k)
             .map(|i| {
                 let mut spec = spec.clone();
+                spec.train.label_smoothing *= i as f32;
                 if let Some(p) = dropout {
-                    for l in &mut spec.layers {
+                    gpu_train::model::spec::for_each_mut(&mut spec.layers, &mut |l| {
                         if let gpu_train::model::LayerSpec::Dropout { p: q } = l {
                             *q = p[i];
                         }
-                    }
+                    });
                 }
                 Member { seed: 20 + i as u64, spec }
             })

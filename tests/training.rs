@@ -69,6 +69,10 @@ fn whole_model_gradients_match_finite_differences() {
     let mut specs: Vec<ModelSpec> =
         ["mlp", "cnn-a", "fc-b", "cnn2", "cnn3", "cnn4", "cnn6", "b2", "a-cnn6"].iter().map(|n| spec(n)).collect();
     specs.push(presets::parse(bn, "bn").unwrap());
+    // Residual blocks of every wiring, with gelu, silu, leaky relu and average pooling.
+    let mut res = presets::load(repo().join("tests/fixtures/residual_small.toml").to_str().unwrap()).unwrap();
+    res.train.label_smoothing = 0.0;
+    specs.push(res);
     let data = Dataset {
         images: uniform(77, 3 * 784, 1.0, 256.0).iter().map(|&v| v as u8).collect(),
         labels: vec![3, 1, 4],

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use gpu_train::model::ModelSpec;
-use gpu_train::model::spec::{LayerSpec, Optimizer};
+use gpu_train::model::spec::{self, LayerSpec, Loss, Optimizer};
 use gpu_train::network::Member;
 
 /// The most members one run takes (a bound on mistakes like `--seeds 1..100000000`; what
@@ -18,6 +18,7 @@ const KEYS: &[(&str, &[&str])] = &[
     ("lr", &["lr", "learning_rate"]),
     ("weight_decay", &["weight_decay", "wd"]),
     ("momentum", &["momentum"]),
+    ("label_smoothing", &["label_smoothing", "smoothing"]),
     ("ema", &["ema"]),
     ("dropout", &["dropout"]),
 ];
@@ -30,8 +31,8 @@ pub struct ArrayArgs {
     #[arg(long, value_name = "SEEDS")]
     pub seeds: Option<String>,
     /// One model per value of a recipe setting, in the same pass: `lr=0.001,0.003`; keys lr,
-    /// weight_decay (wd), momentum, ema, dropout (every dropout layer's p); several --sweep
-    /// cross with each other and with the seeds
+    /// weight_decay (wd), momentum, label_smoothing (smoothing), ema, dropout (every dropout
+    /// layer's p); several --sweep cross with each other and with the seeds
     #[arg(long, value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
     /// Seed of the batch order, augmentation and validation split, which every member of an
@@ -160,23 +161,26 @@ pub fn parse_sweep(s: &str) -> Result<(&'static str, Vec<(String, f32)>)> {
 fn apply(spec: &mut ModelSpec, key: &str, text: &str, v: f32) -> Result<()> {
     match (key, &mut spec.train.optimizer) {
         ("lr", o) => o.set_lr(v),
-        ("weight_decay", Optimizer::Adam { weight_decay, .. }) => *weight_decay = v,
-        ("weight_decay", Optimizer::Sgd { .. }) => {
-            bail!("--sweep weight_decay: {}'s optimizer is sgd, which has no weight decay", spec.name)
+        ("weight_decay", Optimizer::Adam { weight_decay, .. } | Optimizer::Sgd { weight_decay, .. }) => {
+            *weight_decay = v
         }
         ("momentum", Optimizer::Sgd { momentum, .. }) => *momentum = v,
         ("momentum", Optimizer::Adam { .. }) => {
             bail!("--sweep momentum: {}'s optimizer is adam (its betas are not swept); momentum is sgd's", spec.name)
         }
+        ("label_smoothing", _) if spec.train.loss != Loss::CrossEntropy => {
+            bail!("--sweep label_smoothing: {} is trained with mse; label smoothing is the cross-entropy's", spec.name)
+        }
+        ("label_smoothing", _) => spec.train.label_smoothing = v,
         ("ema", _) => spec.train.ema = Some(v),
         ("dropout", _) => {
             let mut any = false;
-            for l in &mut spec.layers {
+            spec::for_each_mut(&mut spec.layers, &mut |l| {
                 if let LayerSpec::Dropout { p } = l {
                     *p = v;
                     any = true;
                 }
-            }
+            });
             if !any {
                 bail!("--sweep dropout: {} has no dropout layer", spec.name);
             }

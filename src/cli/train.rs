@@ -299,7 +299,15 @@ fn describe_optimizer(o: &Optimizer) -> String {
             format!("adam lr {lr} (bias correction per epoch, as seed B)")
         }
         Optimizer::Adam { lr, .. } => format!("adam lr {lr}"),
-        Optimizer::Sgd { lr, momentum } if momentum > 0.0 => format!("sgd lr {lr} momentum {momentum}"),
-        Optimizer::Sgd { lr, .. } => format!("sgd lr {lr}"),
+        Optimizer::Sgd { lr, momentum, nesterov, weight_decay } => {
+            let mut s = format!("sgd lr {lr}");
+            if momentum > 0.0 {
+                s += &format!(" {}momentum {momentum}", if nesterov { "nesterov " } else { "" });
+            }
+            if weight_decay > 0.0 {
+                s += &format!(" wd {weight_decay}");
+            }
+            s
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! Element-wise activations. The backward uses the activation's output y:
-//! relu' = [y > 0], sigmoid' = y (1 - y), tanh' = 1 - y^2.
+//! Element-wise activations. The backward uses the activation's output y where it can:
+//! relu' = [y > 0], sigmoid' = y (1 - y), tanh' = 1 - y^2, leaky relu' = 1 or the slope by
+//! the sign of y; gelu's and silu's derivatives need the input x: gelu' = Phi(x) + x phi(x),
+//! silu' = s (1 + x (1 - s)) with s = sigmoid(x).
 
 use rayon::prelude::*;
 
@@ -24,24 +26,62 @@ impl Epi {
 
 const PAR_CHUNK: usize = 1 << 14;
 
+/// sigmoid(x), finite for any x (both branches exponentiate a non-positive number).
 #[inline]
-pub fn act_scalar<T: Real>(x: T, a: Act) -> T {
+fn sigmoid<T: Real>(x: T) -> T {
     let one = T::one();
-    match a {
-        Act::Relu => x.max(T::zero()),
-        Act::Sigmoid => {
-            // Both branches stay finite for any x.
-            if x >= T::zero() {
-                one / (one + (-x).exp())
-            } else {
-                let e = x.exp();
-                e / (one + e)
-            }
-        }
-        Act::Tanh => x.tanh(),
+    if x >= T::zero() {
+        one / (one + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (one + e)
     }
 }
 
+/// Phi(x), the standard normal CDF: (1 + erf(x / sqrt 2)) / 2.
+#[inline]
+fn normal_cdf<T: Real>(x: T) -> T {
+    T::of(0.5) * (T::one() + (x * T::of64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+}
+
+#[inline]
+pub fn act_scalar<T: Real>(x: T, a: Act) -> T {
+    match a {
+        Act::Relu => x.max(T::zero()),
+        Act::Sigmoid => sigmoid(x),
+        Act::Tanh => x.tanh(),
+        Act::LeakyRelu(s) => {
+            if x > T::zero() {
+                x
+            } else {
+                x * T::of(s)
+            }
+        }
+        Act::Gelu => x * normal_cdf(x),
+        Act::Silu => x * sigmoid(x),
+    }
+}
+
+/// The derivative at input x (every activation).
+#[inline]
+pub fn act_grad_from_input<T: Real>(x: T, a: Act) -> T {
+    let one = T::one();
+    match a {
+        Act::Gelu => {
+            // phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+            let phi = (-(x * x) * T::of(0.5)).exp()
+                * T::of64(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+            normal_cdf(x) + x * phi
+        }
+        Act::Silu => {
+            let s = sigmoid(x);
+            s * (one + x * (one - s))
+        }
+        _ => act_grad_from_output(act_scalar(x, a), a),
+    }
+}
+
+/// The derivative from the output y (the activations whose `grad_from_output` holds).
 #[inline]
 pub fn act_grad_from_output<T: Real>(y: T, a: Act) -> T {
     let one = T::one();
@@ -55,6 +95,14 @@ pub fn act_grad_from_output<T: Real>(y: T, a: Act) -> T {
         }
         Act::Sigmoid => y * (one - y),
         Act::Tanh => one - y * y,
+        Act::LeakyRelu(s) => {
+            if y > T::zero() {
+                one
+            } else {
+                T::of(s)
+            }
+        }
+        Act::Gelu | Act::Silu => unreachable!("gelu and silu take their derivative from the input"),
     }
 }
 
@@ -93,8 +141,8 @@ pub fn activation_forward<T: Real>(out: &mut [T], inp: &[T], len: usize, a: Act)
         .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = act_scalar(x, a)));
 }
 
-/// dinp = dout * act'(out), times the dropout scale of each element's member after a fused
-/// relu + dropout.
+/// dinp = dout * act'(.), from `saved` (the output, or gelu's and silu's input), times the
+/// dropout scale of each element's member after a fused relu + dropout.
 #[allow(clippy::too_many_arguments)]
 pub fn activation_backward<T: Real>(
     dinp: &mut [T],
@@ -136,5 +184,8 @@ fn backward_chunk<T: Real>(d: &mut [T], g: &[T], y: &[T], a: Act, scale: T) {
         }),
         Act::Sigmoid => (0..n).for_each(|i| d[i] = g[i] * (y[i] * (one - y[i])) * scale),
         Act::Tanh => (0..n).for_each(|i| d[i] = g[i] * (one - y[i] * y[i]) * scale),
+        Act::LeakyRelu(_) => (0..n).for_each(|i| d[i] = g[i] * act_grad_from_output(y[i], a) * scale),
+        // `y` holds the input here.
+        Act::Gelu | Act::Silu => (0..n).for_each(|i| d[i] = g[i] * act_grad_from_input(y[i], a) * scale),
     }
 }

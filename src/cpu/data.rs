@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use super::real::Real;
 use crate::backend::Gather;
-use crate::data::augment::{batch_altered, image_flipped, image_transform, sample_image};
+use crate::data::augment::{batch_altered, image_flipped, image_shift, image_transform, sample_image};
 
 /// Byte `i` of a buffer of bytes packed four to a u32, little-endian.
 #[inline]
@@ -22,8 +22,9 @@ pub fn gather_batch<T: Real>(x: &mut [T], y: &mut [u32], images: &[u32], labels:
         let img: Vec<u8> = (idx * len..(idx + 1) * len).map(|i| packed_byte(images, i)).collect();
         let tf = altered.map(|(a, key)| image_transform(key, j as u32, &a, g.height, g.width));
         let flip = g.augment.is_some_and(|(a, key)| a.flip && image_flipped(key, j as u32));
+        let moved = g.augment.map_or((0, 0), |(a, key)| image_shift(key, j as u32, a.translate));
         let mut px = vec![0f32; len];
-        sample_image(&mut px, &img, shape, tf, flip, &g.mean, &g.std);
+        sample_image(&mut px, &img, shape, tf, flip, moved, &g.mean, &g.std);
         out.iter_mut().zip(&px).for_each(|(o, &v)| *o = T::of(v));
     });
     for j in (0..g.n).filter(|&j| held(j)) {

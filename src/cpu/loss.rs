@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::real::Real;
+use crate::backend::{Xent, table_f32};
 
 /// (argmax, max) of a row; the first maximum wins.
 fn argmax<T: Real>(row: &[T]) -> (usize, T) {
@@ -17,8 +18,8 @@ fn argmax<T: Real>(row: &[T]) -> (usize, T) {
     (best, row[best])
 }
 
-/// Writes softmax(z) into p and returns (loss, correct) for label y.
-fn softmax_row<T: Real>(p: &mut [T], z: &[T], y: usize) -> (T, bool) {
+/// Writes softmax(z) into p; returns (log of the sum of exp(z - max), max, argmax).
+fn softmax<T: Real>(p: &mut [T], z: &[T]) -> (T, T, usize) {
     let (best, max) = argmax(z);
     let mut sum = T::zero();
     for (p, &z) in p.iter_mut().zip(z) {
@@ -27,8 +28,14 @@ fn softmax_row<T: Real>(p: &mut [T], z: &[T], y: usize) -> (T, bool) {
     }
     let inv = T::one() / sum;
     p.iter_mut().for_each(|p| *p *= inv);
+    (sum.ln(), max, best)
+}
+
+/// Writes softmax(z) into p and returns (loss, correct) for label y.
+fn softmax_row<T: Real>(p: &mut [T], z: &[T], y: usize) -> (T, bool) {
+    let (log_sum, max, best) = softmax(p, z);
     // -log softmax[y] = log(sum) - (z[y] - max)
-    (sum.ln() - (z[y] - max), best == y)
+    (log_sum - (z[y] - max), best == y)
 }
 
 /// Each member's summed loss and hits over its rows (every `members`-th, from its own), in
@@ -41,6 +48,9 @@ fn write_stats<T: Real>(stats: &mut [T], slot: usize, members: usize, rows: &[(T
     }
 }
 
+/// dlogits = (softmax - target) * scale, target = (1 - s) onehot + s / classes with each
+/// member's label smoothing s (`Xent`); the stats hold the smoothed loss (1 - s) (-log
+/// p[label]) + s mean_j(-log p[j]), where -log p[j] = log(sum) - (z[j] - max).
 #[allow(clippy::too_many_arguments)]
 pub fn softmax_xent_forward_backward<T: Real>(
     dlogits: &mut [T],
@@ -48,12 +58,12 @@ pub fn softmax_xent_forward_backward<T: Real>(
     slot: usize,
     logits: &[T],
     labels: &[u32],
+    table: &[u32],
     n: usize,
-    members: usize,
-    classes: usize,
-    scale: f32,
+    x: &Xent,
 ) {
-    let scale = T::of(scale);
+    let (members, classes) = (x.members, x.classes);
+    let scale = T::of(x.scale);
     let len = n * members * classes;
     let rows: Vec<(T, bool)> = dlogits[..len]
         .par_chunks_mut(classes)
@@ -61,10 +71,21 @@ pub fn softmax_xent_forward_backward<T: Real>(
         .enumerate()
         .map(|(r, (d, z))| {
             let y = labels[r / members] as usize;
-            let out = softmax_row(d, z, y);
-            d[y] -= T::one();
-            d.iter_mut().for_each(|v| *v *= scale);
-            out
+            let s = table_f32(table, x.smoothing_at + r % members);
+            let (keep, spread) = (T::of(1.0 - s), T::of(s / classes as f32));
+            let (log_sum, max, best) = softmax(d, z);
+            for (j, v) in d.iter_mut().enumerate() {
+                let target = if j == y { keep + spread } else { spread };
+                *v = (*v - target) * scale;
+            }
+            let nll = log_sum - (z[y] - max);
+            let loss = if s == 0.0 {
+                nll
+            } else {
+                let mean = z.iter().map(|&v| v - max).sum::<T>() / T::of(classes as f32);
+                keep * nll + T::of(s) * (log_sum - mean)
+            };
+            (loss, best == y)
         })
         .collect();
     write_stats(stats, slot, members, &rows);

@@ -16,10 +16,11 @@ pub mod loss;
 pub mod optim;
 pub mod pool;
 pub mod real;
+pub mod residual;
 
-use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep, Xent};
 use crate::error::Result;
-use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
+use crate::model::{Act, AvgPool, BatchNorm, Conv2d, Dense, Pool};
 
 use real::Real;
 
@@ -197,6 +198,18 @@ impl<T: Real> Backend for Cpu<T> {
         )
     }
 
+    fn residual_add(&mut self, out: &mut Vec<T>, a: &Vec<T>, b: &Vec<T>, len: usize) {
+        self.timed(|| "residual_add".to_string(), || residual::residual_add(out, a, b, len))
+    }
+
+    fn avgpool_forward(&mut self, out: &mut Vec<T>, inp: &Vec<T>, l: &AvgPool, n: usize) {
+        self.timed(|| "avgpool_forward".to_string(), || pool::avgpool_forward(out, inp, l, n))
+    }
+
+    fn avgpool_backward(&mut self, dinp: &mut Vec<T>, dout: &Vec<T>, l: &AvgPool, n: usize) {
+        self.timed(|| "avgpool_backward".to_string(), || pool::avgpool_backward(dinp, dout, l, n))
+    }
+
     fn maxpool_forward(&mut self, out: &mut Vec<T>, argmax: &mut Vec<u32>, inp: &Vec<T>, l: &Pool, n: usize) {
         self.timed(|| "maxpool_forward".to_string(), || pool::maxpool_forward(out, argmax, inp, l, n))
     }
@@ -254,14 +267,13 @@ impl<T: Real> Backend for Cpu<T> {
         slot: usize,
         logits: &Vec<T>,
         labels: &Vec<u32>,
+        table: &Vec<u32>,
         n: usize,
-        members: usize,
-        classes: usize,
-        scale: f32,
+        x: &Xent,
     ) {
         self.timed(
             || "softmax_xent_forward_backward".to_string(),
-            || loss::softmax_xent_forward_backward(dlogits, stats, slot, logits, labels, n, members, classes, scale),
+            || loss::softmax_xent_forward_backward(dlogits, stats, slot, logits, labels, table, n, x),
         )
     }
 

@@ -44,17 +44,22 @@ pub fn adam_step<T: Real>(
 pub fn sgd_step<T: Real>(params: &mut [T], grads: &[T], velocity: &mut [T], table: &[u32], len: usize, s: &SgdStep) {
     for (r, k) in s.segments.runs(table, len) {
         let (lr, momentum) = (table_f32(table, s.lr_at + k), table_f32(table, s.momentum_at + k));
-        let (lr_t, momentum_t) = (T::of(lr), T::of(momentum));
+        let wd = table_f32(table, s.wd_at + k);
+        let (lr_t, momentum_t, wd_t) = (T::of(lr), T::of(momentum), T::of(wd));
         let chunks = params[r.clone()].par_chunks_mut(PAR_CHUNK).zip(grads[r.clone()].par_chunks(PAR_CHUNK));
+        // torch.optim.SGD: g += wd p (coupled decay); b = momentum b + g; the step is lr b, or
+        // with Nesterov lr (g + momentum b). Without decay g stays the gradient bit for bit.
+        let grad = |p: T, g: T| if wd == 0.0 { g } else { g + wd_t * p };
         if momentum > 0.0 {
             chunks.zip(velocity[r].par_chunks_mut(PAR_CHUNK)).for_each(|((p, g), b)| {
                 for ((p, &g), b) in p.iter_mut().zip(g).zip(b.iter_mut()) {
+                    let g = grad(*p, g);
                     *b = momentum_t * *b + g;
-                    *p -= lr_t * *b;
+                    *p -= lr_t * if s.nesterov { g + momentum_t * *b } else { *b };
                 }
             });
         } else {
-            chunks.for_each(|(p, g)| p.iter_mut().zip(g).for_each(|(p, &g)| *p -= lr_t * g));
+            chunks.for_each(|(p, g)| p.iter_mut().zip(g).for_each(|(p, &g)| *p -= lr_t * grad(*p, g)));
         }
     }
 }

@@ -1,9 +1,9 @@
-//! Max pooling on the CPU, one (example, channel) plane per task.
+//! Max and average pooling on the CPU, one (example, channel) plane per task.
 
 use rayon::prelude::*;
 
 use super::real::Real;
-use crate::model::Pool;
+use crate::model::{AvgPool, Pool};
 
 pub fn maxpool_forward<T: Real>(out: &mut [T], argmax: &mut [u32], inp: &[T], l: &Pool, n: usize) {
     let (pin, pout) = (l.h_in * l.w_in, l.h_out * l.w_out);
@@ -74,4 +74,46 @@ pub fn maxpool_backward<T: Real>(dinp: &mut [T], dout: &[T], argmax: &[u32], l: 
                 dx[i as usize] += g;
             }
         });
+}
+
+/// Average pooling, one (example, channel) plane per task: each output the sum of its window,
+/// row by row, divided by the window's area.
+pub fn avgpool_forward<T: Real>(out: &mut [T], inp: &[T], l: &AvgPool, n: usize) {
+    let (pin, pout) = (l.h_in * l.w_in, l.h_out * l.w_out);
+    let area = T::of((l.kh * l.kw) as f32);
+    out[..n * l.c * pout].par_chunks_mut(pout).zip(inp[..n * l.c * pin].par_chunks(pin)).for_each(|(y, x)| {
+        for oy in 0..l.h_out {
+            for ox in 0..l.w_out {
+                let (y0, x0) = (oy * l.stride, ox * l.stride);
+                let mut sum = T::zero();
+                for ky in 0..l.kh {
+                    for &v in &x[(y0 + ky) * l.w_in + x0..][..l.kw] {
+                        sum += v;
+                    }
+                }
+                y[oy * l.w_out + ox] = sum / area;
+            }
+        }
+    });
+}
+
+/// dinp: each input element collects dout / area of every window it lies in, windows in row
+/// order (the GPU's gather adds them in the same order).
+pub fn avgpool_backward<T: Real>(dinp: &mut [T], dout: &[T], l: &AvgPool, n: usize) {
+    let (pin, pout) = (l.h_in * l.w_in, l.h_out * l.w_out);
+    let area = T::of((l.kh * l.kw) as f32);
+    dinp[..n * l.c * pin].par_chunks_mut(pin).zip(dout[..n * l.c * pout].par_chunks(pout)).for_each(|(dx, dy)| {
+        dx.fill(T::zero());
+        for oy in 0..l.h_out {
+            for ox in 0..l.w_out {
+                let g = dy[oy * l.w_out + ox] / area;
+                let (y0, x0) = (oy * l.stride, ox * l.stride);
+                for ky in 0..l.kh {
+                    for d in &mut dx[(y0 + ky) * l.w_in + x0..][..l.kw] {
+                        *d += g;
+                    }
+                }
+            }
+        }
+    });
 }

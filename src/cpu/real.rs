@@ -14,6 +14,8 @@ pub trait Real:
     fn of64(v: f64) -> Self;
     fn to64(self) -> f64;
     fn to32(self) -> f32;
+    /// The error function (libm's).
+    fn erf(self) -> Self;
     /// Runs `f` with this thread's scratch slice of `len` elements (contents unspecified).
     /// Not re-entrant: `f` must not call `with_scratch` for the same type.
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
@@ -51,6 +53,9 @@ impl Real for f32 {
     fn to32(self) -> f32 {
         self
     }
+    fn erf(self) -> Self {
+        libm::erff(self)
+    }
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         scratch(&SCRATCH32, len, f)
     }
@@ -68,6 +73,9 @@ impl Real for f64 {
     }
     fn to32(self) -> f32 {
         self as f32
+    }
+    fn erf(self) -> Self {
+        libm::erf(self)
     }
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         scratch(&SCRATCH64, len, f)

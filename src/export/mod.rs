@@ -5,7 +5,8 @@
 //!
 //! Opset 13 (IR version 7): the newest opset that all of those runtimes have supported for
 //! years, and one that has every op a gpu-train layer needs. Standard ops only, one per
-//! layer, named after the layer (`3.max_pool2d`); initializers carry the safetensors names
+//! layer (a few for gelu and silu), named after the layer (`3.max_pool2d`, `4.body.0.conv2d`);
+//! initializers carry the safetensors names
 //! (`0.weight`, `4.running_var`), so a reader of either file finds the other's tensors:
 //!
 //! | layer | ONNX |
@@ -14,8 +15,13 @@
 //! | conv2d | Conv, weight (c_out, c_in, kh, kw), pads (top, left, bottom, right) |
 //! | dense | Gemm, transB = 1 (our weight is torch's (out, in)) |
 //! | max_pool2d | MaxPool, no padding, floor (ceil_mode 0) as ours |
+//! | avg_pool2d | AveragePool, no padding, floor |
+//! | global_avg_pool | GlobalAveragePool |
 //! | batch_norm | BatchNormalization with the running statistics; on (N, C) after a dense layer too |
-//! | relu, sigmoid, tanh | Relu, Sigmoid, Tanh |
+//! | relu, sigmoid, tanh, leaky_relu | Relu, Sigmoid, Tanh, LeakyRelu (alpha = slope) |
+//! | gelu | x * 0.5 * (1 + Erf(x / sqrt 2)): Div, Erf, Add, Mul, Mul (Gelu is opset 20) |
+//! | silu | x * Sigmoid(x): Sigmoid, Mul |
+//! | residual | its body's and shortcut's ops, then Add of the two (the identity: the block's input) |
 //! | flatten | Flatten, axis 1 (NCHW flattens in C, H, W order, as ours); none on a flat input |
 //! | dropout | nothing: inference is the identity |
 //! | `--softmax` | Softmax, axis 1 |
@@ -72,8 +78,16 @@ pub fn export(model: &Loaded, softmax: bool) -> Result<Exported> {
     let [c, h, w] = arch.spec.input;
     let mut g = Builder { model, nodes: Vec::new(), initializers: Vec::new(), cur: "input".into() };
     g.normalize(c)?;
+    // The value each boundary is in the graph (a layer without an op passes its input on).
+    let mut values = vec![g.cur.clone()];
     for (i, layer) in arch.layers.iter().enumerate() {
-        g.layer(i, layer, arch.shapes[i])?;
+        g.cur = values[arch.inputs[i]].clone();
+        let other = match layer {
+            Layer::Add { other } => values[*other].clone(),
+            _ => String::new(),
+        };
+        g.layer(i, layer, arch.input_shape(i), other)?;
+        values.push(g.cur.clone());
     }
     let output = if softmax { "probabilities" } else { "logits" };
     if softmax {
@@ -226,16 +240,23 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// The ops of layer `i`, whose input has shape `shape`. The match names every layer kind
-    /// and input shape, so a new kind does not compile until it is exported, and a kind on an
-    /// input its ONNX op cannot take is an error, not a wrong graph.
-    fn layer(&mut self, i: usize, layer: &Layer, shape: Shape) -> Result<()> {
-        let name = |kind: &str| format!("{i}.{kind}");
+    /// A scalar constant (shape [1]) named `name`.
+    fn scalar(&mut self, name: &str, v: f32) -> String {
+        self.constant(name, &[1], &[v])
+    }
+
+    /// The ops of layer `i`, whose input (the current value) has shape `shape`; an `Add` also
+    /// reads the value `other`. The match names every layer kind and input shape, so a new
+    /// kind does not compile until it is exported, and a kind on an input its ONNX op cannot
+    /// take is an error, not a wrong graph.
+    fn layer(&mut self, i: usize, layer: &Layer, shape: Shape, other: String) -> Result<()> {
+        let layer_name = self.model.arch.names[i].clone();
+        let name = |kind: &str| format!("{layer_name}.{kind}");
         match (*layer, shape) {
             (Layer::Conv2d(l), Shape::Image { .. }) if l.groups != l.in_groups => {
                 return Err(self.err(format!(
-                    "layer {i}: {} groups reading {} input groups (an array's shared first layer) has no ONNX Conv; \
-                     export a member's own model file",
+                    "layer {layer_name}: {} groups reading {} input groups (an array's shared first layer) has no \
+                     ONNX Conv; export a member's own model file",
                     l.groups, l.in_groups
                 )));
             }
@@ -256,7 +277,8 @@ impl Builder<'_> {
             }
             (Layer::Dense(l), Shape::Flat(_)) if l.groups > 1 => {
                 return Err(self.err(format!(
-                    "layer {i}: a grouped dense layer (an array's) has no ONNX Gemm; export a member's own model file"
+                    "layer {layer_name}: a grouped dense layer (an array's) has no ONNX Gemm; export a member's own \
+                     model file"
                 )));
             }
             (Layer::Dense(l), Shape::Flat(_)) => {
@@ -270,6 +292,14 @@ impl Builder<'_> {
                 let attrs = vec![ints("kernel_shape", &[l.size, l.size]), ints("strides", &[l.stride, l.stride])];
                 self.op("MaxPool", &name("max_pool2d"), vec![], attrs);
             }
+            (Layer::AvgPool2d(l), Shape::Image { .. }) if l.is_global() => {
+                self.op("GlobalAveragePool", &name("global_avg_pool"), vec![], vec![]);
+            }
+            (Layer::AvgPool2d(l), Shape::Image { .. }) => {
+                let attrs = vec![ints("kernel_shape", &[l.kh, l.kw]), ints("strides", &[l.stride, l.stride])];
+                self.op("AveragePool", &name("avg_pool2d"), vec![], attrs);
+            }
+            (Layer::Add { .. }, _) => self.op("Add", &name("add"), vec![other], vec![]),
             (Layer::BatchNorm(l), _) => {
                 let inputs = vec![
                     self.tensor(i, TensorKind::Weight)?,
@@ -279,18 +309,34 @@ impl Builder<'_> {
                 ];
                 self.op("BatchNormalization", &name("batch_norm"), inputs, vec![float("epsilon", l.eps)]);
             }
-            (Layer::Act(a), _) => {
-                let (op, kind) = match a {
-                    Act::Relu => ("Relu", "relu"),
-                    Act::Sigmoid => ("Sigmoid", "sigmoid"),
-                    Act::Tanh => ("Tanh", "tanh"),
-                };
-                self.op(op, &name(kind), vec![], vec![]);
-            }
+            (Layer::Act(a), _) => match a {
+                Act::Relu => self.op("Relu", &name("relu"), vec![], vec![]),
+                Act::Sigmoid => self.op("Sigmoid", &name("sigmoid"), vec![], vec![]),
+                Act::Tanh => self.op("Tanh", &name("tanh"), vec![], vec![]),
+                Act::LeakyRelu(slope) => self.op("LeakyRelu", &name("leaky_relu"), vec![], vec![float("alpha", slope)]),
+                Act::Gelu => {
+                    // x * 0.5 * (1 + erf(x / sqrt 2)), torch's erf form.
+                    let x = self.cur.clone();
+                    let sqrt2 = self.scalar(&name("gelu.sqrt2"), std::f32::consts::SQRT_2);
+                    let one = self.scalar(&name("gelu.one"), 1.0);
+                    let half = self.scalar(&name("gelu.half"), 0.5);
+                    self.op("Div", &name("gelu.div"), vec![sqrt2], vec![]);
+                    self.op("Erf", &name("gelu.erf"), vec![], vec![]);
+                    self.op("Add", &name("gelu.add"), vec![one], vec![]);
+                    self.op("Mul", &name("gelu.mul"), vec![x], vec![]);
+                    self.op("Mul", &name("gelu"), vec![half], vec![]);
+                }
+                Act::Silu => {
+                    let x = self.cur.clone();
+                    self.op("Sigmoid", &name("silu.sigmoid"), vec![], vec![]);
+                    self.op("Mul", &name("silu"), vec![x], vec![]);
+                }
+            },
             (Layer::Flatten, Shape::Image { .. }) => self.op("Flatten", &name("flatten"), vec![], vec![int("axis", 1)]),
             (Layer::Flatten, Shape::Flat(_)) | (Layer::Dropout { .. }, _) => {}
-            (Layer::Conv2d(_) | Layer::MaxPool2d(_), Shape::Flat(_)) | (Layer::Dense(_), Shape::Image { .. }) => {
-                return Err(self.err(format!("layer {i} ({layer:?}) cannot take a {shape} input")));
+            (Layer::Conv2d(_) | Layer::MaxPool2d(_) | Layer::AvgPool2d(_), Shape::Flat(_))
+            | (Layer::Dense(_), Shape::Image { .. }) => {
+                return Err(self.err(format!("layer {layer_name} ({layer:?}) cannot take a {shape} input")));
             }
         }
         Ok(())

@@ -1,11 +1,11 @@
 //! `Backend` for the GPU: buffers and transfers here, every op a call to its launcher in
 //! `kernels/<family>.rs` (named like the op).
 
-use super::kernels::{activation, batchnorm, conv2d, data, dropout, gemm, loss, optim, pool};
+use super::kernels::{activation, batchnorm, conv2d, data, dropout, gemm, loss, optim, pool, residual};
 use super::{GpuBackend, GpuBuf};
-use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep, Xent};
 use crate::error::Result;
-use crate::model::{Act, BatchNorm, Conv2d, Dense, Pool};
+use crate::model::{Act, AvgPool, BatchNorm, Conv2d, Dense, Pool};
 
 impl Backend for GpuBackend {
     type Buf = GpuBuf;
@@ -122,6 +122,18 @@ impl Backend for GpuBackend {
         activation::activation_backward(self, dinp, dout, out, table, len, act, dropout)
     }
 
+    fn residual_add(&mut self, out: &mut GpuBuf, a: &GpuBuf, b: &GpuBuf, len: usize) {
+        residual::residual_add(self, out, a, b, len)
+    }
+
+    fn avgpool_forward(&mut self, out: &mut GpuBuf, inp: &GpuBuf, l: &AvgPool, n: usize) {
+        pool::avgpool_forward(self, out, inp, l, n)
+    }
+
+    fn avgpool_backward(&mut self, dinp: &mut GpuBuf, dout: &GpuBuf, l: &AvgPool, n: usize) {
+        pool::avgpool_backward(self, dinp, dout, l, n)
+    }
+
     fn maxpool_forward(&mut self, out: &mut GpuBuf, argmax: &mut GpuBuf, inp: &GpuBuf, l: &Pool, n: usize) {
         pool::maxpool_forward(self, out, argmax, inp, l, n)
     }
@@ -173,12 +185,11 @@ impl Backend for GpuBackend {
         slot: usize,
         logits: &GpuBuf,
         labels: &GpuBuf,
+        table: &GpuBuf,
         n: usize,
-        members: usize,
-        classes: usize,
-        scale: f32,
+        x: &Xent,
     ) {
-        loss::softmax_xent_forward_backward(self, dlogits, stats, slot, logits, labels, n, members, classes, scale)
+        loss::softmax_xent_forward_backward(self, dlogits, stats, slot, logits, labels, table, n, x)
     }
 
     fn softmax_xent_forward(

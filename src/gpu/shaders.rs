@@ -16,7 +16,7 @@ const TILED: &[&str] = &["conv2d", "gemm"];
 /// The member table (binding 7) and what reads it, put after COMMON in the families whose
 /// kernels take per-member values: dropout masks and rates, learning rates.
 pub const MEMBERS: &str = include_str!("../../shaders/members.wgsl");
-const WITH_MEMBERS: &[&str] = &["activation", "conv2d", "dropout", "gemm", "optim"];
+const WITH_MEMBERS: &[&str] = &["activation", "conv2d", "dropout", "gemm", "loss", "optim"];
 
 /// The binding of the member table in the families that have it.
 pub const MEMBER_TABLE: u32 = 7;
@@ -33,6 +33,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("pool", include_str!("../../shaders/pool.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("residual", include_str!("../../shaders/residual.wgsl")),
 ];
 
 /// How a kernel uses a storage binding.
@@ -73,11 +74,11 @@ pub const KERNELS: &[Kernel] = &[
     k("dense_backward_input", "gemm", &[(0, R), (1, R), (2, W), (7, R)]),
     k("dense_backward_weight", "gemm", &[(0, R), (1, R), (2, W), (7, R)]),
     k("gemm_skinny", "gemm", &[(0, R), (1, R), (2, W), (7, R)]),
-    k("softmax_xent_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
+    k("softmax_xent_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W), (7, R)]),
     k("softmax_xent_forward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
     k("mse_forward_backward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
     k("mse_forward", "loss", &[(0, R), (1, R), (2, W), (3, W)]),
-    k("softmax_xent_rows_forward_backward", "loss", &[(0, R), (1, R), (2, W), (4, W)]),
+    k("softmax_xent_rows_forward_backward", "loss", &[(0, R), (1, R), (2, W), (4, W), (7, R)]),
     k("softmax_xent_rows_forward", "loss", &[(0, R), (1, R), (2, W), (4, W)]),
     k("mse_rows_forward_backward", "loss", &[(0, R), (1, R), (2, W), (4, W)]),
     k("mse_rows_forward", "loss", &[(0, R), (1, R), (2, W), (4, W)]),
@@ -87,8 +88,11 @@ pub const KERNELS: &[Kernel] = &[
     k("ema_update", "optim", &[(0, R), (2, W), (7, R)]),
     k("maxpool_forward", "pool", &[(0, R), (1, W), (2, W)]),
     k("maxpool_backward", "pool", &[(0, R), (1, W), (2, W)]),
+    k("avgpool_forward", "pool", &[(0, R), (2, W)]),
+    k("avgpool_backward", "pool", &[(0, R), (2, W)]),
     k("bias_backward", "reduce", &[(0, R), (2, W)]),
     k("sum_partials", "reduce", &[(0, R), (2, W)]),
+    k("residual_add", "residual", &[(0, R), (1, R), (2, W)]),
 ];
 
 /// The complete module source of a family: common helpers (and, for the GEMM families, the

@@ -13,12 +13,66 @@ use crate::rng;
 pub use spec::{Init, LayerSpec, ModelSpec, Recipe};
 use spec::{Padding, PaddingName};
 
-/// Element-wise activation. The code is what the shaders see (0 = none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Element-wise activation.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Act {
-    Relu = 1,
-    Sigmoid = 2,
-    Tanh = 3,
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// x for x > 0, slope x otherwise (slope >= 0).
+    LeakyRelu(f32),
+    /// x Phi(x), Phi the standard normal CDF (torch's erf form).
+    Gelu,
+    /// x sigmoid(x).
+    Silu,
+}
+
+impl Act {
+    /// What the shaders see (0 = none): 1 relu, 2 sigmoid, 3 tanh, 4 leaky relu (with its
+    /// slope passed beside), 5 gelu, 6 silu.
+    pub fn code(self) -> u32 {
+        match self {
+            Act::Relu => 1,
+            Act::Sigmoid => 2,
+            Act::Tanh => 3,
+            Act::LeakyRelu(_) => 4,
+            Act::Gelu => 5,
+            Act::Silu => 6,
+        }
+    }
+
+    /// Leaky relu's slope (0 for the others).
+    pub fn slope(self) -> f32 {
+        match self {
+            Act::LeakyRelu(s) => s,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether the derivative is a function of the output y (relu, sigmoid, tanh, leaky relu
+    /// with slope >= 0), so the backward reads the output; gelu's and silu's are not, and
+    /// theirs read the input.
+    pub fn grad_from_output(self) -> bool {
+        !matches!(self, Act::Gelu | Act::Silu)
+    }
+
+    /// Whether a conv or dense layer's epilogue applies it (`backend::Epilogue`): the ones
+    /// whose backward needs only the output and whose code needs no argument.
+    pub fn fuses(self) -> bool {
+        matches!(self, Act::Relu | Act::Sigmoid | Act::Tanh)
+    }
+
+    /// The model-file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::Relu => "relu",
+            Act::Sigmoid => "sigmoid",
+            Act::Tanh => "tanh",
+            Act::LeakyRelu(_) => "leaky_relu",
+            Act::Gelu => "gelu",
+            Act::Silu => "silu",
+        }
+    }
 }
 
 /// Shape of one example's activation.
@@ -204,6 +258,33 @@ impl Pool {
     }
 }
 
+/// Average pooling over `kh x kw` windows with `stride` (no padding, floor mode); global
+/// average pooling is the window of the whole map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AvgPool {
+    pub c: usize,
+    pub h_in: usize,
+    pub w_in: usize,
+    pub h_out: usize,
+    pub w_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+}
+
+impl AvgPool {
+    pub fn in_len(&self) -> usize {
+        self.c * self.h_in * self.w_in
+    }
+    pub fn out_len(&self) -> usize {
+        self.c * self.h_out * self.w_out
+    }
+    /// Whether one window covers the whole map (global average pooling).
+    pub fn is_global(&self) -> bool {
+        self.kh == self.h_in && self.kw == self.w_in
+    }
+}
+
 /// Batch normalisation over channels (after a conv: per channel over N, H, W; after a dense
 /// layer: per feature over N, with hw = 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -218,15 +299,32 @@ pub struct BatchNorm {
     pub var_off: usize,  // in the state buffer
 }
 
+/// One layer of the resolved, flattened list (`Arch::layers`). A residual block becomes its
+/// body's layers, its shortcut's layers and an `Add` of the two.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Layer {
     Conv2d(Conv2d),
     Dense(Dense),
     MaxPool2d(Pool),
+    AvgPool2d(AvgPool),
     Flatten,
-    Dropout { p: f32 },
+    Dropout {
+        p: f32,
+    },
     Act(Act),
     BatchNorm(BatchNorm),
+    /// The end of a residual block: its input (the body's output) plus boundary `other`
+    /// (the shortcut's output, or the block's input for an identity shortcut).
+    Add {
+        other: usize,
+    },
+}
+
+impl Layer {
+    /// Whether it has trained parameters.
+    pub fn has_params(&self) -> bool {
+        matches!(self, Layer::Conv2d(_) | Layer::Dense(_) | Layer::BatchNorm(_))
+    }
 }
 
 /// What a named tensor is, for loading and saving.
@@ -286,15 +384,23 @@ struct Table {
 }
 
 impl Table {
-    /// Adds a tensor; errs when its size (or the total) is past any machine's memory.
-    fn add(&mut self, layer: usize, suffix: &str, kind: TensorKind, shape: Vec<usize>) -> Result<usize, String> {
+    /// Adds flat layer `layer`'s tensor `{name}.{suffix}`; errs when its size (or the total)
+    /// is past any machine's memory.
+    fn add(
+        &mut self,
+        layer: usize,
+        name: &str,
+        suffix: &str,
+        kind: TensorKind,
+        shape: Vec<usize>,
+    ) -> Result<usize, String> {
         let offset = self.len;
         let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&n| n <= MAX_ELEMENTS);
         let total = len.and_then(|n| offset.checked_add(n)).filter(|&n| n <= MAX_ELEMENTS);
         let Some(total) = total else {
             return Err(format!("its {suffix} of shape {shape:?} is too large for any machine"));
         };
-        let info = TensorInfo { name: format!("{layer}.{suffix}"), shape, offset, layer, kind };
+        let info = TensorInfo { name: format!("{name}.{suffix}"), shape, offset, layer, kind };
         self.len = align(total);
         self.tensors.push(info);
         Ok(offset)
@@ -302,18 +408,299 @@ impl Table {
 }
 
 /// A resolved architecture.
+///
+/// The layer list is flattened: a residual block's body layers, then its shortcut's, then an
+/// `Add`, so `layers` is the order the ops run in. Activations are indexed by boundary:
+/// boundary 0 is the input and boundary k + 1 the output of flat layer k, which reads
+/// boundary `inputs[k]` (k for a plain list; a shortcut's first layer reads its block's
+/// input).
 #[derive(Debug, Clone)]
 pub struct Arch {
     pub spec: ModelSpec,
     /// Models trained side by side in this network (1: a model of its own; see `fused`).
     pub members: usize,
     pub layers: Vec<Layer>,
-    /// shapes[i] is the input of layer i; the last entry is the model's output.
+    /// The boundary each layer reads.
+    pub inputs: Vec<usize>,
+    /// Each layer's name in the model file's tensor names (`3`, `3.body.0`, `3.shortcut.1`);
+    /// an `Add` carries its block's name.
+    pub names: Vec<String>,
+    /// shapes[k] is boundary k: the input (k = 0), else layer k - 1's output; the last entry
+    /// is the model's output.
     pub shapes: Vec<Shape>,
     pub params: Vec<TensorInfo>,
     pub n_params: usize,
     pub state: Vec<TensorInfo>,
     pub n_state: usize,
+}
+
+/// Resolves a layer list into flat layers, shapes and tensor offsets (see `Arch`).
+struct Builder<'a> {
+    model: &'a str,
+    /// Members (see `Arch::fused`).
+    k: usize,
+    layers: Vec<Layer>,
+    inputs: Vec<usize>,
+    names: Vec<String>,
+    shapes: Vec<Shape>,
+    params: Table,
+    state: Table,
+    /// Whether the activations have a member dimension yet: the input is shared, each
+    /// member's own values start at the first conv2d or dense layer.
+    split: bool,
+}
+
+impl Builder<'_> {
+    fn err(&self, at: &str, msg: impl Into<String>) -> Error {
+        Error::arch(self.model, format!("layer {at}: {}", msg.into()))
+    }
+
+    /// One member's share of a size (all of it while the input is still shared).
+    fn per(&self, n: usize) -> usize {
+        if self.split { n / self.k } else { n }
+    }
+
+    /// The layers of `list`, named `{prefix}{j}`, the first reading boundary `inp`: the
+    /// boundary of the last one's output (`inp` for an empty list).
+    fn list(&mut self, list: &[LayerSpec], prefix: &str, inp: usize) -> Result<usize> {
+        let mut cur = inp;
+        for (j, ls) in list.iter().enumerate() {
+            cur = self.layer(ls, format!("{prefix}{j}"), cur)?;
+        }
+        Ok(cur)
+    }
+
+    fn push(&mut self, layer: Layer, name: String, inp: usize, shape: Shape) -> usize {
+        self.layers.push(layer);
+        self.inputs.push(inp);
+        self.names.push(name);
+        self.shapes.push(shape);
+        self.layers.len()
+    }
+
+    /// Adds the layer `ls`, named `at`, reading boundary `inp`; returns its output boundary.
+    fn layer(&mut self, ls: &LayerSpec, at: String, inp: usize) -> Result<usize> {
+        let shape = self.shapes[inp];
+        let k = self.k;
+        let i = self.layers.len();
+        let layer = match (ls, shape) {
+            (LayerSpec::Residual { layers, shortcut }, _) => {
+                if layers.is_empty() {
+                    return Err(self.err(&at, "a residual block needs at least one layer in its body (`layers`)"));
+                }
+                if k > 1 && !self.split {
+                    return Err(self.err(
+                        &at,
+                        "an array of models shares its input up to the first conv2d or dense layer, so no residual \
+                         block may come before it",
+                    ));
+                }
+                let body = self.list(layers, &format!("{at}.body."), inp)?;
+                let short = self.list(shortcut, &format!("{at}.shortcut."), inp)?;
+                let (b, s) = (self.shapes[body], self.shapes[short]);
+                if b != s {
+                    let what = if shortcut.is_empty() { "its identity shortcut passes" } else { "its shortcut gives" };
+                    return Err(self.err(
+                        &at,
+                        format!(
+                            "residual block: its body gives {b} but {what} {s}; the two must match (a shortcut of a 1x1 \
+                             conv2d with the body's filters and stride matches channels and size)"
+                        ),
+                    ));
+                }
+                return Ok(self.push(Layer::Add { other: short }, at, body, b));
+            }
+            (&LayerSpec::Conv2d { filters, kernel, stride, padding, bias, groups }, Shape::Image { c, h, w }) => {
+                let (kh, kw) = kernel.hw();
+                if filters == 0 || kh == 0 || kw == 0 || stride == 0 || groups == 0 {
+                    return Err(self.err(&at, "conv2d needs filters, kernel, stride and groups of at least 1"));
+                }
+                let cm = self.per(c);
+                if !cm.is_multiple_of(groups) || !filters.is_multiple_of(groups) {
+                    return Err(self.err(
+                        &at,
+                        format!(
+                            "conv2d groups = {groups} must divide its {cm} input channels and its {filters} filters"
+                        ),
+                    ));
+                }
+                let (pad_h, pad_w) = match padding {
+                    Padding::Pixels(p) => (p, p),
+                    Padding::Rect([ph, pw]) => (ph, pw),
+                    Padding::Named(PaddingName::Valid) => (0, 0),
+                    Padding::Named(PaddingName::Same) => {
+                        if stride != 1 || kh % 2 == 0 || kw % 2 == 0 {
+                            return Err(self.err(&at, "padding \"same\" needs stride 1 and an odd kernel"));
+                        }
+                        (kh / 2, kw / 2)
+                    }
+                };
+                if h + 2 * pad_h < kh || w + 2 * pad_w < kw {
+                    return Err(self.err(&at, format!("{kh}x{kw} kernel is larger than the padded {h}x{w} input")));
+                }
+                let (c_out, cg) = (k.saturating_mul(filters), cm / groups);
+                let w_off = self
+                    .params
+                    .add(i, &at, "weight", TensorKind::Weight, vec![c_out, cg, kh, kw])
+                    .map_err(|e| self.err(&at, e))?;
+                let b_off = match bias {
+                    true => Some(
+                        self.params.add(i, &at, "bias", TensorKind::Bias, vec![c_out]).map_err(|e| self.err(&at, e))?,
+                    ),
+                    false => None,
+                };
+                // Members after the first layer read their own channels; over the shared
+                // input, member m's group j reads input group j (one group: an ordinary
+                // convolution with K times the filters).
+                let (g, ig) = match (self.split, groups) {
+                    (true, g) => (k * g, k * g),
+                    (false, 1) => (1, 1),
+                    (false, g) => (k * g, g),
+                };
+                let conv = Conv2d::new(c, (h, w), c_out, (kh, kw), stride, (pad_h, pad_w), w_off, b_off);
+                Layer::Conv2d(conv.grouped(g, ig))
+            }
+            (LayerSpec::Conv2d { .. }, Shape::Flat(_)) => {
+                return Err(self.err(&at, "conv2d needs an image input, but its input is flat"));
+            }
+            (&LayerSpec::Dense { units, bias }, Shape::Flat(n)) => {
+                if units == 0 {
+                    return Err(self.err(&at, "dense needs at least 1 unit"));
+                }
+                let n_out = k.saturating_mul(units);
+                let n_in = self.per(n);
+                let w_off = self
+                    .params
+                    .add(i, &at, "weight", TensorKind::Weight, vec![n_out, n_in])
+                    .map_err(|e| self.err(&at, e))?;
+                let b_off = match bias {
+                    true => Some(
+                        self.params.add(i, &at, "bias", TensorKind::Bias, vec![n_out]).map_err(|e| self.err(&at, e))?,
+                    ),
+                    false => None,
+                };
+                Layer::Dense(Dense { n_in: n, n_out, groups: if self.split { k } else { 1 }, w_off, b_off })
+            }
+            (LayerSpec::Dense { .. }, Shape::Image { .. }) => {
+                return Err(self.err(
+                    &at,
+                    format!(
+                        "dense needs a flat input but gets an image ({shape}); add {{ type = \"flatten\" }} before it"
+                    ),
+                ));
+            }
+            (&LayerSpec::MaxPool2d { size, stride }, Shape::Image { c, h, w }) => {
+                let stride = stride.unwrap_or(size);
+                if size == 0 || stride == 0 || size > h || size > w {
+                    return Err(
+                        self.err(&at, format!("max_pool2d size {size} / stride {stride} does not fit a {h}x{w} input"))
+                    );
+                }
+                Layer::MaxPool2d(Pool {
+                    c,
+                    h_in: h,
+                    w_in: w,
+                    h_out: (h - size) / stride + 1,
+                    w_out: (w - size) / stride + 1,
+                    size,
+                    stride,
+                })
+            }
+            (&LayerSpec::AvgPool2d { size, stride }, Shape::Image { c, h, w }) => {
+                let stride = stride.unwrap_or(size);
+                if size == 0 || stride == 0 || size > h || size > w {
+                    return Err(
+                        self.err(&at, format!("avg_pool2d size {size} / stride {stride} does not fit a {h}x{w} input"))
+                    );
+                }
+                let (h_out, w_out) = ((h - size) / stride + 1, (w - size) / stride + 1);
+                Layer::AvgPool2d(AvgPool { c, h_in: h, w_in: w, h_out, w_out, kh: size, kw: size, stride })
+            }
+            (LayerSpec::GlobalAvgPool, Shape::Image { c, h, w }) => {
+                Layer::AvgPool2d(AvgPool { c, h_in: h, w_in: w, h_out: 1, w_out: 1, kh: h, kw: w, stride: 1 })
+            }
+            (LayerSpec::MaxPool2d { .. } | LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool, Shape::Flat(_)) => {
+                return Err(self.err(&at, "pooling needs an image input, but its input is flat"));
+            }
+            (LayerSpec::Flatten, _) => Layer::Flatten,
+            (LayerSpec::Dropout { .. } | LayerSpec::BatchNorm { .. }, _) if k > 1 && !self.split => {
+                return Err(self.err(
+                    &at,
+                    "an array of models shares its input up to the first conv2d or dense layer, so no dropout or \
+                     batch_norm may come before it",
+                ));
+            }
+            (&LayerSpec::Dropout { p }, _) => {
+                if !(0.0..1.0).contains(&p) {
+                    return Err(self.err(&at, format!("dropout p must be in [0, 1), got {p}")));
+                }
+                Layer::Dropout { p }
+            }
+            (LayerSpec::Relu, _) => Layer::Act(Act::Relu),
+            (LayerSpec::Sigmoid, _) => Layer::Act(Act::Sigmoid),
+            (LayerSpec::Tanh, _) => Layer::Act(Act::Tanh),
+            (&LayerSpec::LeakyRelu { slope }, _) => {
+                if !(slope >= 0.0 && slope.is_finite()) {
+                    return Err(self.err(&at, format!("leaky_relu slope must be >= 0 (0.01, say), got {slope}")));
+                }
+                Layer::Act(Act::LeakyRelu(slope))
+            }
+            (LayerSpec::Gelu, _) => Layer::Act(Act::Gelu),
+            (LayerSpec::Silu, _) => Layer::Act(Act::Silu),
+            (&LayerSpec::BatchNorm { eps, momentum }, s) => {
+                if !(eps > 0.0 && (0.0..=1.0).contains(&momentum)) {
+                    return Err(self.err(&at, "batch_norm needs eps > 0 and 0 <= momentum <= 1"));
+                }
+                let (c, hw) = match s {
+                    Shape::Image { c, h, w } => (c, h * w),
+                    Shape::Flat(n) => (n, 1),
+                };
+                let add = |t: &mut Table, suffix: &str, kind| t.add(i, &at, suffix, kind, vec![c]);
+                let (gamma, beta) = (
+                    add(&mut self.params, "weight", TensorKind::Weight),
+                    add(&mut self.params, "bias", TensorKind::Bias),
+                );
+                let (mean, var) = (
+                    add(&mut self.state, "running_mean", TensorKind::RunningMean),
+                    add(&mut self.state, "running_var", TensorKind::RunningVar),
+                );
+                let ok = |r: Result<usize, String>| r.map_err(|e| Error::arch(self.model, format!("layer {at}: {e}")));
+                Layer::BatchNorm(BatchNorm {
+                    c,
+                    hw,
+                    eps,
+                    momentum,
+                    gamma_off: ok(gamma)?,
+                    beta_off: ok(beta)?,
+                    mean_off: ok(mean)?,
+                    var_off: ok(var)?,
+                })
+            }
+        };
+        // Sizes far past any memory are refused here, before any arithmetic on them can
+        // overflow; what fits is checked against the machine before allocating.
+        let too_big = |n: Option<usize>| n.is_none_or(|n| n > MAX_ELEMENTS);
+        let size = match layer {
+            Layer::Conv2d(c) => {
+                [c.c_out.checked_mul(c.h_out).and_then(|v| v.checked_mul(c.w_out)), Some(self.params.len)]
+            }
+            Layer::Dense(d) => [Some(d.n_out), Some(self.params.len)],
+            _ => [Some(0), Some(0)],
+        };
+        if size.iter().any(|&n| too_big(n)) {
+            return Err(self.err(&at, "its output or parameters are too large for any machine"));
+        }
+        self.split |= matches!(layer, Layer::Conv2d(_) | Layer::Dense(_));
+        let out = match layer {
+            Layer::Conv2d(c) => Shape::Image { c: c.c_out, h: c.h_out, w: c.w_out },
+            Layer::Dense(d) => Shape::Flat(d.n_out),
+            Layer::MaxPool2d(p) => Shape::Image { c: p.c, h: p.h_out, w: p.w_out },
+            Layer::AvgPool2d(p) => Shape::Image { c: p.c, h: p.h_out, w: p.w_out },
+            Layer::Flatten => Shape::Flat(shape.len()),
+            _ => shape,
+        };
+        Ok(self.push(layer, at, inp, out))
+    }
 }
 
 impl Arch {
@@ -326,9 +713,9 @@ impl Arch {
     /// every member sees the same input; the first conv2d or dense layer is one wider layer
     /// (K times the filters or units), every later one a grouped layer with a group per
     /// member, so each layer's outputs are (n, K x the model's), member-major, and batch norm,
-    /// pooling and activations work per channel as before. Each tensor holds the K members'
-    /// tensors one after another (member k's at k times the model's length from its start),
-    /// which is exactly the layout of torch's grouped layers.
+    /// pooling, activations and residual sums work per channel as before. Each tensor holds
+    /// the K members' tensors one after another (member k's at k times the model's length
+    /// from its start), which is exactly the layout of torch's grouped layers.
     pub fn fused(spec: ModelSpec, members: usize) -> Result<Arch> {
         if members == 0 {
             return Err(Error::arch(&spec.name, "an array needs at least one member"));
@@ -338,7 +725,6 @@ impl Arch {
 
     fn build(spec: ModelSpec, k: usize) -> Result<Arch> {
         let name = spec.name.clone();
-        let err = |i: usize, msg: String| Error::arch(&name, format!("layer {i}: {msg}"));
         let [c, h, w] = spec.input;
         if c == 0 || h == 0 || w == 0 {
             return Err(Error::arch(&name, format!("input shape {:?} has a zero dimension", spec.input)));
@@ -356,175 +742,20 @@ impl Arch {
         if spec.layers.is_empty() {
             return Err(Error::arch(&name, "the layer list is empty"));
         }
-        let mut shape = Shape::Image { c, h, w };
-        let mut shapes = vec![shape];
-        let mut layers = Vec::new();
-        let mut params = Table::default();
-        let mut state = Table::default();
-        // Whether the activations have a member dimension yet: the input is shared, each
-        // member's own values start at the first conv2d or dense layer.
-        let mut split = false;
-        // One member's share of a size (all of it while the input is still shared).
-        let per = |n: usize, split: bool| if split { n / k } else { n };
-        for (i, ls) in spec.layers.iter().enumerate() {
-            let layer = match (*ls, shape) {
-                (LayerSpec::Conv2d { filters, kernel, stride, padding, bias, groups }, Shape::Image { c, h, w }) => {
-                    let (kh, kw) = kernel.hw();
-                    if filters == 0 || kh == 0 || kw == 0 || stride == 0 || groups == 0 {
-                        return Err(err(i, "conv2d needs filters, kernel, stride and groups of at least 1".into()));
-                    }
-                    let cm = per(c, split);
-                    if cm % groups != 0 || filters % groups != 0 {
-                        return Err(err(
-                            i,
-                            format!(
-                                "conv2d groups = {groups} must divide its {cm} input channels and its {filters} filters"
-                            ),
-                        ));
-                    }
-                    let (pad_h, pad_w) = match padding {
-                        Padding::Pixels(p) => (p, p),
-                        Padding::Rect([ph, pw]) => (ph, pw),
-                        Padding::Named(PaddingName::Valid) => (0, 0),
-                        Padding::Named(PaddingName::Same) => {
-                            if stride != 1 || kh % 2 == 0 || kw % 2 == 0 {
-                                return Err(err(i, "padding \"same\" needs stride 1 and an odd kernel".into()));
-                            }
-                            (kh / 2, kw / 2)
-                        }
-                    };
-                    if h + 2 * pad_h < kh || w + 2 * pad_w < kw {
-                        return Err(err(i, format!("{kh}x{kw} kernel is larger than the padded {h}x{w} input")));
-                    }
-                    let (c_out, cg) = (k.saturating_mul(filters), cm / groups);
-                    let w_off =
-                        params.add(i, "weight", TensorKind::Weight, vec![c_out, cg, kh, kw]).map_err(|e| err(i, e))?;
-                    let b_off = match bias {
-                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![c_out]).map_err(|e| err(i, e))?),
-                        false => None,
-                    };
-                    // Members after the first layer read their own channels; over the shared
-                    // input, member m's group j reads input group j (one group: an ordinary
-                    // convolution with K times the filters).
-                    let (g, ig) = match (split, groups) {
-                        (true, g) => (k * g, k * g),
-                        (false, 1) => (1, 1),
-                        (false, g) => (k * g, g),
-                    };
-                    let conv = Conv2d::new(c, (h, w), c_out, (kh, kw), stride, (pad_h, pad_w), w_off, b_off);
-                    Layer::Conv2d(conv.grouped(g, ig))
-                }
-                (LayerSpec::Conv2d { .. }, Shape::Flat(_)) => {
-                    return Err(err(i, "conv2d needs an image input, but its input is flat".into()));
-                }
-                (LayerSpec::Dense { units, bias }, Shape::Flat(n)) => {
-                    if units == 0 {
-                        return Err(err(i, "dense needs at least 1 unit".into()));
-                    }
-                    let n_out = k.saturating_mul(units);
-                    let w_off = params
-                        .add(i, "weight", TensorKind::Weight, vec![n_out, per(n, split)])
-                        .map_err(|e| err(i, e))?;
-                    let b_off = match bias {
-                        true => Some(params.add(i, "bias", TensorKind::Bias, vec![n_out]).map_err(|e| err(i, e))?),
-                        false => None,
-                    };
-                    Layer::Dense(Dense { n_in: n, n_out, groups: if split { k } else { 1 }, w_off, b_off })
-                }
-                (LayerSpec::Dense { .. }, Shape::Image { .. }) => {
-                    return Err(err(
-                        i,
-                        format!(
-                            "dense needs a flat input but gets an image ({shape}); add {{ type = \"flatten\" }} before it"
-                        ),
-                    ));
-                }
-                (LayerSpec::MaxPool2d { size, stride }, Shape::Image { c, h, w }) => {
-                    let stride = stride.unwrap_or(size);
-                    if size == 0 || stride == 0 || size > h || size > w {
-                        return Err(err(
-                            i,
-                            format!("max_pool2d size {size} / stride {stride} does not fit a {h}x{w} input"),
-                        ));
-                    }
-                    Layer::MaxPool2d(Pool {
-                        c,
-                        h_in: h,
-                        w_in: w,
-                        h_out: (h - size) / stride + 1,
-                        w_out: (w - size) / stride + 1,
-                        size,
-                        stride,
-                    })
-                }
-                (LayerSpec::MaxPool2d { .. }, Shape::Flat(_)) => {
-                    return Err(err(i, "max_pool2d needs an image input, but its input is flat".into()));
-                }
-                (LayerSpec::Flatten, _) => Layer::Flatten,
-                (LayerSpec::Dropout { .. } | LayerSpec::BatchNorm { .. }, _) if k > 1 && !split => {
-                    return Err(err(
-                        i,
-                        "an array of models shares its input up to the first conv2d or dense layer, so no dropout \
-                         or batch_norm may come before it"
-                            .into(),
-                    ));
-                }
-                (LayerSpec::Dropout { p }, _) => {
-                    if !(0.0..1.0).contains(&p) {
-                        return Err(err(i, format!("dropout p must be in [0, 1), got {p}")));
-                    }
-                    Layer::Dropout { p }
-                }
-                (LayerSpec::Relu, _) => Layer::Act(Act::Relu),
-                (LayerSpec::Sigmoid, _) => Layer::Act(Act::Sigmoid),
-                (LayerSpec::Tanh, _) => Layer::Act(Act::Tanh),
-                (LayerSpec::BatchNorm { eps, momentum }, s) => {
-                    if !(eps > 0.0 && (0.0..=1.0).contains(&momentum)) {
-                        return Err(err(i, "batch_norm needs eps > 0 and 0 <= momentum <= 1".into()));
-                    }
-                    let (c, hw) = match s {
-                        Shape::Image { c, h, w } => (c, h * w),
-                        Shape::Flat(n) => (n, 1),
-                    };
-                    Layer::BatchNorm(BatchNorm {
-                        c,
-                        hw,
-                        eps,
-                        momentum,
-                        gamma_off: params.add(i, "weight", TensorKind::Weight, vec![c]).map_err(|e| err(i, e))?,
-                        beta_off: params.add(i, "bias", TensorKind::Bias, vec![c]).map_err(|e| err(i, e))?,
-                        mean_off: state
-                            .add(i, "running_mean", TensorKind::RunningMean, vec![c])
-                            .map_err(|e| err(i, e))?,
-                        var_off: state.add(i, "running_var", TensorKind::RunningVar, vec![c]).map_err(|e| err(i, e))?,
-                    })
-                }
-            };
-            // Sizes far past any memory are refused here, before any arithmetic on them can
-            // overflow; what fits is checked against the machine before allocating.
-            let too_big = |n: Option<usize>| n.is_none_or(|n| n > MAX_ELEMENTS);
-            let size = match layer {
-                Layer::Conv2d(c) => {
-                    [c.c_out.checked_mul(c.h_out).and_then(|v| v.checked_mul(c.w_out)), Some(params.len)]
-                }
-                Layer::Dense(d) => [Some(d.n_out), Some(params.len)],
-                _ => [Some(0), Some(0)],
-            };
-            if size.iter().any(|&n| too_big(n)) {
-                return Err(err(i, "its output or parameters are too large for any machine".into()));
-            }
-            split |= matches!(layer, Layer::Conv2d(_) | Layer::Dense(_));
-            shape = match layer {
-                Layer::Conv2d(c) => Shape::Image { c: c.c_out, h: c.h_out, w: c.w_out },
-                Layer::Dense(d) => Shape::Flat(d.n_out),
-                Layer::MaxPool2d(p) => Shape::Image { c: p.c, h: p.h_out, w: p.w_out },
-                Layer::Flatten => Shape::Flat(shape.len()),
-                _ => shape,
-            };
-            shapes.push(shape);
-            layers.push(layer);
-        }
-        if !layers.iter().any(|l| matches!(l, Layer::Conv2d(_) | Layer::Dense(_))) {
+        let mut b = Builder {
+            model: &name,
+            k,
+            layers: Vec::new(),
+            inputs: Vec::new(),
+            names: Vec::new(),
+            shapes: vec![Shape::Image { c, h, w }],
+            params: Table::default(),
+            state: Table::default(),
+            split: false,
+        };
+        let out = b.list(&spec.layers, "", 0)?;
+        let shape = b.shapes[out];
+        if !b.layers.iter().any(|l| matches!(l, Layer::Conv2d(_) | Layer::Dense(_))) {
             return Err(Error::arch(&name, "the layer list needs at least one conv2d or dense layer"));
         }
         match shape {
@@ -536,16 +767,32 @@ impl Arch {
                 ));
             }
         }
+        let Builder { layers, inputs, names, shapes, params, state, .. } = b;
         Ok(Arch {
-            spec,
             members: k,
             layers,
+            inputs,
+            names,
             shapes,
             params: params.tensors,
             n_params: params.len,
             state: state.tensors,
             n_state: state.len,
+            spec,
         })
+    }
+
+    /// Where boundary `k` lies, for messages: "the input" or "after layer 3.body.1".
+    pub fn boundary_name(&self, k: usize) -> String {
+        match k.checked_sub(1).and_then(|i| self.names.get(i)) {
+            Some(name) => format!("after layer {name}"),
+            None => "of the input".into(),
+        }
+    }
+
+    /// The shape layer `i` reads.
+    pub fn input_shape(&self, i: usize) -> Shape {
+        self.shapes[self.inputs[i]]
     }
 
     pub fn name(&self) -> &str {
@@ -620,10 +867,37 @@ impl Arch {
         (p, s)
     }
 
-    /// A table of layers, output shapes and parameter counts, printed before training.
+    /// A table of layers, output shapes and parameter counts, printed before training. A
+    /// residual block is a line of its own (its output, its layers' parameters together),
+    /// with its body's and shortcut's layers indented under it.
     pub fn summary(&self) -> String {
-        let mut out = String::new();
+        let params_under = |prefix: &str| -> usize {
+            let dotted = format!("{prefix}.");
+            self.params.iter().filter(|t| t.name.starts_with(&dotted)).map(|t| t.len()).sum()
+        };
+        // (display name, what, output shape, parameters) per line.
+        let mut rows: Vec<(String, String, Shape, usize)> = Vec::new();
+        let mut open: Vec<String> = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
+            let name = &self.names[i];
+            // The blocks this layer lies in, outermost first ("3", "3.body.2" for 3.body.2.body.0).
+            let parts: Vec<&str> = name.split('.').collect();
+            let blocks: Vec<String> = (2..parts.len()).step_by(2).map(|j| parts[..j - 1].join(".")).collect();
+            while open.last().is_some_and(|b| !blocks.contains(b)) {
+                open.pop();
+            }
+            for block in blocks.iter().skip(open.len()) {
+                let end = self.names.iter().rposition(|n| n == block).unwrap_or(i);
+                let shortcut = format!("{block}.shortcut.");
+                let kind = if self.names.iter().any(|n| n.starts_with(&shortcut)) { "" } else { ", identity shortcut" };
+                let relative = open.last().map_or(block.as_str(), |parent| &block[parent.len() + 1..]);
+                let shown = format!("{}{relative}", "  ".repeat(open.len()));
+                rows.push((shown, format!("residual{kind}"), self.shapes[end + 1], params_under(block)));
+                open.push(block.clone());
+            }
+            if matches!(layer, Layer::Add { .. }) {
+                continue;
+            }
             let n: usize = self.params.iter().filter(|t| t.layer == i).map(|t| t.len()).sum();
             let what = match layer {
                 Layer::Conv2d(c) if c.groups > 1 => format!(
@@ -635,14 +909,30 @@ impl Arch {
                 }
                 Layer::Dense(d) => format!("dense {} -> {}", d.n_in, d.n_out),
                 Layer::MaxPool2d(p) => format!("max_pool2d {}x{} /{}", p.size, p.size, p.stride),
+                Layer::AvgPool2d(p) if p.is_global() => "global_avg_pool".into(),
+                Layer::AvgPool2d(p) => format!("avg_pool2d {}x{} /{}", p.kh, p.kw, p.stride),
                 Layer::Flatten => "flatten".into(),
                 Layer::Dropout { p } => format!("dropout {p}"),
-                Layer::Act(a) => format!("{a:?}").to_lowercase(),
+                Layer::Act(Act::LeakyRelu(s)) => format!("leaky_relu {s}"),
+                Layer::Act(a) => a.name().into(),
                 Layer::BatchNorm(_) => "batch_norm".into(),
+                Layer::Add { .. } => unreachable!("skipped above"),
             };
-            out.push_str(&format!("  {i:>2}  {what:<32} -> {:<10} {n:>9}\n", self.shapes[i + 1].to_string()));
+            // Inside a block, the name relative to the innermost one (body.0, shortcut.1).
+            let shown = match open.last() {
+                Some(b) => format!("{}{}", "  ".repeat(open.len()), &name[b.len() + 1..]),
+                None => name.clone(),
+            };
+            rows.push((shown, what, self.shapes[i + 1], n));
         }
-        out.push_str(&format!("      {} parameters\n", self.param_count()));
+        let nested = self.names.iter().any(|n| n.contains('.'));
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(2).max(2);
+        let mut out = String::new();
+        for (shown, what, shape, n) in rows {
+            let name = if nested { format!("{shown:<width$}") } else { format!("{shown:>width$}") };
+            out.push_str(&format!("  {name}  {what:<32} -> {:<10} {n:>9}\n", shape.to_string()));
+        }
+        out.push_str(&format!("  {}  {} parameters\n", " ".repeat(width), self.param_count()));
         out
     }
 }

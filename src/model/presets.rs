@@ -24,6 +24,8 @@ pub const PRESETS: &[Preset] = &[
     Preset { name: "cnn6", alias: None, source: include_str!("../../models/cnn6.toml") },
     Preset { name: "vgg", alias: None, source: include_str!("../../models/vgg.toml") },
     Preset { name: "speedrun", alias: None, source: include_str!("../../models/speedrun.toml") },
+    Preset { name: "resnet20", alias: None, source: include_str!("../../models/resnet20.toml") },
+    Preset { name: "resnet20-gray", alias: None, source: include_str!("../../models/resnet20-gray.toml") },
     Preset { name: "a-cnn1", alias: None, source: include_str!("../../models/seeds/a-cnn1.toml") },
     Preset { name: "a-cnn2", alias: None, source: include_str!("../../models/seeds/a-cnn2.toml") },
     Preset { name: "a-cnn3", alias: None, source: include_str!("../../models/seeds/a-cnn3.toml") },

@@ -38,8 +38,11 @@ fn default_input() -> [usize; 3] {
 }
 
 /// One entry of the layer list. Each entry, parameterless ones included, takes the next index
-/// of a `torch.nn.Sequential`, which names its tensors (`{index}.weight`).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// of a `torch.nn.Sequential`, which names its tensors (`{index}.weight`). A residual block's
+/// layers are named inside it: `{index}.body.{j}.weight`, `{index}.shortcut.{j}.weight`
+/// (nested blocks the same way), as a torch module with `body` and `shortcut`
+/// `nn.Sequential`s names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LayerSpec {
     Conv2d {
@@ -69,6 +72,18 @@ pub enum LayerSpec {
         #[serde(default)]
         stride: Option<usize>,
     },
+    /// Average pooling over `size x size` windows with `stride` (default: the size), no
+    /// padding, floor mode (torch's `nn.AvgPool2d(size, stride)`).
+    #[serde(alias = "avgpool")]
+    AvgPool2d {
+        #[serde(default = "two")]
+        size: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    /// The mean of each channel over its whole map: (C, H, W) -> (C, 1, 1), as torch's
+    /// `nn.AdaptiveAvgPool2d(1)` (a `flatten` after it gives C values).
+    GlobalAvgPool,
     Flatten,
     Dropout {
         p: f32,
@@ -76,12 +91,54 @@ pub enum LayerSpec {
     Relu,
     Sigmoid,
     Tanh,
+    /// x for x > 0, slope x otherwise (torch's `nn.LeakyReLU(slope)`).
+    LeakyRelu {
+        #[serde(default = "leaky_slope")]
+        slope: f32,
+    },
+    /// x Phi(x), Phi the standard normal CDF (torch's `nn.GELU()`, its default erf form).
+    Gelu,
+    /// x sigmoid(x) (torch's `nn.SiLU()`, also called swish).
+    Silu,
+    /// A residual block: output = body(x) + shortcut(x), the shortcut the identity when
+    /// absent. The two branches must give the same shape. Any layer may be in either,
+    /// residual blocks included.
+    Residual {
+        layers: Vec<LayerSpec>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        shortcut: Vec<LayerSpec>,
+    },
     BatchNorm {
         #[serde(default = "bn_eps")]
         eps: f32,
         #[serde(default = "bn_momentum")]
         momentum: f32,
     },
+}
+
+/// Every layer of `list` in the order `model::Arch` flattens them: a residual block's body,
+/// then its shortcut, then the block itself (which stands for its `Add`).
+pub fn flat(list: &[LayerSpec]) -> Vec<&LayerSpec> {
+    let mut out = Vec::new();
+    for l in list {
+        if let LayerSpec::Residual { layers, shortcut } = l {
+            out.extend(flat(layers));
+            out.extend(flat(shortcut));
+        }
+        out.push(l);
+    }
+    out
+}
+
+/// Calls `f` on every layer of `list`, those inside residual blocks included.
+pub fn for_each_mut(list: &mut [LayerSpec], f: &mut impl FnMut(&mut LayerSpec)) {
+    for l in list {
+        if let LayerSpec::Residual { layers, shortcut } = l {
+            for_each_mut(layers, f);
+            for_each_mut(shortcut, f);
+        }
+        f(l);
+    }
 }
 
 fn one() -> usize {
@@ -95,6 +152,9 @@ fn two() -> usize {
 }
 fn yes() -> bool {
     true
+}
+fn leaky_slope() -> f32 {
+    0.01
 }
 fn bn_eps() -> f32 {
     1e-5
@@ -200,11 +260,22 @@ pub enum Optimizer {
         #[serde(default)]
         bias_correction: BiasCorrection,
     },
+    /// torch.optim.SGD: with momentum, b <- momentum b + g and a step of lr b (or, with
+    /// `nesterov`, of lr (g + momentum b)); `weight_decay` adds weight_decay x p to every
+    /// gradient first (coupled, L2, as torch's SGD does it).
     Sgd {
         lr: f32,
         #[serde(default)]
         momentum: f32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        nesterov: bool,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        weight_decay: f32,
     },
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 fn beta1() -> f32 {
@@ -240,6 +311,21 @@ impl Optimizer {
     pub fn set_lr(&mut self, new: f32) {
         match self {
             Optimizer::Adam { lr, .. } | Optimizer::Sgd { lr, .. } => *lr = new,
+        }
+    }
+
+    /// Adam's decoupled or SGD's coupled weight decay.
+    pub fn weight_decay(&self) -> f32 {
+        match *self {
+            Optimizer::Adam { weight_decay, .. } | Optimizer::Sgd { weight_decay, .. } => weight_decay,
+        }
+    }
+
+    /// SGD's momentum (0 for Adam, whose betas are not per-member values).
+    pub fn momentum(&self) -> f32 {
+        match *self {
+            Optimizer::Sgd { momentum, .. } => momentum,
+            Optimizer::Adam { .. } => 0.0,
         }
     }
 }
@@ -425,6 +511,12 @@ pub struct Recipe {
     pub batch: usize,
     #[serde(default)]
     pub loss: Loss,
+    /// Label smoothing of the cross-entropy, as torch's `CrossEntropyLoss(label_smoothing)`:
+    /// the target is (1 - s) one-hot + s / classes, so the training loss is (1 - s) (-log
+    /// p[label]) + s x the mean over classes of -log p. Evaluation reports the plain
+    /// cross-entropy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f32,
     #[serde(default)]
     pub init: Init,
     #[serde(default)]
@@ -459,6 +551,7 @@ impl Default for Recipe {
             epochs: ten(),
             batch: sixteen(),
             loss: Loss::default(),
+            label_smoothing: 0.0,
             init: Init::default(),
             optimizer: Optimizer::default(),
             schedule: Schedule::default(),
@@ -490,11 +583,23 @@ impl Recipe {
                     return Err("adam needs 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0".into());
                 }
             }
-            Optimizer::Sgd { momentum, .. } => {
+            Optimizer::Sgd { momentum, nesterov, weight_decay, .. } => {
                 if !(0.0..1.0).contains(&momentum) {
                     return Err(format!("sgd momentum must be in [0, 1), got {momentum}"));
                 }
+                if nesterov && momentum <= 0.0 {
+                    return Err("sgd nesterov needs a momentum > 0 (0.9, say)".into());
+                }
+                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    return Err(format!("sgd weight_decay must be >= 0, got {weight_decay}"));
+                }
             }
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!("label_smoothing must be in [0, 1) (0.1, say), got {}", self.label_smoothing));
+        }
+        if self.label_smoothing > 0.0 && self.loss != Loss::CrossEntropy {
+            return Err("label_smoothing applies to the cross_entropy loss only".into());
         }
         match self.schedule {
             Schedule::Step { every, factor } if every == 0 || !(factor > 0.0 && factor.is_finite()) => {

@@ -33,7 +33,7 @@ pub struct Evaluation {
 impl<B: Backend> Network<B> {
     /// Runs examples `start..start + n` of `data` through the evaluation plan (no dropout,
     /// batch-norm running statistics), leaving their outputs (n, members x classes) in
-    /// `acts[eval_out]`.
+    /// `acts[eval_plan.out]`.
     fn forward_eval(&mut self, b: &mut B, data: &DeviceData<B>, start: usize, n: usize) {
         let g = self.gather(start, n, data, None);
         data.gather(b, &mut self.acts[0], &mut self.labels, &data.order, &g);
@@ -49,7 +49,7 @@ impl<B: Backend> Network<B> {
         for start in (0..data.len).step_by(self.cap) {
             let n = self.cap.min(data.len - start);
             self.forward_eval(b, data, start, n);
-            out.extend(b.download(&self.acts[self.eval_out], n * width).await?);
+            out.extend(b.download(&self.acts[self.eval_plan.out], n * width).await?);
         }
         Ok(out)
     }
@@ -90,7 +90,7 @@ impl<B: Backend> Network<B> {
             let start = i * self.cap;
             let n = self.cap.min(data.len - start);
             self.forward_eval(b, data, start, n);
-            let logits = &self.acts[self.eval_out];
+            let logits = &self.acts[self.eval_plan.out];
             let at = if keep && !per_batch { start } else { 0 };
             match self.loss {
                 Loss::CrossEntropy => {

@@ -24,15 +24,17 @@ pub fn check_fits<B: Backend>(b: &B, arch: &Arch, cap: usize) -> Result<()> {
         "use fewer filters or units",
     )?;
     if b.allocates_on_host() {
-        // Every layer boundary's activations, and three gradient buffers of the largest.
-        let per_example: u64 = arch.shapes.iter().map(|s| s.len() as u64).sum::<u64>()
-            + 3 * arch.shapes.iter().map(|s| s.len() as u64).max().unwrap_or(0);
+        // The activation buffers both plans use, and the backward's gradient slots.
+        let (train, eval) = (plan::plan(arch, true), plan::plan(arch, false));
+        let used: std::collections::BTreeSet<usize> = train.buffers().chain(eval.buffers()).collect();
+        let per_example: u64 = used.iter().map(|&k| arch.shapes[k].len() as u64).sum::<u64>()
+            + plan::backward(arch, &train).slots.iter().map(|&n| n as u64).sum::<u64>();
         let (widest, at) = arch.shapes.iter().enumerate().map(|(i, s)| (s.len(), i)).max().unwrap_or((0, 0));
         crate::memory::check_host(
             &format!(
-                "the activations of a batch of {cap} ({} values per example; the widest, after layer {}, {})",
+                "the activations of a batch of {cap} ({} values per example; the widest, {}, {})",
                 per_example,
-                at.saturating_sub(1),
+                arch.boundary_name(at),
                 arch.shapes[at]
             ),
             4 * per_example.saturating_mul(cap as u64) + params,
@@ -83,21 +85,19 @@ pub fn largest_array<B: Backend>(b: &B, spec: &crate::model::ModelSpec, cap: usi
 /// batches of `cap` allocates, before allocating any.
 fn fits_buffers<B: Backend>(b: &B, arch: &Arch, cap: usize) -> Result<()> {
     let max = b.max_buffer_len();
-    let (train_plan, _) = plan::plan(arch, true);
-    let (eval_plan, _) = plan::plan(arch, false);
-    for node in train_plan.iter().chain(&eval_plan) {
-        for k in [node.inp, node.out] {
-            let len = cap.saturating_mul(arch.shapes[k].len());
-            if len > max {
-                return Err(Error::Config(format!(
-                    "batch {cap} needs {} MB for the activations after layer {k} ({} per example), more than the {} \
-                     MB this device allows per buffer; use a smaller --batch (at most {})",
-                    (len * 4) >> 20,
-                    arch.shapes[k],
-                    (max * 4) >> 20,
-                    max / arch.shapes[k].len()
-                )));
-            }
+    let (train, eval) = (plan::plan(arch, true), plan::plan(arch, false));
+    for k in train.buffers().chain(eval.buffers()) {
+        let len = cap.saturating_mul(arch.shapes[k].len());
+        if len > max {
+            return Err(Error::Config(format!(
+                "batch {cap} needs {} MB for the activations {} ({} per example), more than the {} MB this device \
+                 allows per buffer; use a smaller --batch (at most {})",
+                (len * 4) >> 20,
+                arch.boundary_name(k),
+                arch.shapes[k],
+                (max * 4) >> 20,
+                max / arch.shapes[k].len()
+            )));
         }
     }
     if arch.n_params > max {

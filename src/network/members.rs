@@ -7,7 +7,7 @@
 
 use crate::backend::{Dropout, Segments, TableBuilder};
 use crate::error::{Error, Result};
-use crate::model::spec::Optimizer;
+use crate::model::spec::{self, Optimizer};
 use crate::model::{Arch, Layer, LayerSpec, ModelSpec, TensorInfo};
 use crate::rng;
 
@@ -36,14 +36,15 @@ fn shared_part(spec: &ModelSpec) -> ModelSpec {
     s.train.optimizer.set_lr(1.0);
     match &mut s.train.optimizer {
         Optimizer::Adam { weight_decay, .. } => *weight_decay = 0.0,
-        Optimizer::Sgd { momentum, .. } => *momentum = 0.0,
+        Optimizer::Sgd { momentum, weight_decay, .. } => (*momentum, *weight_decay) = (0.0, 0.0),
     }
+    s.train.label_smoothing = 0.0;
     s.train.ema = s.train.ema.map(|_| 0.5);
-    for l in &mut s.layers {
+    spec::for_each_mut(&mut s.layers, &mut |l| {
         if let LayerSpec::Dropout { p } = l {
             *p = 0.0;
         }
-    }
+    });
     s
 }
 
@@ -54,8 +55,9 @@ impl Members {
         Members { fused: arch.clone(), lone: arch, list }
     }
 
-    /// An array: every member the same model but for its seed, learning rate, weight decay
-    /// or momentum, weight-averaging decay and dropout rates (all averaging or none).
+    /// An array: every member the same model but for its seed, learning rate, weight decay,
+    /// momentum, label smoothing, weight-averaging decay and dropout rates (all averaging or
+    /// none).
     pub fn new(list: Vec<Member>) -> Result<Members> {
         let Some(first) = list.first() else {
             return Err(Error::Config("an array needs at least one member".into()));
@@ -67,7 +69,7 @@ impl Members {
             if shared_part(&m.spec) != shared || m.spec.train.ema.is_some() != first.spec.train.ema.is_some() {
                 return Err(Error::Config(format!(
                     "the member with seed {} differs from the first in more than its seed, learning rate, weight \
-                     decay, momentum, ema and dropout",
+                     decay, momentum, label smoothing, ema and dropout",
                     m.seed
                 )));
             }
@@ -147,8 +149,12 @@ pub struct MemberTable {
     words: Vec<u32>,
     /// Per layer: where its dropout's p and scale per member start (dropout layers only).
     dropout_at: Vec<Option<usize>>,
-    /// Per member: Adam's weight decay or SGD's momentum.
-    pub rate_at: usize,
+    /// Per member: Adam's (decoupled) or SGD's (coupled) weight decay.
+    pub wd_at: usize,
+    /// Per member: SGD's momentum (0 with Adam).
+    pub momentum_at: usize,
+    /// Per member: the cross-entropy's label smoothing.
+    pub smoothing_at: usize,
     /// Per member: the weight average's decay per step (1 for none).
     pub ema_at: usize,
     pub params: Segments,
@@ -172,35 +178,30 @@ impl MemberTable {
         let seeds: Vec<u64> = m.list.iter().map(|x| x.seed).collect();
         let mut t = TableBuilder::new(&seeds);
         let mut dropout_at = vec![None; m.fused.layers.len()];
+        let flat: Vec<Vec<&LayerSpec>> = m.list.iter().map(|x| spec::flat(&x.spec.layers)).collect();
         for (i, layer) in m.fused.layers.iter().enumerate() {
             if matches!(layer, Layer::Dropout { .. }) {
-                let p: Vec<f32> = m
-                    .list
+                let p: Vec<f32> = flat
                     .iter()
-                    .map(|x| match x.spec.layers[i] {
-                        LayerSpec::Dropout { p } => p,
+                    .map(|layers| match layers.get(i) {
+                        Some(&&LayerSpec::Dropout { p }) => p,
                         _ => 0.0,
                     })
                     .collect();
                 dropout_at[i] = Some(t.dropout(&p));
             }
         }
-        let rates: Vec<f32> = m
-            .list
-            .iter()
-            .map(|x| match x.spec.train.optimizer {
-                Optimizer::Adam { weight_decay, .. } => weight_decay,
-                Optimizer::Sgd { momentum, .. } => momentum,
-            })
-            .collect();
-        let rate_at = t.values(&rates);
+        let each = |f: &dyn Fn(&ModelSpec) -> f32| -> Vec<f32> { m.list.iter().map(|x| f(&x.spec)).collect() };
+        let wd_at = t.values(&each(&|s| s.train.optimizer.weight_decay()));
+        let momentum_at = t.values(&each(&|s| s.train.optimizer.momentum()));
+        let smoothing_at = t.values(&each(&|s| s.train.label_smoothing));
         let decays: Vec<f32> = m.list.iter().map(|x| x.spec.train.ema.unwrap_or(1.0)).collect();
         let ema_at = t.values(&decays);
         let params = segments(&mut t, &m.fused.params, k);
         let state = segments(&mut t, &m.fused.state, k);
         let words = t.words;
         let lr_at = words.len();
-        MemberTable { members: k, words, dropout_at, rate_at, ema_at, params, state, lr_at }
+        MemberTable { members: k, words, dropout_at, wd_at, momentum_at, smoothing_at, ema_at, params, state, lr_at }
     }
 
     /// The table with learning-rate rows `rows` (each K rates), a frozen member's rates 0 and

@@ -25,7 +25,7 @@ use crate::backend::{Backend, MAX_CHANNELS};
 use crate::error::{Error, Result};
 use crate::model::spec::{Loss, Optimizer};
 use crate::model::{Arch, Layer};
-use plan::Node;
+use plan::{Backward, Plan};
 
 /// The weight average of the recipe's `ema`: averaged parameters and batch-norm statistics,
 /// traded with the live ones while `with_average` runs.
@@ -62,10 +62,9 @@ pub struct Network<B: Backend> {
     layout: MemberTable,
     rows: Vec<Vec<f32>>,
     frozen: Vec<bool>,
-    train_plan: Vec<Node>,
-    train_out: usize,
-    eval_plan: Vec<Node>,
-    eval_out: usize,
+    train_plan: Plan,
+    eval_plan: Plan,
+    backward: Backward,
     loss: Loss,
     /// Per input channel: inputs are (pixel/255 - mean) / std.
     mean: [f32; MAX_CHANNELS],
@@ -89,22 +88,20 @@ impl<B: Backend> Network<B> {
         }
         let arch = members.fused.clone();
         check_array(b, &members, cap)?;
-        let (train_plan, train_out) = plan::plan(&arch, true);
-        let (eval_plan, eval_out) = plan::plan(&arch, false);
+        let train_plan = plan::plan(&arch, true);
+        let eval_plan = plan::plan(&arch, false);
+        let backward = plan::backward(&arch, &train_plan);
         let nb = arch.layers.len() + 1;
         let mut need_act = vec![false; nb];
-        need_act[0] = true;
-        for node in train_plan.iter().chain(&eval_plan) {
-            need_act[node.inp] = true;
-            need_act[node.out] = true;
+        for b in train_plan.buffers().chain(eval_plan.buffers()) {
+            need_act[b] = true;
         }
-        let grad_len = plan::gradient_lengths(&arch, &train_plan);
         let acts = need_act
             .iter()
             .zip(&arch.shapes)
             .map(|(&need, shape)| b.alloc(if need { cap * shape.len() } else { 0 }))
             .collect::<Result<Vec<_>>>()?;
-        let grad = grad_len.iter().map(|&len| b.alloc(cap * len)).collect::<Result<Vec<_>>>()?;
+        let grad = backward.slots.iter().map(|&len| b.alloc(cap * len)).collect::<Result<Vec<_>>>()?;
         let mut argmax = Vec::new();
         let mut saved = Vec::new();
         for layer in &arch.layers {
@@ -125,11 +122,7 @@ impl<B: Backend> Network<B> {
             (mean[c], std[c]) = (m, sd);
         }
         let with_v = matches!(recipe.optimizer, Optimizer::Adam { .. });
-        let with_m = with_v
-            || members
-                .list
-                .iter()
-                .any(|m| matches!(m.spec.train.optimizer, Optimizer::Sgd { momentum, .. } if momentum > 0.0));
+        let with_m = with_v || members.list.iter().any(|m| m.spec.train.optimizer.momentum() > 0.0);
         let average = match recipe.ema {
             Some(_) => Some(Average { params: b.alloc(n_params)?, state: b.alloc(arch.n_state.max(1))? }),
             None => None,
@@ -157,9 +150,8 @@ impl<B: Backend> Network<B> {
             rows: Vec::new(),
             frozen,
             train_plan,
-            train_out,
             eval_plan,
-            eval_out,
+            backward,
             loss: recipe.loss,
             mean,
             std,
@@ -311,7 +303,7 @@ impl<B: Backend> Network<B> {
     /// Bytes of the forward activations of one full batch (the input included), as allocated.
     pub fn activation_bytes(&self) -> usize {
         let used: std::collections::BTreeSet<usize> =
-            self.train_plan.iter().chain(&self.eval_plan).flat_map(|n| [n.inp, n.out]).chain([0]).collect();
+            self.train_plan.buffers().chain(self.eval_plan.buffers()).collect();
         used.iter().map(|&k| 4 * self.cap * self.arch.shapes[k].len()).sum()
     }
 
@@ -330,10 +322,7 @@ impl<B: Backend> Network<B> {
     }
 
     fn layout_has_momentum(&self) -> bool {
-        self.members
-            .list
-            .iter()
-            .any(|m| matches!(m.spec.train.optimizer, Optimizer::Sgd { momentum, .. } if momentum > 0.0))
+        self.members.list.iter().any(|m| m.spec.train.optimizer.momentum() > 0.0)
     }
 
     pub fn has_v(&self) -> bool {

@@ -1,13 +1,13 @@
-//! The training step: gathering a batch, the plan's forward and backward ops, and the
+//! The training step: gathering a batch, the plan's forward ops and backward steps, and the
 //! optimizer's update of every member at once.
 //!
-//! Gradients need fewer buffers than activations: the backward of op k reads the gradient of
-//! its output and writes that of its input (op k-1's output), with a pre-activation gradient
-//! in between for fused activations. So three buffers serve them all: op k's output gradient
-//! is `grad[k % 2]`, its input's `grad[(k + 1) % 2]`, the pre-activation's `grad[2]`.
+//! Gradients need fewer buffers than activations: a value's gradient lives from the backward
+//! of the op that reads it to that of the op that wrote it, so a few gradient buffers
+//! ("slots", handed out by `plan::backward`) serve them all.
 
+use super::plan::Step;
 use super::{DeviceData, Network};
-use crate::backend::{AdamStep, Backend, EmaStep, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, EmaStep, Epilogue, Gather, SgdStep, Xent};
 use crate::data::augment::Augment;
 use crate::error::Result;
 use crate::model::Layer;
@@ -16,14 +16,17 @@ use crate::rng;
 
 /// `(&mut v[a], &v[b])` for a != b.
 fn split<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
-    assert_ne!(a, b, "an op cannot write the buffer it reads");
-    if a < b {
-        let (lo, hi) = v.split_at_mut(b);
-        (&mut lo[a], &hi[0])
-    } else {
-        let (lo, hi) = v.split_at_mut(a);
-        (&mut hi[0], &lo[b])
-    }
+    let (out, x, _) = split3(v, a, b, b);
+    (out, x)
+}
+
+/// `(&mut v[out], &v[a], &v[b])` for out != a, b (a and b may be the same).
+fn split3<T>(v: &mut [T], out: usize, a: usize, b: usize) -> (&mut T, &T, &T) {
+    assert!(out != a && out != b, "an op cannot write the buffer it reads");
+    let (lo, hi) = v.split_at_mut(out);
+    let (o, hi) = hi.split_first_mut().expect("index in range");
+    let at = |i: usize| if i < out { &lo[i] } else { &hi[i - out - 1] };
+    (o, at(a), at(b))
 }
 
 /// Every boundary's activations and every max-pool's positions (see `debug_activations`).
@@ -78,8 +81,8 @@ impl<B: Backend> Network<B> {
     /// Runs the plan's forward ops on `n` examples already in acts[0].
     pub(super) fn forward(&mut self, b: &mut B, n: usize, train: bool, global_step: u32) {
         let plan = if train { &self.train_plan } else { &self.eval_plan };
-        for node in plan {
-            let (out, inp) = split(&mut self.acts, node.out, node.inp);
+        for node in &plan.nodes {
+            let (out, inp, other) = split3(&mut self.acts, node.out, node.inp, node.other);
             let shape_len = self.arch.shapes[node.inp].len();
             let dropout = node
                 .dropout
@@ -90,6 +93,7 @@ impl<B: Backend> Network<B> {
                 Layer::Dense(l) => b.dense_forward(out, inp, &self.params, &self.table, &l, n, epi),
                 Layer::Act(a) => b.activation_forward(out, inp, n * shape_len, a),
                 Layer::MaxPool2d(l) => b.maxpool_forward(out, &mut self.argmax[node.layer], inp, &l, n),
+                Layer::AvgPool2d(l) => b.avgpool_forward(out, inp, &l, n),
                 Layer::Dropout { .. } => {
                     let d = self.layout.dropout(node.layer, shape_len / self.members.len(), global_step);
                     b.dropout_forward(out, inp, &self.table, n * shape_len, &d)
@@ -104,64 +108,77 @@ impl<B: Backend> Network<B> {
                     n,
                     train,
                 ),
+                Layer::Add { .. } => b.residual_add(out, inp, other, n * shape_len),
                 Layer::Flatten => unreachable!("flatten has no op"),
             }
         }
     }
 
-    /// Backward through the training plan, from the loss gradient in the last op's output
-    /// gradient buffer.
+    /// Backward through the training plan, from the loss gradient in its slot.
     fn backward(&mut self, b: &mut B, n: usize, global_step: u32) {
-        for (k, node) in self.train_plan.iter().enumerate().rev() {
-            // grad indices: this op's output gradient, its input's, the pre-activation's.
-            let (d_out, d_in) = (k % 2, (k + 1) % 2);
-            let mut dy = d_out;
-            if let Some(a) = node.fused {
-                // After relu + dropout, the output is zero where either zeroed it, so the
-                // relu test on it applies both masks; the dropout scale remains.
-                let dropout = node.dropout.map(|d| self.dropout(d, global_step));
-                let (dpre, dpost) = split(&mut self.grad, 2, d_out);
-                let len = n * self.arch.shapes[node.out].len();
-                b.activation_backward(dpre, dpost, &self.acts[node.out], &self.table, len, a, dropout);
-                dy = 2;
-            }
-            let need_dx = node.need_dx;
+        for &step in &self.backward.steps {
+            let (node, dy, dx) = match step {
+                Step::Sum { to, a, b: other, len } => {
+                    let (to, x, y) = split3(&mut self.grad, to, a, other);
+                    b.residual_add(to, x, y, n * len);
+                    continue;
+                }
+                Step::Epilogue { node, from, to } => {
+                    // After relu + dropout, the output is zero where either zeroed it, so the
+                    // relu test on it applies both masks; the dropout scale remains.
+                    let node = self.train_plan.nodes[node];
+                    let dropout = node.dropout.map(|d| self.dropout(d, global_step));
+                    let (dpre, dpost) = split(&mut self.grad, to, from);
+                    let len = n * self.arch.shapes[node.out].len();
+                    let act = node.fused.expect("an epilogue step has an activation");
+                    b.activation_backward(dpre, dpost, &self.acts[node.out], &self.table, len, act, dropout);
+                    continue;
+                }
+                Step::Layer { node, dy, dx } => (self.train_plan.nodes[node], dy, dx),
+            };
             let inp = &self.acts[node.inp];
             let len = n * self.arch.shapes[node.inp].len();
-            match self.arch.layers[node.layer] {
-                Layer::Conv2d(l) => {
+            match (self.arch.layers[node.layer], dx) {
+                (Layer::Conv2d(l), _) => {
                     b.conv2d_backward_weight(&mut self.grads, &self.grad[dy], inp, &l, n);
-                    if need_dx {
-                        let (dx, dy) = split(&mut self.grad, d_in, dy);
+                    if let Some(dx) = dx {
+                        let (dx, dy) = split(&mut self.grad, dx, dy);
                         b.conv2d_backward_input(dx, dy, &self.params, &l, n);
                     }
                 }
-                Layer::Dense(l) => {
+                (Layer::Dense(l), _) => {
                     b.dense_backward_weight(&mut self.grads, &self.grad[dy], inp, &l, n);
-                    if need_dx {
-                        let (dx, dy) = split(&mut self.grad, d_in, dy);
+                    if let Some(dx) = dx {
+                        let (dx, dy) = split(&mut self.grad, dx, dy);
                         b.dense_backward_input(dx, dy, &self.params, &l, n);
                     }
                 }
-                Layer::BatchNorm(l) => {
-                    let (dx, dy) = split(&mut self.grad, d_in, dy);
+                (Layer::BatchNorm(l), Some(dx)) => {
+                    let (dx, dy) = split(&mut self.grad, dx, dy);
                     b.batchnorm_backward(dx, &mut self.grads, dy, inp, &self.saved[node.layer], &self.params, &l, n);
                 }
-                _ if !need_dx => {}
-                Layer::Act(a) => {
-                    let (dx, dy) = split(&mut self.grad, d_in, dy);
-                    b.activation_backward(dx, dy, &self.acts[node.out], &self.table, len, a, None);
+                (_, None) => {}
+                (Layer::Act(a), Some(dx)) => {
+                    // What the derivative is computed from: the output, or for gelu and silu
+                    // the input.
+                    let saved = if a.grad_from_output() { &self.acts[node.out] } else { inp };
+                    let (dx, dy) = split(&mut self.grad, dx, dy);
+                    b.activation_backward(dx, dy, saved, &self.table, len, a, None);
                 }
-                Layer::MaxPool2d(l) => {
-                    let (dx, dy) = split(&mut self.grad, d_in, dy);
+                (Layer::MaxPool2d(l), Some(dx)) => {
+                    let (dx, dy) = split(&mut self.grad, dx, dy);
                     b.maxpool_backward(dx, dy, &self.argmax[node.layer], &l, n);
                 }
-                Layer::Dropout { .. } => {
+                (Layer::AvgPool2d(l), Some(dx)) => {
+                    let (dx, dy) = split(&mut self.grad, dx, dy);
+                    b.avgpool_backward(dx, dy, &l, n);
+                }
+                (Layer::Dropout { .. }, Some(dx)) => {
                     let d = self.dropout(node.layer, global_step);
-                    let (dx, dy) = split(&mut self.grad, d_in, dy);
+                    let (dx, dy) = split(&mut self.grad, dx, dy);
                     b.dropout_backward(dx, dy, &self.table, len, &d);
                 }
-                Layer::Flatten => unreachable!("flatten has no op"),
+                (Layer::Add { .. } | Layer::Flatten, Some(_)) => unreachable!("no backward op"),
             }
         }
     }
@@ -172,12 +189,12 @@ impl<B: Backend> Network<B> {
     pub fn forward_backward(&mut self, b: &mut B, stats: &mut B::Buf, n: usize, slot: usize, global_step: u32) {
         self.forward(b, n, true, global_step);
         let (members, classes) = (self.len(), self.arch.classes());
-        let (out, scale) = (self.train_out, 1.0 / n as f32);
-        let last = (self.train_plan.len() + 1) % 2; // (len - 1) % 2 without underflow
-        let (dlogits, logits) = (&mut self.grad[last], &self.acts[out]);
+        let scale = 1.0 / n as f32;
+        let (dlogits, logits) = (&mut self.grad[self.backward.loss], &self.acts[self.train_plan.out]);
         match self.loss {
             Loss::CrossEntropy => {
-                b.softmax_xent_forward_backward(dlogits, stats, slot, logits, &self.labels, n, members, classes, scale)
+                let xent = Xent { members, classes, scale, smoothing_at: self.layout.smoothing_at };
+                b.softmax_xent_forward_backward(dlogits, stats, slot, logits, &self.labels, &self.table, n, &xent)
             }
             Loss::Mse => b.mse_forward_backward(dlogits, stats, slot, logits, &self.labels, n, members, classes, scale),
         }
@@ -201,7 +218,7 @@ impl<B: Backend> Network<B> {
     /// The buffer holding the model's output (logits, (n, members x classes)) after a
     /// training forward.
     pub fn logits(&self) -> &B::Buf {
-        &self.acts[self.train_out]
+        &self.acts[self.train_plan.out]
     }
 
     /// Every activation buffer at every layer boundary, and the max-pool positions, for the
@@ -209,7 +226,7 @@ impl<B: Backend> Network<B> {
     pub async fn debug_activations(&mut self, b: &mut B, n: usize) -> Result<Activations> {
         let mut acts = Vec::new();
         for (k, shape) in self.arch.shapes.iter().enumerate() {
-            let used = self.train_plan.iter().any(|node| node.out == k || node.inp == k);
+            let used = self.train_plan.buffers().any(|b| b == k);
             acts.push(if used { b.download(&self.acts[k], n * shape.len()).await? } else { Vec::new() });
         }
         let mut argmax = Vec::new();
@@ -243,11 +260,12 @@ impl<B: Backend> Network<B> {
                     BiasCorrection::Step => step,
                     BiasCorrection::Epoch => epoch.max(1),
                 };
-                let a = AdamStep { beta1, beta2, eps, t, segments: params, lr_at, wd_at: self.layout.rate_at };
+                let a = AdamStep { beta1, beta2, eps, t, segments: params, lr_at, wd_at: self.layout.wd_at };
                 b.adam_step(&mut self.params, &self.grads, &mut self.opt_m, &mut self.opt_v, &self.table, len, &a);
             }
-            Optimizer::Sgd { .. } => {
-                let s = SgdStep { segments: params, lr_at, momentum_at: self.layout.rate_at };
+            Optimizer::Sgd { nesterov, .. } => {
+                let (momentum_at, wd_at) = (self.layout.momentum_at, self.layout.wd_at);
+                let s = SgdStep { segments: params, lr_at, momentum_at, wd_at, nesterov };
                 b.sgd_step(&mut self.params, &self.grads, &mut self.opt_m, &self.table, len, &s);
             }
         }

@@ -6,11 +6,11 @@
 use ndarray::{Array1, ArrayView1, ArrayView2, ArrayView3, ArrayView4, ArrayViewMut1};
 
 use super::*;
-use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep};
+use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep, Xent, table_f32};
 use crate::cpu::data::packed_byte;
-use crate::data::augment::{batch_altered, image_flipped};
+use crate::data::augment::{batch_altered, image_flipped, image_shift};
 use crate::error::Result;
-use crate::model::{BatchNorm, Conv2d, Dense, Pool};
+use crate::model::{AvgPool, BatchNorm, Conv2d, Dense, Pool};
 
 /// The reference as a backend: every op is the definition in `reference`, in f64.
 #[derive(Debug, Default)]
@@ -147,7 +147,8 @@ impl Backend for Reference {
             });
             let affine = altered.map(|(a, key)| Affine::draw(key, j as u32, &a, h, w));
             let flip = g.augment.is_some_and(|(a, key)| a.flip && image_flipped(key, j as u32));
-            let v = sample_image(img.view(), affine.as_ref(), flip, &g.mean, &g.std);
+            let moved = g.augment.map_or((0, 0), |(a, key)| image_shift(key, j as u32, a.translate));
+            let v = sample_image(img.view(), affine.as_ref(), flip, moved, &g.mean, &g.std);
             put(x, j * c * h * w, &v);
             y[j] = labels[idx];
         }
@@ -252,6 +253,19 @@ impl Backend for Reference {
         put(dinp, 0, &activation_backward(view1(dout, 0, len), view1(out, 0, len), act, scale.view()));
     }
 
+    fn residual_add(&mut self, out: &mut Vec<f64>, a: &Vec<f64>, b: &Vec<f64>, len: usize) {
+        put(out, 0, &residual_add(view1(a, 0, len), view1(b, 0, len)));
+    }
+
+    fn avgpool_forward(&mut self, out: &mut Vec<f64>, inp: &Vec<f64>, l: &AvgPool, n: usize) {
+        put(out, 0, &avgpool_forward(view4(inp, 0, (n, l.c, l.h_in, l.w_in)), (l.kh, l.kw), l.stride));
+    }
+
+    fn avgpool_backward(&mut self, dinp: &mut Vec<f64>, dout: &Vec<f64>, l: &AvgPool, n: usize) {
+        let dy = view4(dout, 0, (n, l.c, l.h_out, l.w_out));
+        put(dinp, 0, &avgpool_backward(dy, (l.h_in, l.w_in), (l.kh, l.kw), l.stride));
+    }
+
     fn maxpool_forward(&mut self, out: &mut Vec<f64>, argmax: &mut Vec<u32>, inp: &Vec<f64>, l: &Pool, n: usize) {
         let (y, arg) = maxpool_forward(view4(inp, 0, (n, l.c, l.h_in, l.w_in)), l.size, l.stride);
         put(out, 0, &y);
@@ -334,15 +348,18 @@ impl Backend for Reference {
         slot: usize,
         logits: &Vec<f64>,
         labels: &Vec<u32>,
+        table: &Vec<u32>,
         n: usize,
-        members: usize,
-        classes: usize,
-        scale: f32,
+        x: &Xent,
     ) {
+        let (members, classes) = (x.members, x.classes);
         let y = member_labels(labels, n, members);
-        let (p, loss, correct) = softmax_xent(view2(logits, 0, (n * members, classes)), &y);
-        put(dlogits, 0, &softmax_xent_backward(p.view(), &y, scale as f64));
-        write_stats(stats, slot, members, &loss, &correct);
+        let z = view2(logits, 0, (n * members, classes));
+        let (p, _, correct) = softmax_xent(z, &y);
+        // Row (example, member)'s smoothing is its member's.
+        let s = Array1::from_shape_fn(n * members, |r| table_f32(table, x.smoothing_at + r % members) as f64);
+        put(dlogits, 0, &smoothed_xent_backward(p.view(), &y, s.view(), x.scale as f64));
+        write_stats(stats, slot, members, &smoothed_xent(z, &y, s.view()), &correct);
     }
 
     fn softmax_xent_forward(
@@ -431,11 +448,12 @@ impl Backend for Reference {
     ) {
         let lr = per_member(table, &s.segments, s.lr_at, len);
         let momentum = per_member(table, &s.segments, s.momentum_at, len);
+        let wd = per_member(table, &s.segments, s.wd_at, len);
         let mut p1 = flat(params, len).to_owned();
         // Velocity is only allocated (and touched) where some member has momentum.
         let with_velocity = momentum.iter().any(|&m| m > 0.0);
         let mut b1 = if with_velocity { flat(velocity, len).to_owned() } else { Array1::zeros(len) };
-        sgd_step(&mut p1, view1(grads, 0, len), &mut b1, lr.view(), momentum.view());
+        sgd_step(&mut p1, view1(grads, 0, len), &mut b1, lr.view(), momentum.view(), wd.view(), s.nesterov);
         put(params, 0, &p1);
         if with_velocity {
             put(velocity, 0, &b1);

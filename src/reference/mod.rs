@@ -175,22 +175,59 @@ pub fn dense_backward_weight(dy: ArrayView2<f64>, x: ArrayView2<f64>, groups: us
     (ndarray::concatenate(Axis(0), &views).expect("blocks of one width"), dy.sum_axis(Axis(0)))
 }
 
-/// act(x), one element.
+/// Phi(x), the standard normal CDF.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+}
+
+/// act(x), one element: relu max(x, 0), sigmoid 1 / (1 + e^-x), tanh, leaky relu x or
+/// slope x by the sign of x, gelu x Phi(x), silu x sigmoid(x).
 pub fn act(x: f64, a: Act) -> f64 {
     match a {
         Act::Relu => x.max(0.0),
         Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
         Act::Tanh => x.tanh(),
+        Act::LeakyRelu(s) => {
+            if x > 0.0 {
+                x
+            } else {
+                s as f64 * x
+            }
+        }
+        Act::Gelu => x * normal_cdf(x),
+        Act::Silu => x / (1.0 + (-x).exp()),
     }
 }
 
-/// act'(x) written in terms of the output y = act(x), which is what the backward keeps:
-/// relu [y > 0], sigmoid y (1 - y), tanh 1 - y^2.
+/// act'(x) written in terms of the output y = act(x), which is what the backward keeps where
+/// it can: relu [y > 0], sigmoid y (1 - y), tanh 1 - y^2, leaky relu 1 or the slope by the
+/// sign of y.
 pub fn act_grad(y: f64, a: Act) -> f64 {
     match a {
         Act::Relu => f64::from(u8::from(y > 0.0)),
         Act::Sigmoid => y * (1.0 - y),
         Act::Tanh => 1.0 - y * y,
+        Act::LeakyRelu(s) => {
+            if y > 0.0 {
+                1.0
+            } else {
+                s as f64
+            }
+        }
+        Act::Gelu | Act::Silu => act_grad_input(y, a),
+    }
+}
+
+/// act'(x) from the input x, for gelu, Phi(x) + x phi(x) (phi the normal density), and silu,
+/// s (1 + x (1 - s)) with s = sigmoid(x).
+pub fn act_grad_input(x: f64, a: Act) -> f64 {
+    match a {
+        Act::Gelu => normal_cdf(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt(),
+        Act::Silu => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 + x * (1.0 - s))
+        }
+        _ => act_grad(act(x, a), a),
     }
 }
 
@@ -199,9 +236,44 @@ pub fn activation_forward(x: ArrayView1<f64>, a: Act) -> Array1<f64> {
     x.mapv(|v| act(v, a))
 }
 
-/// dx = dy * act'(.) * scale, from the forward's output y; scale per element.
-pub fn activation_backward(dy: ArrayView1<f64>, y: ArrayView1<f64>, a: Act, scale: ArrayView1<f64>) -> Array1<f64> {
-    &dy * &(y.mapv(|y| act_grad(y, a)) * scale)
+/// dx = dy * act'(.) * scale, from `saved`: the forward's output y (or, for gelu and silu,
+/// its input x); scale per element.
+pub fn activation_backward(dy: ArrayView1<f64>, saved: ArrayView1<f64>, a: Act, scale: ArrayView1<f64>) -> Array1<f64> {
+    let grad = |v: f64| if a.grad_from_output() { act_grad(v, a) } else { act_grad_input(v, a) };
+    &dy * &(saved.mapv(grad) * scale)
+}
+
+/// y = a + b (a residual block's body and shortcut; the two gradients of one value).
+pub fn residual_add(a: ArrayView1<f64>, b: ArrayView1<f64>) -> Array1<f64> {
+    &a + &b
+}
+
+/// y (n, c, h_out, w_out) = the mean of each kh x kw window of x (n, c, h, w) at stride steps
+/// (no padding, floor mode).
+pub fn avgpool_forward(x: ArrayView4<f64>, (kh, kw): (usize, usize), stride: usize) -> Array4<f64> {
+    let (n, c, h, w) = x.dim();
+    let mut y = Array4::zeros((n, c, (h - kh) / stride + 1, (w - kw) / stride + 1));
+    for ((s, ch, oy, ox), v) in y.indexed_iter_mut() {
+        let window = x.slice(ndarray::s![s, ch, oy * stride..oy * stride + kh, ox * stride..ox * stride + kw]);
+        *v = window.sum() / (kh * kw) as f64;
+    }
+    y
+}
+
+/// dx (n, c, h, w): each window's gradient dy (n, c, h_out, w_out) spread evenly over it.
+pub fn avgpool_backward(
+    dy: ArrayView4<f64>,
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+) -> Array4<f64> {
+    let (n, c, _, _) = dy.dim();
+    let mut dx = Array4::zeros((n, c, h, w));
+    for ((s, ch, oy, ox), &g) in dy.indexed_iter() {
+        let mut window = dx.slice_mut(ndarray::s![s, ch, oy * stride..oy * stride + kh, ox * stride..ox * stride + kw]);
+        window += g / (kh * kw) as f64;
+    }
+    dx
 }
 
 /// The inverted-dropout multiplier of element i of a batch buffer of `d.members` models:
@@ -364,6 +436,22 @@ pub fn softmax_xent_backward(p: ArrayView2<f64>, labels: &[u32], scale: f64) -> 
     (&p - &onehot(labels, p.ncols())) * scale
 }
 
+/// The label-smoothed cross-entropy of z (n, classes) with smoothing s per row: (1 - s)
+/// (-log p[label]) + s mean_j(-log p[j]) (n), torch's `CrossEntropyLoss(label_smoothing)`.
+pub fn smoothed_xent(z: ArrayView2<f64>, labels: &[u32], s: ArrayView1<f64>) -> Array1<f64> {
+    let (p, nll, _) = softmax_xent(z, labels);
+    let mean_neg_log = p.mapv(|v| -v.ln()).mean_axis(Axis(1)).expect("rows have classes");
+    &nll * &(1.0 - &s) + &mean_neg_log * &s
+}
+
+/// Its gradient times scale: (softmax - ((1 - s) onehot + s / classes)) * scale.
+pub fn smoothed_xent_backward(p: ArrayView2<f64>, labels: &[u32], s: ArrayView1<f64>, scale: f64) -> Array2<f64> {
+    let classes = p.ncols() as f64;
+    let s = s.view().insert_axis(Axis(1));
+    let target = &onehot(labels, p.ncols()) * &(1.0 - &s) + &s / classes;
+    (&p - &target) * scale
+}
+
 /// Per example of z (n, classes): the mean over classes of (z - onehot)^2 (n), and whether
 /// the first maximum is the label.
 pub fn mse(z: ArrayView2<f64>, labels: &[u32]) -> (Array1<f64>, Vec<bool>) {
@@ -400,21 +488,26 @@ pub fn adam_step(
     *p = &*p * (1.0 - &lr * &wd) - m_hat / (v_hat.mapv(f64::sqrt) + eps) * lr;
 }
 
-/// One step of SGD as torch.optim.SGD, per element with its member's lr and momentum: with
-/// momentum, b <- momentum b + g and p <- p - lr b; without, p <- p - lr g (b untouched).
+/// One step of SGD as torch.optim.SGD, per element with its member's lr, momentum and weight
+/// decay wd: g = grad + wd p; with momentum, b <- momentum b + g and p <- p - lr b (Nesterov:
+/// p <- p - lr (g + momentum b)); without, p <- p - lr g (b untouched).
+#[allow(clippy::too_many_arguments)]
 pub fn sgd_step(
     p: &mut Array1<f64>,
-    g: ArrayView1<f64>,
+    grad: ArrayView1<f64>,
     b: &mut Array1<f64>,
     lr: ArrayView1<f64>,
     momentum: ArrayView1<f64>,
+    wd: ArrayView1<f64>,
+    nesterov: bool,
 ) {
     for i in 0..p.len() {
+        let g = grad[i] + wd[i] * p[i];
         if momentum[i] > 0.0 {
-            b[i] = b[i] * momentum[i] + g[i];
-            p[i] -= b[i] * lr[i];
+            b[i] = b[i] * momentum[i] + g;
+            p[i] -= lr[i] * if nesterov { g + momentum[i] * b[i] } else { b[i] };
         } else {
-            p[i] -= g[i] * lr[i];
+            p[i] -= g * lr[i];
         }
     }
 }
@@ -462,12 +555,14 @@ impl Affine {
 }
 
 /// One image (c, h, w) of bytes as model input: (pixel/255 - mean[c]) / std[c], mirrored left
-/// to right when `flip` (output column x shows column w - 1 - x), and sampled bilinearly
-/// (zero outside the image) through `affine` when the image is augmented.
+/// to right when `flip` (output column x shows column w - 1 - x), shifted by the whole pixels
+/// `moved` = (dx, dy) (then showing pixel (x - dx, y - dy), zero outside the image), and
+/// sampled bilinearly (zero outside the image) through `affine` when the image is augmented.
 pub fn sample_image(
     img: ArrayView3<u8>,
     affine: Option<&Affine>,
     flip: bool,
+    moved: (i32, i32),
     mean: &[f32],
     std: &[f32],
 ) -> Array3<f64> {
@@ -476,7 +571,12 @@ pub fn sample_image(
         if x < 0.0 || y < 0.0 || x >= w as f64 || y >= h as f64 { 0.0 } else { img[[c, y as usize, x as usize]] as f64 }
     };
     Array3::from_shape_fn(img.dim(), |(c, y, x)| {
-        let x = if flip { w - 1 - x } else { x };
+        let x = if flip { w - 1 - x } else { x } as i64 - moved.0 as i64;
+        let y = y as i64 - moved.1 as i64;
+        if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
+            return -(mean[c] as f64) / std[c] as f64;
+        }
+        let (x, y) = (x as usize, y as usize);
         let v = match affine {
             None => img[[c, y, x]] as f64,
             Some(a) => {

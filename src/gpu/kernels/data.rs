@@ -26,6 +26,9 @@ params! {
         flip: u32,
         first: u32,
         count: u32,
+        /// largest whole-pixel shift either way (0: none), drawn per image from draws
+        /// 0x40000000 + 2j and + 2j + 1
+        translate: u32,
     }
 }
 
@@ -60,6 +63,7 @@ pub(in crate::gpu) fn gather_batch(
         flip: aug.is_some_and(|a| a.flip) as u32,
         first: g.first as u32,
         count: g.count as u32,
+        translate: aug.map_or(0, |a| a.translate as u32),
     };
     let grid = gpu.grid(g.n * g.channels * g.height * g.width);
     gpu.dispatch("gather_batch", &[images, labels, perm, x, y], &prm, grid);

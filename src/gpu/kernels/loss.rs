@@ -4,6 +4,7 @@
 //! `WIDE_CLASSES` or more classes a row is one workgroup's work instead of one thread's
 //! (`*_rows_*`), its (loss, hit) written to scratch and summed in order by `loss_rows_sum`.
 
+use crate::backend::Xent;
 use crate::gpu::{GpuBackend, GpuBuf};
 
 /// From this many classes on, a row gets a workgroup: one thread looping over tens of
@@ -12,20 +13,31 @@ use crate::gpu::{GpuBackend, GpuBuf};
 pub(in crate::gpu) const WIDE_CLASSES: usize = 1024;
 
 /// The `entry` (a `*_rows_*` kernel) over rows (example, member) with one workgroup each,
-/// then each member's per-row figures summed into its stats.
-fn wide(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 3], stats: &mut GpuBuf, prm: &LossParams) {
+/// then each member's per-row figures summed into its stats; `table`, the member table, for
+/// the kernels that read it.
+fn wide(
+    gpu: &mut GpuBackend,
+    entry: &'static str,
+    bufs: [&GpuBuf; 3],
+    table: Option<&GpuBuf>,
+    stats: &mut GpuBuf,
+    prm: &LossParams,
+) {
     let rows = (prm.n * prm.members) as usize;
     let Some(part) = gpu.scratch(2 * rows.max(1)) else { return };
     let grid = gpu.tile_grid(rows, 1);
-    gpu.dispatch(entry, &[bufs[0], bufs[1], bufs[2], &part], prm, grid);
+    match table {
+        Some(t) => gpu.dispatch(entry, &[bufs[0], bufs[1], bufs[2], &part, t], prm, grid),
+        None => gpu.dispatch(entry, &[bufs[0], bufs[1], bufs[2], &part], prm, grid),
+    }
     let grid = gpu.tile_grid(prm.members as usize, 1);
     gpu.dispatch("loss_rows_sum", &[stats, &part], prm, grid);
 }
 
 /// One workgroup per member.
-fn per_member(gpu: &mut GpuBackend, entry: &'static str, bufs: [&GpuBuf; 4], prm: &LossParams) {
+fn per_member(gpu: &mut GpuBackend, entry: &'static str, bufs: &[&GpuBuf], prm: &LossParams) {
     let grid = gpu.tile_grid(prm.members as usize, 1);
-    gpu.dispatch(entry, &bufs, prm, grid);
+    gpu.dispatch(entry, bufs, prm, grid);
 }
 
 params! {
@@ -38,6 +50,9 @@ params! {
         /// forward: first example's row in probs
         probs_at: u32,
         members: u32,
+        /// forward-backward of the cross-entropy: each member's label smoothing in the member
+        /// table
+        smoothing_at: u32,
     }
 }
 
@@ -49,6 +64,7 @@ fn loss_params(n: usize, members: usize, classes: usize, slot: usize, scale: f32
         scale,
         probs_at: probs_at as u32,
         members: members as u32,
+        smoothing_at: 0,
     }
 }
 
@@ -60,16 +76,16 @@ pub(in crate::gpu) fn softmax_xent_forward_backward(
     slot: usize,
     logits: &GpuBuf,
     labels: &GpuBuf,
+    table: &GpuBuf,
     n: usize,
-    members: usize,
-    classes: usize,
-    scale: f32,
+    x: &Xent,
 ) {
-    let prm = loss_params(n, members, classes, slot, scale, 0);
-    if classes >= WIDE_CLASSES {
-        return wide(gpu, "softmax_xent_rows_forward_backward", [logits, labels, dlogits], stats, &prm);
+    let prm =
+        LossParams { smoothing_at: x.smoothing_at as u32, ..loss_params(n, x.members, x.classes, slot, x.scale, 0) };
+    if x.classes >= WIDE_CLASSES {
+        return wide(gpu, "softmax_xent_rows_forward_backward", [logits, labels, dlogits], Some(table), stats, &prm);
     }
-    per_member(gpu, "softmax_xent_forward_backward", [logits, labels, dlogits, stats], &prm);
+    per_member(gpu, "softmax_xent_forward_backward", &[logits, labels, dlogits, stats, table], &prm);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -87,9 +103,9 @@ pub(in crate::gpu) fn softmax_xent_forward(
 ) {
     let prm = loss_params(n, members, classes, slot, 1.0, probs_at);
     if classes >= WIDE_CLASSES {
-        return wide(gpu, "softmax_xent_rows_forward", [logits, labels, probs], stats, &prm);
+        return wide(gpu, "softmax_xent_rows_forward", [logits, labels, probs], None, stats, &prm);
     }
-    per_member(gpu, "softmax_xent_forward", [logits, labels, probs, stats], &prm);
+    per_member(gpu, "softmax_xent_forward", &[logits, labels, probs, stats], &prm);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -107,9 +123,9 @@ pub(in crate::gpu) fn mse_forward_backward(
 ) {
     let prm = loss_params(n, members, classes, slot, scale, 0);
     if classes >= WIDE_CLASSES {
-        return wide(gpu, "mse_rows_forward_backward", [outputs, labels, dout], stats, &prm);
+        return wide(gpu, "mse_rows_forward_backward", [outputs, labels, dout], None, stats, &prm);
     }
-    per_member(gpu, "mse_forward_backward", [outputs, labels, dout, stats], &prm);
+    per_member(gpu, "mse_forward_backward", &[outputs, labels, dout, stats], &prm);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -127,7 +143,7 @@ pub(in crate::gpu) fn mse_forward(
 ) {
     let prm = loss_params(n, members, classes, slot, 1.0, probs_at);
     if classes >= WIDE_CLASSES {
-        return wide(gpu, "mse_rows_forward", [outputs, labels, probs], stats, &prm);
+        return wide(gpu, "mse_rows_forward", [outputs, labels, probs], None, stats, &prm);
     }
-    per_member(gpu, "mse_forward", [outputs, labels, probs, stats], &prm);
+    per_member(gpu, "mse_forward", &[outputs, labels, probs, stats], &prm);
 }

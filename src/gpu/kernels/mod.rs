@@ -22,6 +22,7 @@ pub(super) mod loss;
 pub(super) mod optim;
 pub(super) mod pool;
 pub(super) mod reduce;
+pub(super) mod residual;
 
 use crate::backend::Dropout;
 use crate::model::Act;
@@ -52,11 +53,12 @@ pub const PARAMS: &[FamilyParams] = &[
     family("optim", "Params", optim::OptimParams::LAYOUT),
     family("pool", "Params", pool::PoolParams::LAYOUT),
     family("reduce", "Params", reduce::ReduceParams::LAYOUT),
+    family("residual", "Params", residual::ResidualParams::LAYOUT),
 ];
 
-/// The shaders' activation code (0: none).
+/// The shaders' activation code (0: none) of an epilogue's activation (`Act::fuses`).
 fn act_code(act: Option<Act>) -> u32 {
-    act.map_or(0, |a| a as u32)
+    act.map_or(0, |a| a.code())
 }
 
 /// An epilogue's dropout as the shaders take it (members.wgsl): has_dropout, members,

@@ -20,6 +20,10 @@ params! {
         c1: f32,
         /// adam: 1 / sqrt(1 - beta2^t)
         inv_sqrt_c2: f32,
+        /// sgd: weight decays
+        wd_at: u32,
+        /// sgd: 1 for Nesterov momentum
+        nesterov: u32,
     }
 }
 
@@ -46,6 +50,7 @@ pub(in crate::gpu) fn adam_step(
         eps: a.eps,
         c1,
         inv_sqrt_c2: 1.0 / c2.sqrt(),
+        ..Default::default()
     };
     let grid = gpu.grid(len);
     gpu.dispatch("adam_step", &[grads, params, m, v, table], &prm, grid);
@@ -66,6 +71,8 @@ pub(in crate::gpu) fn sgd_step(
         segs: s.segments.at as u32,
         lr_at: s.lr_at as u32,
         rate_at: s.momentum_at as u32,
+        wd_at: s.wd_at as u32,
+        nesterov: s.nesterov as u32,
         ..Default::default()
     };
     let grid = gpu.grid(len);
