@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch counterpart of `gpu-train bench`, in each of PyTorch's ways of running a training step.
 
-The same architecture (read from the same model file), batch size, optimizer (Adam with the
-file's lr, betas and eps; AdamW when weight_decay > 0; SGD if the file says so), dropout on,
-He init; the training images stay on the device as uint8 and each step gathers its batch by
+The same architecture (read from the same model file; residual blocks as `Residual`
+modules), batch size, optimizer (Adam with the file's lr, betas and eps; AdamW when
+weight_decay > 0; SGD with its momentum, Nesterov and weight decay if the file says so), the
+loss with the file's label smoothing, dropout on, He init; the training images stay on the device as uint8 and each step gathers its batch by
 a permutation, divides by 255 and normalises per the recipe's `normalize`. Times training
 steps after a warm-up, for each variant and precision asked for:
 
@@ -137,12 +138,23 @@ def model_file(arch):
     sys.exit(f"unknown architecture {arch}")
 
 
-def build(spec):
-    """torch.nn.Sequential with one module per layer-list entry, as gpu-train names tensors."""
-    c, h, w = spec.get("input", [1, 28, 28])
-    shape = (c, h, w)
+class Residual(nn.Module):
+    """gpu-train's residual block: body(x) + shortcut(x), the shortcut the identity when it has
+    no layers; its tensors are named body.{j}.* and shortcut.{j}.*, as gpu-train names them."""
+
+    def __init__(self, body, shortcut):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.shortcut = nn.Sequential(*shortcut)
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
+def _modules(layers, shape):
+    """One torch module per layer-list entry for inputs of `shape`: (modules, output shape)."""
     mods = []
-    for layer in spec["layers"]:
+    for layer in layers:
         t = layer["type"]
         if t == "conv2d":
             k = layer["kernel"]
@@ -160,11 +172,14 @@ def build(spec):
         elif t == "dense":
             m = nn.Linear(shape[0], layer["units"], bias=layer.get("bias", True))
             shape = (layer["units"],)
-        elif t in ("max_pool2d", "maxpool"):
+        elif t in ("max_pool2d", "maxpool", "avg_pool2d", "avgpool"):
             s = layer.get("size", 2)
             st = layer.get("stride") or s
-            m = nn.MaxPool2d(s, st)
+            m = nn.MaxPool2d(s, st) if t in ("max_pool2d", "maxpool") else nn.AvgPool2d(s, st)
             shape = (shape[0], (shape[1] - s) // st + 1, (shape[2] - s) // st + 1)
+        elif t == "global_avg_pool":
+            m = nn.AdaptiveAvgPool2d(1)
+            shape = (shape[0], 1, 1)
         elif t == "flatten":
             m = nn.Flatten()
             shape = (int(np.prod(shape)),)
@@ -176,11 +191,32 @@ def build(spec):
             m = nn.Sigmoid()
         elif t == "tanh":
             m = nn.Tanh()
+        elif t == "leaky_relu":
+            m = nn.LeakyReLU(layer.get("slope", 0.01))
+        elif t == "gelu":
+            m = nn.GELU()
+        elif t == "silu":
+            m = nn.SiLU()
         elif t == "batch_norm":
             m = (nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(shape[0], eps=layer.get("eps", 1e-5), momentum=layer.get("momentum", 0.1))
+        elif t == "residual":
+            body, out = _modules(layer["layers"], shape)
+            shortcut, short = _modules(layer.get("shortcut", []), shape)
+            if out != short:
+                sys.exit(f"residual block: body gives {out}, shortcut {short}")
+            m = Residual(body, shortcut)
+            shape = out
         else:
             sys.exit(f"layer type {t} not supported here")
         mods.append(m)
+    return mods, shape
+
+
+def build(spec):
+    """torch.nn.Sequential with one module per layer-list entry, as gpu-train names tensors
+    (a residual block a `Residual` with `body` and `shortcut` Sequentials)."""
+    c, h, w = spec.get("input", [1, 28, 28])
+    mods, _ = _modules(spec["layers"], (c, h, w))
     net = nn.Sequential(*mods)
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -222,7 +258,11 @@ def per_channel(value, channels, what):
 
 
 def normalization(spec, channels):
+    """Per-channel (mean, std) of the recipe; "auto" (computed by gpu-train when it trains, then
+    written into the saved model file) counts as plain pixel / 255 here."""
     norm = spec.get("train", {}).get("normalize", {})
+    if not isinstance(norm, dict):
+        norm = {}
     return per_channel(norm.get("mean", 0.0), channels, "mean"), per_channel(norm.get("std", 1.0), channels, "std")
 
 
@@ -269,8 +309,15 @@ def make_optimizer(spec, params, capturable, impl):
     o = spec.get("train", {}).get("optimizer", {"type": "adam", "lr": 0.001})
     kind = o.get("type", "adam")
     if kind == "sgd":
-        opt = torch.optim.SGD(params, lr=o["lr"], momentum=o.get("momentum", 0.0))
-        return opt, {"type": "sgd", "lr": o["lr"], "momentum": o.get("momentum", 0.0)}
+        kw = dict(lr=o["lr"], momentum=o.get("momentum", 0.0), nesterov=o.get("nesterov", False),
+                  weight_decay=o.get("weight_decay", 0.0))
+        if impl == "fused":
+            kw["fused"] = True
+        elif impl == "foreach":
+            kw["foreach"] = True
+        elif impl == "for-loop":
+            kw["foreach"] = False
+        return torch.optim.SGD(params, **kw), {"type": "sgd", **kw, "implementation": impl}
     wd = o.get("weight_decay", 0.0)
     kw = dict(lr=o.get("lr", 0.001), betas=(o.get("beta1", 0.9), o.get("beta2", 0.999)), eps=o.get("eps", 1e-8))
     if capturable:
@@ -290,12 +337,12 @@ def make_optimizer(spec, params, capturable, impl):
     return opt, desc
 
 
-def loss_of(out, y, kind):
+def loss_of(out, y, kind, smoothing=0.0):
     """The recipe's loss of logits `out` (B, classes) for labels `y` (B,)."""
     if kind == "mse":
         target = torch.zeros(out.shape, dtype=out.dtype, device=out.device).scatter_(1, y[:, None], 1.0)
         return torch.nn.functional.mse_loss(out, target)
-    return torch.nn.functional.cross_entropy(out, y)
+    return torch.nn.functional.cross_entropy(out, y, label_smoothing=smoothing)
 
 
 def gather(data, idx):
@@ -323,12 +370,12 @@ def stacked(nets):
     return params, buffers, copy.deepcopy(nets[0]).to("meta")
 
 
-def vmapped_losses(base, loss_kind):
+def vmapped_losses(base, loss_kind, smoothing=0.0):
     """f(params, buffers, x, y) -> the K member losses (K,): each member's forward and loss on
     the same batch. randomness="different": each member draws its own dropout masks, as K
     separate models would (the default, "error", refuses any random op inside vmap)."""
     def member_loss(p, b, x, y):
-        return loss_of(torch.func.functional_call(base, (p, b), (x,)), y, loss_kind)
+        return loss_of(torch.func.functional_call(base, (p, b), (x,)), y, loss_kind, smoothing)
     return torch.func.vmap(member_loss, in_dims=(0, 0, None, None), randomness="different")
 
 
@@ -432,12 +479,13 @@ def run_variant(args, spec, dev, data, variant, precision, route=None):
             raise RuntimeError("float16 AMP needs a GradScaler, whose step syncs with the host: "
                                "not capturable as a whole step (this GPU has no bfloat16)")
         loss_kind = spec.get("train", {}).get("loss", "cross_entropy")
+        smoothing = spec.get("train", {}).get("label_smoothing", 0.0)
         static = [images, labels]  # tensors that never move (for cudagraph trees)
         if route == "vmap":
             params, buffers, base = stacked(member_nets(spec, dev, args.seed, args.models))
             static += list(params.values()) + list(buffers.values())
             leaves = list(params.values())
-            losses_of = vmapped_losses(base, loss_kind)
+            losses_of = vmapped_losses(base, loss_kind, smoothing)
             if variant in COMPILE_MODES and args.compile_scope == "model":
                 losses_of = torch.compile(losses_of, mode=COMPILE_MODES[variant])
 
@@ -453,7 +501,7 @@ def run_variant(args, spec, dev, data, variant, precision, route=None):
                 model = torch.compile(net, mode=COMPILE_MODES[variant])
 
             def forward_loss(x, y):
-                return loss_of(model(x), y, loss_kind)
+                return loss_of(model(x), y, loss_kind, smoothing)
         opt, opt_desc = make_optimizer(spec, leaves, capturable=variant == "cudagraph", impl=args.adam)
         scaler = torch.amp.GradScaler(dev.type) if use_scaler else None
         idx_buf = torch.empty(batch, dtype=torch.int64, device=dev)

@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """Model files both ways between gpu-train and PyTorch.
 
-1. Loads a gpu-train model file into a torch.nn.Sequential of the same layers with
-   strict=True and evaluates it in PyTorch: the accuracy must equal what gpu-train recorded.
-2. Saves a freshly initialised torch.nn.Sequential (state_dict -> safetensors) and has
-   `gpu-train eval --arch ARCH` evaluate it: the accuracy must equal PyTorch's own.
+1. Loads a gpu-train model file into a torch.nn.Sequential of the same layers (a residual
+   block a `Residual` module with `body` and `shortcut` Sequentials) with strict=True and
+   evaluates it in PyTorch, normalising inputs as the file says: the accuracy must equal what
+   gpu-train recorded.
+2. Saves a freshly initialised torch.nn.Sequential, trained a few steps (state_dict ->
+   safetensors), and has `gpu-train eval --arch ARCH` evaluate it: the accuracy must equal
+   PyTorch's own.
 
     python3 bench/torch_compat.py --model models/cnn4.safetensors --arch cnn4
+    python3 bench/torch_compat.py --model runs/f/resnet20-gray.safetensors --arch resnet20-gray \
+        --data-dir /usr/share/datasets/fashion-mnist
+
+The test set is an IDX folder (MNIST's by default).
 """
 import argparse
 import json
@@ -27,17 +34,21 @@ import pytorch_bench as pb  # noqa: E402
 ROOT = pb.ROOT
 
 
-def torch_accuracy(net, images, labels):
+def torch_accuracy(net, images, labels, spec):
+    """Accuracy of `net` on uint8 images normalised as the model file `spec` says."""
+    mean, std = pb.normalization(spec, images.shape[1])
+    mean = torch.tensor(mean).view(1, -1, 1, 1)
+    std = torch.tensor(std).view(1, -1, 1, 1)
     net.eval()
     with torch.no_grad():
-        x = torch.from_numpy(images.copy()).float().div_(255.0)
+        x = (torch.from_numpy(images.copy()).float().div_(255.0) - mean) / std
         pred = torch.cat([net(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
     return (pred.numpy() == labels).mean()
 
 
-def gpu_train_accuracy(binary, model, arch):
-    out = subprocess.run([binary, "eval", "--backend", "cpu", "--brief", "--model", model, "--arch", arch],
-                         capture_output=True, text=True, cwd=ROOT)
+def gpu_train_accuracy(binary, model, arch, data_dir):
+    out = subprocess.run([binary, "eval", "--backend", "cpu", "--brief", "--model", model, "--arch", arch,
+                          "--data-dir", data_dir], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         sys.exit(out.stderr)
     line = [l for l in out.stdout.splitlines() if "accuracy" in l][-1]
@@ -49,19 +60,22 @@ def main():
     ap.add_argument("--model", required=True, help="a model file written by gpu-train")
     ap.add_argument("--arch", required=True)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "gpu-train"))
+    ap.add_argument("--data-dir", default=os.path.join(ROOT, "data", "mnist"),
+                    help="the IDX folder whose test set to score (default: the shipped MNIST)")
     args = ap.parse_args()
     with open(pb.model_file(args.arch), "rb") as f:
         spec = tomllib.load(f)
-    d = os.path.join(ROOT, "data", "mnist")
+    d = args.data_dir
     images = pb.load_images(os.path.join(d, "t10k-images-idx3-ubyte.gz"))
     labels = pb.load_labels(os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
 
-    # 1. ours -> torch
+    # 1. ours -> torch, with the model file's own normalisation (resolved when it trained)
     net = pb.build(spec)
     net.load_state_dict(load_file(args.model), strict=True)
     with safe_open(args.model, "pt") as f:
-        recorded = json.loads(f.metadata()["metrics"])["test_accuracy"]
-    acc = torch_accuracy(net, images, labels)
+        meta = f.metadata()
+    recorded = json.loads(meta["metrics"])["test_accuracy"]
+    acc = torch_accuracy(net, images, labels, tomllib.loads(meta["model"]) if "model" in meta else spec)
     print(f"gpu-train file in PyTorch (strict=True): accuracy {100 * acc:.2f}%, recorded {100 * recorded:.2f}%")
     ok1 = abs(acc - recorded) <= 2e-4
 
@@ -75,11 +89,11 @@ def main():
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), torch.from_numpy(labels[:256].astype(np.int64))).backward()
         opt.step()
-    theirs = torch_accuracy(net, images, labels)
+    theirs = torch_accuracy(net, images, labels, spec)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "torch.safetensors")
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, path)
-        ours = gpu_train_accuracy(args.binary, path, args.arch)
+        ours = gpu_train_accuracy(args.binary, path, args.arch, d)
     print(f"PyTorch file in gpu-train: accuracy {100 * ours:.2f}%, PyTorch says {100 * theirs:.2f}%")
     ok2 = abs(ours - theirs) <= 2e-4
     print("both ways agree" if ok1 and ok2 else "MISMATCH")

@@ -273,17 +273,23 @@ fn normalisation_awkward_convolutions_and_a_pytorch_model_agree_with_onnxruntime
     let mut awkward = loaded(arch, params, state);
     randomize_batch_norm(&mut awkward, 5);
     cases.extend(cases_for("awkward", awkward, &images));
-    // PyTorch's fixture (tests/torch_compat.rs): onnxruntime against PyTorch's logits as well.
+    // PyTorch's fixtures (tests/torch_compat.rs): onnxruntime against PyTorch's logits as
+    // well, for plain layers and for residual blocks with gelu, silu, leaky relu and pooling.
     let dir = repo().join("tests/fixtures");
-    let spec = presets::load(dir.join("torch_small.toml").to_str().unwrap()).unwrap();
-    let torch = modelfile::load(&dir.join("torch_small.safetensors"), Some(spec)).unwrap();
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("torch_small.json")).unwrap()).unwrap();
-    let torch_logits = expected["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    let mut torch_cases = cases_for("torch-small", torch, &images);
-    let logits = torch_cases.iter_mut().find(|c| !c.softmax).unwrap();
-    logits.also = Some(("PyTorch", torch_logits));
-    cases.extend(torch_cases);
+    for (name, toml, fixture) in [
+        ("torch-small", "torch_small.toml", "torch_small"),
+        ("torch-residual", "residual_small.toml", "torch_residual"),
+    ] {
+        let spec = presets::load(dir.join(toml).to_str().unwrap()).unwrap();
+        let torch = modelfile::load(&dir.join(format!("{fixture}.safetensors")), Some(spec)).unwrap();
+        let expected: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{fixture}.json"))).unwrap()).unwrap();
+        let torch_logits = expected["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let mut torch_cases = cases_for(name, torch, &images);
+        let logits = torch_cases.iter_mut().find(|c| !c.softmax).unwrap();
+        logits.also = Some(("PyTorch", torch_logits));
+        cases.extend(torch_cases);
+    }
     let tmp = tempfile::tempdir().unwrap();
     let results = check_with_onnxruntime(&py, tmp.path(), &images, &cases);
     let ops = |name: &str| {
@@ -309,6 +315,13 @@ fn normalisation_awkward_convolutions_and_a_pytorch_model_agree_with_onnxruntime
             "Softmax"
         ]
     );
+    // Residual blocks: each block's ops, then an Add; gelu in opset 13 terms, silu as x
+    // sigmoid(x).
+    let res = ops("torch-residual");
+    for op in ["Add", "AveragePool", "GlobalAveragePool", "Erf", "LeakyRelu", "Sigmoid", "Mul", "Div"] {
+        assert!(res.iter().any(|o| o == op), "no {op} in {res:?}");
+    }
+    assert_eq!(res.iter().filter(|o| *o == "Add").count(), 5 + 1, "five blocks' sums and gelu's 1 + erf: {res:?}");
     let norm: Value = serde_json::from_str(results["awkward"]["metadata"]["normalization"].as_str().unwrap()).unwrap();
     assert_eq!(norm["mean"][0].as_f64().unwrap() as f32, 0.1307);
     assert_eq!(norm["std"][0].as_f64().unwrap() as f32, 0.3081);
