@@ -260,6 +260,8 @@ async fn conv_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         (2, conv(5, 9, 11, 70, (2, 4), 1, (1, 3)), Epilogue::act(Some(Act::Sigmoid))),
         (4, conv(3, 14, 14, 7, (5, 5), 1, (2, 2)), drop(1, 7 * 14 * 14, at1)),
         (2, conv(2, 6, 6, 3, (6, 6), 1, (0, 0)), Epilogue::default()),
+        // A residual block's projection shortcut: 1x1, stride 2, odd sides, batch 1.
+        (1, conv(6, 9, 7, 10, (1, 1), 2, (0, 0)), Epilogue::default()),
         // Grouped: 3 groups of odd sizes (an array of 3 after its first layer, with each
         // member's dropout); depthwise; batch 1; 2 groups strided.
         (2, grouped(conv(6, 9, 7, 9, (3, 3), 1, (1, 1)), 3, 3), drop(3, 3 * 9 * 7, at3)),

@@ -68,22 +68,32 @@ fn chromium() -> Option<String> {
 type Uploads = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
 fn serve(root: PathBuf) -> (u16, Uploads) {
+    serve_with(root, None)
+}
+
+/// `serve`, with the folder `extra` under /extra/ as well.
+fn serve_with(root: PathBuf, extra: Option<PathBuf>) -> (u16, Uploads) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let uploads = Arc::new(Mutex::new(Vec::new()));
     let kept = uploads.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            let (root, kept) = (root.clone(), kept.clone());
+            let (root, extra, kept) = (root.clone(), extra.clone(), kept.clone());
             std::thread::spawn(move || {
-                let _ = answer(stream, &root, &kept);
+                let _ = answer(stream, &root, extra.as_deref(), &kept);
             });
         }
     });
     (port, uploads)
 }
 
-fn answer(stream: TcpStream, root: &Path, uploads: &Mutex<Vec<(String, Vec<u8>)>>) -> std::io::Result<()> {
+fn answer(
+    stream: TcpStream,
+    root: &Path,
+    extra: Option<&Path>,
+    uploads: &Mutex<Vec<(String, Vec<u8>)>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
     reader.read_line(&mut request)?;
@@ -123,9 +133,10 @@ fn answer(stream: TcpStream, root: &Path, uploads: &Mutex<Vec<(String, Vec<u8>)>
         return reply(&mut out, "403 Forbidden", "text/plain", b"no");
     }
     // The repository's shipped models, for the page to load.
-    let file = match rel.strip_prefix("repo/models/") {
-        Some(m) => repo().join("models").join(m),
-        None => root.join(rel),
+    let file = match (rel.strip_prefix("repo/models/"), rel.strip_prefix("extra/"), extra) {
+        (Some(m), _, _) => repo().join("models").join(m),
+        (_, Some(e), Some(dir)) => dir.join(e),
+        _ => root.join(rel),
     };
     match std::fs::read(file) {
         Ok(body) => {
@@ -319,6 +330,67 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     let cli_prob: f64 = cli_pct.trim_end_matches(['%', ')', ']', '\n']).parse::<f64>().unwrap() / 100.0;
     assert_eq!(cli_name, name, "the page guessed {name} ({prob}); the command line says:\n{out}");
     assert!((cli_prob - prob).abs() < 0.002, "the page gave {name} {prob}; the command line says:\n{out}");
+}
+
+/// The four IDX files of the first `n_train` MNIST training and `n_test` test images, in `dir`.
+fn small_mnist(dir: &Path, n_train: usize, n_test: usize) {
+    let (train, test) = gpu_train::data::load_dir(&mnist_dir()).unwrap();
+    for (set, n, stem) in [(train, n_train, "train"), (test, n_test, "t10k")] {
+        let set = set.take(n);
+        let mut images = [0x0803u32, n as u32, 28, 28].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<u8>>();
+        images.extend(&set.images);
+        let mut labels = [0x0801u32, n as u32].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<u8>>();
+        labels.extend(set.labels.iter().map(|&l| l as u8));
+        std::fs::write(dir.join(format!("{stem}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{stem}-labels-idx1-ubyte")), labels).unwrap();
+    }
+}
+
+/// A model file the page is given by URL, with residual blocks of every wiring (identity,
+/// projection, nested, over flat features), gelu, silu, leaky relu, average and global
+/// pooling, SGD with Nesterov momentum and weight decay, label smoothing and pad-and-crop
+/// shifts, trains in the page as it does natively on the GPU.
+#[test]
+fn the_page_trains_a_residual_model_file_like_the_cli() {
+    let Some(bin) = chromium() else { return };
+    let Some(root) = dist() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // Few steps: a software adapter runs small convolutions slowly (issue 32's kernels), and
+    // the point is the same arithmetic, not accuracy.
+    small_mnist(tmp.path(), 64, 64);
+    std::fs::copy(repo().join("tests/fixtures/residual_small.toml"), tmp.path().join("residual.toml")).unwrap();
+    let (port, _) = serve_with(root, Some(tmp.path().to_path_buf()));
+    let url = format!(
+        "http://127.0.0.1:{port}/?data=/extra/&modelfile=/extra/residual.toml&epochs=1&batch=32&seed=3&autostart=1"
+    );
+    let flags = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--use-webgpu-adapter=swiftshader"];
+    let lines = console(&bin, &url, &flags, &["RESULT "], Duration::from_secs(600));
+    let page = json_after(&lines, "RESULT ").unwrap_or_else(|| panic!("no RESULT line:\n{}", lines.join("\n")));
+    assert_eq!(page["arch"], "residual-small", "{page}");
+    let native = tmp.path().join("native.safetensors");
+    let model = tmp.path().join("residual.toml");
+    let args = ["--arch", p(&model), "--data-dir", p(tmp.path()), "--epochs", "1", "--batch", "32"];
+    let (code, out, err) =
+        common::gpu_train_cmd(&[&args[..], &["--seed", "3", "--backend", "gpu", "--out", p(&native)]].concat());
+    if code != 0 && !ci() && err.contains("adapter") {
+        eprintln!("skipping the native comparison: no GPU adapter here ({err})");
+        return;
+    }
+    assert_eq!(code, 0, "{out}\n{err}");
+    let cli = gpu_train::modelfile::load(&native, None).unwrap().metrics().unwrap();
+    let cli_train_loss: f64 = out
+        .lines()
+        .filter_map(|l| l.split("train loss ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no train loss in:\n{out}"));
+    // Drivers round differently (see the test above): 64 test images, so 2 points are one.
+    let (pa, ca) = (f(&page, "test_accuracy"), f(&cli, "test_accuracy"));
+    assert!((pa - ca).abs() <= 0.02, "test accuracy: page {pa}, CLI {ca}");
+    assert_eq!(f(&page, "train_images"), 64.0, "{page}");
+    let (pl, cl) = (f(&page, "train_loss"), cli_train_loss);
+    assert!((pl - cl).abs() < 0.02 * cl, "training loss: page {pl}, CLI {cl}");
+    let (ptl, ctl) = (f(&page, "test_loss"), f(&cli, "test_loss"));
+    assert!((ptl - ctl).abs() < 0.03 * ctl, "test loss: page {ptl}, CLI {ctl}");
 }
 
 /// A shipped model loaded into the page scores there what it scored when it was saved.

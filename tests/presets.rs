@@ -105,6 +105,24 @@ fn tensors_are_named_like_torch_sequential() {
     assert!(a.params.iter().all(|t| t.offset % gpu_train::model::TENSOR_ALIGN == 0));
 }
 
+/// A residual block's tensors are named inside it, as a torch module with `body` and
+/// `shortcut` Sequentials names them; the block (an identity shortcut adds none) and the
+/// layers after it keep their top-level indices.
+#[test]
+fn residual_tensors_are_named_by_block() {
+    let a = arch("resnet20");
+    let names: Vec<&str> = a.params.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names[..5], ["0.weight", "1.weight", "1.bias", "3.body.0.weight", "3.body.1.weight"]);
+    assert!(names.contains(&"9.shortcut.0.weight") && names.contains(&"9.shortcut.1.bias"), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("3.shortcut")), "an identity shortcut has no tensors");
+    assert_eq!(*names.last().unwrap(), "23.bias");
+    assert_eq!(a.param_count(), 272_474);
+    assert_eq!(a.output(), gpu_train::model::Shape::Flat(10));
+    // The summary shows each block on a line of its own with its layers under it.
+    let s = a.summary();
+    assert!(s.contains("residual, identity shortcut") && s.contains("shortcut.0"), "{s}");
+}
+
 #[test]
 fn malformed_model_files_fail_with_a_reason() {
     let cases = [
@@ -122,9 +140,55 @@ fn malformed_model_files_fail_with_a_reason() {
         ("name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'dense', units = 10 }]\n[train]\nbogus = 1", "bogus"),
         ("name = 'x'\nlayers = [ { type = 'flatten' ", "TOML"),
         ("layers = [{ type = 'flatten' }, { type = 'dense', units = 10 }]", "name"),
+        // Residual blocks: branches that disagree name both shapes; an empty body; a typo
+        // inside a block; pooling and activations with bad settings.
+        (
+            "name = 'x'\nlayers = [{ type = 'residual', layers = [{ type = 'conv2d', filters = 4, kernel = 3 }] }, { type = 'flatten' }, { type = 'dense', units = 10 }]",
+            "body gives 4x26x26 but its identity shortcut passes 1x28x28",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'residual', layers = [{ type = 'conv2d', filters = 4, kernel = 3, padding = 1 }], shortcut = [{ type = 'avg_pool2d' }] }, { type = 'flatten' }, { type = 'dense', units = 10 }]",
+            "layer 0: residual block: its body gives 4x28x28 but its shortcut gives 1x14x14",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'residual', layers = [] }, { type = 'flatten' }, { type = 'dense', units = 10 }]",
+            "body",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'residual', layers = [{ type = 'conv2d', filters = 1, kernal = 3 }] }, { type = 'flatten' }, { type = 'dense', units = 10 }]",
+            "kernal",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'residual', layers = [{ type = 'residual', layers = [{ type = 'conv2d', filters = 2, kernel = 3 }] }] }, { type = 'flatten' }, { type = 'dense', units = 10 }]",
+            "layer 0.body.0:",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'global_avg_pool' }, { type = 'dense', units = 10 }]",
+            "image input",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'avg_pool2d', size = 40 }, { type = 'flatten' }, { type = 'dense', units = 10 }]",
+            "avg_pool2d size 40",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'leaky_relu', slope = -1 }, { type = 'flatten' }, { type = 'dense', units = 10 }]",
+            "slope",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'dense', units = 10 }]\n[train]\nlabel_smoothing = 1.5",
+            "label_smoothing",
+        ),
+        (
+            "name = 'x'\nlayers = [{ type = 'flatten' }, { type = 'dense', units = 10 }]\n[train]\noptimizer = { type = 'sgd', lr = 0.1, nesterov = true }",
+            "nesterov",
+        ),
     ];
     for (text, want) in cases {
-        let err = presets::parse(text, "test.toml").and_then(Arch::new).unwrap_err().to_string();
+        let err = presets::parse(text, "test.toml")
+            .and_then(|s| s.train.validate().map_err(gpu_train::error::Error::Config).map(|_| s))
+            .and_then(Arch::new)
+            .unwrap_err()
+            .to_string();
         assert!(err.to_lowercase().contains(&want.to_lowercase()), "expected '{want}' in: {err}");
         assert!(!err.contains('\n'), "one line: {err}");
     }

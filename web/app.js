@@ -4,6 +4,7 @@
 //
 // URL parameters run the page without a hand on it (tests, demos, links to a set-up):
 //   arch, epochs, batch, lr, limit, seed  preset and recipe overrides (fill the form)
+//   modelfile=URL                         a model file (.toml) to train instead of a preset
 //   data=mnist | URL                      load the shipped MNIST, or the four IDX files in the
 //                                         folder at URL (same server); digits=0: not digits
 //   model=URL                             load a model file (training then continues it;
@@ -146,15 +147,25 @@ async function walk(entry, path, out) {
 function fillPreset(name) {
   const p = presets.find((x) => x.name === name);
   if (!p) return;
-  $('toml').value = p.text;
   $('toml').dataset.preset = p.text;
-  const get = (re) => { const m = p.text.match(re); return m ? m[1] : ''; };
+  fillModel(p.text);
+}
+
+// The model file's text into the editor, and its epochs, batch and rate into the form.
+function fillModel(text) {
+  $('toml').value = text;
+  const get = (re) => { const m = text.match(re); return m ? m[1] : ''; };
   $('epochs').value = get(/^\s*epochs\s*=\s*(\d+)/m);
   $('batch').value = get(/^\s*batch\s*=\s*(\d+)/m);
   $('lr').value = get(/\blr\s*=\s*([0-9.eE+-]+)/);
   const desc = get(/^description\s*=\s*"(.*)"/m);
   status('model-status', desc);
   fromLoaded = false;
+}
+
+// The URL's recipe overrides, into the form.
+function urlOverrides() {
+  for (const k of ['epochs', 'batch', 'lr', 'limit', 'seed']) if (params.has(k)) $(k).value = params.get(k);
 }
 let fromLoaded = false;
 
@@ -408,6 +419,13 @@ async function automatic(adapter) {
     console.log('SELFTEST ' + JSON.stringify({ passed: r.passed, failed: r.failed, adapter }));
     status('train-status', `self-test: ${r.passed} passed, ${r.failed} failed`, r.failed > 0);
   }
+  if (params.has('modelfile')) {
+    const url = params.get('modelfile');
+    const r = await fetch(url);
+    if (!r.ok) throw new Error(`${url}: ${r.status} ${r.statusText}`);
+    fillModel(await r.text());
+    urlOverrides();
+  }
   if (params.has('model')) {
     const url = params.get('model');
     const line = await call(async () => wasm.load_model(await fetchBytes(url), url.split('/').pop()));
@@ -473,7 +491,7 @@ async function main() {
   for (const p of presets) sel.add(new Option(p.name, p.name));
   sel.value = presets.some((p) => p.name === params.get('arch')) ? params.get('arch') : 'speedrun';
   fillPreset(sel.value);
-  for (const k of ['epochs', 'batch', 'lr', 'limit', 'seed']) if (params.has(k)) $(k).value = params.get(k);
+  urlOverrides();
   if (params.has('arch') && !presets.some((p) => p.name === params.get('arch'))) {
     fail('model-status', `no preset called ${params.get('arch')}`);
     return;
