@@ -380,8 +380,8 @@ fn the_page_trains_a_residual_model_file_like_the_cli() {
     let cli = gpu_train::modelfile::load(&native, None).unwrap().metrics().unwrap();
     let cli_train_loss: f64 = out
         .lines()
-        .filter_map(|l| l.split("train loss ").nth(1)?.split_whitespace().next()?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.split("train loss ").nth(1)?.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no train loss in:\n{out}"));
     // Drivers round differently (see the test above): 64 test images, so 2 points are one.
     let (pa, ca) = (f(&page, "test_accuracy"), f(&cli, "test_accuracy"));
