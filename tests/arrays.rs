@@ -317,12 +317,19 @@ fn bad_seeds_and_sweeps_give_one_line_errors() {
     check(&["--sweep", "lr=-1"], "learning rate");
     check(&["--sweep", "momentum=0.9"], "adam");
     check(&["--sweep", "dropout=1.5"], "[0, 1)");
+    check(&["--sweep", "label_smoothing=0.1,1"], "label_smoothing");
+    check(&["--sweep", "wd=-0.1"], "weight_decay");
     check(&["--seeds", "1,2,1"], "seed 1 is given twice");
     check(&["--seeds", "8..1"], "ends before it starts");
     check(&["--seeds", "1..x"], "not a seed");
     check(&["--seeds", "1..100000000"], "more than");
     let line = one_line_error(&["--arch", "mlp", "--backend", "cpu", "--seeds", "1..2", "--sweep", "dropout=0.1,0.2"]);
     assert!(line.contains("no dropout layer"), "{line}");
+    // Label smoothing is the cross-entropy's (b1 trains with mse); Nesterov needs momentum.
+    let line = one_line_error(&["--arch", "b1", "--backend", "cpu", "--sweep", "smoothing=0,0.1"]);
+    assert!(line.contains("mse"), "{line}");
+    let line = one_line_error(&["--arch", "resnet20-gray", "--backend", "cpu", "--sweep", "momentum=0,0.9"]);
+    assert!(line.contains("nesterov"), "{line}");
     // Too many members for this machine: refused before allocating, naming how many fit.
     let line = one_line_error(&[&base[..], &["--seeds", "1..60000"][..]].concat());
     assert!(line.contains("too large") && line.contains("at most"), "{line}");

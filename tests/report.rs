@@ -173,6 +173,30 @@ fn a_report_of_two_models_shows_their_logs_matrix_and_mistakes() {
     assert!(!html.contains("<script"), "the page needs no scripts");
 }
 
+/// A residual model's report draws its layer table with the blocks: each block a line of its
+/// own, its body's and shortcut's layers indented under it.
+#[test]
+fn a_residual_model_reports_its_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("res.safetensors");
+    let fixture = repo().join("tests/fixtures/residual_small.toml");
+    run_ok(&["--arch", p(&fixture), "--backend", "cpu", "--limit", "200", "--out", p(&model)]);
+    let (html, _) = report(&[p(&model), "--mistakes", "0"], tmp.path());
+    let doc = parse_page(&html);
+    let layers = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("pre"))
+        .filter_map(|n| n.text())
+        .find(|t| t.contains("parameters"))
+        .expect("a layer table");
+    let lines: Vec<&str> = layers.lines().collect();
+    let block = lines.iter().position(|l| l.trim_start().starts_with("5 ") && l.contains("residual")).expect("block 5");
+    assert!(lines[block + 1].starts_with("    body.0") && lines[block + 1].contains("conv2d 3x3 /2"), "{layers}");
+    assert!(lines.iter().any(|l| l.starts_with("      body.0") && l.contains("conv2d")), "the nested block: {layers}");
+    assert!(lines.iter().any(|l| l.contains("shortcut.1") && l.contains("batch_norm")), "{layers}");
+    assert!(lines.iter().any(|l| l.contains("residual, identity shortcut")), "{layers}");
+}
+
 /// A model array as its writer leaves it: member files with their logs (trained here, small),
 /// a manifest naming them with their seeds and swept rates, and the array's log.
 fn array_fixture(dir: &Path) -> PathBuf {
