@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 18 and 24 in one go, sized for about 8.5 minutes on an NVIDIA
-# H200 (BUDGET below):
+# Every GPU measurement of issues 18, 24 and 31 in one go, sized for about 8.5 minutes on an
+# NVIDIA H200 (BUDGET below):
 #   1. adapters (cooperative matrices, f16, subgroups), the kernel selftest and the
 #      cooperative-matrix probe;
 #   2. K models at once (issue 24): cnn4 at batch 16 trained as arrays of K = 1, 8, 16
@@ -10,14 +10,15 @@
 #      (bench/compare.py --seeds; target: K=8 at least 5x K=1's member-steps per second,
 #      and ahead of PyTorch's fastest K-model route);
 #   3. gpu-train against PyTorch's fastest variants (eager, whole-step CUDA graph,
-#      torch.compile reduce-overhead) in fp32/TF32 and AMP: cnn4 at batch 16, 128, 512 and
-#      cnn6 at 120 (bench/compare.py, ratio_vs_best per precision class);
+#      torch.compile reduce-overhead) in fp32/TF32 and AMP: cnn4 at batch 16, 128, 512,
+#      cnn6 at 120 and the residual presets resnet20 (RGB 32x32) and resnet20-gray (28x28) at
+#      128 (bench/compare.py, ratio_vs_best per precision class);
 #   4. K models at once for fc-b at batch 16 and cnn6 at batch 120, K = 1 and 8, against
 #      PyTorch eager and whole-step CUDA graph only (no compile: it does not fit the time);
 #   5. the default (checked) build against unchecked shaders, and this commit's GEMM inner
 #      product against the old one when .gl/shaders-old holds the old files;
 #   6. per-kernel profiles with achieved TFLOP/s, dispatches and host time per step (cnn4 at
-#      batch 16 also as an array of 8);
+#      batch 16 also as an array of 8; resnet20 at 128);
 #   7. mixed precision (cooperative-matrix dense GEMMs) against f32 on fc-b, and the dense
 #      parity test binary if carried;
 #   8. the speedrun preset to 99% over five seeds (time to accuracy, shader builds apart).
@@ -53,16 +54,16 @@ START=$(date +%s)
 mkdir -p "$RES"
 LOG="$RES/gpu-run-$STAMP.txt"
 QUICK=${QUICK:-}
-# Caps (seconds) of the compare.py cases, in the order they run: the arrays of cnn4 (2), cnn4 and
-# cnn6 against PyTorch (3), the arrays of fc-b and cnn6 (4). TAIL: sections 5-8 (about twenty
+# Caps (seconds) of the compare.py cases, in the order they run: the arrays of cnn4 (2), cnn4,
+# cnn6 and the residual presets against PyTorch (3), the arrays of fc-b and cnn6 (4). TAIL: sections 5-8 (about twenty
 # short bench runs and five speedrun trainings). Both are estimates, not yet timed on an H200:
 # the log's [seconds] marks show where the time went.
 if [ -n "$QUICK" ]; then
     STEPS=20; CSTEPS=30; ASTEPS=10; KS="1 2"; KS_SMALL="1 2"
-    CAP_ARRAYS=120; CAP_A=120; CAP_B=60; CAP_SMALL=60; BUDGET=${BUDGET:-100000}; TAIL=0
+    CAP_ARRAYS=120; CAP_A=120; CAP_B=60; CAP_R=60; CAP_SMALL=60; BUDGET=${BUDGET:-100000}; TAIL=0
 else
     STEPS=300; CSTEPS=300; ASTEPS=200; KS="1 8 16"; KS_SMALL="1 8"
-    CAP_ARRAYS=140; CAP_A=140; CAP_B=50; CAP_SMALL=30; BUDGET=${BUDGET:-510}; TAIL=100
+    CAP_ARRAYS=130; CAP_A=130; CAP_B=45; CAP_R=30; CAP_SMALL=25; BUDGET=${BUDGET:-510}; TAIL=100
 fi
 elapsed() { echo $(( $(date +%s) - START )); }
 # The --deadline of a case: its cap, or what is left of the budget if that is less (never < 0).
@@ -90,6 +91,11 @@ $PY bench/compare.py --device gpu --arch cnn4 --batch 16 128 512 --precision bot
 $PY bench/compare.py --device gpu --arch cnn6 --batch 120 --precision both --repeats 2 --steps "$CSTEPS" \
     --variants eager cudagraph compile-reduce-overhead --torch-timeout 150 --deadline "$(deadline $CAP_B)" \
     --binary "$BIN" --name "gpu-cnn6-$STAMP" 2>&1 | tee -a "$LOG"
+for arch in resnet20 resnet20-gray; do
+    $PY bench/compare.py --device gpu --arch "$arch" --batch 128 --precision f32 --repeats 2 --steps "$ASTEPS" \
+        --variants eager cudagraph compile-reduce-overhead --torch-timeout 100 --deadline "$(deadline $CAP_R)" \
+        --binary "$BIN" --name "gpu-$arch-$STAMP" 2>&1 | tee -a "$LOG"
+done
 
 say "4. K models at once: fc-b batch 16 and cnn6 batch 120, K = $KS_SMALL (PyTorch eager and CUDA graph)"
 for spec in "fc-b 16" "cnn6 120"; do
@@ -115,7 +121,7 @@ for spec in "cnn6 120" "cnn4 128" "cnn4 16"; do
 done
 
 say "6. profiles: per-kernel time and TFLOP/s, dispatches and host time per step"
-for spec in "cnn4 16" "cnn4 128" "cnn6 120" "speedrun 256"; do
+for spec in "cnn4 16" "cnn4 128" "cnn6 120" "speedrun 256" "resnet20 128"; do
     set -- $spec
     $BIN bench --arch "$1" --batch "$2" --steps "$STEPS" --backend gpu --profile \
         > "$RES/gpu-profile-$1-b$2-$STAMP.json" 2> "$RES/gpu-profile-$1-b$2-$STAMP.txt"

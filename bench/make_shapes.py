@@ -8,7 +8,12 @@ mild pixel noise. Written by Pillow as PNG:
 
     OUT/train/<class>/<index>.png and OUT/test/<class>/<index>.png
 
+or, with --format cifar (32x32 only), as CIFAR-10's binary files: OUT/data_batch_1.bin and
+OUT/test_batch.bin (records of a label byte and 3072 planar RGB bytes) with the class names in
+OUT/batches.meta.txt, which `gpu-train --data OUT` reads as it reads CIFAR-10.
+
     python3 bench/make_shapes.py /tmp/shapes --train 2000 --test 500 --seed 1
+    python3 bench/make_shapes.py /tmp/shapes-cifar --format cifar --train 10000 --test 2000
 """
 import argparse
 import math
@@ -76,8 +81,24 @@ def main():
     ap.add_argument("--test", type=int, default=500, help="pictures in the test set")
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--format", choices=["png", "cifar"], default="png")
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    if args.format == "cifar":
+        if args.size != 32:
+            sys.exit("--format cifar writes 32x32 pictures (CIFAR-10's records)")
+        os.makedirs(args.out, exist_ok=True)
+        for name, count in (("data_batch_1.bin", args.train), ("test_batch.bin", args.test)):
+            with open(os.path.join(args.out, name), "wb") as f:
+                for i in range(count):
+                    label = i % len(CLASSES)
+                    img = picture(rng, CLASSES[label], 32)
+                    planes = [img.getchannel(c).tobytes() for c in "RGB"]
+                    f.write(bytes([label]) + b"".join(planes))
+            print(f"{name}: {count} pictures of {len(CLASSES)} classes")
+        with open(os.path.join(args.out, "batches.meta.txt"), "w") as f:
+            f.write("\n".join(CLASSES) + "\n")
+        return
     for name, count in (("train", args.train), ("test", args.test)):
         for i in range(count):
             cls = CLASSES[i % len(CLASSES)]
