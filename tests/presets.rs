@@ -123,6 +123,25 @@ fn residual_tensors_are_named_by_block() {
     assert!(s.contains("residual, identity shortcut") && s.contains("shortcut.0"), "{s}");
 }
 
+/// Every model file shown in the README (```toml blocks with a layer list) is one that
+/// gpu-train takes as it stands: it parses, its recipe is valid and its shapes resolve.
+#[test]
+fn the_readmes_model_files_build() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains("layers = ["))
+        .collect();
+    assert!(blocks.len() >= 2, "the README's model files: {}", blocks.len());
+    for text in blocks {
+        let spec = presets::parse(text, "README.md").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        spec.train.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
+        Arch::new(spec).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+}
+
 #[test]
 fn malformed_model_files_fail_with_a_reason() {
     let cases = [
