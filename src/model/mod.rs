@@ -616,13 +616,16 @@ impl Builder<'_> {
                 let (h_out, w_out) = ((h - size) / stride + 1, (w - size) / stride + 1);
                 Layer::AvgPool2d(AvgPool { c, h_in: h, w_in: w, h_out, w_out, kh: size, kw: size, stride })
             }
-            (LayerSpec::GlobalAvgPool, Shape::Image { c, h, w }) => {
+            (LayerSpec::GlobalAvgPool {}, Shape::Image { c, h, w }) => {
                 Layer::AvgPool2d(AvgPool { c, h_in: h, w_in: w, h_out: 1, w_out: 1, kh: h, kw: w, stride: 1 })
             }
-            (LayerSpec::MaxPool2d { .. } | LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool, Shape::Flat(_)) => {
+            (
+                LayerSpec::MaxPool2d { .. } | LayerSpec::AvgPool2d { .. } | LayerSpec::GlobalAvgPool {},
+                Shape::Flat(_),
+            ) => {
                 return Err(self.err(&at, "pooling needs an image input, but its input is flat"));
             }
-            (LayerSpec::Flatten, _) => Layer::Flatten,
+            (LayerSpec::Flatten {}, _) => Layer::Flatten,
             (LayerSpec::Dropout { .. } | LayerSpec::BatchNorm { .. }, _) if k > 1 && !self.split => {
                 return Err(self.err(
                     &at,
@@ -636,17 +639,17 @@ impl Builder<'_> {
                 }
                 Layer::Dropout { p }
             }
-            (LayerSpec::Relu, _) => Layer::Act(Act::Relu),
-            (LayerSpec::Sigmoid, _) => Layer::Act(Act::Sigmoid),
-            (LayerSpec::Tanh, _) => Layer::Act(Act::Tanh),
+            (LayerSpec::Relu {}, _) => Layer::Act(Act::Relu),
+            (LayerSpec::Sigmoid {}, _) => Layer::Act(Act::Sigmoid),
+            (LayerSpec::Tanh {}, _) => Layer::Act(Act::Tanh),
             (&LayerSpec::LeakyRelu { slope }, _) => {
                 if !(slope >= 0.0 && slope.is_finite()) {
                     return Err(self.err(&at, format!("leaky_relu slope must be >= 0 (0.01, say), got {slope}")));
                 }
                 Layer::Act(Act::LeakyRelu(slope))
             }
-            (LayerSpec::Gelu, _) => Layer::Act(Act::Gelu),
-            (LayerSpec::Silu, _) => Layer::Act(Act::Silu),
+            (LayerSpec::Gelu {}, _) => Layer::Act(Act::Gelu),
+            (LayerSpec::Silu {}, _) => Layer::Act(Act::Silu),
             (&LayerSpec::BatchNorm { eps, momentum }, s) => {
                 if !(eps > 0.0 && (0.0..=1.0).contains(&momentum)) {
                     return Err(self.err(&at, "batch_norm needs eps > 0 and 0 <= momentum <= 1"));

@@ -37,7 +37,9 @@ fn default_input() -> [usize; 3] {
     [1, 28, 28]
 }
 
-/// One entry of the layer list. Each entry, parameterless ones included, takes the next index
+/// One entry of the layer list (the variants without settings are written `Relu {}` so that
+/// a stray setting, `{ type = "relu", slope = 0.1 }`, is refused as an unknown field rather
+/// than ignored). Each entry, parameterless ones included, takes the next index
 /// of a `torch.nn.Sequential`, which names its tensors (`{index}.weight`). A residual block's
 /// layers are named inside it: `{index}.body.{j}.weight`, `{index}.shortcut.{j}.weight`
 /// (nested blocks the same way), as a torch module with `body` and `shortcut`
@@ -83,23 +85,23 @@ pub enum LayerSpec {
     },
     /// The mean of each channel over its whole map: (C, H, W) -> (C, 1, 1), as torch's
     /// `nn.AdaptiveAvgPool2d(1)` (a `flatten` after it gives C values).
-    GlobalAvgPool,
-    Flatten,
+    GlobalAvgPool {},
+    Flatten {},
     Dropout {
         p: f32,
     },
-    Relu,
-    Sigmoid,
-    Tanh,
+    Relu {},
+    Sigmoid {},
+    Tanh {},
     /// x for x > 0, slope x otherwise (torch's `nn.LeakyReLU(slope)`).
     LeakyRelu {
         #[serde(default = "leaky_slope")]
         slope: f32,
     },
     /// x Phi(x), Phi the standard normal CDF (torch's `nn.GELU()`, its default erf form).
-    Gelu,
+    Gelu {},
     /// x sigmoid(x) (torch's `nn.SiLU()`, also called swish).
-    Silu,
+    Silu {},
     /// A residual block: output = body(x) + shortcut(x), the shortcut the identity when
     /// absent. The two branches must give the same shape. Any layer may be in either,
     /// residual blocks included.
