@@ -232,16 +232,20 @@ def classes_of(spec):
     return dense[-1] if dense else 10
 
 
+def _read(path):
+    """A file's bytes, gunzipped when its name ends in .gz."""
+    with (gzip.open(path) if str(path).endswith(".gz") else open(path, "rb")) as f:
+        return f.read()
+
+
 def load_images(path):
-    with gzip.open(path) as f:
-        data = f.read()
+    data = _read(path)
     n, r, c = np.frombuffer(data[4:16], dtype=">u4")
     return np.frombuffer(data[16:], dtype=np.uint8).reshape(n, 1, r, c)
 
 
 def load_labels(path):
-    with gzip.open(path) as f:
-        data = f.read()
+    data = _read(path)
     return np.frombuffer(data[8:], dtype=np.uint8)
 
 

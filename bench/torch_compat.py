@@ -13,7 +13,7 @@
     python3 bench/torch_compat.py --model runs/f/resnet20-gray.safetensors --arch resnet20-gray \
         --data-dir /usr/share/datasets/fashion-mnist
 
-The test set is an IDX folder (MNIST's by default).
+The test set is an IDX folder (MNIST's by default) or a folder of CIFAR-10 binary files.
 """
 import argparse
 import json
@@ -48,7 +48,7 @@ def torch_accuracy(net, images, labels, spec):
 
 def gpu_train_accuracy(binary, model, arch, data_dir):
     out = subprocess.run([binary, "eval", "--backend", "cpu", "--brief", "--model", model, "--arch", arch,
-                          "--data-dir", data_dir], capture_output=True, text=True, cwd=ROOT)
+                          "--data", data_dir], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         sys.exit(out.stderr)
     line = [l for l in out.stdout.splitlines() if "accuracy" in l][-1]
@@ -66,8 +66,14 @@ def main():
     with open(pb.model_file(args.arch), "rb") as f:
         spec = tomllib.load(f)
     d = args.data_dir
-    images = pb.load_images(os.path.join(d, "t10k-images-idx3-ubyte.gz"))
-    labels = pb.load_labels(os.path.join(d, "t10k-labels-idx1-ubyte.gz"))
+    cifar = os.path.join(d, "test_batch.bin")
+    if os.path.isfile(cifar):
+        raw = np.fromfile(cifar, dtype=np.uint8).reshape(-1, 3073)
+        images, labels = raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].copy()
+    else:
+        idx = lambda stem: next(p for p in (os.path.join(d, stem), os.path.join(d, stem + ".gz")) if os.path.isfile(p))
+        images = pb.load_images(idx("t10k-images-idx3-ubyte"))
+        labels = pb.load_labels(idx("t10k-labels-idx1-ubyte"))
 
     # 1. ours -> torch, with the model file's own normalisation (resolved when it trained)
     net = pb.build(spec)
@@ -85,9 +91,10 @@ def main():
     # A few random steps so batch-norm statistics and weights are not at their defaults.
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x = torch.from_numpy(images[:256].copy()).float() / 255.0
+    labels = labels.astype(np.int64)
     for _ in range(3):
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), torch.from_numpy(labels[:256].astype(np.int64))).backward()
+        torch.nn.functional.cross_entropy(net(x), torch.from_numpy(labels[:256])).backward()
         opt.step()
     theirs = torch_accuracy(net, images, labels, spec)
     with tempfile.TemporaryDirectory() as tmp:
