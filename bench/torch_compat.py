@@ -13,7 +13,9 @@
     python3 bench/torch_compat.py --model runs/f/resnet20-gray.safetensors --arch resnet20-gray \
         --data-dir /usr/share/datasets/fashion-mnist
 
-The test set is an IDX folder (MNIST's by default) or a folder of CIFAR-10 binary files.
+The test set is an IDX folder (MNIST's by default), a folder of CIFAR-10 binary files, or a
+folder with test/<class>/ picture folders (read as bench/onnx_eval.py reads them, by the model
+file's class names).
 """
 import argparse
 import json
@@ -70,6 +72,12 @@ def main():
     if os.path.isfile(cifar):
         raw = np.fromfile(cifar, dtype=np.uint8).reshape(-1, 3073)
         images, labels = raw[:, 1:].reshape(-1, 3, 32, 32), raw[:, 0].copy()
+    elif os.path.isdir(os.path.join(d, "test")):
+        from pathlib import Path
+        from onnx_eval import read_folder
+        with safe_open(args.model, "pt") as f:
+            classes = json.loads(f.metadata()["classes"])
+        images, labels = read_folder(Path(d), classes, spec.get("input", [1])[0])
     else:
         idx = lambda stem: next(p for p in (os.path.join(d, stem), os.path.join(d, stem + ".gz")) if os.path.isfile(p))
         images = pb.load_images(idx("t10k-images-idx3-ubyte"))
