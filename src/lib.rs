@@ -17,6 +17,7 @@ pub mod modelfile;
 pub mod network;
 pub mod plot;
 pub mod predict;
+pub mod progress;
 pub mod reference;
 pub mod report;
 pub mod rng;

@@ -104,8 +104,14 @@ impl<B: Backend> Network<B> {
                 for (m, scores) in kept.iter_mut().enumerate() {
                     scores.extend(p.chunks(classes).skip(m).step_by(k).flatten());
                 }
+            } else if crate::progress::watched() {
+                // A page shows how far a test has got: wait for this batch (which lets the
+                // browser's event loop turn) and say so.
+                b.download(&stats, 2).await?;
             }
+            crate::progress::set("testing", i + 1, batches);
         }
+        crate::progress::clear();
         let stats = b.download(&stats, 2 * batches * k).await?;
         if keep && !per_batch {
             kept.push(b.download(&probs, data.len * classes).await?);

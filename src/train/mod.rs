@@ -548,17 +548,24 @@ impl<B: Backend> Trainer<B> {
     /// staged first). True once every step of the epoch is recorded. Between stretches a host
     /// may do anything (a browser: draw, take a prediction, pause).
     pub fn run_chunk(&mut self, b: &mut B) -> Result<bool> {
+        self.run_steps(b, usize::MAX)
+    }
+
+    /// `run_chunk`, at most `most` steps (at least one): a host that must hear back often (a
+    /// page on a slow adapter) sizes its chunks by the time they take.
+    pub fn run_steps(&mut self, b: &mut B, most: usize) -> Result<bool> {
         let Some(c) = self.current.as_mut() else {
             return Err(Error::Config("no epoch in progress (begin_epoch first)".into()));
         };
         let (steps, batch) = (c.e.steps(), c.e.batch);
+        let most = c.next.saturating_add(most.max(1));
         let end = match self.train.stream.as_ref() {
             Some(st) => {
-                let end = (c.next + (st.capacity / batch).max(1)).min(steps);
+                let end = (c.next + (st.capacity / batch).max(1)).min(steps).min(most);
                 self.train.stage(b, &c.perm, c.next * batch, (end * batch).min(self.n) - c.next * batch)?;
                 end
             }
-            None => ((c.next / STEPS_PER_FLUSH + 1) * STEPS_PER_FLUSH).min(steps),
+            None => ((c.next / STEPS_PER_FLUSH + 1) * STEPS_PER_FLUSH).min(steps).min(most),
         };
         run_steps(b, &mut self.net, &self.train, &self.perm, &mut self.stats, &c.e, c.next..end)?;
         c.next = end;
