@@ -12,11 +12,14 @@
 //   evaluate=1                            test the loaded model ("EVAL {json}")
 //   autostart=1                           train as soon as data is loaded (MNIST if no data=)
 //   selftest=1 (&filter=...)              check every kernel against the reference first
+//   estimate=1                            measure the time per epoch first ("ESTIMATE {json}";
+//                                         without autostart the page does so by itself)
 //   digit=D                               after training, draw D on the pad and predict it
 //   post=1                                after training, POST the model and the pad's picture
 //                                         to /upload/ on the page's server (tests)
 // Results go to the console as one line each: "RESULT {json}", "SELFTEST {json}",
-// "EVAL {json}", "ERROR message".
+// "EVAL {json}", "ESTIMATE {json}", "ADAPTER {json}", "ERROR message"; and what the page shows
+// of a run as it goes, at most about once a second: "PROGRESS {json}".
 
 import init, * as wasm from './pkg/gpu_train_web.js';
 
@@ -27,13 +30,53 @@ let running = false; // the loop is taking steps
 let training = false; // a run exists (running or paused)
 let lastChart = 0;
 
-// One call into the library at a time: each takes the session for its duration.
+// One call into the library at a time: each takes the session for its duration. While one
+// runs, `watch` shows how far it has got (the library says, between its batches).
 let queue = Promise.resolve();
+let inFlight = 0;
 function call(f) {
-  const r = queue.then(f);
+  const r = queue.then(async () => {
+    inFlight++;
+    try { return await f(); } finally { inFlight--; }
+  });
   queue = r.catch(() => {});
   return r;
 }
+
+// A duration in words: 8 s, 3 min 5 s, 1 h 12 min.
+function human(s) {
+  if (!Number.isFinite(s)) return '?';
+  s = Math.max(0, Math.round(s));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+// What the page shows of a run, also as a console line for tests (at most about one a
+// second, and always the first).
+let lastProgressLog = 0;
+function progress(text, fields) {
+  status('train-status', text);
+  const now = performance.now();
+  if (now - lastProgressLog > 1000 || fields.first) {
+    lastProgressLog = now;
+    console.log('PROGRESS ' + JSON.stringify({ ...fields, text, at: Math.round(now - (clicked || 0)) }));
+  }
+}
+let clicked = null; // when Train was pressed (performance.now())
+let software = false; // the adapter is a software one
+
+// While a call holds the session: what it is doing, from the library, every quarter second.
+setInterval(() => {
+  if (!inFlight || !wasm.progress) return;
+  let p = null;
+  try { p = JSON.parse(wasm.progress()); } catch (e) { return; }
+  if (!p || !p.total) return;
+  const where = p.stage ? `${p.stage}: ` : '';
+  const text = `${where}${p.what} ${p.done} of ${p.total}`;
+  if (training) progress(text, { phase: p.stage || p.what, done: p.done, total: p.total });
+  else status(p.stage === 'measuring the time per epoch' ? 'model-status' : 'train-status', text);
+}, 250);
 
 function status(id, text, error = false) {
   const el = $(id);
@@ -95,6 +138,7 @@ async function loadIdxUrl(base, name, digits) {
   haveData = true;
   status('data-status', line);
   setButtons();
+  if (params.get('autostart') !== '1') estimate();
 }
 
 const loadMnist = () => loadIdxUrl('data/mnist/', 'mnist', true);
@@ -125,6 +169,7 @@ async function loadFolder(files) {
   }
   haveData = true;
   setButtons();
+  estimate();
 }
 
 // A dropped folder, walked recursively.
@@ -187,18 +232,55 @@ function options() {
   return o;
 }
 
+// ---- the time per epoch, measured ----
+
+// Measures the form's model on a few steps of the loaded data (once the page is idle: a
+// change of preset or setting asks again, the last asking wins).
+let estimateWanted = 0;
+async function estimate() {
+  if (!opened || !haveData || training) return null;
+  const ticket = ++estimateWanted;
+  await new Promise((ok) => setTimeout(ok, 300));
+  if (ticket !== estimateWanted || training) return null;
+  let o;
+  try { o = options(); } catch (e) { return null; }
+  const before = $('model-status').textContent;
+  status('model-status', 'Measuring the time per epoch on this adapter…');
+  try {
+    const e = JSON.parse(await call(() => wasm.estimate(JSON.stringify(o))));
+    if (ticket !== estimateWanted) return null;
+    status('model-status', `${e.arch}: about ${human(e.seconds_per_epoch)} per epoch on this adapter `
+      + `(${e.steps_per_epoch} steps of ${human(e.seconds_per_step)}, measured on ${e.timed_steps}; test ${human(e.test_seconds)})`);
+    console.log('ESTIMATE ' + JSON.stringify(e));
+    return e;
+  } catch (err) {
+    status('model-status', before);
+    console.log('ESTIMATE-FAILED ' + String(err));
+    return null;
+  }
+}
+
 // ---- training ----
 
 async function startRun() {
   $('log').textContent = '';
   let o;
   try { o = options(); } catch (e) { fail('train-status', e); return; }
-  status('train-status', 'Starting…');
-  const st = JSON.parse(await call(() => wasm.start(JSON.stringify(o))));
-  log(st.lines);
+  clicked = performance.now();
   training = true;
+  progress('Starting: preparing the data and the model…', { phase: 'starting', first: true });
+  let st;
+  try {
+    st = JSON.parse(await call(() => wasm.start(JSON.stringify(o))));
+  } catch (e) { training = false; throw e; }
+  log(st.lines);
   running = true;
-  started = { options: { ...o, arch: st.arch, train_images: st.train_images }, at: performance.now() };
+  progress(`epoch 1/${st.epochs}: the first step (${st.steps} in the epoch; kernels are built on first use)…`,
+    { phase: 'training', epoch: 1, epochs: st.epochs, step: 0, steps: st.steps });
+  started = {
+    options: { ...o, arch: st.arch, train_images: st.train_images, epoch_test_images: st.epoch_test_images },
+    at: performance.now(),
+  };
   setButtons();
   return loop();
 }
@@ -213,8 +295,12 @@ async function loop() {
     log(r.lines);
     const done = (r.epoch - 1 + r.step / r.steps) / r.epochs;
     $('bar').style.width = `${(100 * done).toFixed(1)}%`;
-    status('train-status', `epoch ${r.epoch}/${r.epochs}, step ${r.step}/${r.steps}: loss ${r.running_loss.toFixed(4)}, `
-      + `accuracy ${(100 * r.running_acc).toFixed(2)}%, ${Math.round(r.images_per_second)} images/s`);
+    const left = r.seconds_left == null ? '' : `; ${human(r.epoch_seconds_left)} left in the epoch, ${human(r.seconds_left)} in all`;
+    progress(`epoch ${r.epoch}/${r.epochs}, step ${r.step}/${r.steps} (${r.images_done} of ${r.images} images): `
+      + `loss ${r.running_loss.toFixed(4)}, accuracy ${(100 * r.running_acc).toFixed(2)}%, `
+      + `${Math.round(r.images_per_second)} images/s${left}`,
+    { phase: 'training', epoch: r.epoch, epochs: r.epochs, step: r.step, steps: r.steps, images_done: r.images_done,
+      seconds_left: r.seconds_left, first: r.epoch === 1 && r.step === r.chunk });
     if (r.epoch_report || r.finished || performance.now() - lastChart > 700) await drawCharts();
     if (r.finished) {
       ended(r.finished);
@@ -234,7 +320,8 @@ function ended(f) {
   haveModel = true;
   $('bar').style.width = '100%';
   status('train-status', `done: ${f.epochs_run} epochs in ${f.seconds.toFixed(1)} s, test accuracy `
-    + `${(100 * f.test_accuracy).toFixed(2)}% (loss ${f.test_loss.toFixed(4)})${f.stopped_early ? ', stopped early' : ''}`);
+    + `${(100 * f.test_accuracy).toFixed(2)}% (loss ${f.test_loss.toFixed(4)}, ${f.test_images} pictures)`
+    + `${f.stopped_early ? ', stopped early' : ''}`);
   setButtons();
   predictPad();
 }
@@ -366,7 +453,8 @@ function wire() {
       await loadFolder(out);
     } catch (err) { fail('data-status', err); }
   };
-  $('preset').onchange = () => fillPreset($('preset').value);
+  $('preset').onchange = () => { fillPreset($('preset').value); estimate(); };
+  for (const id of ['batch', 'limit']) $(id).onchange = () => estimate();
   $('model-file').onchange = async (e) => {
     const f = e.target.files[0];
     if (!f) return;
@@ -437,6 +525,7 @@ async function automatic(adapter) {
   const data = params.get('data') || (params.get('autostart') === '1' || params.get('evaluate') === '1' ? 'mnist' : '');
   if (data === 'mnist') await loadMnist();
   else if (data) await loadIdxUrl(data, data.replace(/\/+$/, '').split('/').pop() || 'data', params.get('digits') !== '0');
+  if (params.get('estimate') === '1') await estimate();
   if (params.get('evaluate') === '1') {
     const r = JSON.parse(await call(() => wasm.evaluate()));
     console.log('EVAL ' + JSON.stringify({ ...r, adapter }));
@@ -445,7 +534,7 @@ async function automatic(adapter) {
   if (params.get('autostart') !== '1') return;
   const f = await startRun();
   if (!f) return;
-  const result = { ...started.options, ...f, adapter };
+  const result = { ...started.options, ...f, adapter, software, total_ms: Math.round(performance.now() - clicked) };
   delete result.toml;
   delete result.lines;
   if (params.has('digit')) {
@@ -461,6 +550,12 @@ async function automatic(adapter) {
     await upload('accuracy.svg', $('acc-chart').innerHTML);
   }
   console.log('RESULT ' + JSON.stringify(result));
+}
+
+// Whether the adapter is a software one (WebGPU on the CPU): SwiftShader, llvmpipe/lavapipe,
+// WARP, Microsoft's basic render driver, or what wgpu's adapter info calls a CPU.
+function isSoftware(adapter) {
+  return /swiftshader|llvmpipe|lavapipe|warp|basic render|software|\(cpu\)/i.test(adapter);
 }
 
 // What the browser tells of its adapter (vendor, architecture, device, description).
@@ -490,6 +585,7 @@ async function main() {
   const sel = $('preset');
   for (const p of presets) sel.add(new Option(p.name, p.name));
   sel.value = presets.some((p) => p.name === params.get('arch')) ? params.get('arch') : 'speedrun';
+  const chosen = params.has('arch');
   fillPreset(sel.value);
   urlOverrides();
   if (params.has('arch') && !presets.some((p) => p.name === params.get('arch'))) {
@@ -503,7 +599,16 @@ async function main() {
     opened = true;
     const named = await adapterName();
     adapter = named ? `${named}, ${info.adapter}` : info.adapter;
-    status('gpu', `GPU: ${adapter}; ${info.kernels} kernels ready`);
+    software = isSoftware(adapter);
+    console.log('ADAPTER ' + JSON.stringify({ adapter, software, kernels: info.kernels, compile_seconds: info.compile_seconds }));
+    if (software) {
+      status('gpu', `GPU: ${adapter}; ${info.kernels} kernels ready. This is a software adapter: WebGPU runs on `
+        + 'the CPU here, so training is slow; the page starts with a small preset (fc-b).');
+      $('gpu').classList.add('warn');
+      if (!chosen) { sel.value = 'fc-b'; fillPreset('fc-b'); urlOverrides(); }
+    } else {
+      status('gpu', `GPU: ${adapter}; ${info.kernels} kernels ready`);
+    }
   } catch (e) {
     // WebGPU is there but gives no adapter (a blocklisted GPU, a disabled feature): the same
     // advice applies.

@@ -63,6 +63,7 @@ mod bind {
             put(s);
             return r;
         }
+        gpu_train::progress::watch(true);
         let mut gpu = GpuBackend::browser().await.map_err(js)?;
         let seconds = gpu.compile_all().map_err(js)?;
         let max_buffer = gpu_train::backend::Backend::max_buffer_len(&gpu) * 4;
@@ -127,6 +128,24 @@ mod bind {
         let r = s.start(&o).await;
         put(s);
         json(r.map_err(js)?)
+    }
+
+    /// The time per epoch of the model `options` asks for (JSON, `session::RunOptions`) on this
+    /// adapter, measured on a few steps: `session::Estimate` as JSON.
+    #[wasm_bindgen]
+    pub async fn estimate(options: String) -> Result<String, JsValue> {
+        let o: RunOptions = serde_json::from_str(&options).map_err(|e| js(format!("bad options: {e}")))?;
+        let mut s = take()?;
+        let r = s.estimate(&o).await;
+        put(s);
+        json(r.map_err(js)?)
+    }
+
+    /// How far the call running now has got (`gpu_train::progress::Progress` as JSON, or
+    /// "null"): read without the session, so the page can ask while a call holds it.
+    #[wasm_bindgen]
+    pub fn progress() -> String {
+        serde_json::to_string(&gpu_train::progress::get()).unwrap_or_else(|_| "null".into())
     }
 
     /// The next chunk of steps; returns its `session::StepReport` as JSON.

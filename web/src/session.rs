@@ -22,6 +22,16 @@ use web_time::Instant;
 /// The file name a model trained in the page is saved (and downloaded) as.
 pub const MODEL_FILE: &str = "model.safetensors";
 
+/// The most test pictures an epoch's test takes in the page: a larger test set is sampled
+/// (fixed by the run's seed) for the epochs and tested whole at the end, so that a slow
+/// adapter does not spend minutes after every epoch. The command line tests every epoch on
+/// the whole set.
+pub const EPOCH_TEST: usize = 1000;
+
+/// About how long one call into the session takes (seconds): the page hears back, and can
+/// pause, at least this often. Training chunks are sized to it.
+const CALL_SECONDS: f64 = 0.5;
+
 /// Where the trainer's output goes in a page: lines to show, files kept in memory.
 #[derive(Default)]
 pub struct PageHost {
@@ -102,6 +112,11 @@ pub struct Started {
     pub arch: String,
     pub train_images: usize,
     pub test_images: usize,
+    /// Test pictures each epoch's test takes (all of them, or `EPOCH_TEST`).
+    pub epoch_test_images: usize,
+    /// Steps in an epoch, and epochs.
+    pub steps: usize,
+    pub epochs: usize,
     /// Lines to show (the model's layers, notes on the data).
     pub lines: Vec<String>,
 }
@@ -120,6 +135,15 @@ pub struct StepReport {
     pub running_acc: f64,
     /// Training images per second over the epoch so far.
     pub images_per_second: f64,
+    /// Training images done this epoch, of `images`.
+    pub images_done: usize,
+    pub images: usize,
+    /// Seconds left in this epoch's steps, and in the whole run (its tests included), from
+    /// the time taken so far; None until there is a time to go by.
+    pub epoch_seconds_left: Option<f64>,
+    pub seconds_left: Option<f64>,
+    /// Steps this call took (sized so that a call takes about `CALL_SECONDS`).
+    pub chunk: usize,
     /// The epoch's figures, when this chunk ended it.
     pub epoch_report: Option<EpochReport>,
     /// The run's end, when this chunk ended it (the model is then ready to download).
@@ -131,8 +155,13 @@ pub struct StepReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Finished {
     pub epochs_run: usize,
+    /// On the whole test set.
     pub test_accuracy: f64,
     pub test_loss: f64,
+    pub test_images: usize,
+    /// The last epoch's test, on the epochs' sample (`EPOCH_TEST`) when the set is larger.
+    pub epoch_test_accuracy: f64,
+    pub epoch_test_images: usize,
     pub train_loss: Option<f64>,
     pub seconds: f64,
     pub stopped_early: bool,
@@ -152,6 +181,62 @@ struct Run {
     reports: Vec<EpochReport>,
     stopped_early: bool,
     started: Instant,
+    /// Steps per call, grown or shrunk so that a call takes about `CALL_SECONDS`.
+    chunk: usize,
+    /// The whole test set, when the epochs test a sample of it (tested whole at the end).
+    full_test: Option<Dataset>,
+    epoch_test_images: usize,
+    /// Seconds of training steps and of tests so far, and steps taken: the time left.
+    step_seconds: f64,
+    steps_done: usize,
+    test_seconds: f64,
+    tests_done: usize,
+}
+
+/// A time per epoch measured on a few steps (`Session::estimate`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    pub arch: String,
+    pub seconds_per_step: f64,
+    pub steps_per_epoch: usize,
+    /// The epoch's steps, and its test (the sample the page takes).
+    pub train_seconds: f64,
+    pub test_seconds: f64,
+    pub seconds_per_epoch: f64,
+    /// Steps timed (after one untimed), of batch `batch`.
+    pub timed_steps: usize,
+    pub batch: usize,
+}
+
+/// Waits for the work recorded so far (a read-back of `stats`).
+async fn sync(gpu: &mut GpuBackend, stats: &gpu_train::gpu::GpuBuf) -> Result<()> {
+    gpu_train::backend::Backend::flush(gpu)?;
+    gpu_train::backend::Backend::download(gpu, stats, 2).await.map(|_| ())
+}
+
+/// The most steps one call takes, whatever the pace (a step's statistics slot per step).
+const STEPS_CAP: usize = 64;
+
+/// A saved model's bytes with its recorded test figures replaced by `test`'s (the whole test
+/// set's, where the epochs tested a sample).
+fn with_test_figures(loaded: Loaded, test: &gpu_train::network::EvalResult) -> Result<Vec<u8>> {
+    let mut meta = loaded.metadata;
+    let mut metrics: serde_json::Value =
+        meta.get("metrics").and_then(|m| serde_json::from_str(m).ok()).unwrap_or_else(|| serde_json::json!({}));
+    metrics["test_accuracy"] = serde_json::json!(test.accuracy());
+    metrics["test_error"] = serde_json::json!(1.0 - test.accuracy());
+    metrics["test_loss"] = serde_json::json!(test.loss);
+    metrics["test_count"] = serde_json::json!(test.count);
+    meta.insert("metrics".into(), metrics.to_string());
+    modelfile::encode(Path::new(MODEL_FILE), &loaded.arch, &loaded.params, &loaded.state, meta, None)
+}
+
+/// `n` examples of `ds` drawn without replacement (in their order in `ds`), fixed by `seed`.
+fn sample(ds: &Dataset, n: usize, seed: u64) -> Dataset {
+    let mut keep: Vec<usize> =
+        gpu_train::rng::epoch_permutation(seed, 0, ds.len()).into_iter().take(n).map(|i| i as usize).collect();
+    keep.sort_unstable();
+    ds.select(&keep)
 }
 
 /// A model to predict with: trained here or loaded.
@@ -302,6 +387,17 @@ impl Session {
         gpu_train::train::check_data(&arch, &splits.test, "test")?;
         let r = arch.recipe().clone();
         let mut lines = splits.notes.clone();
+        let (epoch_test, full_test) = match splits.test.len() > EPOCH_TEST {
+            true => {
+                lines.push(format!(
+                    "each epoch is tested on a fixed sample of {EPOCH_TEST} of the {} test pictures (seed {seed}); \
+                     the whole test set at the end",
+                    splits.test.len()
+                ));
+                (sample(&splits.test, EPOCH_TEST, seed), Some(splits.test.clone()))
+            }
+            false => (splits.test.clone(), None),
+        };
         lines.push(format!(
             "{} on {} | {} training / {} test images in {} classes | {} epochs, batch {}",
             arch.name(),
@@ -326,9 +422,18 @@ impl Session {
         cfg.run_info.insert("device".into(), self.adapter());
         let mut host = PageHost::default();
         let train_len = train.len();
-        let trainer = Trainer::new(&mut self.gpu, &mut host, cfg, train, &splits.test).await?;
+        gpu_train::progress::stage("preparing the run");
+        let trainer = Trainer::new(&mut self.gpu, &mut host, cfg, train, &epoch_test).await?;
         lines.append(&mut host.lines);
-        let started = Started { arch: arch_name, train_images: train_len, test_images: splits.test.len(), lines };
+        let started = Started {
+            arch: arch_name,
+            train_images: train_len,
+            test_images: splits.test.len(),
+            epoch_test_images: epoch_test.len(),
+            steps: train_len.div_ceil(r.batch),
+            epochs: r.epochs,
+            lines,
+        };
         self.history = (Vec::new(), Vec::new());
         self.run = Some(Run {
             trainer,
@@ -340,6 +445,13 @@ impl Session {
             reports: Vec::new(),
             stopped_early: false,
             started: Instant::now(),
+            chunk: 1,
+            full_test,
+            epoch_test_images: epoch_test.len(),
+            step_seconds: 0.0,
+            steps_done: 0,
+            test_seconds: 0.0,
+            tests_done: 0,
         });
         Ok(started)
     }
@@ -350,7 +462,9 @@ impl Session {
 
     /// Records the next chunk of steps (starting an epoch if none is in progress) and reads
     /// the running figures back; at an epoch's end tests the model, and at the run's end
-    /// saves it (ready to download and predict with).
+    /// saves it (ready to download and predict with) and tests it on the whole test set. A
+    /// chunk is as many steps as take about `CALL_SECONDS` (one, to begin with), so the page
+    /// hears back that often however slow its adapter.
     pub async fn step(&mut self) -> Result<StepReport> {
         let run = self.run.as_mut().ok_or_else(|| Error::Config("no run in progress (start one)".into()))?;
         let t = &mut run.trainer;
@@ -358,20 +472,52 @@ impl Session {
             let next = t.epochs_done();
             t.begin_epoch(&mut self.gpu, next)?;
         }
-        let ended = t.run_chunk(&mut self.gpu)?;
+        let (_, before, _) = t.position().unwrap_or((0, 0, 1));
+        gpu_train::progress::stage("training");
+        let clock = Instant::now();
+        let ended = t.run_steps(&mut self.gpu, run.chunk)?;
         let (index, step, steps) = t.position().unwrap_or((0, 0, 1));
+        // The read-back waits for the chunk's steps: the clock then holds their time.
         let figures = t.running_figures(&mut self.gpu).await?;
+        let took = clock.elapsed().as_secs_f64();
+        let did = step.saturating_sub(before).max(1);
+        run.step_seconds += took;
+        run.steps_done += did;
+        // Next chunk: the steps that fit the call's time at this chunk's pace, at most four
+        // times as many as this one (a first step may be slow: pipelines built on first use).
+        run.chunk = ((did as f64 * CALL_SECONDS / took.max(1e-6)) as usize).clamp(1, 4 * did).min(STEPS_CAP);
         let (loss, acc) = figures.first().copied().unwrap_or((f64::NAN, 0.0));
         let elapsed = run.started.elapsed().as_secs_f64().max(1e-9);
         let seen = (step * run.batch).min(run.train_len);
+        let epochs = t.epochs_total();
+        let per_step = run.step_seconds / run.steps_done as f64;
+        let per_test = match run.tests_done {
+            0 => None,
+            n => Some(run.test_seconds / n as f64),
+        };
+        let epoch_left = (steps - step) as f64 * per_step;
+        let later_epochs = epochs.saturating_sub(index + 1) as f64;
+        // The tests still to come: this epoch's and the later ones' (each about as long as
+        // those so far; before the first, a guess of a third of the steps' time per picture),
+        // and the final test of the whole set.
+        let test_guess = per_test.unwrap_or(per_step * run.epoch_test_images as f64 / run.batch as f64 / 3.0);
+        let final_test =
+            run.full_test.as_ref().map_or(0.0, |f| test_guess * f.len() as f64 / run.epoch_test_images.max(1) as f64);
+        let run_left =
+            epoch_left + later_epochs * steps as f64 * per_step + (later_epochs + 1.0) * test_guess + final_test;
         let mut report = StepReport {
             epoch: index + 1,
-            epochs: t.epochs_total(),
+            epochs,
             step,
             steps,
             running_loss: loss,
             running_acc: acc,
             images_per_second: seen as f64 / elapsed,
+            images_done: seen,
+            images: run.train_len,
+            epoch_seconds_left: Some(epoch_left),
+            seconds_left: Some(run_left),
+            chunk: did,
             epoch_report: None,
             finished: None,
             lines: Vec::new(),
@@ -379,7 +525,11 @@ impl Session {
         run.loss_points.push((index as f64 + step as f64 / steps as f64, loss));
         if ended {
             let figures = t.end_epoch(&mut self.gpu).await?;
+            gpu_train::progress::stage(&format!("testing epoch {} on {} pictures", index + 1, run.epoch_test_images));
+            let clock = Instant::now();
             let reports = t.evaluate(&mut self.gpu, &mut run.host, figures).await?;
+            run.test_seconds += clock.elapsed().as_secs_f64();
+            run.tests_done += 1;
             let stop = t.early_stop(&mut self.gpu, &mut run.host, &reports).await?;
             report.epoch_report = reports.members.first().cloned().flatten();
             if let Some(r) = &report.epoch_report {
@@ -390,34 +540,123 @@ impl Session {
             if stop || t.epochs_done() >= t.epochs_total() {
                 report.lines.append(&mut run.host.lines);
                 report.finished = Some(self.finish().await?);
+                report.seconds_left = Some(0.0);
                 return Ok(report);
             }
         }
+        gpu_train::progress::clear();
         report.lines.append(&mut run.host.lines);
         Ok(report)
     }
 
     /// Ends the run now (mid-epoch: with the weights as they are), saves the model and makes
-    /// it the one to predict with.
+    /// it the one to predict with; where the epochs tested a sample, tests it on the whole
+    /// test set (the model file records those figures).
     pub async fn finish(&mut self) -> Result<Finished> {
         let mut run = self.run.take().ok_or_else(|| Error::Config("no run in progress".into()))?;
         let train_loss = run.reports.last().map(|r| r.train_loss);
+        gpu_train::progress::stage(&format!("testing the final model on {} pictures", run.epoch_test_images));
         let summary = run.trainer.finish(&mut self.gpu, &mut run.host, run.stopped_early).await?;
-        let bytes = run
+        let mut bytes = run
             .host
             .files
             .remove(Path::new(MODEL_FILE))
             .ok_or_else(|| Error::Config("the trainer saved no model".into()))?;
+        let mut lines = std::mem::take(&mut run.host.lines);
+        let sampled = summary.final_test.clone();
+        let mut test = sampled.clone();
+        if let Some(full) = &run.full_test {
+            gpu_train::progress::stage(&format!("testing the final model on all {} test pictures", full.len()));
+            let loaded = modelfile::decode(&bytes, Path::new(MODEL_FILE), None)?;
+            let mut net = Network::new(&mut self.gpu, loaded.arch.clone(), EVAL_BATCH, &loaded.params, &loaded.state)?;
+            let dev = DeviceData::upload(&mut self.gpu, full)?;
+            test = net.evaluate(&mut self.gpu, &dev).await?;
+            test.scores = Vec::new();
+            bytes = with_test_figures(loaded, &test)?;
+            lines.push(format!(
+                "test (all {} pictures): accuracy {:.2}%, loss {:.4} (the epochs' sample of {}: {:.2}%)",
+                test.count,
+                100.0 * test.accuracy(),
+                test.loss,
+                sampled.count,
+                100.0 * sampled.accuracy()
+            ));
+        }
+        gpu_train::progress::clear();
         self.history = (run.loss_points, run.reports);
         self.use_model(bytes, MODEL_FILE)?;
         Ok(Finished {
-            lines: std::mem::take(&mut run.host.lines),
+            lines,
             epochs_run: summary.epochs_run,
-            test_accuracy: summary.final_test.accuracy(),
-            test_loss: summary.final_test.loss,
+            test_accuracy: test.accuracy(),
+            test_loss: test.loss,
+            test_images: test.count,
+            epoch_test_accuracy: sampled.accuracy(),
+            epoch_test_images: sampled.count,
             train_loss,
             seconds: summary.seconds,
             stopped_early: summary.stopped_early,
+        })
+    }
+
+    /// The time an epoch of the model `o` asks for takes on this adapter, measured: one step
+    /// of a batch of the loaded data untimed (pipelines are built on first use), then steps
+    /// timed until about a second has passed (at most three), and a test of that batch.
+    pub async fn estimate(&mut self, o: &RunOptions) -> Result<Estimate> {
+        if self.run.is_some() {
+            return Err(Error::Config("a run is in progress".into()));
+        }
+        let (spec, _) = self.spec(o)?;
+        let arch = Arch::new(spec)?;
+        let seed = o.seed.unwrap_or(1);
+        let splits = self.splits(arch.spec.input, seed, o)?;
+        let train_len = o.limit.map_or(splits.train.len(), |n| n.min(splits.train.len()));
+        let batch = arch.recipe().batch.min(train_len.max(1));
+        let one = splits.train.take(batch);
+        gpu_train::train::check_data(&arch, &one, "training")?;
+        let members = gpu_train::network::Members::one(arch.clone(), seed);
+        let (params, state) = members.init();
+        let mut net = Network::array(&mut self.gpu, members, batch, &params, &state)?;
+        let dev = DeviceData::upload(&mut self.gpu, &one)?;
+        let mut stats = gpu_train::backend::Backend::alloc(&mut self.gpu, 2)?;
+        let args = gpu_train::network::StepArgs {
+            start: 0,
+            n: batch,
+            slot: 0,
+            global_step: 0,
+            epoch: 1,
+            row: 0,
+            data_seed: seed,
+            augment: arch.recipe().augment,
+        };
+        gpu_train::progress::stage("measuring the time per epoch");
+        gpu_train::progress::set("steps", 0, 4);
+        net.train_step(&mut self.gpu, &dev, &dev.order, &mut stats, &args);
+        sync(&mut self.gpu, &stats).await?;
+        let clock = Instant::now();
+        let mut timed = 0;
+        while timed < 3 && (timed == 0 || clock.elapsed().as_secs_f64() < 1.0) {
+            net.train_step(&mut self.gpu, &dev, &dev.order, &mut stats, &args);
+            sync(&mut self.gpu, &stats).await?;
+            timed += 1;
+            gpu_train::progress::set("steps", timed + 1, 4);
+        }
+        let per_step = clock.elapsed().as_secs_f64() / timed as f64;
+        let clock = Instant::now();
+        net.evaluate(&mut self.gpu, &dev).await?;
+        let per_picture = clock.elapsed().as_secs_f64() / one.len().max(1) as f64;
+        gpu_train::progress::clear();
+        let steps = train_len.div_ceil(batch.max(1));
+        let test_seconds = per_picture * splits.test.len().min(EPOCH_TEST) as f64;
+        Ok(Estimate {
+            arch: arch.name().to_string(),
+            seconds_per_step: per_step,
+            steps_per_epoch: steps,
+            train_seconds: per_step * steps as f64,
+            test_seconds,
+            seconds_per_epoch: per_step * steps as f64 + test_seconds,
+            timed_steps: timed,
+            batch,
         })
     }
 
