@@ -235,9 +235,40 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     );
     let flags = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--use-webgpu-adapter=swiftshader"];
     let lines = console(&bin, &url, &flags, &["RESULT "], Duration::from_secs(900));
-    let errors: Vec<&String> =
-        lines.iter().filter(|l| !l.starts_with("RESULT") && !l.starts_with("SELFTEST")).collect();
+    let known = ["RESULT ", "SELFTEST ", "PROGRESS ", "ADAPTER "];
+    let errors: Vec<&String> = lines.iter().filter(|l| !known.iter().any(|k| l.starts_with(k))).collect();
     assert!(errors.is_empty(), "the page's console:\n{}", lines.join("\n"));
+
+    // SwiftShader is a software adapter, and the page says so.
+    let adapter = json_after(&lines, "ADAPTER ").unwrap_or_else(|| panic!("no ADAPTER line:\n{}", lines.join("\n")));
+    assert_eq!(adapter["software"], true, "{adapter}");
+
+    // What the page shows as it goes: a first word at once, the steps of the epoch as they
+    // advance, the test's batches as they go, and never long without news.
+    let shown: Vec<Value> =
+        lines.iter().filter_map(|l| serde_json::from_str(l.strip_prefix("PROGRESS ")?).ok()).collect();
+    let at = |v: &Value| f(v, "at") / 1000.0;
+    assert!(shown.first().is_some_and(|v| at(v) < 1.0), "no word within a second of the start: {shown:?}");
+    let steps: Vec<f64> = shown
+        .iter()
+        .filter(|v| v["phase"] == "training")
+        .filter_map(|v| v["step"].as_f64())
+        .filter(|&s| s > 0.0)
+        .collect();
+    assert!(steps.len() >= 3 && steps.windows(2).all(|w| w[1] >= w[0]), "the steps as they advance: {steps:?}");
+    assert!(steps.iter().any(|&s| s < 125.0), "progress within the epoch of 125 steps: {steps:?}");
+    let first_step =
+        shown.iter().find(|v| v["phase"] == "training" && v["step"].as_f64().unwrap_or(0.0) > 0.0).unwrap();
+    assert!(at(first_step) < 60.0, "the first step's progress came after {} s", at(first_step));
+    assert!(
+        shown
+            .iter()
+            .any(|v| v["phase"].as_str().is_some_and(|p| p.contains("all 10000 test pictures")) && f(v, "total") > 1.0),
+        "the final test's progress: {shown:?}"
+    );
+    let gaps: Vec<f64> = shown.windows(2).map(|w| at(&w[1]) - at(&w[0])).collect();
+    let longest = gaps.iter().cloned().fold(0.0, f64::max);
+    assert!(longest < 10.0, "the page went {longest:.1} s without news: {shown:?}");
 
     // Tint compiled every kernel and each matches the f64 reference on the page's GPU.
     let st = json_after(&lines, "SELFTEST ").unwrap_or_else(|| panic!("no SELFTEST line:\n{}", lines.join("\n")));
@@ -251,6 +282,9 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     for (key, want) in [("arch", "fc-b"), ("epochs", "1"), ("limit", "2000"), ("seed", "1")] {
         assert_eq!(page[key].to_string().trim_matches('"'), want, "{key} in {page}");
     }
+    // The epochs tested a fixed sample of 1,000 of the 10,000 test pictures; the result is the
+    // whole test set's.
+    assert_eq!((f(&page, "epoch_test_images"), f(&page, "test_images")), (1000.0, 10_000.0), "{page}");
     assert!(f(&page, "seconds") > 0.0 && page["adapter"].as_str().is_some_and(|a| !a.is_empty()), "{page}");
     let tmp = tempfile::tempdir().unwrap();
     let native = tmp.path().join("native.safetensors");
@@ -298,8 +332,8 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     let acc = scored.accuracy(&test.labels);
     assert!((acc - pa).abs() <= 2.0 / test.len() as f64, "the page said {pa}, its file scores {acc}");
 
-    // The curves the page drew: the epoch's test accuracy where the run ended, on labelled
-    // axes.
+    // The curves the page drew: the epoch's test accuracy (on the epochs' sample) where the
+    // run ended, on labelled axes.
     let svg = String::from_utf8(file("accuracy.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).expect("the accuracy chart parses as XML");
     let text: String = doc.descendants().filter(|n| n.is_text()).filter_map(|n| n.text()).collect();
@@ -308,7 +342,8 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     let meta: Value = serde_json::from_str(meta).unwrap();
     let test_series = meta["series"].as_array().unwrap().iter().find(|s| s["label"] == "test").expect("a test series");
     let last = test_series["points"].as_array().unwrap().last().expect("a test point").clone();
-    assert!((last[1].as_f64().unwrap() - 100.0 * pa).abs() < 1e-6, "chart {last} against {pa}");
+    let epoch_acc = f(&page, "epoch_test_accuracy");
+    assert!((last[1].as_f64().unwrap() - 100.0 * epoch_acc).abs() < 1e-6, "chart {last} against {epoch_acc}");
     let loss_svg = String::from_utf8(file("loss.svg")).unwrap();
     assert!(loss_svg.matches("<polyline").count() + loss_svg.matches("<path").count() >= 1, "no loss curve drawn");
 
@@ -361,12 +396,22 @@ fn the_page_trains_a_residual_model_file_like_the_cli() {
     std::fs::copy(repo().join("tests/fixtures/residual_small.toml"), tmp.path().join("residual.toml")).unwrap();
     let (port, _) = serve_with(root, Some(tmp.path().to_path_buf()));
     let url = format!(
-        "http://127.0.0.1:{port}/?data=/extra/&modelfile=/extra/residual.toml&epochs=1&batch=32&seed=3&autostart=1"
+        "http://127.0.0.1:{port}/?data=/extra/&modelfile=/extra/residual.toml&epochs=1&batch=32&seed=3&autostart=1&estimate=1"
     );
     let flags = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--use-webgpu-adapter=swiftshader"];
     let lines = console(&bin, &url, &flags, &["RESULT "], Duration::from_secs(600));
     let page = json_after(&lines, "RESULT ").unwrap_or_else(|| panic!("no RESULT line:\n{}", lines.join("\n")));
     assert_eq!(page["arch"], "residual-small", "{page}");
+    // Before training, the time per epoch measured on a few steps of this adapter.
+    let e = json_after(&lines, "ESTIMATE ").unwrap_or_else(|| panic!("no ESTIMATE line:\n{}", lines.join("\n")));
+    assert_eq!(
+        (e["arch"].as_str(), f(&e, "steps_per_epoch"), f(&e, "batch")),
+        (Some("residual-small"), 2.0, 32.0),
+        "{e}"
+    );
+    assert!(f(&e, "seconds_per_step") > 0.0 && f(&e, "timed_steps") >= 1.0, "{e}");
+    let (train, test) = (f(&e, "train_seconds"), f(&e, "test_seconds"));
+    assert!((f(&e, "seconds_per_epoch") - train - test).abs() < 1e-9 && test > 0.0, "{e}");
     let native = tmp.path().join("native.safetensors");
     let model = tmp.path().join("residual.toml");
     let args = ["--arch", p(&model), "--data-dir", p(tmp.path()), "--epochs", "1", "--batch", "32"];
