@@ -123,22 +123,33 @@ fn residual_tensors_are_named_by_block() {
     assert!(s.contains("residual, identity shortcut") && s.contains("shortcut.0"), "{s}");
 }
 
-/// Every model file shown in the README (```toml blocks with a layer list) is one that
-/// gpu-train takes as it stands: it parses, its recipe is valid and its shapes resolve.
+/// Every model file shown in the README or in docs/*.md (```toml blocks with a layer list) is
+/// one that gpu-train takes as it stands: it parses, its recipe is valid and its shapes resolve.
 #[test]
 fn the_readmes_model_files_build() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let blocks: Vec<&str> = readme
-        .split("```toml\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .filter(|b| b.contains("layers = ["))
-        .collect();
-    assert!(blocks.len() >= 2, "the README's model files: {}", blocks.len());
-    for text in blocks {
-        let spec = presets::parse(text, "README.md").unwrap_or_else(|e| panic!("{e}\n{text}"));
-        spec.train.validate().unwrap_or_else(|e| panic!("{e}\n{text}"));
-        Arch::new(spec).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut files = vec![("README.md".to_string(), repo().join("README.md"))];
+    for entry in std::fs::read_dir(repo().join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            let name = format!("docs/{}", path.file_name().unwrap().to_string_lossy());
+            files.push((name, path));
+        }
+    }
+    files.sort();
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for (name, path) in &files {
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for block in text.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()) {
+            if block.contains("layers = [") {
+                blocks.push((name.clone(), block.to_string()));
+            }
+        }
+    }
+    assert!(blocks.len() >= 2, "the model files in README.md and docs/*.md: {}", blocks.len());
+    for (name, text) in &blocks {
+        let spec = presets::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        spec.train.validate().unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        Arch::new(spec).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
     }
 }
 
