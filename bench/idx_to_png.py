@@ -11,6 +11,7 @@ made by a library no one here wrote. Class folders are the labels ("0" ... "9"),
 
     python3 bench/idx_to_png.py data/mnist /tmp/mnist-png
     python3 bench/idx_to_png.py /usr/share/datasets/fashion-mnist /tmp/fashion-png --names fashion
+    python3 bench/idx_to_png.py data/mnist /tmp/mnist-small --limit 1000   # the first 1,000 of each
 """
 import argparse
 import gzip
@@ -53,9 +54,11 @@ def main():
     ap.add_argument("idx_dir")
     ap.add_argument("out")
     ap.add_argument("--names", choices=["digits", "fashion"], default="digits")
+    ap.add_argument("--limit", type=int, help="only the first N pictures of each split")
     args = ap.parse_args()
     for stem, name in (("train", "train"), ("t10k", "test")):
         examples, size = split(args.idx_dir, stem)
+        examples = examples[:args.limit]
         for i, (pixels, label) in enumerate(examples):
             cls = FASHION[label] if args.names == "fashion" else str(label)
             folder = os.path.join(args.out, name, cls)
