@@ -22,6 +22,7 @@ pub mod reference;
 pub mod report;
 pub mod rng;
 pub mod selftest;
+pub mod tensorboard;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -55,6 +55,11 @@ pub struct TrainArgs {
     /// Do not write a checkpoint after each epoch
     #[arg(long)]
     no_checkpoint: bool,
+    /// Also write TensorBoard event files under DIR: a folder per run (the model file's name;
+    /// an array: one per member, with its seed and swept values for the HPARAMS tab, and the
+    /// ensemble), each epoch's figures and the training loss per step, as they happen
+    #[arg(long, value_name = "DIR")]
+    tensorboard: Option<PathBuf>,
     /// Keep the training set in host memory and copy each stretch of batches to the GPU as
     /// training reaches it, for data sets larger than the GPU's memory (chosen on its own
     /// when uploading the training set runs out of device memory)
@@ -234,6 +239,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             data: splits.info.clone(),
             stream: a.stream,
             start_from: None,
+            tensorboard: a.tensorboard.clone(),
         };
         let s = train::train(b, cfg, train_ds, &test_ds)?;
         if array {

@@ -29,6 +29,31 @@ pub trait Host {
 
     /// Keeps `bytes` as the file `path`, whole (a model, a checkpoint, a manifest).
     fn save(&mut self, path: &Path, bytes: &[u8]) -> Result<()>;
+
+    /// The runs a TensorBoard log would show (`--tensorboard`): each member, then an array's
+    /// ensemble; `resumed`: a run continued from its checkpoint. Hosts without one ignore it.
+    fn board_start(&mut self, _runs: &[BoardRun], _resumed: bool) -> Result<()> {
+        Ok(())
+    }
+
+    /// Scalars of run `run` (an index into `board_start`'s) at `step`, at wall time `wall`
+    /// (seconds since 1970).
+    fn board_scalars(&mut self, _run: usize, _step: i64, _wall: f64, _values: &[(&str, f64)]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Run `run` has ended (`ok` false: its loss diverged).
+    fn board_end(&mut self, _run: usize, _ok: bool) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A run as TensorBoard shows it: its folder's name and, for an array's member, the values
+/// that tell it from the others (seed and swept keys: the hparams plugin's columns).
+#[derive(Debug, Clone)]
+pub struct BoardRun {
+    pub name: String,
+    pub hparams: Vec<(String, String)>,
 }
 
 /// The terminal and the file system: lines on stdout, a progress bar on stderr (drawn only
@@ -37,11 +62,19 @@ pub struct FileHost {
     progress: bool,
     bar: Option<ProgressBar>,
     logs: HashMap<PathBuf, std::fs::File>,
+    /// `--tensorboard DIR`: the folder, and a writer per run once they start.
+    board: Option<(PathBuf, Vec<(crate::tensorboard::EventWriter, bool)>)>,
 }
 
 impl FileHost {
     pub fn new(progress: bool) -> FileHost {
-        FileHost { progress, bar: None, logs: HashMap::new() }
+        FileHost { progress, bar: None, logs: HashMap::new(), board: None }
+    }
+
+    /// Also writes TensorBoard event files, a folder per run under `dir`.
+    pub fn with_tensorboard(mut self, dir: Option<PathBuf>) -> FileHost {
+        self.board = dir.map(|d| (d, Vec::new()));
+        self
     }
 }
 
@@ -104,5 +137,38 @@ impl Host for FileHost {
 
     fn save(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
         crate::modelfile::write_atomic(path, bytes)
+    }
+
+    fn board_start(&mut self, runs: &[BoardRun], resumed: bool) -> Result<()> {
+        let Some((dir, writers)) = &mut self.board else { return Ok(()) };
+        writers.clear();
+        for r in runs {
+            let mut w = crate::tensorboard::EventWriter::create(&dir.join(&r.name))?;
+            // A resumed session's start is already on record in its earlier file.
+            let session = !r.hparams.is_empty();
+            if session && !resumed {
+                w.session_start(&r.hparams)?;
+            }
+            writers.push((w, session));
+        }
+        if let Some((w, _)) = writers.first() {
+            let shown = if runs.len() == 1 { w.path().parent().unwrap_or(dir).to_path_buf() } else { dir.clone() };
+            self.say(&format!("TensorBoard: tensorboard --logdir {}", shown.display()));
+        }
+        Ok(())
+    }
+
+    fn board_scalars(&mut self, run: usize, step: i64, wall: f64, values: &[(&str, f64)]) -> Result<()> {
+        match &mut self.board {
+            Some((_, writers)) if run < writers.len() => writers[run].0.scalars(step, wall, values),
+            _ => Ok(()),
+        }
+    }
+
+    fn board_end(&mut self, run: usize, ok: bool) -> Result<()> {
+        match &mut self.board {
+            Some((_, writers)) if run < writers.len() && writers[run].1 => writers[run].0.session_end(ok),
+            _ => Ok(()),
+        }
     }
 }

@@ -41,7 +41,7 @@ use crate::modelfile::{self, ArrayState, Loaded, MemberProgress, Progress, Statu
 use crate::network::{DeviceData, EvalResult, Member, Members, Network, StepArgs};
 use crate::rng;
 
-pub use host::{FileHost, Host};
+pub use host::{BoardRun, FileHost, Host};
 pub use outputs::member_file;
 
 /// Batches of this many examples (or the training batch, if larger) for evaluation.
@@ -79,6 +79,8 @@ pub struct TrainConfig {
     /// A model of its own may start from these (parameters, state) instead of its seed's
     /// initialisation (a model loaded to train on).
     pub start_from: Option<(Vec<f32>, Vec<f32>)>,
+    /// Also write TensorBoard event files, a folder per run under this one (`FileHost`).
+    pub tensorboard: Option<PathBuf>,
 }
 
 impl TrainConfig {
@@ -97,6 +99,7 @@ impl TrainConfig {
             data: DataInfo::default(),
             stream: false,
             start_from: None,
+            tensorboard: None,
         }
     }
 }
@@ -303,6 +306,9 @@ pub struct Trainer<B: Backend> {
     history: Vec<Vec<EpochReport>>,
     /// The epoch in progress: its plan, shuffle, next step and the time it started.
     current: Option<EpochRun>,
+    /// The last epoch's steps, for TensorBoard: (global step, wall time, each member's mean
+    /// loss on that step's batch).
+    step_losses: Vec<(i64, f64, Vec<f64>)>,
 }
 
 /// An epoch between `begin_epoch` and `end_epoch`.
@@ -462,6 +468,7 @@ impl<B: Backend> Trainer<B> {
         if cfg.array {
             host.log_start(&modelfile::metrics_path(&cfg.out), keep)?;
         }
+        host.board_start(&board_runs(&cfg, &progresses), keep)?;
         let history = vec![Vec::new(); net.len()];
         // An array keeps the weights of the last epoch that ended, for a member that diverges
         // in the next (before the first epoch: where it starts).
@@ -485,6 +492,7 @@ impl<B: Backend> Trainer<B> {
             last,
             history,
             current: None,
+            step_losses: Vec::new(),
         })
     }
 
@@ -597,6 +605,17 @@ impl<B: Backend> Trainer<B> {
         let s = b.download(&self.stats, 2 * steps * k).await?;
         let seconds = c.started.elapsed().as_secs_f64();
         let figures = member_means(&s, k, steps, self.n as f64);
+        // Each step's loss (its batch's mean), its global step and a wall time spread evenly
+        // over the epoch (the steps' own times are not read back).
+        let end = wall_now();
+        let first = self.progress.global_step as i64;
+        self.step_losses = (0..steps)
+            .map(|i| {
+                let rows = c.e.batch.min(self.n - i * c.e.batch).max(1) as f64;
+                let wall = end - seconds * (steps - 1 - i) as f64 / steps as f64;
+                (first + i as i64 + 1, wall, (0..k).map(|m| s[2 * (i * k + m)] as f64 / rows).collect())
+            })
+            .collect();
         // Every member diverged: the run has nothing left to keep training or to save.
         if figures.iter().all(|f| !f.0.is_finite()) {
             return Err(self.diverged(c.e.index));
@@ -680,6 +699,7 @@ impl<B: Backend> Trainer<B> {
             };
             let line = serde_json::to_string(&report).unwrap_or_default();
             host.log(&modelfile::metrics_path(&member_path(&self.cfg, k)), &line)?;
+            self.board_epoch(host, k, &report)?;
             self.history[k].push(report.clone());
             reports.push(Some(report));
         }
@@ -706,8 +726,32 @@ impl<B: Backend> Trainer<B> {
         if self.cfg.array {
             let line = outputs::array_log_line(&reports, &self.members, &self.cfg);
             host.log(&modelfile::metrics_path(&self.cfg.out), &line)?;
+            let e = &reports.ensemble;
+            let values = [("loss/test", e.loss), ("accuracy/test", e.accuracy())];
+            host.board_scalars(self.net.len(), self.progress.epoch as i64, wall_now(), &values)?;
         }
         Ok(reports)
+    }
+
+    /// Member k's epoch for TensorBoard: its steps' losses at a stride (about a hundred points
+    /// an epoch), then the epoch's figures at the epoch's number, as the metrics log has them.
+    fn board_epoch(&self, host: &mut impl Host, k: usize, r: &EpochReport) -> Result<()> {
+        let stride = self.step_losses.len().div_ceil(100).max(1);
+        for (step, wall, losses) in self.step_losses.iter().skip(stride - 1).step_by(stride) {
+            host.board_scalars(k, *step, *wall, &[("train_step/loss", losses[k])])?;
+        }
+        let mut values = vec![
+            ("loss/train", r.train_loss),
+            ("accuracy/train", r.train_acc),
+            ("loss/test", r.test_loss),
+            ("accuracy/test", r.test_acc),
+            ("learning_rate", r.lr as f64),
+            ("images_per_second", r.images_per_second),
+        ];
+        if let (Some(l), Some(a)) = (r.val_loss, r.val_acc) {
+            values.extend([("loss/val", l), ("accuracy/val", a)]);
+        }
+        host.board_scalars(k, r.epoch as i64, wall_now(), &values)
     }
 
     /// Ends member k's training: frozen from now on, keeping what `kept` or `last` holds for
@@ -856,6 +900,9 @@ impl<B: Backend> Trainer<B> {
                 ));
             }
         }
+        for (k, m) in self.members.iter().enumerate() {
+            host.board_end(k, m.status != Status::Diverged)?;
+        }
         let mut summaries = Vec::new();
         for (k, m) in self.members.iter().enumerate() {
             let test = &final_eval.members[k];
@@ -914,6 +961,29 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
+fn wall_now() -> f64 {
+    web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The runs TensorBoard shows: a model of its own as the model file's name; an array's
+/// members as `NAME-<member>` with their seed and swept values, and `NAME-ensemble`.
+fn board_runs(cfg: &TrainConfig, members: &[MemberProgress]) -> Vec<BoardRun> {
+    let stem = cfg.out.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    if !cfg.array {
+        return vec![BoardRun { name: stem, hparams: Vec::new() }];
+    }
+    let mut runs: Vec<BoardRun> = members
+        .iter()
+        .map(|m| {
+            let mut hparams = vec![("seed".to_string(), m.seed.to_string())];
+            hparams.extend(m.tags.iter().cloned());
+            BoardRun { name: format!("{stem}-{}", outputs::member_name(m)), hparams }
+        })
+        .collect();
+    runs.push(BoardRun { name: format!("{stem}-ensemble"), hparams: Vec::new() });
+    runs
+}
+
 /// Where member k's model goes: `out` for a model of its own, else its name beside `out`.
 fn member_path(cfg: &TrainConfig, k: usize) -> PathBuf {
     if cfg.array { member_file(&cfg.out, cfg.members[k].seed, &cfg.tags[k]) } else { cfg.out.clone() }
@@ -963,7 +1033,7 @@ pub async fn train_on<B: Backend>(
 /// blocking until it is done.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn train<B: Backend>(b: &mut B, cfg: TrainConfig, train: Dataset, test: &Dataset) -> Result<TrainSummary> {
-    let mut host = FileHost::new(cfg.progress);
+    let mut host = FileHost::new(cfg.progress).with_tensorboard(cfg.tensorboard.clone());
     pollster::block_on(train_on(b, &mut host, cfg, train, test))
 }
 
