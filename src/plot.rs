@@ -302,6 +302,10 @@ where
             Stroke::Dots => chart.draw_series(points.iter().map(|&p| Circle::new(p, 2, color.mix(0.5).filled()))),
         }
         .map_err(|e| err(&e))?;
+        // A line of one point draws nothing: after a run's first epoch it is a dot.
+        if let ([p], Stroke::Bold | Stroke::Faint) = (points.as_slice(), s.stroke) {
+            chart.draw_series(std::iter::once(Circle::new(*p, 3, color.filled()))).map_err(|e| err(&e))?;
+        }
     }
     let (y_lo, y_hi) = {
         let r = chart.y_range();
@@ -488,6 +492,19 @@ pub fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After one epoch a curve has one point: it shows as a dot, not as nothing.
+    #[test]
+    fn a_series_of_one_point_is_drawn() {
+        let dots = |n: usize| {
+            let mut c = LineChart::new("t", "x", "y");
+            let points = (0..n).map(|i| (1.0 + i as f64, 50.0 + i as f64)).collect();
+            c.series = vec![Series { label: None, points, color: palette(0), stroke: Stroke::Bold }];
+            line_chart(&c).unwrap().matches("<circle").count()
+        };
+        assert_eq!(dots(1), 1);
+        assert_eq!(dots(3), 0);
+    }
 
     #[test]
     fn tick_labels_read_plainly() {

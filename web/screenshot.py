@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
-"""A picture of the page after a run, as a visitor sees it (docs/browser.png).
+"""A picture of the page as a visitor sees it (docs/browser.png), after a run or in the middle
+of one.
 
 Serves a built page (web/build.sh), opens it in headless Chromium on SwiftShader with the
-given query (a run that starts itself), waits for the run's RESULT line and takes a
-screenshot over the DevTools protocol (Chromium's --screenshot fires at load, before any
-training). Needs `pip install websocket-client`.
+given query (a run that starts itself), waits for the run to end (or, with --at, for the
+training status line to match a regular expression) and takes a screenshot over the DevTools
+protocol (Chromium's --screenshot fires at load, before any training). Needs
+`pip install websocket-client`.
 
     python3 web/screenshot.py --out docs/browser.png \
         --query 'data=mnist&arch=cnn2&epochs=3&limit=6000&autostart=1&digit=3'
+    python3 web/screenshot.py --out docs/browser.png --at 'epoch 2/3, step 2[0-9]/' \
+        --query 'data=mnist&arch=cnn2&epochs=3&limit=3000&batch=64&autostart=1&digit=3'
 """
 
 import argparse
@@ -15,6 +19,7 @@ import base64
 import functools
 import http.server
 import json
+import re
 import subprocess
 import tempfile
 import threading
@@ -32,6 +37,8 @@ def main():
     ap.add_argument("--size", default="1280,1700", help="window width,height")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the run")
     ap.add_argument("--chromium", default="chromium")
+    ap.add_argument("--at", help="take the picture when the training status matches this regular expression "
+                    "(e.g. mid-epoch) instead of at the end of the run")
     a = ap.parse_args()
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -79,8 +86,10 @@ def main():
             status = r.get("result", {}).get("value") or ""  # nothing until the page has loaded
             if "error" in status.lower() or status.startswith("done") and status.split("|")[1]:
                 break
-            time.sleep(1)
-        time.sleep(1)
+            if a.at and re.search(a.at, status.split("|")[0]):
+                break
+            time.sleep(0.5 if a.at else 1)
+        time.sleep(0 if a.at else 1)
         shot = cdp("Page.captureScreenshot", format="png")
         with open(a.out, "wb") as f:
             f.write(base64.b64decode(shot["data"]))

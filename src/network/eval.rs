@@ -86,6 +86,8 @@ impl<B: Backend> Network<B> {
         let mut stats = b.alloc((2 * batches * k).max(1))?;
         let mut ensemble = Ensemble::new(classes, self.loss, keep);
         let mut kept = vec![Vec::new(); if keep && per_batch { k } else { 0 }];
+        // Said before the first batch too, which on a slow adapter takes seconds.
+        crate::progress::set("testing", 0, batches);
         for i in 0..batches {
             let start = i * self.cap;
             let n = self.cap.min(data.len - start);
