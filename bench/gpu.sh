@@ -135,8 +135,8 @@ say "7. mixed precision (cooperative-matrix dense GEMMs) against f32"
 for p in f32 mixed; do
     $BIN bench --arch fc-b --batch 128 --steps "$STEPS" --backend gpu --precision $p 2>&1 | tee -a "$LOG"
 done
-if [ -x .gl/gpu_parity ]; then
-    CI=true .gl/gpu_parity dense_products --nocapture 2>&1 | tail -20 | tee -a "$LOG"
+if [ -x .gl/suite ]; then
+    CI=true .gl/suite gpu_parity::dense_products --nocapture 2>&1 | tail -20 | tee -a "$LOG"
 fi
 
 say "8. speedrun to 99%: five seeds (training time excludes shader builds and test evaluation)"

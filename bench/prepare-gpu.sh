@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 grep -qx '/.gl/' .git/info/exclude 2>/dev/null || echo /.gl/ >> .git/info/exclude
 mkdir -p .gl/shaders-old /tmp/amd64/partial
 cargo build --release
-cargo test --release --no-run --test gpu_parity
+cargo test --release --no-run --test suite
 strip -o .gl/gpu-train target/release/gpu-train
-strip -o .gl/gpu_parity "$(ls -t target/release/deps/gpu_parity-* | grep -v '\.d$' | head -1)"
+strip -o .gl/suite "$(ls -t target/release/deps/suite-* | grep -v '\.d$' | head -1)"
 if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
     o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
     apt-get $o update -qq

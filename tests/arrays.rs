@@ -6,11 +6,9 @@
 //! members stop on their own (early stopping, a NaN loss) while the rest train on; the
 //! outputs (member files, manifest, logs) and the command line.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data::{self, Dataset};
 use gpu_train::model::spec::{EarlyStopping, ModelSpec, Monitor, Optimizer};

@@ -6,8 +6,6 @@
 //! never waits on this test's own build lock). Outside CI a missing Chromium, wasm32 target
 //! or wasm-bindgen skips these tests with a message; with CI=true it fails them.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{ci, mnist_dir, p, repo};
+use crate::common::{ci, mnist_dir, p, repo};
 use serde_json::Value;
 
 /// web/dist built from the current sources (once per test binary), or None to skip.
@@ -288,7 +286,7 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     assert!(f(&page, "seconds") > 0.0 && page["adapter"].as_str().is_some_and(|a| !a.is_empty()), "{page}");
     let tmp = tempfile::tempdir().unwrap();
     let native = tmp.path().join("native.safetensors");
-    let (code, out, err) = common::gpu_train_cmd(&[
+    let (code, out, err) = crate::common::gpu_train_cmd(&[
         "--arch",
         "fc-b",
         "--epochs",
@@ -351,7 +349,7 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     let digit = tmp.path().join("digit.png");
     std::fs::write(&digit, file("digit.png")).unwrap();
     let (code, out, err) =
-        common::gpu_train_cmd(&["predict", "--model", p(&model_path), "--backend", "cpu", p(&digit)]);
+        crate::common::gpu_train_cmd(&["predict", "--model", p(&model_path), "--backend", "cpu", p(&digit)]);
     assert_eq!(code, 0, "{out}\n{err}");
     let guesses = page["guesses"].as_array().expect("the page's guesses");
     assert_eq!(guesses.len(), 3, "{page}");
@@ -416,7 +414,7 @@ fn the_page_trains_a_residual_model_file_like_the_cli() {
     let model = tmp.path().join("residual.toml");
     let args = ["--arch", p(&model), "--data-dir", p(tmp.path()), "--epochs", "1", "--batch", "32"];
     let (code, out, err) =
-        common::gpu_train_cmd(&[&args[..], &["--seed", "3", "--backend", "gpu", "--out", p(&native)]].concat());
+        crate::common::gpu_train_cmd(&[&args[..], &["--seed", "3", "--backend", "gpu", "--out", p(&native)]].concat());
     if code != 0 && !ci() && err.contains("adapter") {
         eprintln!("skipping the native comparison: no GPU adapter here ({err})");
         return;

@@ -2,12 +2,10 @@
 //! exit (never a panic), a trained model evaluates to the accuracy training reported, and
 //! predict, bench and presets work.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn gpu_train(args: &[&str]) -> (i32, String, String) {
     gpu_train_cmd(args)

@@ -6,9 +6,7 @@
 //! eps = 1e-2 and outputs of order 1 that is ~1e-5, well inside atol 1e-3 + rtol 1e-2.
 //! Inputs avoid relu's kink and max-pooling's ties, where the derivative is not defined.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gpu_train::backend::{Dropout, Epilogue, TableBuilder, Xent};
 use gpu_train::cpu::{activation, batchnorm, conv2d, dense, dropout, loss, pool};
 use gpu_train::model::{Act, AvgPool, BatchNorm, Conv2d, Dense, Pool};

@@ -1,9 +1,7 @@
 //! CPU ops on hand-computed cases, and the fast convolution against its definition
 //! (`reference::conv2d_forward`, an ndarray loop nest in f64) on awkward random shapes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gpu_train::backend::{AdamStep, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder, Xent};
 use gpu_train::cpu::{batchnorm, conv2d, data, dense, dropout, loss, optim, pool};
 use gpu_train::data::augment::Augment;

@@ -1,12 +1,10 @@
 //! The shipped MNIST files and our IDX reader: checksums, a byte-for-byte cross-check
 //! against the `mnist` crate, both file-name spellings, and typed errors on bad files.
 
-mod common;
-
 use std::io::Read;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use gpu_train::data::{self, idx};
 use sha2::{Digest, Sha256};
 

@@ -3,11 +3,9 @@
 //! `--help` lists; every script they tell a reader to run exists; the cheap commands shown
 //! (`presets`, `presets NAME`) run. A renamed flag or subcommand fails here.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 
 /// README.md and docs/*.md, as (name, text).
 fn pages() -> Vec<(String, String)> {

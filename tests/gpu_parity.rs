@@ -4,9 +4,7 @@
 //! loss, every gradient, parameters after three Adam steps with dropout and augmentation on,
 //! a weight average), and training on the GPU then evaluating on both backends.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gpu_train::backend::Backend;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data::{self, Dataset};

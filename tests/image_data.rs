@@ -12,14 +12,12 @@
 //!
 //! The Python scripts need Pillow; without it these tests skip, except with CI=true.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 use gpu_train::data::source::{self, LoadOptions};
 use gpu_train::data::{self, Dataset, Resize};
 

@@ -12,13 +12,11 @@
 //! as .ci/run does; GPU_TRAIN_PYTHON names another interpreter) the runtime checks skip,
 //! unless CI=true, where they fail.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data::{self, Dataset};
 use gpu_train::evaluate;

@@ -2,9 +2,7 @@
 //! have the seeds' shapes; tensors are named as torch.nn.Sequential names them; malformed
 //! files fail with messages that say what is wrong.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gpu_train::model::{Arch, Layer, Shape, presets};
 
 fn arch(name: &str) -> Arch {

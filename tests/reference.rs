@@ -12,9 +12,7 @@
 //!    (`gpu_train::selftest`; the GPU half runs in tests/gpu_parity.rs), and whole models: the
 //!    same forward and backward on the CPU backend and on the reference backend.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gpu_train::backend::{AdamStep, Backend, Dropout, TableBuilder};
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data;

@@ -4,12 +4,10 @@
 //! headless Chromium without console errors, and lr-find's suggestion trains at least as well
 //! as ten times more and ten times less.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use serde_json::Value;
 
 fn run_ok(args: &[&str]) -> String {

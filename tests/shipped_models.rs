@@ -3,9 +3,7 @@
 //! test-time augmentation too), on a recorded subset of the test set in CI and on all 10,000
 //! images on demand; and, where a GPU adapter exists, the GPU backend agrees with the CPU.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data;
 use gpu_train::evaluate;
@@ -154,7 +152,7 @@ const SUBSET: &str = "tests/fixtures/shipped_subset.json";
 /// Every figure the README states for the shipped models (each model's recorded accuracy, the
 /// ensembles, test-time augmentation), on all 10,000 test images, as CI checked them until
 /// they took 7 minutes of its 20. CI now checks them on a recorded subset (the test below);
-/// this test, run on demand (`cargo test --release --test shipped_models -- --ignored`,
+/// this test, run on demand (`cargo test --release --test suite shipped_models:: -- --ignored`,
 /// about 15 minutes on 2 cores), checks them on the full set and that the subset is still the
 /// one it defines: every 10th test image and every image that any shipped model, ensemble or
 /// test-time-augmented figure gets wrong, with each model file's SHA-256 and mean loss on the

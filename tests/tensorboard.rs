@@ -7,12 +7,10 @@
 //! every member in its HPARAMS tab with its values and final test accuracy. The masked CRC-32C
 //! matches TensorBoard's own.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn python() -> Option<String> {

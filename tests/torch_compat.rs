@@ -6,9 +6,7 @@
 //! what `load_state_dict(strict=True)` holds a file to. bench/torch_compat.py runs both
 //! directions through torch itself (it needs torch, which CI does not install).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data;
 use gpu_train::evaluate;

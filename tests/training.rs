@@ -2,11 +2,9 @@
 //! differences, bit-for-bit repeatability, exact resume, early stopping, odd batch sizes and
 //! model files.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use gpu_train::backend::Backend;
 use gpu_train::cpu::CpuBackend;
 use gpu_train::data::{self, Dataset};
