@@ -116,8 +116,10 @@ pub fn record(data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+/// Seconds since 1970: an event's wall time (`web_time`, so that the trainer, which takes
+/// these for its steps and epochs, reads the clock the same way in a browser).
+pub fn now() -> f64 {
+    web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A swept value as the hparams plugin shows it: a number where it reads as one.

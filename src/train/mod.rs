@@ -607,7 +607,7 @@ impl<B: Backend> Trainer<B> {
         let figures = member_means(&s, k, steps, self.n as f64);
         // Each step's loss (its batch's mean), its global step and a wall time spread evenly
         // over the epoch (the steps' own times are not read back).
-        let end = wall_now();
+        let end = crate::tensorboard::now();
         let first = self.progress.global_step as i64;
         self.step_losses = (0..steps)
             .map(|i| {
@@ -728,7 +728,7 @@ impl<B: Backend> Trainer<B> {
             host.log(&modelfile::metrics_path(&self.cfg.out), &line)?;
             let e = &reports.ensemble;
             let values = [("loss/test", e.loss), ("accuracy/test", e.accuracy())];
-            host.board_scalars(self.net.len(), self.progress.epoch as i64, wall_now(), &values)?;
+            host.board_scalars(self.net.len(), self.progress.epoch as i64, crate::tensorboard::now(), &values)?;
         }
         Ok(reports)
     }
@@ -751,7 +751,7 @@ impl<B: Backend> Trainer<B> {
         if let (Some(l), Some(a)) = (r.val_loss, r.val_acc) {
             values.extend([("loss/val", l), ("accuracy/val", a)]);
         }
-        host.board_scalars(k, r.epoch as i64, wall_now(), &values)
+        host.board_scalars(k, r.epoch as i64, crate::tensorboard::now(), &values)
     }
 
     /// Ends member k's training: frozen from now on, keeping what `kept` or `last` holds for
@@ -961,14 +961,10 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-fn wall_now() -> f64 {
-    web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
 /// The runs TensorBoard shows: a model of its own as the model file's name; an array's
 /// members as `NAME-<member>` with their seed and swept values, and `NAME-ensemble`.
 fn board_runs(cfg: &TrainConfig, members: &[MemberProgress]) -> Vec<BoardRun> {
-    let stem = cfg.out.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let stem = outputs::out_stem(&cfg.out);
     if !cfg.array {
         return vec![BoardRun { name: stem, hparams: Vec::new() }];
     }

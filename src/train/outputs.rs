@@ -30,9 +30,15 @@ pub fn member_name(m: &MemberProgress) -> String {
     member_name_of(m.seed, &m.tags)
 }
 
+/// `NAME` for `out` = `DIR/NAME.safetensors` ("model" if it has none): what members' files and
+/// TensorBoard's run folders are named from.
+pub fn out_stem(out: &Path) -> String {
+    out.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned())
+}
+
 /// `DIR/NAME-s<seed>[-<key><value>...].safetensors` for `out` = `DIR/NAME.safetensors`.
 pub fn member_file(out: &Path, seed: u64, tags: &[(String, String)]) -> PathBuf {
-    let stem = out.file_stem().map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let stem = out_stem(out);
     out.with_file_name(format!("{stem}-{}.safetensors", member_name_of(seed, tags)))
 }
 

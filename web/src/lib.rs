@@ -49,6 +49,11 @@ mod bind {
         JsValue::from_str(&e.to_string())
     }
 
+    /// A run's options from the page's JSON (`session::RunOptions`).
+    fn run_options(options: &str) -> Result<RunOptions, JsValue> {
+        serde_json::from_str(options).map_err(|e| js(format!("bad options: {e}")))
+    }
+
     fn json(v: impl serde::Serialize) -> Result<String, JsValue> {
         serde_json::to_string(&v).map_err(js)
     }
@@ -123,7 +128,7 @@ mod bind {
     /// Starts a run; `options` is JSON (`session::RunOptions`). Returns the lines to show.
     #[wasm_bindgen]
     pub async fn start(options: String) -> Result<String, JsValue> {
-        let o: RunOptions = serde_json::from_str(&options).map_err(|e| js(format!("bad options: {e}")))?;
+        let o = run_options(&options)?;
         let mut s = take()?;
         let r = s.start(&o).await;
         put(s);
@@ -134,7 +139,7 @@ mod bind {
     /// adapter, measured on a few steps: `session::Estimate` as JSON.
     #[wasm_bindgen]
     pub async fn estimate(options: String) -> Result<String, JsValue> {
-        let o: RunOptions = serde_json::from_str(&options).map_err(|e| js(format!("bad options: {e}")))?;
+        let o = run_options(&options)?;
         let mut s = take()?;
         let r = s.estimate(&o).await;
         put(s);
