@@ -37,6 +37,9 @@ pub enum Error {
     /// The loss became NaN or infinite.
     #[error("{0}")]
     Diverged(String),
+    /// A sweep's parts (`--shard`) that do not make up the sweep: missing, or from another.
+    #[error("{0}")]
+    Sweep(String),
 
     #[error("GPU: {0}")]
     Gpu(String),

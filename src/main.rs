@@ -1,4 +1,4 @@
-//! The `gpu-train` command line: train (the default), eval, predict, export, report, lr-find, bench,
+//! The `gpu-train` command line: train (the default), eval, predict, export, report, gather, lr-find, bench,
 //! presets, devices, probe, selftest; one file per command in `cli/`. Errors end as one line on stderr and a
 //! non-zero exit.
 
@@ -41,6 +41,9 @@ enum Cmd {
     Report(cli::report::ReportArgs),
     /// The learning-rate range test: a plot and a suggested rate
     LrFind(cli::lrfind::LrFindArgs),
+    /// Put a sweep trained in parts (`train --shard`, a cluster's job array) back together:
+    /// the whole sweep's manifest, its ensemble and report
+    Gather(cli::gather::GatherArgs),
     /// Time training steps and print one JSON line
     Bench(cli::bench::BenchArgs),
     /// List the built-in architectures, or print one as a model file
@@ -117,6 +120,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Export(a)) => cli::export::run(a),
         Some(Cmd::Report(a)) => cli::report::run(a),
         Some(Cmd::LrFind(a)) => cli::lrfind::run(a),
+        Some(Cmd::Gather(a)) => cli::gather::run(a),
         Some(Cmd::Bench(a)) => cli::bench::run(a),
         Some(Cmd::Presets { name }) => cli::info::presets(name),
         Some(Cmd::Devices) => cli::info::devices(),

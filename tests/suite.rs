@@ -21,6 +21,7 @@ mod reference;
 mod report;
 mod shaders_naga;
 mod shipped_models;
+mod slurm;
 mod tensorboard;
 mod torch_compat;
 mod training;

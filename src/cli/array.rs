@@ -8,6 +8,7 @@ use clap::Args;
 use gpu_train::model::ModelSpec;
 use gpu_train::model::spec::{self, LayerSpec, Loss, Optimizer};
 use gpu_train::network::Member;
+use gpu_train::train::shard::Part;
 
 /// The most members one run takes (a bound on mistakes like `--seeds 1..100000000`; what
 /// fits the machine is checked before allocating).
@@ -39,6 +40,12 @@ pub struct ArrayArgs {
     /// array shares [default: the (first) seed]
     #[arg(long)]
     pub data_seed: Option<u64>,
+    /// Train only part I (0-based) of N of the array's members, for a job array on a cluster:
+    /// `I/N`, or `auto` to take the part from Slurm's job array (SLURM_ARRAY_TASK_ID, _MIN,
+    /// _COUNT, _STEP), or `auto/N` from a Kubernetes Indexed Job (JOB_COMPLETION_INDEX, N =
+    /// its completions); `gpu-train gather --out` puts the parts back together
+    #[arg(long, value_name = "I/N|auto")]
+    pub shard: Option<String>,
 }
 
 /// What to train: the members, the swept values each member's name carries, and whether it is
@@ -48,6 +55,8 @@ pub struct Plan {
     pub tags: Vec<Vec<(String, String)>>,
     pub array: bool,
     pub data_seed: u64,
+    /// The part of the sweep these members are (`--shard`).
+    pub shard: Option<Part>,
 }
 
 impl ArrayArgs {
@@ -96,8 +105,127 @@ impl ArrayArgs {
             }
         }
         let data_seed = self.data_seed.unwrap_or(seeds[0]);
-        Ok(Plan { members, tags, array: self.is_array(), data_seed })
+        let mut plan = Plan { members, tags, array: self.is_array(), data_seed, shard: None };
+        if let Some(s) = &self.shard {
+            let (index, count, from) = parse_shard(s, &|k| std::env::var(k).ok())?;
+            plan = plan.part(index, count)?;
+            let r = plan.shard.as_ref().expect("part() sets it").members();
+            println!(
+                "shard: part {index} of {count}{from}: members {}..{} of the sweep's {}",
+                r.start + 1,
+                r.end,
+                plan.shard.as_ref().map_or(0, |p| p.all.len())
+            );
+        }
+        Ok(plan)
     }
+}
+
+impl Plan {
+    /// Part `index` of `count` of the members (`train::shard::part`), keeping the whole
+    /// sweep's list and data seed.
+    pub fn part(self, index: usize, count: usize) -> Result<Plan> {
+        let k = self.members.len();
+        if !self.array || k < 2 {
+            bail!("--shard splits an array's members (--seeds, --sweep) over several jobs; this run trains one model");
+        }
+        if count > k {
+            bail!(
+                "--shard {index}/{count}: {count} parts of {k} members would leave some parts empty; use at most {k}"
+            );
+        }
+        let all: Vec<(u64, Vec<(String, String)>)> =
+            self.members.iter().zip(&self.tags).map(|(m, t)| (m.seed, t.clone())).collect();
+        let part = Part { index, count, all };
+        let r = part.members();
+        Ok(Plan {
+            members: self.members[r.clone()].to_vec(),
+            tags: self.tags[r].to_vec(),
+            array: true,
+            data_seed: self.data_seed,
+            shard: Some(part),
+        })
+    }
+}
+
+/// `--shard`: `I/N`, `auto` (Slurm's job array) or `auto/N` (a Kubernetes Indexed Job's
+/// index, or Slurm's checked against N): the part, its count, and where they came from.
+pub fn parse_shard(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<(usize, usize, String)> {
+    let (i, n) = s.split_once('/').map_or((s, None), |(i, n)| (i, Some(n)));
+    let count = match n {
+        Some(n) => match n.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => bail!("--shard {s}: the number of parts must be a whole number of at least 1"),
+        },
+        None => None,
+    };
+    if i.trim() != "auto" {
+        let Some(count) = count else {
+            bail!(
+                "--shard takes I/N (part I of N, counted from 0), `auto` (from Slurm's job array) or `auto/N`; got '{s}'"
+            );
+        };
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--shard {s}: '{i}' is not a part number (0 to {})", count - 1))?;
+        if index >= count {
+            bail!(
+                "--shard {s}: parts are counted from 0, so part {index} of {count} does not exist (0 to {})",
+                count - 1
+            );
+        }
+        return Ok((index, count, String::new()));
+    }
+    let num = |k: &str| -> Result<Option<i64>> {
+        match env(k) {
+            None => Ok(None),
+            Some(v) => {
+                v.trim().parse::<i64>().map(Some).map_err(|_| anyhow::anyhow!("--shard auto: {k}={v} is not a number"))
+            }
+        }
+    };
+    if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+        let (Some(min), Some(n)) = (num("SLURM_ARRAY_TASK_MIN")?, num("SLURM_ARRAY_TASK_COUNT")?) else {
+            bail!(
+                "--shard auto: SLURM_ARRAY_TASK_ID is set but not SLURM_ARRAY_TASK_MIN and SLURM_ARRAY_TASK_COUNT (Slurm 17.11 or later sets them)"
+            );
+        };
+        let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1).max(1);
+        let max = num("SLURM_ARRAY_TASK_MAX")?;
+        let from = format!(
+            " (from Slurm: SLURM_ARRAY_TASK_ID={id}, MIN={min}, COUNT={n}, STEP={step}{})",
+            max.map_or_else(String::new, |m| format!(", MAX={m}"))
+        );
+        let evenly = (id - min) % step == 0 && max.is_none_or(|max| min + (n - 1) * step == max);
+        let index = (id - min) / step;
+        if n < 1 || !evenly || index < 0 || index >= n {
+            bail!(
+                "--shard auto: the job array's task ids are not an evenly spaced range{from}; submit it as `--array=0-{}` (or A-B:STEP), or give --shard I/N",
+                n.max(1) - 1
+            );
+        }
+        if let Some(c) = count
+            && c as i64 != n
+        {
+            bail!("--shard auto/{c}: the Slurm job array has {n} tasks{from}");
+        }
+        return Ok((index as usize, n as usize, from));
+    }
+    if let Some(index) = num("JOB_COMPLETION_INDEX")? {
+        let Some(count) = count else {
+            bail!(
+                "--shard auto: JOB_COMPLETION_INDEX={index} (a Kubernetes Indexed Job) gives the part but not how many there are; use --shard auto/N with N = the Job's completions"
+            );
+        };
+        if index < 0 || index as usize >= count {
+            bail!("--shard auto/{count}: JOB_COMPLETION_INDEX={index} is not a part of {count} (0 to {})", count - 1);
+        }
+        return Ok((index as usize, count, format!(" (from Kubernetes: JOB_COMPLETION_INDEX={index})")));
+    }
+    bail!(
+        "--shard auto: neither Slurm's job array (SLURM_ARRAY_TASK_ID) nor a Kubernetes Indexed Job (JOB_COMPLETION_INDEX) is set; run it as a job array's task (sbatch --array), or give --shard I/N"
+    )
 }
 
 /// `1..8` (inclusive) or `1,4,9`.

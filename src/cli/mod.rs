@@ -5,6 +5,7 @@ pub mod array;
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod gather;
 pub mod info;
 pub mod lrfind;
 pub mod predict;

@@ -78,9 +78,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
     super::init_threads(a.device.threads)?;
     let arch_name = a.arch.clone().ok_or_else(|| anyhow!("--arch is required"))?;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}.safetensors", file_stem(&arch_name))));
+    // A part of a sweep (--shard) keeps its checkpoint under the part's name.
+    let array_out = match &a.array.shard {
+        Some(s) => {
+            let (i, n, _) = super::array::parse_shard(s, &|k| std::env::var(k).ok())?;
+            train::shard::part_out(&out, i, n)
+        }
+        None => out.clone(),
+    };
     let resume_path = match (&a.resume_from, a.resume) {
         (Some(p), _) => Some(p.clone()),
-        (None, true) => Some(modelfile::checkpoint_path(&out)),
+        (None, true) => Some(modelfile::checkpoint_path(&array_out)),
         (None, false) => None,
     };
     let resume = match resume_path {
@@ -132,7 +140,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let ts = resume.as_ref().and_then(|c| c.train.as_ref());
     let plan = match ts {
         Some(ts) => {
-            if a.array.is_array() {
+            if a.array.is_array() && a.array.shard.is_none() {
                 eprintln!("note: resuming keeps the checkpoint's members (--seeds and --sweep are not used)");
             }
             let data_seed = ts.progress.data_seed.unwrap_or(ts.progress.seed);
@@ -148,7 +156,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     .unzip(),
                 None => (vec![Member { seed: ts.progress.seed, spec: arch.spec.clone() }], vec![Vec::new()]),
             };
-            super::array::Plan { members, tags, array: ts.array.is_some(), data_seed }
+            // A part of a sweep: the whole sweep from --seeds and --sweep, which must give
+            // this part the checkpoint's members.
+            let shard = match &a.array.shard {
+                Some(_) => {
+                    let whole = a.array.plan(&arch.spec, a.seed)?;
+                    let same = whole.members.iter().map(|m| m.seed).eq(members.iter().map(|m: &Member| m.seed))
+                        && whole.tags == tags
+                        && whole.data_seed == data_seed;
+                    if !same {
+                        bail!(
+                            "the checkpoint's members are not this part of the sweep that --seeds, --sweep, --data-seed and --shard give; resume with the command that started it"
+                        );
+                    }
+                    whole.shard
+                }
+                None => None,
+            };
+            super::array::Plan { members, tags, array: ts.array.is_some(), data_seed, shard }
         }
         None => a.array.plan(&arch.spec, a.seed)?,
     };
@@ -226,6 +251,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let mut info = run_info;
         info.insert("device".into(), b.name());
         let array = plan.array;
+        let part = plan.shard.as_ref().map(|p| (p.index, p.count));
         let cfg = train::TrainConfig {
             members: plan.members,
             tags: plan.tags,
@@ -240,6 +266,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             stream: a.stream,
             start_from: None,
             tensorboard: a.tensorboard.clone(),
+            shard: plan.shard,
         };
         let s = train::train(b, cfg, train_ds, &test_ds)?;
         if array {
@@ -263,8 +290,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 s.members.iter().filter(|m| m.status != Status::Diverged).count(),
                 100.0 * s.ensemble_test.accuracy(),
                 100.0 * (1.0 - s.ensemble_test.accuracy()),
-                train::outputs::manifest_path(&out).display()
+                train::outputs::manifest_path(&array_out).display()
             );
+            if let Some((i, n)) = part {
+                println!(
+                    "this is part {i} of {n} of the sweep: when every part has finished, `gpu-train gather --out {}` writes the whole sweep's manifest",
+                    out.display()
+                );
+            }
         } else {
             println!(
                 "done: {} epochs in {:.1}s; test accuracy {:.2}% (error {:.2}%), loss {:.4}; model saved to {}",

@@ -136,6 +136,22 @@ impl<B: Backend> Network<B> {
     }
 }
 
+/// The ensemble of members' kept test scores (each `labels.len() * classes`, example-major),
+/// those `include` names averaged: the same arithmetic, in the same order, as
+/// `Network::evaluate_all` gives an array (so a sweep gathered from its parts has the
+/// unsharded array's ensemble exactly).
+pub fn ensemble_of(scores: &[&[f32]], include: &[bool], labels: &[u32], classes: usize, loss: Loss) -> EvalResult {
+    let mut e = Ensemble::new(classes, loss, false);
+    let mut row = vec![0f32; scores.len() * classes];
+    for (i, &y) in labels.iter().enumerate() {
+        for (m, s) in scores.iter().enumerate() {
+            row[m * classes..(m + 1) * classes].copy_from_slice(&s[i * classes..(i + 1) * classes]);
+        }
+        e.add(&row, include, &[y]);
+    }
+    e.result()
+}
+
 /// The ensemble of an array's members, example by example: the average of their
 /// probabilities (or outputs, for MSE), its loss as the model's loss function defines it
 /// (cross-entropy of the average), and whether its first maximum is the label.

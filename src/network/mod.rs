@@ -16,7 +16,7 @@ mod plan;
 mod step;
 
 pub use data::{DeviceData, Shard, Stream, pack};
-pub use eval::{EvalResult, Evaluation};
+pub use eval::{EvalResult, Evaluation, ensemble_of};
 pub use fits::{check_array, check_fits, largest_array};
 pub use members::{Member, MemberTable, Members};
 pub use step::{Activations, StepArgs};

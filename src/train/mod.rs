@@ -23,6 +23,7 @@
 pub mod host;
 pub mod outputs;
 pub mod schedule;
+pub mod shard;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -81,6 +82,9 @@ pub struct TrainConfig {
     pub start_from: Option<(Vec<f32>, Vec<f32>)>,
     /// Also write TensorBoard event files, a folder per run under this one (`FileHost`).
     pub tensorboard: Option<PathBuf>,
+    /// An array that is one part of a sweep (`--shard`): `members` are that part's, and its
+    /// manifest, log and checkpoint are named after the part (`shard`).
+    pub shard: Option<shard::Part>,
 }
 
 impl TrainConfig {
@@ -100,6 +104,16 @@ impl TrainConfig {
             stream: false,
             start_from: None,
             tensorboard: None,
+            shard: None,
+        }
+    }
+
+    /// What an array's manifest, log and checkpoint are named from: `out`, or for a part of a
+    /// sweep `DIR/NAME.shard-I-of-N.safetensors`.
+    pub fn array_out(&self) -> PathBuf {
+        match &self.shard {
+            Some(p) => shard::part_out(&self.out, p.index, p.count),
+            None => self.out.clone(),
         }
     }
 }
@@ -466,7 +480,7 @@ impl<B: Backend> Trainer<B> {
             host.log_start(&modelfile::metrics_path(&member_path(&cfg, k)), keep)?;
         }
         if cfg.array {
-            host.log_start(&modelfile::metrics_path(&cfg.out), keep)?;
+            host.log_start(&modelfile::metrics_path(&cfg.array_out()), keep)?;
         }
         host.board_start(&board_runs(&cfg, &progresses), keep)?;
         let history = vec![Vec::new(); net.len()];
@@ -627,7 +641,7 @@ impl<B: Backend> Trainer<B> {
     }
 
     fn diverged(&self, index: usize) -> Error {
-        diverged(index, &self.progress, &modelfile::checkpoint_path(&self.cfg.out), self.cfg.checkpoints)
+        diverged(index, &self.progress, &modelfile::checkpoint_path(&self.cfg.array_out()), self.cfg.checkpoints)
     }
 
     /// Every step of epoch `index` over a fresh shuffle, with progress shown by the host and
@@ -725,7 +739,7 @@ impl<B: Backend> Trainer<B> {
         }
         if self.cfg.array {
             let line = outputs::array_log_line(&reports, &self.members, &self.cfg);
-            host.log(&modelfile::metrics_path(&self.cfg.out), &line)?;
+            host.log(&modelfile::metrics_path(&self.cfg.array_out()), &line)?;
             let e = &reports.ensemble;
             let values = [("loss/test", e.loss), ("accuracy/test", e.accuracy())];
             host.board_scalars(self.net.len(), self.progress.epoch as i64, crate::tensorboard::now(), &values)?;
@@ -849,7 +863,7 @@ impl<B: Backend> Trainer<B> {
         };
         let array = self.cfg.array.then(|| ArrayState { members: self.members.clone() });
         let ts = TrainState { progress, array, m, v, best: self.kept.clone(), average };
-        let path = modelfile::checkpoint_path(&self.cfg.out);
+        let path = modelfile::checkpoint_path(&self.cfg.array_out());
         let bytes = modelfile::encode(&path, &self.net.arch, &p, &s, self.cfg.run_info.clone(), Some(&ts))?;
         host.save(&path, &bytes)
     }
@@ -886,7 +900,8 @@ impl<B: Backend> Trainer<B> {
         // The final weights go where the kept ones are read from (the average, with `ema`).
         let final_eval = {
             self.net.set_kept(b, &fp, &fs)?;
-            self.net.evaluate_kept(b, &self.test, false, &include).await?
+            // A part of a sweep keeps every example's scores, for `shard::gather`'s ensemble.
+            self.net.evaluate_kept(b, &self.test, self.cfg.shard.is_some(), &include).await?
         };
         if let Some(es) = es {
             for k in restored {
@@ -928,7 +943,7 @@ impl<B: Backend> Trainer<B> {
             );
             if self.cfg.array {
                 // The array this member was trained in (the manifest's file name).
-                let manifest = outputs::manifest_path(&self.cfg.out);
+                let manifest = outputs::manifest_path(&self.cfg.array_out());
                 meta.insert("manifest".into(), manifest.file_name().unwrap_or_default().to_string_lossy().into_owned());
             }
             self.cfg.data.record(&mut meta);
@@ -945,8 +960,25 @@ impl<B: Backend> Trainer<B> {
             });
         }
         if self.cfg.array {
-            let manifest = outputs::manifest(&summaries, &final_eval.ensemble)?;
-            host.save(&outputs::manifest_path(&self.cfg.out), manifest.as_bytes())?;
+            let mut manifest = outputs::manifest(&summaries, &final_eval.ensemble)?;
+            let array_out = self.cfg.array_out();
+            if let Some(part) = &self.cfg.shard {
+                let path = shard::scores_path(&array_out);
+                let members: Vec<&EvalResult> = final_eval.members.iter().collect();
+                let labels = self.test.host_labels();
+                let classes = self.net.arch.classes();
+                host.save(&path, &shard::encode_scores(&path, &members, labels, classes, self.recipe.loss)?)?;
+                let files: Vec<String> = part
+                    .all
+                    .iter()
+                    .map(|(seed, tags)| {
+                        let f = member_file(&self.cfg.out, *seed, tags);
+                        f.file_name().unwrap_or_default().to_string_lossy().into_owned()
+                    })
+                    .collect();
+                manifest = shard::part_manifest(&manifest, part, &files)?;
+            }
+            host.save(&outputs::manifest_path(&array_out), manifest.as_bytes())?;
         }
         Ok(TrainSummary {
             epochs_run: self.progress.epoch,
@@ -976,7 +1008,9 @@ fn board_runs(cfg: &TrainConfig, members: &[MemberProgress]) -> Vec<BoardRun> {
             BoardRun { name: format!("{stem}-{}", outputs::member_name(m)), hparams }
         })
         .collect();
-    runs.push(BoardRun { name: format!("{stem}-ensemble"), hparams: Vec::new() });
+    // A part of a sweep's ensemble is of its members only: named after the part.
+    let ensemble = outputs::out_stem(&cfg.array_out());
+    runs.push(BoardRun { name: format!("{ensemble}-ensemble"), hparams: Vec::new() });
     runs
 }
 

@@ -155,20 +155,28 @@ pub fn manifest(members: &[MemberSummary], ensemble: &EvalResult) -> Result<Stri
             Value::Object(o)
         })
         .collect();
+    manifest_of(list, ensemble)
+}
+
+/// The manifest of members' entries (as `manifest` makes them; `shard::gather` puts those of
+/// a sweep's parts together) and their ensemble.
+pub fn manifest_of(list: Vec<Value>, ensemble: &EvalResult) -> Result<String> {
     // Every key of a member besides file, seed, best_epoch, test_accuracy and status is a
     // swept value; `swept` names them.
+    const FIXED: [&str; 5] = ["file", "seed", "best_epoch", "test_accuracy", "status"];
     let mut swept: Vec<&str> = Vec::new();
-    for (k, _) in members.iter().flat_map(|m| &m.tags) {
-        if !swept.contains(&k.as_str()) {
+    for k in list.iter().filter_map(Value::as_object).flat_map(|o| o.keys()) {
+        if !FIXED.contains(&k.as_str()) && !swept.contains(&k.as_str()) {
             swept.push(k);
         }
     }
+    let ensemble_members = list.iter().filter(|m| m["status"].as_str() != Some(Status::Diverged.name())).count();
     let manifest = json!({
         "members": list,
         "swept": swept,
         "ensemble_test_accuracy": ensemble.accuracy(),
         "ensemble_test_loss": ensemble.loss,
-        "ensemble_members": members.iter().filter(|m| m.status != Status::Diverged).count(),
+        "ensemble_members": ensemble_members,
     });
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(e.to_string()))?;
     Ok(format!("{text}\n"))
