@@ -17,6 +17,7 @@ mod gpu_parity;
 mod image_data;
 mod onnx_export;
 mod presets;
+mod records;
 mod reference;
 mod report;
 mod shaders_naga;

@@ -65,7 +65,8 @@ pub struct DeviceArgs {
 pub struct DataArgs {
     /// A data set: a folder of IDX files, of CIFAR-10/100 binary files, or of pictures, one
     /// folder per class (PATH/train/<class>/ and PATH/test/<class>/, or PATH/<class>/ with
-    /// --val-split); default: the shipped MNIST
+    /// --val-split); Hugging Face Parquet or WebDataset tar shards (a .parquet or .tar file, or
+    /// a folder of them, split by their names: train-*, test-*); default: the shipped MNIST
     #[arg(long, value_name = "PATH", conflicts_with_all = ["data_dir", "dataset"])]
     pub data: Option<PathBuf>,
     /// Directory with the four IDX files (train-images-idx3-ubyte[.gz], ...)

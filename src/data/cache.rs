@@ -1,9 +1,9 @@
-//! The packed cache of a decoded folder of pictures: the second run reads one file instead of
-//! decoding every picture again.
+//! The packed cache of a decoded folder of pictures (or of shards of records: `records`): the
+//! second run reads one file instead of decoding every picture again.
 //!
 //! A cache file is named after the folder and a key: the SHA-256 of the folder's path, every
-//! picture's relative path, size, modification time and label, the input shape and the resize
-//! rule. Any change to the pictures changes the key, so a stale cache is never read (and is
+//! picture's relative path, size, modification time and label (for shards: every shard's and
+//! every picture file a record names), the input shape and the resize rule. Any change to the pictures changes the key, so a stale cache is never read (and is
 //! deleted when its replacement is written). The file itself is checked on reading (magic,
 //! key, lengths, CRC-32 of the contents); one that does not match is rebuilt.
 //!
@@ -50,17 +50,26 @@ pub fn key(root: &Path, files: &[&(PathBuf, u32)], shape: [usize; 3], resize: Re
     // One stat per picture, on all cores; then hashed in order.
     let lines: Vec<String> = files
         .par_iter()
-        .map(|(path, label)| {
-            let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-            let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            let rel = path.strip_prefix(root).unwrap_or(path);
-            Ok(format!("{}\t{}\t{:?}\t{label}\n", rel.display(), meta.len(), mtime.map(|d| d.as_nanos())))
-        })
+        .map(|(path, label)| Ok(format!("{}\t{label}\n", stat_line(root, path)?)))
         .collect::<Result<_>>()?;
+    Ok(key_of(root, &lines, shape, resize))
+}
+
+/// A file as the key sees it: its path relative to `root`, size and modification time.
+pub fn stat_line(root: &Path, path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    Ok(format!("{}\t{}\t{:?}", rel.display(), meta.len(), mtime.map(|d| d.as_nanos())))
+}
+
+/// The key of `lines` (one or more per file, each saying what of it matters) read from
+/// `root` for a model input of `shape` by `resize`.
+pub fn key_of(root: &Path, lines: &[String], shape: [usize; 3], resize: Resize) -> String {
     let mut h = Sha256::new();
     h.update(format!("gpu-train cache 1 {shape:?} {resize:?} {}\n", root.display()));
     lines.iter().for_each(|l| h.update(l));
-    Ok(hex(&h.finalize()))
+    hex(&h.finalize())
 }
 
 /// Where the caches of `root` go: a hidden folder inside it, or the user's cache folder when

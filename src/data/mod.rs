@@ -1,5 +1,5 @@
 //! Data sets, loaded into memory as bytes: IDX files (MNIST, Fashion-MNIST), and (see
-//! `source`) folders of pictures and CIFAR binary files.
+//! `source`) folders of pictures, CIFAR binary files, and Parquet and WebDataset shards.
 //!
 //! Images stay as u8 (channels, height, width) until a batch is gathered (on the device),
 //! where they become `pixel / 255`, normalised per channel and augmented (`gather_batch`).
@@ -9,7 +9,13 @@ pub mod cache;
 pub mod cifar;
 pub mod folder;
 pub mod idx;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod parquet;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod records;
 pub mod source;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod webdataset;
 
 use std::path::{Path, PathBuf};
 
@@ -178,7 +184,8 @@ pub enum Resize {
 /// so `eval` and `predict` can name the classes and prepare new pictures the same way.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DataInfo {
-    /// "idx", "cifar-10", "cifar-100" or "folder" (empty when not known).
+    /// "idx", "cifar-10", "cifar-100", "folder", "parquet" or "webdataset" (empty when not
+    /// known).
     pub source: String,
     /// The path the data came from, as given.
     pub path: String,

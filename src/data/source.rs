@@ -1,7 +1,8 @@
 //! `--data PATH`: any image-classification data set, recognised by what is there.
 //!
 //! In order: the four IDX files of MNIST and its kin; CIFAR-10 or CIFAR-100 binary batch
-//! files (`cifar`); a folder per class, either split (`PATH/train/<class>/*` and
+//! files (`cifar`); Hugging Face Parquet or WebDataset tar shards, one file or a folder of
+//! them (`records`); a folder per class, either split (`PATH/train/<class>/*` and
 //! `PATH/test/<class>/*`, or `val/` or `validation/`) or not (`PATH/<class>/*`, of which
 //! `--val-split` holds out a share as the test set, drawn with the run's seed). Whatever the
 //! source, images are brought to the model's input shape: channels converted and, when the
@@ -16,6 +17,8 @@ use rayon::prelude::*;
 
 use super::cache::{self, Header, Packed};
 use super::folder::{self, Listing};
+#[cfg(not(target_arch = "wasm32"))]
+use super::records;
 use super::{DataInfo, Dataset, Resize, cifar};
 use crate::error::{Error, Result};
 use crate::rng;
@@ -80,9 +83,15 @@ fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<
     if !path.exists() {
         return Err(Error::Data(format!("{}: no such file or folder", path.display())));
     }
+    #[cfg(not(target_arch = "wasm32"))]
+    if path.is_file()
+        && let Some((kind, shards)) = records::detect(path)?
+    {
+        return records::load(path, kind, shards, o, notes);
+    }
     if !path.is_dir() {
         return Err(Error::Data(format!(
-            "{}: --data takes a folder (of IDX files, CIFAR batch files, or a folder per class)",
+            "{}: --data takes a folder (of IDX files, CIFAR batch files, Parquet or WebDataset shards, or a folder per class), a .parquet file or a .tar file",
             path.display()
         )));
     }
@@ -102,6 +111,10 @@ fn load_noting(path: &Path, o: &LoadOptions, notes: &mut Vec<String>) -> Result<
         let (train, test) = cifar::load(&layout)?;
         let info = info(layout.name(), &train.classes, false);
         return adapt(train, test, o, info);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some((kind, shards)) = records::detect(path)? {
+        return records::load(path, kind, shards, o, notes);
     }
     let test_dir = ["test", "val", "validation"].iter().map(|d| path.join(d)).find(|d| d.is_dir());
     let (train, test) = match (path.join("train"), test_dir) {
@@ -263,7 +276,7 @@ fn same_classes(tr: &Listing, te: &Listing, train: &Path, test: &Path) -> Result
 
 /// A single folder's pictures split into training and test sets by a permutation drawn from
 /// the run's seed.
-fn split_by_seed(all: Dataset, share: f32, seed: u64, root: &Path) -> Result<(Dataset, Dataset)> {
+pub(super) fn split_by_seed(all: Dataset, share: f32, seed: u64, root: &Path) -> Result<(Dataset, Dataset)> {
     if all.len() < 2 {
         return Err(Error::Data(format!(
             "{}: at least two pictures are needed to hold some out as a test set",
@@ -276,7 +289,7 @@ fn split_by_seed(all: Dataset, share: f32, seed: u64, root: &Path) -> Result<(Da
     Ok((all.select(&perm[..cut]), all.select(&perm[cut..])))
 }
 
-fn bar(enabled: bool, len: usize) -> ProgressBar {
+pub(super) fn bar(enabled: bool, len: usize) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
@@ -311,20 +324,50 @@ fn decode_cached(
         (files.len() * len) as u64,
         "use a smaller input size in the model file or fewer pictures",
     )?;
+    let key = if o.cache { Some(cache::key(root, &files, o.shape, o.resize)?) } else { None };
+    let (packed, classes) = cached(root, key, o, notes, || {
+        let progress = bar(o.progress, files.len());
+        let tr = folder::decode_all(&train.files, o.shape, o.resize, o.skip_bad, &progress)?;
+        let te = match test {
+            Some(t) => folder::decode_all(&t.files, o.shape, o.resize, o.skip_bad, &progress)?,
+            None => folder::Decoded::default(),
+        };
+        progress.finish_and_clear();
+        if tr.labels.is_empty() || (test.is_some() && te.labels.is_empty()) {
+            return Err(Error::Data(format!("{}: no picture could be decoded", root.display())));
+        }
+        let skipped = tr.skipped.into_iter().chain(te.skipped).collect();
+        Ok((Packed { train: (tr.images, tr.labels), test: (te.images, te.labels) }, train.classes.clone(), skipped))
+    })?;
     let make = |(images, labels): (Vec<u8>, Vec<u32>)| Dataset {
         images,
         labels,
         channels: o.shape[0],
         height: o.shape[1],
         width: o.shape[2],
-        classes: train.classes.clone(),
+        classes: classes.clone(),
     };
-    let cache_file = if o.cache {
-        let key = cache::key(root, &files, o.shape, o.resize)?;
-        cache::location(root, o.cache_dir.as_deref()).map(|dir| (cache::file(&dir, root, &key), key))
-    } else {
-        None
-    };
+    Ok((make(packed.train), make(packed.test)))
+}
+
+/// What decoding a data set gives: both splits' pictures, the class names, and the pictures
+/// left out (file or record, why).
+pub(super) type DecodedSet = (Packed, Vec<String>, Vec<(PathBuf, String)>);
+
+/// Both splits' decoded pictures and the class names: read from `root`'s cache written under
+/// `key` (None: no cache) or, when there is none that matches, made by `decode` (which also
+/// gives the pictures it left out) and cached. Says which in `notes`.
+pub(super) fn cached(
+    root: &Path,
+    key: Option<String>,
+    o: &LoadOptions,
+    notes: &mut Vec<String>,
+    decode: impl FnOnce() -> Result<DecodedSet>,
+) -> Result<(Packed, Vec<String>)> {
+    // A single file's cache goes beside it, named after it.
+    let dir = if root.is_file() { root.parent().unwrap_or(Path::new(".")) } else { root };
+    let cache_file = key
+        .and_then(|key| cache::location(dir, o.cache_dir.as_deref()).map(|loc| (cache::file(&loc, root, &key), key)));
     if let Some(((path, _), key)) = &cache_file {
         let t = Instant::now();
         match cache::read(path, key) {
@@ -338,7 +381,7 @@ fn decode_cached(
                     path.display(),
                     t.elapsed().as_secs_f64()
                 ));
-                return Ok((make(packed.train), make(packed.test)));
+                return Ok((packed, header.classes));
             }
             Ok(None) => {}
             Err(why) => {
@@ -347,28 +390,17 @@ fn decode_cached(
         }
     }
     let t = Instant::now();
-    let progress = bar(o.progress, files.len());
-    let tr = folder::decode_all(&train.files, o.shape, o.resize, o.skip_bad, &progress)?;
-    let te = match test {
-        Some(t) => folder::decode_all(&t.files, o.shape, o.resize, o.skip_bad, &progress)?,
-        None => folder::Decoded::default(),
-    };
-    progress.finish_and_clear();
-    let skipped: Vec<(PathBuf, String)> = tr.skipped.iter().chain(&te.skipped).cloned().collect();
+    let (packed, classes, skipped) = decode()?;
     report_skipped(&skipped, o.skip_bad, false, notes)?;
-    if tr.labels.is_empty() || (test.is_some() && te.labels.is_empty()) {
-        return Err(Error::Data(format!("{}: no picture could be decoded", root.display())));
-    }
     let mut where_cached = String::new();
-    let packed = Packed { train: (tr.images, tr.labels), test: (te.images, te.labels) };
     if let Some(((path, prefix), key)) = &cache_file {
         let header = Header {
             key: key.clone(),
             shape: o.shape,
             train: packed.train.1.len(),
             test: packed.test.1.len(),
-            classes: train.classes.clone(),
-            skipped: skipped.clone(),
+            classes: classes.clone(),
+            skipped,
             crc32: 0,
         };
         match cache::write(path, prefix, header, &packed) {
@@ -379,12 +411,12 @@ fn decode_cached(
     notes.push(format!(
         "data: decoded {} pictures in {} classes from {} in {:.1}s on {} thread(s){where_cached}",
         packed.train.1.len() + packed.test.1.len(),
-        train.classes.len(),
+        classes.len(),
         root.display(),
         t.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     ));
-    Ok((make(packed.train), make(packed.test)))
+    Ok((packed, classes))
 }
 
 /// Lists the pictures left out with --skip-bad; without it, a cached record of a bad picture
