@@ -100,8 +100,9 @@ pub fn detect(path: &Path) -> Result<Option<(Kind, Vec<PathBuf>)>> {
     }
 }
 
-/// Collects the shard files under `dir` (unsorted). A folder with a picture in it is a class
-/// folder: it is left at its first picture, not read to the end nor searched below.
+/// Collects the shard files under `dir` (unsorted). A folder below it with a picture in it is
+/// a class folder: it is left at its first picture, not read to the end nor searched below.
+/// (`--data` itself may hold a picture beside the shards' folders: a data set's preview.)
 fn find(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
     if depth > 8 {
         return Ok(());
@@ -119,7 +120,7 @@ fn find(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
         };
         if is_dir {
             dirs.push(p);
-        } else if folder::is_picture(&p) {
+        } else if depth > 0 && folder::is_picture(&p) {
             return Ok(());
         } else if Kind::of(&p).is_some() {
             shards.push(p);
@@ -282,10 +283,10 @@ fn decode(reader: &dyn Shards, train: &[PathBuf], test: &[PathBuf], o: &LoadOpti
                 "use a smaller input size in the model file or fewer pictures",
             )?;
             progress.inc_length(records.len() as u64);
-            let d = decode_records(records, o, &progress)?;
-            out.images.extend_from_slice(&d.images);
-            out.labels.extend_from_slice(&d.labels);
-            out.skipped.extend(d.skipped);
+            let mut d = decode_records(records, o, &progress)?;
+            out.images.append(&mut d.images);
+            out.labels.append(&mut d.labels);
+            out.skipped.append(&mut d.skipped);
         }
         Ok(out)
     };
