@@ -1,6 +1,7 @@
 // 2-D convolution as implicit GEMM (src/cpu/conv2d.rs): the column matrix of im2col is
 // never stored; each tile load computes which input element it stands for. Same tiling as
-// gemm.wgsl: 64 x 64 output tiles, 256 threads of 4 x 4 outputs, K in steps of 16.
+// gemm.wgsl: TM x TN output tiles (64 x 64 by default), TILE_WG threads of 4 x 4 outputs, K
+// in steps of 16.
 //
 // Grouped (model::Conv2d): each of `groups` groups is a GEMM of its own, with cg = c_in /
 // in_groups input and fg = c_out / groups output channels; group g's output channels start
@@ -60,6 +61,11 @@ const BACKWARD_WEIGHT: u32 = 2u;
 // the K loop (col_decode), and each K step's 16 reduction indices are decoded once per
 // workgroup into `ktab` (k_decode); a tile load is then a few adds and compares.
 var<workgroup> ktab: array<vec4<i32>, 16>;
+
+// The loaders' strides: the rows one thread loads into the A tile are A_STEP apart, the K
+// offsets it loads into the B tile B_STEP apart.
+const A_STEP: u32 = TILE_WG / TK;
+const B_STEP: u32 = TILE_WG / TN;
 
 // This workgroup's group: its input channels (cg, from in_base), output channels (fg, from
 // out_base) and weights (from w_base). Set once at the start of conv_tile.
@@ -221,11 +227,12 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     }
     let m0 = tile_m * TM;
     let n0 = tile_n * TN;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    // A tile: this thread loads rows m0 + am + 16 r (r = 0..3) at K offset ka, along K
-    // (contiguous for W and dout). B tile: column n0 + bn at K offsets bk + 4 r, along the
-    // column (contiguous pixels).
+    let tx = lid % TX;
+    let ty = lid / TX;
+    // A tile: this thread loads rows m0 + am + A_STEP r (r < A_LOADS) at K offset ka, along
+    // K (contiguous for W and dout). B tile: column n0 + bn at K offsets bk + B_STEP r
+    // (r < B_LOADS), along the column (contiguous pixels): one column per thread, decoded
+    // once.
     let ka = lid % TK;
     let am = lid / TK;
     let bn = lid % TN;
@@ -243,29 +250,31 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
         workgroupBarrier();
         let a_ok = k0 + ka < k_end;
         let kta = ktab[ka];
-        for (var r = 0u; r < 4u; r++) {
-            let mm = am + 16u * r;
+        for (var r = 0u; r < A_LOADS; r++) {
+            let mm = am + A_STEP * r;
             var av = 0.0;
             if a_ok && m0 + mm < d.x {
                 av = load_a(mode, m0 + mm, k0 + ka, kta);
             }
-            a_tile[tile_index(ka, mm)][mm >> 4u] = av;
-            let kb = bk + 4u * r;
+            a_put(ka, mm, av);
+        }
+        for (var r = 0u; r < B_LOADS; r++) {
+            let kb = bk + B_STEP * r;
             var bv = 0.0;
             if col_ok && k0 + kb < k_end {
                 bv = load_b(mode, cb, ktab[kb]);
             }
-            b_tile[tile_index(kb, bn)][bn >> 4u] = bv;
+            b_put(kb, bn, bv);
         }
         workgroupBarrier();
         tile_multiply(tx, ty, &acc);
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        let row = m0 + ty + 16u * i;
+        let row = m0 + ty + TY * i;
         let accs = acc_row(acc, i);
         for (var j = 0u; j < 4u; j++) {
-            let col = n0 + tx + 16u * j;
+            let col = n0 + tx + TX * j;
             if row >= d.x || col >= d.y {
                 continue;
             }
@@ -294,14 +303,14 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
 }
 
 // out = epilogue(conv(inp, W) + b): a = params, b = inp, c = out.
-@compute @workgroup_size(256)
+@compute @workgroup_size(TILE_WG)
 fn conv2d_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
     conv_tile(FORWARD, wid, nwg, lid);
 }
 
 // dinp from dout: a = params, b = dout, c = dinp.
-@compute @workgroup_size(256)
+@compute @workgroup_size(TILE_WG)
 fn conv2d_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     conv_tile(BACKWARD_INPUT, wid, nwg, lid);
@@ -309,7 +318,7 @@ fn conv2d_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 
 // dW (or its split partials) from dout and the input: a = dout, b = inp, c = grads or scratch.
 // (Every conv kernel binds the member table, which the forward's epilogue reads.)
-@compute @workgroup_size(256)
+@compute @workgroup_size(TILE_WG)
 fn conv2d_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
     conv_tile(BACKWARD_WEIGHT, wid, nwg, lid);

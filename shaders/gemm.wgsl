@@ -3,9 +3,10 @@
 // dense layer (forward, backward-input, backward-weight) are the same kernel with different
 // strides. Batched: `batches` such products (a grouped layer's groups) in one dispatch, batch
 // z's operands `z * a_bs`, `z * b_bs`, `z * c_bs` (and its bias `z * bias_bs`) further on;
-// the grid's z runs over (batch, row tile). 64 x 64 output tiles, 256 threads each computing a 4 x 4 block, K in steps of 16
-// through workgroup memory. Rows and columns a thread owns are 16 apart, so neighbouring
-// threads touch neighbouring addresses in memory and in the tiles.
+// the grid's z runs over (batch, row tile). TM x TN output tiles (64 x 64 by default; the
+// shape is tile.wgsl's), TILE_WG threads each computing a 4 x 4 block, K in steps of 16
+// through workgroup memory. Rows and columns a thread owns are TY and TX apart, so
+// neighbouring threads touch neighbouring addresses in memory and in the tiles.
 
 struct Params {
     m: u32,
@@ -63,15 +64,15 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
     let batch = wid.z / prm.tiles_m;
     let m0 = (wid.z % prm.tiles_m) * TM;
     let n0 = tile_n * TN;
-    let tx = lid % 16u;
-    let ty = lid / 16u;
+    let tx = lid % TX;
+    let ty = lid / TX;
     let a_off = prm.a_off + batch * prm.a_bs;
     let b_off = prm.b_off + batch * prm.b_bs;
     var acc: Acc;
     for (var k0 = 0u; k0 < prm.k; k0 += TK) {
-        for (var r = 0u; r < 4u; r++) {
-            let e = lid + r * WG;
-            // Walk the operand along whichever axis is contiguous in memory.
+        // Walk each operand along whichever axis is contiguous in memory.
+        for (var r = 0u; r < A_LOADS; r++) {
+            let e = lid + r * TILE_WG;
             var mm: u32;
             var ka: u32;
             if prm.a_cs == 1u {
@@ -85,7 +86,10 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             if m0 + mm < prm.m && k0 + ka < prm.k {
                 av = a[a_off + (m0 + mm) * prm.a_rs + (k0 + ka) * prm.a_cs];
             }
-            a_tile[tile_index(ka, mm)][mm >> 4u] = av;
+            a_put(ka, mm, av);
+        }
+        for (var r = 0u; r < B_LOADS; r++) {
+            let e = lid + r * TILE_WG;
             var nn: u32;
             var kb: u32;
             if prm.b_rs == 1u {
@@ -99,17 +103,17 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             if n0 + nn < prm.n && k0 + kb < prm.k {
                 bv = b[b_off + (k0 + kb) * prm.b_rs + (n0 + nn) * prm.b_cs];
             }
-            b_tile[tile_index(kb, nn)][nn >> 4u] = bv;
+            b_put(kb, nn, bv);
         }
         workgroupBarrier();
         tile_multiply(tx, ty, &acc);
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        let row = m0 + ty + 16u * i;
+        let row = m0 + ty + TY * i;
         let accs = acc_row(acc, i);
         for (var j = 0u; j < 4u; j++) {
-            let col = n0 + tx + 16u * j;
+            let col = n0 + tx + TX * j;
             if row < prm.m && col < prm.n {
                 store(batch, row, col, accs[j]);
             }
@@ -152,21 +156,21 @@ fn gemm_skinny(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // out (n, n_out) = epilogue(inp (n, n_in) * W^T + b): a = inp, b = params.
-@compute @workgroup_size(256)
+@compute @workgroup_size(TILE_WG)
 fn dense_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     gemm_tile(wid, nwg, lid);
 }
 
 // dinp (n, n_in) = dout (n, n_out) * W: a = dout, b = params.
-@compute @workgroup_size(256)
+@compute @workgroup_size(TILE_WG)
 fn dense_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                         @builtin(local_invocation_index) lid: u32) {
     gemm_tile(wid, nwg, lid);
 }
 
 // dW (n_out, n_in) = dout^T * inp: a = dout, b = inp, c = grads.
-@compute @workgroup_size(256)
+@compute @workgroup_size(TILE_WG)
 fn dense_backward_weight(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     gemm_tile(wid, nwg, lid);

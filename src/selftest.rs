@@ -31,12 +31,18 @@
 //!
 //! The GPU against the reference: the looser of the two bounds, element by element (a GPU may
 //! be as far from the exact value as it may be from the CPU, e.g. its sin/cos).
+//!
+//! Kernel variants (`gpu::variants`, the "variants" family, GPU only): every candidate of the
+//! six GEMM-shaped ops on small awkward shapes against the reference (1e-4 + 1e-4 rel, as any
+//! GEMM), and each one that adds in the default's order (`same_order`: another tile, same
+//! split) against the default exactly.
 
 use crate::backend::{AdamStep, Backend, Dropout, EmaStep, Epilogue, Gather, SgdStep, TableBuilder, Xent};
 use crate::cpu::CpuBackend;
 use crate::data::augment::Augment;
 use crate::error::Result;
-use crate::gpu::GpuBackend;
+use crate::gpu::variants::same_order;
+use crate::gpu::{GemmOp, GpuBackend, OpKey, candidates};
 use crate::model::{Act, AvgPool, BatchNorm, Conv2d, Dense, Pool};
 use crate::reference::Reference;
 use crate::rng;
@@ -688,6 +694,165 @@ const FAMILIES: &[Family] = &[
     family!("optim", optim_cases, false),
 ];
 
+/// A layer of the variant cases.
+#[derive(Clone, Copy)]
+enum GemmLayer {
+    Conv(Conv2d),
+    Dense(Dense),
+}
+
+impl GemmLayer {
+    /// Its ops (no input gradient where several groups read one input group).
+    fn ops(&self) -> Vec<GemmOp> {
+        match self {
+            GemmLayer::Conv(l) if l.groups != l.in_groups => vec![GemmOp::ConvForward, GemmOp::ConvBackwardWeight],
+            GemmLayer::Conv(_) => vec![GemmOp::ConvForward, GemmOp::ConvBackwardInput, GemmOp::ConvBackwardWeight],
+            GemmLayer::Dense(_) => vec![GemmOp::DenseForward, GemmOp::DenseBackwardInput, GemmOp::DenseBackwardWeight],
+        }
+    }
+
+    fn key(&self, op: GemmOp, n: usize) -> OpKey {
+        match self {
+            GemmLayer::Conv(l) => OpKey::conv(op, l, n),
+            GemmLayer::Dense(l) => OpKey::dense(op, l, n),
+        }
+    }
+
+    /// Elements of the parameter buffer (weights, bias, a few past the end).
+    fn params_len(&self) -> usize {
+        match self {
+            GemmLayer::Conv(l) => l.b_off.unwrap_or(0) + l.c_out + 7,
+            GemmLayer::Dense(l) => l.b_off.unwrap_or(0) + l.n_out + 3,
+        }
+    }
+
+    /// (input, output) elements per example.
+    fn lens(&self) -> (usize, usize) {
+        match self {
+            GemmLayer::Conv(l) => (l.in_len(), l.out_len()),
+            GemmLayer::Dense(l) => (l.n_in, l.n_out),
+        }
+    }
+}
+
+/// Op `op` of `layer` at batch `n` on seeded inputs (a relu after the forward): its output,
+/// the whole parameter buffer for a weight gradient (7 where it writes nothing; its bias
+/// gradient included).
+async fn gemm_op<B: Backend>(b: &mut B, op: GemmOp, layer: GemmLayer, n: usize, seed: u64) -> Result<Vec<f32>> {
+    let plen = layer.params_len();
+    let (in_len, out_len) = layer.lens();
+    let w = up(b, &random(seed, plen, -0.5, 0.5))?;
+    let x = up(b, &random(seed + 1, n * in_len, -1.0, 1.0))?;
+    let d = up(b, &random(seed + 2, n * out_len, -1.0, 1.0))?;
+    let table = up_u32(b, &test_table(1).words)?;
+    let relu = Epilogue::act(Some(Act::Relu));
+    let (mut y, len) = match op {
+        GemmOp::ConvForward | GemmOp::DenseForward => (b.alloc(n * out_len)?, n * out_len),
+        GemmOp::ConvBackwardInput | GemmOp::DenseBackwardInput => (b.alloc(n * in_len)?, n * in_len),
+        _ => (up(b, &vec![7.0; plen])?, plen),
+    };
+    match (op, layer) {
+        (GemmOp::ConvForward, GemmLayer::Conv(l)) => b.conv2d_forward(&mut y, &x, &w, &table, &l, n, relu),
+        (GemmOp::ConvBackwardInput, GemmLayer::Conv(l)) => b.conv2d_backward_input(&mut y, &d, &w, &l, n),
+        (GemmOp::ConvBackwardWeight, GemmLayer::Conv(l)) => b.conv2d_backward_weight(&mut y, &d, &x, &l, n),
+        (GemmOp::DenseForward, GemmLayer::Dense(l)) => b.dense_forward(&mut y, &x, &w, &table, &l, n, relu),
+        (GemmOp::DenseBackwardInput, GemmLayer::Dense(l)) => b.dense_backward_input(&mut y, &d, &w, &l, n),
+        (GemmOp::DenseBackwardWeight, GemmLayer::Dense(l)) => b.dense_backward_weight(&mut y, &d, &x, &l, n),
+        _ => return Err(crate::Error::Config(format!("{} is not an op of this layer", op.entry()))),
+    }
+    b.download(&y, len).await
+}
+
+/// The variant cases' shapes (batch, layer), small for lavapipe's sake; each has more than
+/// one tile of some candidate in each direction:
+/// - a conv at batch 3, odd sides: M = 20 filters (two 16-row tiles), N = 297 positions, a
+///   weight gradient over 297 terms that the default splits in 2 (the candidates 1, 4, 7);
+/// - a grouped conv (2 groups), stride 2, batch 2;
+/// - an array's first conv (6 groups over 2 input groups), batch 1;
+/// - dense at batch 1 (gemm_skinny a candidate, not the default); grouped (3 groups) at
+///   batch 5, whose forward is skinny by default; 33 x 70 -> 37, several tiles each way.
+fn variant_shapes() -> Vec<(usize, GemmLayer)> {
+    let dense = |ni: usize, no: usize, groups: usize| {
+        GemmLayer::Dense(Dense {
+            n_in: ni,
+            n_out: no,
+            groups,
+            w_off: 64,
+            b_off: Some(64 + (ni / groups * no).div_ceil(64) * 64),
+        })
+    };
+    vec![
+        (3, GemmLayer::Conv(conv(3, 9, 11, 20, (3, 3), 1, (1, 1)))),
+        (2, GemmLayer::Conv(grouped(conv(4, 7, 5, 6, (3, 3), 2, (1, 1)), 2, 2))),
+        (1, GemmLayer::Conv(grouped(conv(4, 6, 5, 12, (3, 3), 1, (1, 1)), 6, 2))),
+        (1, dense(13, 7, 1)),
+        (5, dense(3 * 100, 3 * 10, 3)),
+        (33, dense(70, 37, 1)),
+    ]
+}
+
+/// The "variants" family (GPU only): every candidate of every op of `variant_shapes`, run
+/// through the launchers with `set_choice`, against the reference; those that keep the
+/// default's order of sums also against the default, exactly. The backend's choices are put
+/// back afterwards.
+pub async fn variant_cases(g: &mut GpuBackend) -> Vec<CaseResult> {
+    let saved = g.choices().clone();
+    let mut r = Reference::new();
+    let mut out = Vec::new();
+    for (i, (n, layer)) in variant_shapes().into_iter().enumerate() {
+        let tag = match layer {
+            GemmLayer::Conv(l) => format!(
+                "n={n} {}x{}x{}->{} k{}x{} s{} p{},{} g{}/{}",
+                l.c_in, l.h_in, l.w_in, l.c_out, l.kh, l.kw, l.stride, l.pad_h, l.pad_w, l.groups, l.in_groups
+            ),
+            GemmLayer::Dense(l) => format!("n={n} {}->{} g{}", l.n_in, l.n_out, l.groups),
+        };
+        for op in layer.ops() {
+            let seed = 200 + 10 * i as u64;
+            let name = format!("{} {tag}", op.entry());
+            let want = match gemm_op(&mut r, op, layer, n, seed).await {
+                Ok(v) => v,
+                Err(e) => {
+                    out.push(failed(name, e));
+                    continue;
+                }
+            };
+            let key = layer.key(op, n);
+            // The first candidate is the default.
+            let mut default: Option<Vec<f32>> = None;
+            for choice in candidates(&key) {
+                g.clear_choices();
+                g.set_choice(key.clone(), choice);
+                let mut res = CaseResult {
+                    name: format!("{name} [{}]", choice.name()),
+                    values: want.len(),
+                    checks: Vec::new(),
+                    error: None,
+                };
+                match gemm_op(g, op, layer, n, seed).await {
+                    Ok(got) => {
+                        res.checks.push(compare("gpu~ref", &got, &want, GEMM_TOL));
+                        match &default {
+                            Some(d) if same_order(&key, choice) => {
+                                res.checks.push(compare("gpu~default", &got, d, EXACT))
+                            }
+                            Some(_) => {}
+                            None => default = Some(got),
+                        }
+                    }
+                    Err(e) => res.error = Some(e.to_string()),
+                }
+                out.push(res);
+            }
+        }
+    }
+    g.clear_choices();
+    for (key, choice) in saved {
+        g.set_choice(key, choice);
+    }
+    out
+}
+
 fn failed(name: String, e: impl std::fmt::Display) -> CaseResult {
     CaseResult { name, values: 0, checks: Vec::new(), error: Some(e.to_string()) }
 }
@@ -722,7 +887,8 @@ fn judge(reference: &[Out], cpu: &[Out], gpu: Option<&[Out]>, suffix: &str) -> V
 }
 
 /// Runs every case whose family contains `filter` (all if empty): the CPU against the
-/// reference, and the GPU against both when `gpu` is given (also with folded grids).
+/// reference, and the GPU against both when `gpu` is given (also with folded grids), then
+/// on the GPU the kernel variants ("variants").
 pub async fn run(mut gpu: Option<&mut GpuBackend>, filter: &str) -> Vec<CaseResult> {
     let mut out = Vec::new();
     let (mut r, mut c) = (Reference::new(), CpuBackend::new());
@@ -755,6 +921,11 @@ pub async fn run(mut gpu: Option<&mut GpuBackend>, filter: &str) -> Vec<CaseResu
                 Err(e) => out.push(failed(format!("{} (grid folded at 3)", f.name), e)),
             }
         }
+    }
+    if let Some(g) = gpu
+        && "variants".contains(filter)
+    {
+        out.extend(variant_cases(g).await);
     }
     out
 }

@@ -563,3 +563,106 @@ fn streamed_training_on_the_gpu_matches_the_resident_copy() {
     }
     assert!(weights[0] == weights[1], "streamed GPU training gave other weights");
 }
+
+/// The tuning API (`gpu::variants`) on a small conv and a small dense layer, each recorded
+/// from its launchers: every candidate replays; those that add in the default's order
+/// (`same_order`: another tile, the same split) validate bit for bit (validate_op == 0.0),
+/// the other split counts and gemm_skinny within 1e-4 of the output's largest value (two
+/// orders of f32 sums of at most 297 terms; 5e-7 measured); the replays leave the recorded
+/// outputs alone; time_op measures; a key not recorded or a choice not among the key's
+/// candidates is an error; set_choice keeps candidates only, and the launchers run what it
+/// set (the profiler names each dispatch's kernel and tile).
+#[test]
+fn kernel_variants_replay_validate_and_time() {
+    use gpu_train::gpu::variants::same_order;
+    use gpu_train::gpu::{Choice, GemmOp, OpKey, Tile, candidates, default_choice};
+    use gpu_train::model::{Conv2d, Dense};
+    let Some(mut g) = gpu() else { return };
+    let n = 3;
+    // 20 filters of 3x3x3 over 9x11 pictures: the weight gradient sums 297 terms, in 2 chunks
+    // by default.
+    let conv = Conv2d::new(3, (9, 11), 20, (3, 3), 1, (1, 1), 0, Some(20 * 27));
+    let dense = Dense::new(70, 37, 0, Some(70 * 37));
+    let (cw, dw) = (up(&mut g, &uniform(1, 20 * 28, -0.5, 0.5)), up(&mut g, &uniform(2, 71 * 37, -0.5, 0.5)));
+    let (cx, dx) = (up(&mut g, &uniform(3, n * conv.in_len(), -1.0, 1.0)), up(&mut g, &uniform(4, n * 70, -1.0, 1.0)));
+    let (cd, dd) = (up(&mut g, &uniform(5, n * conv.out_len(), -1.0, 1.0)), up(&mut g, &uniform(6, n * 37, -1.0, 1.0)));
+    let table = {
+        let mut b = g.alloc_u32(16).unwrap();
+        g.upload_u32(&mut b, &[0; 16]).unwrap();
+        b
+    };
+    // The six ops into new outputs: the conv's weight gradient and the dense forward's.
+    let run = |g: &mut GpuBackend| {
+        let relu = gpu_train::backend::Epilogue::act(Some(Act::Relu));
+        let mut alloc = |len| g.alloc(len).unwrap();
+        let (mut cy, mut cdx, mut cg) = (alloc(n * conv.out_len()), alloc(n * conv.in_len()), alloc(20 * 28));
+        let (mut dy, mut ddx, mut dg) = (alloc(n * 37), alloc(n * 70), alloc(71 * 37));
+        g.conv2d_forward(&mut cy, &cx, &cw, &table, &conv, n, relu);
+        g.conv2d_backward_input(&mut cdx, &cd, &cw, &conv, n);
+        g.conv2d_backward_weight(&mut cg, &cd, &cx, &conv, n);
+        g.dense_forward(&mut dy, &dx, &dw, &table, &dense, n, relu);
+        g.dense_backward_input(&mut ddx, &dd, &dw, &dense, n);
+        g.dense_backward_weight(&mut dg, &dd, &dx, &dense, n);
+        (cg, dy)
+    };
+    g.record_ops(true);
+    let (cg, dy) = run(&mut g);
+    g.record_ops(false);
+    let before = (g.read(&cg, 20 * 28).unwrap(), g.read(&dy, n * 37).unwrap());
+    let keys = g.recorded_ops();
+    let want: Vec<OpKey> = [GemmOp::ConvForward, GemmOp::ConvBackwardInput, GemmOp::ConvBackwardWeight]
+        .into_iter()
+        .map(|op| OpKey::conv(op, &conv, n))
+        .chain(
+            [GemmOp::DenseForward, GemmOp::DenseBackwardInput, GemmOp::DenseBackwardWeight]
+                .into_iter()
+                .map(|op| OpKey::dense(op, &dense, n)),
+        )
+        .collect();
+    assert_eq!(keys, want);
+    assert_eq!(default_choice(&keys[2]), Choice { tile: Tile::T64x64, splits: 2 });
+    for key in &keys {
+        let list = candidates(key);
+        assert_eq!(list[0], default_choice(key));
+        for c in list {
+            let v = pollster::block_on(g.validate_op(key, c)).unwrap();
+            let what = format!("{} {}: {v:e}", key.describe(), c.name());
+            if same_order(key, c) {
+                assert_eq!(v, 0.0, "{what}");
+            } else {
+                assert!(v <= 1e-4, "{what}");
+            }
+        }
+        let t = pollster::block_on(g.time_op(key, default_choice(key), 2)).unwrap();
+        assert!(t > 0.0 && t.is_finite(), "{} takes {t} s", key.describe());
+    }
+    assert!(g.read(&cg, 20 * 28).unwrap() == before.0 && g.read(&dy, n * 37).unwrap() == before.1);
+    let skinny = Choice { tile: Tile::Skinny, splits: 0 };
+    let err = pollster::block_on(g.time_op(&keys[0], skinny, 1)).unwrap_err().to_string();
+    assert!(err.contains("not a candidate"), "{err}");
+    let other = OpKey::dense(GemmOp::DenseForward, &dense, 99);
+    let err = pollster::block_on(g.validate_op(&other, default_choice(&other))).unwrap_err().to_string();
+    assert!(err.contains("not recorded"), "{err}");
+
+    g.set_choice(keys[0].clone(), skinny);
+    assert!(g.choices().is_empty());
+    if g.enable_profiling().is_err() {
+        return eprintln!("no timestamp queries: the dispatched variants are not checked");
+    }
+    g.set_choice(keys[0].clone(), Choice { tile: Tile::T16x64, splits: 0 });
+    g.set_choice(keys[2].clone(), Choice { tile: Tile::T32x32, splits: 1 });
+    // The dense forward (3 rows, K = 70) is skinny by default; its input gradient (K = 37) is not.
+    g.set_choice(keys[3].clone(), Choice { tile: Tile::T16x64, splits: 0 });
+    g.set_choice(keys[4].clone(), skinny);
+    assert_eq!(g.choices().len(), 4);
+    run(&mut g);
+    let ran: Vec<String> = g.profile_report().unwrap().into_iter().map(|r| r.0).collect();
+    let names = ["conv2d_forward t16x64", "conv2d_backward_weight t32x32", "dense_forward t16x64", "gemm_skinny"];
+    for name in names.iter().chain(&["conv2d_backward_input", "dense_backward_weight"]) {
+        assert!(ran.contains(&name.to_string()), "{name} not among {ran:?}");
+    }
+    let defaults = ["conv2d_forward", "sum_partials", "dense_forward", "dense_backward_input"];
+    assert!(!ran.iter().any(|r| defaults.contains(&r.as_str())), "{ran:?}");
+    g.clear_choices();
+    assert!(g.choices().is_empty());
+}

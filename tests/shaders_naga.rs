@@ -17,12 +17,15 @@ use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, ArraySize, ScalarKind, StorageAccess, TypeInner, VectorSize};
 
 fn parse(family: &str) -> (naga::Module, ModuleInfo) {
-    let src = shaders::module_source(family).unwrap();
-    let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{family}: {}", e.emit_to_string(&src)));
+    parse_source(family, &shaders::module_source(family).unwrap())
+}
+
+fn parse_source(family: &str, src: &str) -> (naga::Module, ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{family}: {}", e.emit_to_string(src)));
     // Default capabilities only: nothing beyond what every backend has.
     let info = Validator::new(ValidationFlags::all(), Capabilities::default())
         .validate(&module)
-        .unwrap_or_else(|e| panic!("{family}: {}", e.emit_to_string(&src)));
+        .unwrap_or_else(|e| panic!("{family}: {}", e.emit_to_string(src)));
     (module, info)
 }
 
@@ -58,30 +61,52 @@ fn every_shader_file_is_registered_and_every_kernel_exists() {
 fn shaders_translate_to_spirv_msl_hlsl_and_glsl() {
     for (family, _) in FAMILIES {
         let (module, info) = parse(family);
-        spv::write_vec(&module, &info, &spv::Options::default(), None)
-            .unwrap_or_else(|e| panic!("{family} SPIR-V: {e}"));
-        let msl_opts = msl::Options { lang_version: (2, 1), fake_missing_bindings: true, ..Default::default() };
-        msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default())
-            .unwrap_or_else(|e| panic!("{family} MSL: {e}"));
-        let hlsl_opts =
-            hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, ..Default::default() };
-        let mut out = String::new();
-        hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
-            .write(&module, &info, None)
-            .unwrap_or_else(|e| panic!("{family} HLSL: {e}"));
-        for ep in &module.entry_points {
-            let opts = glsl::Options { version: glsl::Version::Desktop(430), ..Default::default() };
-            let pipe = glsl::PipelineOptions {
-                shader_stage: naga::ShaderStage::Compute,
-                entry_point: ep.name.clone(),
-                multiview: None,
-            };
-            let mut out = String::new();
-            glsl::Writer::new(&mut out, &module, &info, &opts, &pipe, Default::default())
-                .and_then(|mut w| w.write())
-                .unwrap_or_else(|e| panic!("{family}::{} GLSL: {e}", ep.name));
-            assert!(out.contains("void main()"));
+        translate(family, &module, &info);
+    }
+}
+
+/// The GEMM families in every tile shape (`gpu::variants::Tile`) validate and translate
+/// like the default, and their tiled kernels run TY x TX threads.
+#[test]
+fn every_tile_shape_translates() {
+    use gpu_train::gpu::Tile;
+    for tile in Tile::TILED {
+        let shape = tile.shape().unwrap();
+        for family in ["conv2d", "gemm"] {
+            let name = format!("{family} {}", tile.name());
+            let (module, info) = parse_source(&name, &shaders::module_source_tiled(family, shape).unwrap());
+            translate(&name, &module, &info);
+            for ep in &module.entry_points {
+                let threads = if ep.name == "gemm_skinny" { 64 } else { shape.ty * shape.tx };
+                assert_eq!(ep.workgroup_size, [threads, 1, 1], "{name}::{}", ep.name);
+            }
         }
+    }
+}
+
+fn translate(family: &str, module: &naga::Module, info: &ModuleInfo) {
+    spv::write_vec(module, info, &spv::Options::default(), None).unwrap_or_else(|e| panic!("{family} SPIR-V: {e}"));
+    let msl_opts = msl::Options { lang_version: (2, 1), fake_missing_bindings: true, ..Default::default() };
+    msl::write_string(module, info, &msl_opts, &msl::PipelineOptions::default())
+        .unwrap_or_else(|e| panic!("{family} MSL: {e}"));
+    let hlsl_opts =
+        hlsl::Options { shader_model: hlsl::ShaderModel::V6_0, fake_missing_bindings: true, ..Default::default() };
+    let mut out = String::new();
+    hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
+        .write(module, info, None)
+        .unwrap_or_else(|e| panic!("{family} HLSL: {e}"));
+    for ep in &module.entry_points {
+        let opts = glsl::Options { version: glsl::Version::Desktop(430), ..Default::default() };
+        let pipe = glsl::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: ep.name.clone(),
+            multiview: None,
+        };
+        let mut out = String::new();
+        glsl::Writer::new(&mut out, module, info, &opts, &pipe, Default::default())
+            .and_then(|mut w| w.write())
+            .unwrap_or_else(|e| panic!("{family}::{} GLSL: {e}", ep.name));
+        assert!(out.contains("void main()"));
     }
 }
 

@@ -49,8 +49,8 @@ use std::time::Instant;
 use bytemuck::{Pod, Zeroable};
 use wgpu::CooperativeScalarType as Scalar;
 
-use super::shaders::{Access, COMMON, Kernel, MEMBERS};
-use super::{GpuBackend, GpuBuf, Pipeline};
+use super::shaders::{Access, COMMON, DEFAULT_TILE, Kernel, MEMBERS};
+use super::{GpuBackend, GpuBuf};
 use crate::error::{Error, Result};
 
 /// The kernel's WGSL body; see its head comment.
@@ -334,11 +334,13 @@ impl GpuBackend {
         self.coop
     }
 
-    /// The GEMM path as `bench` reports it.
+    /// The GEMM path as `bench` reports it ("f32 tiled 64x64, 3 op shapes chosen" where
+    /// `set_choice` picked variants).
     pub fn gemm_path(&self) -> String {
-        match self.coop {
-            Some(c) => c.describe(),
-            None => "f32 tiled 64x64".to_string(),
+        match (self.coop, self.choices().len()) {
+            (Some(c), _) => c.describe(),
+            (None, 0) => "f32 tiled 64x64".to_string(),
+            (None, k) => format!("f32 tiled 64x64, {k} op shape{} chosen", if k == 1 { "" } else { "s" }),
         }
     }
 
@@ -370,7 +372,8 @@ impl GpuBackend {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("the cooperative-matrix kernel ({}) does not build: {e}", cfg.describe())));
         }
-        self.pipelines.insert(KERNEL.entry, Pipeline { pipeline, layout });
+        self.layouts.insert(KERNEL.entry, layout);
+        self.pipelines.insert((KERNEL.entry, DEFAULT_TILE), pipeline);
         self.coop = Some(cfg);
         self.compile_seconds += t.elapsed().as_secs_f64();
         self.check_errors()

@@ -4,13 +4,18 @@
 //! compute pass; each dispatch's small parameter block is appended to a host-side arena that
 //! is written to one uniform buffer just before the submit and bound with a dynamic offset,
 //! so nothing is allocated per step. Pipelines and bind groups are made once (bind groups
-//! are cached by the buffers they bind). Nothing is read back until `download`.
+//! are cached by the buffers they bind). Nothing is read back until `download`. The GEMM
+//! kernels come in tile shapes (`variants`): pipelines are per (entry, shape), the default
+//! shape's built by `compile_all` or on first use, the others on first use.
 
 pub mod coop;
 pub mod device;
 pub mod kernels;
 mod ops;
 pub mod shaders;
+pub mod variants;
+
+pub use variants::{Choice, GemmOp, KERNEL_SET_VERSION, OpKey, Tile, candidates, default_choice};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -20,6 +25,7 @@ use web_time::Instant;
 use bytemuck::Pod;
 
 use crate::error::{Error, Result};
+use shaders::{DEFAULT_TILE, TileShape};
 
 /// A device buffer (of f32 or u32 elements, 4 bytes each).
 #[derive(Debug)]
@@ -58,14 +64,15 @@ impl GpuBuf {
         self.len
     }
 
+    /// A second handle to the same buffer, to record dispatches with (it does not count
+    /// towards the backend's memory).
+    fn handle(&self) -> GpuBuf {
+        GpuBuf { buf: self.buf.clone(), len: self.len, id: self.id, mem: None }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-}
-
-struct Pipeline {
-    pipeline: wgpu::ComputePipeline,
-    layout: wgpu::BindGroupLayout,
 }
 
 /// Size of one dispatch's parameter slot in the arena (the largest dynamic-offset alignment
@@ -84,10 +91,10 @@ struct Profiler {
     resolve: wgpu::Buffer,
     readback: wgpu::Buffer,
     capacity: u32,
-    /// Kernel of each pair of queries recorded since the last resolve.
-    pending: Vec<&'static str>,
-    /// Nanoseconds and dispatch count per kernel.
-    totals: HashMap<&'static str, (f64, u64)>,
+    /// Kernel (and tile shape) of each pair of queries recorded since the last resolve.
+    pending: Vec<(&'static str, TileShape)>,
+    /// Nanoseconds and dispatch count per kernel and tile shape.
+    totals: HashMap<(&'static str, TileShape), (f64, u64)>,
     period_ns: f32,
 }
 
@@ -99,8 +106,11 @@ pub struct GpuBackend {
     // The pass borrows the encoder's recording: declared first so it is dropped first.
     pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
-    modules: HashMap<&'static str, wgpu::ShaderModule>,
-    pipelines: HashMap<&'static str, Pipeline>,
+    /// Per (family, tile shape); families without a tile only under the default shape.
+    modules: HashMap<(&'static str, TileShape), wgpu::ShaderModule>,
+    pipelines: HashMap<(&'static str, TileShape), wgpu::ComputePipeline>,
+    /// Group 0 of each entry point, shared by its tile shapes (so are its bind groups).
+    layouts: HashMap<&'static str, wgpu::BindGroupLayout>,
     params_group: wgpu::BindGroup,
     params_layout: wgpu::BindGroupLayout,
     arena_buf: wgpu::Buffer,
@@ -126,6 +136,8 @@ pub struct GpuBackend {
     memory: Arc<MemoryCount>,
     /// `--precision mixed`: the configuration the dense GEMMs run on (src/gpu/coop.rs).
     coop: Option<coop::CoopConfig>,
+    /// The GEMM variant chosen per op shape, and the ops recorded for tuning (`variants`).
+    variants: variants::Variants,
 }
 
 /// The group-0 layout of a kernel's storage bindings (binding, access), for compute.
@@ -253,6 +265,7 @@ impl GpuBackend {
             encoder: None,
             modules: HashMap::new(),
             pipelines: HashMap::new(),
+            layouts: HashMap::new(),
             params_group,
             params_layout,
             arena_buf,
@@ -273,6 +286,7 @@ impl GpuBackend {
                 m
             },
             coop: None,
+            variants: variants::Variants::default(),
         })
     }
 
@@ -293,14 +307,16 @@ impl GpuBackend {
     pub fn compile_all(&mut self) -> Result<f64> {
         let t = Instant::now();
         for k in shaders::KERNELS {
-            self.pipeline(k.entry);
+            self.pipeline(k.entry, DEFAULT_TILE);
         }
         self.check_errors()?;
         Ok(t.elapsed().as_secs_f64())
     }
 
-    fn pipeline(&mut self, entry: &'static str) {
-        if self.pipelines.contains_key(entry) {
+    /// Builds `entry`'s pipeline in tile shape `shape` (the default for families without a
+    /// tile) unless there is one; what goes wrong is noted for the next check.
+    fn pipeline(&mut self, entry: &'static str, shape: TileShape) {
+        if self.pipelines.contains_key(&(entry, shape)) {
             return;
         }
         let t = Instant::now();
@@ -308,9 +324,10 @@ impl GpuBackend {
             self.fail(format!("no kernel named {entry}"));
             return;
         };
+        let module_key = (kernel.family, shape);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        if !self.modules.contains_key(kernel.family) {
-            let source = shaders::module_source_from_env(kernel.family).unwrap_or_default();
+        if !self.modules.contains_key(&module_key) {
+            let source = shaders::module_source_from_env(kernel.family, shape).unwrap_or_default();
             let desc = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.family),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -323,27 +340,32 @@ impl GpuBackend {
             } else {
                 self.device.create_shader_module(desc)
             };
-            self.modules.insert(kernel.family, module);
+            self.modules.insert(module_key, module);
         }
-        let entries = storage_layout(kernel.bindings);
-        let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
+        if !self.layouts.contains_key(entry) {
+            let entries = storage_layout(kernel.bindings);
+            let layout = self
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
+            self.layouts.insert(entry, layout);
+        }
         let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some(entry),
-            bind_group_layouts: &[Some(&layout), Some(&self.params_layout)],
+            bind_group_layouts: &[Some(&self.layouts[entry]), Some(&self.params_layout)],
             immediate_size: 0,
         });
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(entry),
             layout: Some(&pipeline_layout),
-            module: &self.modules[kernel.family],
+            module: &self.modules[&module_key],
             entry_point: Some(entry),
             compilation_options: Default::default(),
             cache: None,
         });
-        self.report_scope(scope, format!("kernel {entry} does not build"));
-        self.pipelines.insert(entry, Pipeline { pipeline, layout });
+        let what =
+            if shape == DEFAULT_TILE { String::new() } else { format!(" (tile {}x{})", 4 * shape.ty, 4 * shape.tx) };
+        self.report_scope(scope, format!("kernel {entry}{what} does not build"));
+        self.pipelines.insert((entry, shape), pipeline);
         self.compile_seconds += t.elapsed().as_secs_f64();
     }
 
@@ -415,29 +437,48 @@ impl GpuBackend {
                 }
             }
         }
-        self.scratch.as_ref().map(|s| GpuBuf { buf: s.buf.clone(), len: s.len, id: s.id, mem: None })
+        self.scratch.as_ref().map(GpuBuf::handle)
     }
 
     /// A handle to the placeholder bound where a kernel takes the member table but does not
     /// read it in this dispatch.
     fn no_table(&self) -> GpuBuf {
-        GpuBuf { buf: self.no_table.buf.clone(), len: self.no_table.len, id: self.no_table.id, mem: None }
+        self.no_table.handle()
     }
 
     /// Records one dispatch of `entry` over `groups` workgroups with `bufs` at the kernel's
     /// bindings (in order) and `params` as its uniform block.
     fn dispatch<P: Pod>(&mut self, entry: &'static str, bufs: &[&GpuBuf], params: &P, groups: [u32; 3]) {
+        self.dispatch_tiled(entry, DEFAULT_TILE, bufs, params, groups)
+    }
+
+    /// `dispatch` of a GEMM kernel built in tile shape `shape`.
+    fn dispatch_tiled<P: Pod>(
+        &mut self,
+        entry: &'static str,
+        shape: TileShape,
+        bufs: &[&GpuBuf],
+        params: &P,
+        groups: [u32; 3],
+    ) {
         if groups.contains(&0) {
             return;
         }
-        self.pipeline(entry);
+        self.pipeline(entry, shape);
         let t = Instant::now();
-        self.record(entry, bufs, params, groups);
+        self.record(entry, shape, bufs, params, groups);
         self.dispatches += 1;
         self.host_seconds += t.elapsed().as_secs_f64();
     }
 
-    fn record<P: Pod>(&mut self, entry: &'static str, bufs: &[&GpuBuf], params: &P, groups: [u32; 3]) {
+    fn record<P: Pod>(
+        &mut self,
+        entry: &'static str,
+        shape: TileShape,
+        bufs: &[&GpuBuf],
+        params: &P,
+        groups: [u32; 3],
+    ) {
         let Some(kernel) = shaders::kernel(entry).or_else(|| coop::kernel(entry)) else { return };
         if bufs.len() != kernel.bindings.len() {
             self.fail(format!("{entry}: {} buffers for {} bindings", bufs.len(), kernel.bindings.len()));
@@ -466,7 +507,7 @@ impl GpuBackend {
                 .collect();
             let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some(entry),
-                layout: &self.pipelines[entry].layout,
+                layout: &self.layouts[entry],
                 entries: &entries,
             });
             self.groups.insert((entry, key), group);
@@ -492,7 +533,7 @@ impl GpuBackend {
             self.pass = None;
             let p = self.profiler.as_mut().expect("checked");
             let q = 2 * p.pending.len() as u32;
-            p.pending.push(entry);
+            p.pending.push((entry, shape));
             let enc = self.encoder.as_mut().expect("created above");
             self.pass = Some(
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -513,7 +554,7 @@ impl GpuBackend {
             );
         }
         let pass = self.pass.as_mut().expect("begun above");
-        pass.set_pipeline(&self.pipelines[entry].pipeline);
+        pass.set_pipeline(&self.pipelines[&(entry, shape)]);
         pass.set_bind_group(0, &self.groups[&(entry, key)], &[]);
         pass.set_bind_group(1, &self.params_group, &[offset as u32]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -667,12 +708,16 @@ impl GpuBackend {
         Ok(())
     }
 
-    /// (kernel, total seconds, dispatches) since profiling began, slowest first.
+    /// (kernel, total seconds, dispatches) since profiling began, slowest first; a GEMM
+    /// kernel in another than the default tile as "conv2d_forward t16x64".
     pub fn profile_report(&mut self) -> Result<Vec<(String, f64, u64)>> {
         self.submit()?;
         let Some(p) = self.profiler.as_ref() else { return Ok(Vec::new()) };
-        let mut v: Vec<(String, f64, u64)> =
-            p.totals.iter().map(|(k, &(ns, c))| (k.to_string(), ns * 1e-9, c)).collect();
+        let name = |&(entry, shape): &(&str, TileShape)| match shape {
+            DEFAULT_TILE => entry.to_string(),
+            s => format!("{entry} t{}x{}", 4 * s.ty, 4 * s.tx),
+        };
+        let mut v: Vec<(String, f64, u64)> = p.totals.iter().map(|(k, &(ns, c))| (name(k), ns * 1e-9, c)).collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1));
         Ok(v)
     }

@@ -1,7 +1,7 @@
 //! Every WGSL source in one place, and every kernel (entry point) with its bindings.
 //!
-//! A kernel's module is `shaders/common.wgsl` (and `tile.wgsl` for the GEMM families)
-//! followed by its family's file. The binding
+//! A kernel's module is `shaders/common.wgsl` (and `tile.wgsl` for the GEMM families, after
+//! the consts that pick its tile shape) followed by its family's file. The binding
 //! lists here are the pipelines' explicit layouts; `tests/shaders_naga.rs` checks each against
 //! the globals its entry point uses (and each family's `Params` against its Rust twin in
 //! `gpu::kernels`), and compiles every module for every backend.
@@ -12,6 +12,29 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 /// The tiled inner product, put after COMMON in the families that use it.
 pub const TILE: &str = include_str!("../../shaders/tile.wgsl");
 const TILED: &[&str] = &["conv2d", "gemm"];
+
+/// The tile shape of tile.wgsl: TY x TX threads, each a 4 x 4 block of outputs (powers of
+/// two from 4 to 16). `gpu::variants::Tile` names the ones built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TileShape {
+    pub ty: u32,
+    pub tx: u32,
+}
+
+/// The 64 x 64 tile every GEMM kernel ran before there were variants (`module_source`).
+pub const DEFAULT_TILE: TileShape = TileShape { ty: 16, tx: 16 };
+
+impl TileShape {
+    /// The consts that pick this shape, put in front of tile.wgsl.
+    fn consts(self) -> String {
+        format!("const TY: u32 = {}u;\nconst TX: u32 = {}u;\n", self.ty, self.tx)
+    }
+}
+
+/// Whether a family's kernels are built per tile shape.
+pub fn is_tiled(family: &str) -> bool {
+    TILED.contains(&family)
+}
 
 /// The member table (binding 7) and what reads it, put after COMMON in the families whose
 /// kernels take per-member values: dropout masks and rates, learning rates.
@@ -96,16 +119,22 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// The complete module source of a family: common helpers (and, for the GEMM families, the
-/// tile; for the families with per-member values, the member table), then the family's file.
+/// default tile; for the families with per-member values, the member table), then the
+/// family's file.
 pub fn module_source(family: &str) -> Option<String> {
-    compose(family, |_, builtin| builtin.to_string())
+    module_source_tiled(family, DEFAULT_TILE)
 }
 
-/// common, members and tile (where the family has them) and the family's file, each as
-/// `file(name, built-in)` gives it.
-fn compose(family: &str, file: impl Fn(&str, &str) -> String) -> Option<String> {
+/// module_source with the GEMM families' tile in `shape` (other families ignore it).
+pub fn module_source_tiled(family: &str, shape: TileShape) -> Option<String> {
+    compose(family, shape, |_, builtin| builtin.to_string())
+}
+
+/// common, members and tile (where the family has them, the tile after the consts of
+/// `shape`) and the family's file, each as `file(name, built-in)` gives it.
+fn compose(family: &str, shape: TileShape, file: impl Fn(&str, &str) -> String) -> Option<String> {
     let (_, src) = FAMILIES.iter().find(|(f, _)| *f == family)?;
-    let tile = if TILED.contains(&family) { file("tile", TILE) } else { String::new() };
+    let tile = if is_tiled(family) { format!("{}{}", shape.consts(), file("tile", TILE)) } else { String::new() };
     let members = if WITH_MEMBERS.contains(&family) { file("members", MEMBERS) } else { String::new() };
     Some(format!("{}\n{members}\n{tile}\n{}", file("common", COMMON), file(family, src)))
 }
@@ -113,16 +142,20 @@ fn compose(family: &str, file: impl Fn(&str, &str) -> String) -> Option<String> 
 /// For kernel work: with `GPU_TRAIN_SHADER_DIR` set, the GPU backend reads each file from
 /// that directory where it has one (`common.wgsl`, `tile.wgsl`, `<family>.wgsl`) instead of
 /// the built-in copy, so a shader can be edited and measured without rebuilding.
-pub fn module_source_from_env(family: &str) -> Option<String> {
+pub fn module_source_from_env(family: &str, shape: TileShape) -> Option<String> {
     match std::env::var_os("GPU_TRAIN_SHADER_DIR") {
-        Some(dir) => module_source_overridden(family, std::path::Path::new(&dir)),
-        None => module_source(family),
+        Some(dir) => module_source_overridden_tiled(family, shape, std::path::Path::new(&dir)),
+        None => module_source_tiled(family, shape),
     }
 }
 
 /// module_source, with each file that `dir` holds in place of the built-in one.
 pub fn module_source_overridden(family: &str, dir: &std::path::Path) -> Option<String> {
-    compose(family, |name, builtin| {
+    module_source_overridden_tiled(family, DEFAULT_TILE, dir)
+}
+
+fn module_source_overridden_tiled(family: &str, shape: TileShape, dir: &std::path::Path) -> Option<String> {
+    compose(family, shape, |name, builtin| {
         std::fs::read_to_string(dir.join(format!("{name}.wgsl"))).unwrap_or_else(|_| builtin.to_string())
     })
 }

@@ -1,10 +1,12 @@
 //! shaders/conv2d.wgsl: 2-D convolution as an implicit GEMM, one kernel body for the forward
 //! and both backwards, every group of a grouped layer in the same dispatch; the weight
 //! gradient's long sum is split into chunks whose partials `reduce::sum_partials` adds in
-//! order.
+//! order. The tile shape and the split count are the op's `Choice` (`gpu::variants`): the
+//! default unless one was set for its shape.
 
-use super::{TILE, TK, act_code, dropout_fields, reduce};
+use super::{act_code, dropout_fields, reduce};
 use crate::backend::Epilogue;
+use crate::gpu::variants::{Choice, GemmOp, Layer, OpKey, conv_dims, split_k};
 use crate::gpu::{GpuBackend, GpuBuf};
 use crate::model::Conv2d;
 
@@ -90,11 +92,7 @@ pub(in crate::gpu) fn conv2d_forward(
     n: usize,
     epi: Epilogue,
 ) {
-    let tiles_n = (n * l.h_out * l.w_out).div_ceil(TILE);
-    let tiles_m = l.group_out().div_ceil(TILE);
-    let prm = conv_params(l, n, epi, tiles_n, tiles_m);
-    let grid = gpu.tile_grid(tiles_n, tiles_m * l.groups);
-    gpu.dispatch("conv2d_forward", &[params, inp, out, table], &prm, grid);
+    chosen(gpu, GemmOp::ConvForward, [params, inp, out, table], l, n, epi);
 }
 
 pub(in crate::gpu) fn conv2d_backward_input(
@@ -106,12 +104,8 @@ pub(in crate::gpu) fn conv2d_backward_input(
     n: usize,
 ) {
     debug_assert_eq!(l.groups, l.in_groups, "an input channel read by several groups has no backward-input here");
-    let tiles_n = (n * l.h_in * l.w_in).div_ceil(TILE);
-    let tiles_m = l.group_in().div_ceil(TILE);
-    let prm = conv_params(l, n, Epilogue::default(), tiles_n, tiles_m);
-    let grid = gpu.tile_grid(tiles_n, tiles_m * l.groups);
     let table = gpu.no_table();
-    gpu.dispatch("conv2d_backward_input", &[params, dout, dinp, &table], &prm, grid);
+    chosen(gpu, GemmOp::ConvBackwardInput, [params, dout, dinp, &table], l, n, Epilogue::default());
 }
 
 pub(in crate::gpu) fn conv2d_backward_weight(
@@ -122,31 +116,57 @@ pub(in crate::gpu) fn conv2d_backward_weight(
     l: &Conv2d,
     n: usize,
 ) {
-    // dW (c_out, K) sums over n * h_out * w_out positions, K = cg * kh * kw per group. Few
-    // output tiles and a long sum: split the sum into chunks whose partials are added in
-    // order afterwards.
-    let (m, k) = (l.group_out(), l.group_in() * l.kh * l.kw);
-    let reduction = n * l.h_out * l.w_out;
-    let tiles_n = k.div_ceil(TILE);
-    let tiles_m = m.div_ceil(TILE);
-    let tiles = tiles_n * tiles_m * l.groups;
-    let splits = (256 / tiles).clamp(1, reduction.div_ceil(256).max(1)).min(64);
-    let split_len = reduction.div_ceil(splits).div_ceil(TK) * TK;
-    let splits = reduction.div_ceil(split_len);
-    let mut prm = conv_params(l, n, Epilogue::default(), tiles_n, tiles_m);
-    prm.split_len = split_len as u32;
-    let grid = gpu.tile_grid(tiles_n, tiles_m * l.groups * splits);
     let table = gpu.no_table();
+    chosen(gpu, GemmOp::ConvBackwardWeight, [dout, inp, grads, &table], l, n, Epilogue::default());
+    if let Some(b) = l.b_off {
+        reduce::bias_backward(gpu, grads, dout, n, l.c_out, l.h_out * l.w_out, b);
+    }
+}
+
+/// Runs conv op `op` with the variant chosen for its shape (recording it for tuning if asked).
+fn chosen(gpu: &mut GpuBackend, op: GemmOp, bufs: [&GpuBuf; 4], l: &Conv2d, n: usize, epi: Epilogue) {
+    let choice = gpu.choose(OpKey::conv(op, l, n), Layer::Conv(*l), n, epi, bufs);
+    conv2d(gpu, op, choice, bufs, l, n, epi);
+}
+
+/// Conv op `op` (one of the three Conv*) in `choice`'s tile, with `bufs` at bindings 0, 1,
+/// 2 (the output), 7. The weight gradient's sum of n * h_out * w_out terms per weight is
+/// split into `choice.splits` chunks (as many as `split_k` makes of them) whose partials go
+/// to scratch and are added in order afterwards; one chunk writes dW directly.
+pub(in crate::gpu) fn conv2d(
+    gpu: &mut GpuBackend,
+    op: GemmOp,
+    choice: Choice,
+    bufs: [&GpuBuf; 4],
+    l: &Conv2d,
+    n: usize,
+    epi: Epilogue,
+) {
+    let Some(shape) = choice.tile.shape() else {
+        gpu.fail(format!("{}: no {} kernel", op.entry(), choice.name()));
+        return;
+    };
+    let (rows, cols) = choice.tile.dims();
+    let (m, cols_total, k) = conv_dims(op, l, n);
+    let tiles_n = cols_total.div_ceil(cols as usize);
+    let tiles_m = m.div_ceil(rows as usize);
+    let mut prm = conv_params(l, n, epi, tiles_n, tiles_m);
+    if op != GemmOp::ConvBackwardWeight {
+        let grid = gpu.tile_grid(tiles_n, tiles_m * l.groups);
+        gpu.dispatch_tiled(op.entry(), shape, &bufs, &prm, grid);
+        return;
+    }
+    let (split_len, splits) = split_k(k as u32, choice.splits);
+    prm.split_len = split_len;
+    let grid = gpu.tile_grid(tiles_n, tiles_m * l.groups * splits as usize);
+    let [dout, inp, grads, table] = bufs;
     let len = l.weight_len();
     if splits == 1 {
         prm.c_off = l.w_off as u32;
-        gpu.dispatch("conv2d_backward_weight", &[dout, inp, grads, &table], &prm, grid);
+        gpu.dispatch_tiled(op.entry(), shape, &bufs, &prm, grid);
     } else {
-        let Some(scratch) = gpu.scratch(splits * len) else { return };
-        gpu.dispatch("conv2d_backward_weight", &[dout, inp, &scratch, &table], &prm, grid);
-        reduce::sum_partials(gpu, grads, &scratch, splits, len, l.w_off);
-    }
-    if let Some(b) = l.b_off {
-        reduce::bias_backward(gpu, grads, dout, n, l.c_out, l.h_out * l.w_out, b);
+        let Some(scratch) = gpu.scratch(splits as usize * len) else { return };
+        gpu.dispatch_tiled(op.entry(), shape, &[dout, inp, &scratch, table], &prm, grid);
+        reduce::sum_partials(gpu, grads, &scratch, splits as usize, len, l.w_off);
     }
 }

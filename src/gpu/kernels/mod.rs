@@ -83,8 +83,3 @@ fn dropout_fields(d: Option<&Dropout>) -> DropFields {
         at: d.at as u32,
     })
 }
-
-/// Output tile edge of the GEMM kernels (TM = TN in gemm.wgsl and conv2d.wgsl).
-const TILE: usize = 64;
-/// K step of the GEMM kernels; split-K chunks are multiples of it.
-const TK: usize = 16;
