@@ -1,4 +1,4 @@
-//! The `gpu-train` command line: train (the default), eval, predict, export, report, gather, lr-find, bench,
+//! The `gpu-train` command line: train (the default), eval, predict, export, report, gather, lr-find, tune, bench,
 //! presets, devices, probe, selftest; one file per command in `cli/`. Errors end as one line on stderr and a
 //! non-zero exit.
 
@@ -44,6 +44,9 @@ enum Cmd {
     /// Put a sweep trained in parts (`train --shard`, a cluster's job array) back together:
     /// the whole sweep's manifest, its ensemble and report
     Gather(cli::gather::GatherArgs),
+    /// Time each layer shape's GPU kernel candidates on this device and cache the fastest
+    /// (what train does before its first step)
+    Tune(cli::tune::TuneArgs),
     /// Time training steps and print one JSON line
     Bench(cli::bench::BenchArgs),
     /// List the built-in architectures, or print one as a model file
@@ -121,6 +124,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(Cmd::Report(a)) => cli::report::run(a),
         Some(Cmd::LrFind(a)) => cli::lrfind::run(a),
         Some(Cmd::Gather(a)) => cli::gather::run(a),
+        Some(Cmd::Tune(a)) => cli::tune::run(a),
         Some(Cmd::Bench(a)) => cli::bench::run(a),
         Some(Cmd::Presets { name }) => cli::info::presets(name),
         Some(Cmd::Devices) => cli::info::devices(),

@@ -297,6 +297,8 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
         "1",
         "--backend",
         "gpu",
+        "--kernels",
+        "default",
         "--out",
         p(&native),
     ]);
@@ -413,8 +415,9 @@ fn the_page_trains_a_residual_model_file_like_the_cli() {
     let native = tmp.path().join("native.safetensors");
     let model = tmp.path().join("residual.toml");
     let args = ["--arch", p(&model), "--data-dir", p(tmp.path()), "--epochs", "1", "--batch", "32"];
-    let (code, out, err) =
-        crate::common::gpu_train_cmd(&[&args[..], &["--seed", "3", "--backend", "gpu", "--out", p(&native)]].concat());
+    let (code, out, err) = crate::common::gpu_train_cmd(
+        &[&args[..], &["--seed", "3", "--backend", "gpu", "--kernels", "default", "--out", p(&native)]].concat(),
+    );
     if code != 0 && !ci() && err.contains("adapter") {
         eprintln!("skipping the native comparison: no GPU adapter here ({err})");
         return;

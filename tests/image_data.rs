@@ -237,6 +237,9 @@ fn rgb_shapes_train_on_both_backends() {
             "2",
             "--epochs",
             epochs,
+            // Tuning is tested in tests/kernels.rs; here it would only add its seconds.
+            "--kernels",
+            "default",
             "--out",
             p(&out),
         ];

@@ -15,6 +15,7 @@ mod data_files;
 mod docs;
 mod gpu_parity;
 mod image_data;
+mod kernels;
 mod onnx_export;
 mod presets;
 mod records;

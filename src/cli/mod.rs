@@ -12,6 +12,7 @@ pub mod predict;
 pub mod probe;
 pub mod report;
 pub mod train;
+pub mod tune;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -244,4 +245,63 @@ pub fn file_stem(arch: &str) -> String {
 pub fn load_model(path: &Path, arch: Option<&str>) -> Result<Loaded> {
     let spec = arch.map(presets::load).transpose()?;
     Ok(modelfile::load(path, spec)?)
+}
+
+/// `--kernels` and `--tune-budget` of train and bench: which GPU kernel each layer shape
+/// runs (`gpu_train::gpu::tune`).
+#[derive(Args, Clone)]
+pub struct KernelArgs {
+    /// GPU kernels per layer shape: `tuned` (timed on this device before the first step,
+    /// cached), `default` (one tiling everywhere), or FILE to repeat a run's kernels exactly
+    /// (a model file that recorded them, or `gpu-train tune --save`'s JSON)
+    #[arg(long, value_name = "tuned|default|FILE", default_value = "tuned")]
+    pub kernels: String,
+    /// Seconds tuning may spend timing kernels; shapes left when it runs out keep the default
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub tune_budget: f64,
+}
+
+impl KernelArgs {
+    /// Sets the kernels of every op shape of `members` at `batch` on `g` as asked, prints what
+    /// was chosen, and returns the kernel set for the run's record (JSON).
+    pub fn prepare(
+        &self,
+        g: &mut GpuBackend,
+        members: &gpu_train::network::Members,
+        data: &gpu_train::data::Dataset,
+        batch: usize,
+        say: &dyn Fn(&str),
+    ) -> Result<String> {
+        use gpu_train::gpu::tune::{self, KernelSet, Kernels, TuneOptions};
+        let kernels: Kernels = self.kernels.parse().map_err(|e: String| anyhow!(e))?;
+        let set = match kernels {
+            Kernels::Default => {
+                g.clear_choices();
+                say("kernels: the default tiling for every layer (--kernels default)");
+                tune::defaults(g)
+            }
+            Kernels::File(path) => {
+                let set = KernelSet::read(&path).with_context(|| "--kernels")?;
+                for n in tune::apply(g, &set)? {
+                    eprintln!("{n}");
+                }
+                say(&format!("kernels: {} op shape(s) as chosen in {}", set.choices.len(), path.display()));
+                tune::from_file(set, &path)
+            }
+            Kernels::Tuned => {
+                if !(self.tune_budget >= 0.0 && self.tune_budget.is_finite()) {
+                    bail!("--tune-budget must be a number of seconds, at least 0");
+                }
+                let o = TuneOptions {
+                    budget: std::time::Duration::from_secs_f64(self.tune_budget),
+                    ..TuneOptions::default()
+                };
+                let r = pollster::block_on(tune::tune(g, members, data, batch, &o))
+                    .with_context(|| "tuning the kernels")?;
+                say(&r.line());
+                r.set
+            }
+        };
+        Ok(set.to_json())
+    }
 }

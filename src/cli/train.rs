@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 
 use super::array::ArrayArgs;
-use super::{Chosen, DataArgs, DeviceArgs, Precision, choose_backend_for, file_stem};
+use super::{Chosen, DataArgs, DeviceArgs, KernelArgs, Precision, choose_backend_for, file_stem};
 use gpu_train::backend::Backend;
 use gpu_train::model::spec::{BiasCorrection, Optimizer};
 use gpu_train::model::{Arch, presets};
@@ -70,6 +70,8 @@ pub struct TrainArgs {
     precision: Precision,
     #[command(flatten)]
     device: DeviceArgs,
+    #[command(flatten)]
+    kernels: KernelArgs,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -200,6 +202,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
         compile_seconds = Some(t);
     }
+    // Each layer shape's kernel: tuned on this device (cached), the default, or a file's.
+    let mut kernels = None;
+    if let Chosen::Gpu(g) = &mut chosen {
+        let members = gpu_train::network::Members::new(plan.members.clone())?;
+        kernels = Some(a.kernels.prepare(g, &members, &train_ds, arch.recipe().batch, &|l| println!("{l}"))?);
+    }
     let mut run_info = HashMap::new();
     run_info.insert(
         "run".into(),
@@ -211,6 +219,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         })
         .to_string(),
     );
+    if let Some(k) = kernels {
+        run_info.insert("kernels".into(), k);
+    }
     let k = plan.members.len();
     let mut distinct: Vec<u64> = Vec::new();
     for m in &plan.members {

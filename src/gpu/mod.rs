@@ -13,6 +13,7 @@ pub mod device;
 pub mod kernels;
 mod ops;
 pub mod shaders;
+pub mod tune;
 pub mod variants;
 
 pub use variants::{Choice, GemmOp, KERNEL_SET_VERSION, OpKey, Tile, candidates, default_choice};

@@ -156,6 +156,10 @@ pub fn read_log(path: &Path) -> Result<Log> {
     for (i, line) in complete.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let v: Value = serde_json::from_str(line)
             .map_err(|e| Error::Data(format!("{} line {}: not JSON ({e})", path.display(), i + 1)))?;
+        // A run's record of its GPU kernels (the first line of a GPU run's log) is no epoch.
+        if v.get("kernels").is_some() && v.get("epoch").is_none() {
+            continue;
+        }
         values.push((i + 1, v));
     }
     let bad =

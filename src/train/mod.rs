@@ -482,6 +482,17 @@ impl<B: Backend> Trainer<B> {
         if cfg.array {
             host.log_start(&modelfile::metrics_path(&cfg.array_out()), keep)?;
         }
+        // The GPU kernels each layer shape runs change the arithmetic: a fresh log starts with
+        // them (`--kernels`; a resumed run appends to the log that has them).
+        if let (Some(k), false) = (cfg.run_info.get("kernels"), keep) {
+            let line = format!("{{\"kernels\":{k}}}");
+            for k in 0..net.len() {
+                host.log(&modelfile::metrics_path(&member_path(&cfg, k)), &line)?;
+            }
+            if cfg.array {
+                host.log(&modelfile::metrics_path(&cfg.array_out()), &line)?;
+            }
+        }
         host.board_start(&board_runs(&cfg, &progresses), keep)?;
         let history = vec![Vec::new(); net.len()];
         // An array keeps the weights of the last epoch that ended, for a member that diverges
