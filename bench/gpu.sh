@@ -22,6 +22,8 @@
 #   7. mixed precision (cooperative-matrix dense GEMMs) against f32 on fc-b, and the dense
 #      parity test binary if carried;
 #   8. the speedrun preset to 99% over five seeds (time to accuracy, shader builds apart).
+# Every bench and training run tunes its kernels first (--kernels tuned, cached after the first
+# run of a shape); 5b times the tuned kernels against --kernels default side by side.
 # The compare.py cases (2-4) share the time: each has a --deadline (after it nothing new is
 # started; a PyTorch process still running is stopped there), the smaller of its own cap and
 # what is left of BUDGET seconds once TAIL seconds are kept for sections 5-8. A case cut short
@@ -119,6 +121,10 @@ for spec in "cnn6 120" "cnn4 128" "cnn4 16"; do
         echo "$1 b$2 $variant: $(grep -o '"seconds_per_step":[0-9.e-]*' "$RES/gpu-checks-$1-b$2-$variant-$STAMP.json")" | tee -a "$LOG"
     done
 done
+
+say "5b. kernels tuned on this GPU against the default tiling (issue 32; bench/kernels.sh)"
+GPU_TRAIN="$BIN" DEVICE=gpu STEPS="$STEPS" WARMUP=10 BUDGET=60 OUT="$RES/gpu-kernels-$STAMP.jsonl" \
+    CASES="cnn4:16 cnn4:128 cnn6:120 cnn4:16:1..8 resnet20:128 resnet20-gray:128" bash bench/kernels.sh 2>&1 | tee -a "$LOG"
 
 say "6. profiles: per-kernel time and TFLOP/s, dispatches and host time per step"
 for spec in "cnn4 16" "cnn4 128" "cnn6 120" "speedrun 256" "resnet20 128"; do

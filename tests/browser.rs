@@ -233,7 +233,9 @@ fn the_page_checks_every_kernel_trains_like_the_cli_and_hands_over_its_model() {
     );
     let flags = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--use-webgpu-adapter=swiftshader"];
     let lines = console(&bin, &url, &flags, &["RESULT "], Duration::from_secs(900));
-    let known = ["RESULT ", "SELFTEST ", "PROGRESS ", "ADAPTER "];
+    let known = ["RESULT ", "SELFTEST ", "PROGRESS ", "ADAPTER ", "KERNELS "];
+    // The page tunes its kernels on SwiftShader before the first step, as the CLI does.
+    assert!(lines.iter().any(|l| l.starts_with("KERNELS kernels: tuned")), "no tuning line: {lines:?}");
     let errors: Vec<&String> = lines.iter().filter(|l| !known.iter().any(|k| l.starts_with(k))).collect();
     assert!(errors.is_empty(), "the page's console:\n{}", lines.join("\n"));
 
@@ -396,7 +398,7 @@ fn the_page_trains_a_residual_model_file_like_the_cli() {
     std::fs::copy(repo().join("tests/fixtures/residual_small.toml"), tmp.path().join("residual.toml")).unwrap();
     let (port, _) = serve_with(root, Some(tmp.path().to_path_buf()));
     let url = format!(
-        "http://127.0.0.1:{port}/?data=/extra/&modelfile=/extra/residual.toml&epochs=1&batch=32&seed=3&autostart=1&estimate=1"
+        "http://127.0.0.1:{port}/?data=/extra/&modelfile=/extra/residual.toml&epochs=1&batch=32&seed=3&autostart=1&estimate=1&kernels=default"
     );
     let flags = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--use-webgpu-adapter=swiftshader"];
     let lines = console(&bin, &url, &flags, &["RESULT "], Duration::from_secs(600));

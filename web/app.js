@@ -4,6 +4,8 @@
 //
 // URL parameters run the page without a hand on it (tests, demos, links to a set-up):
 //   arch, epochs, batch, lr, limit, seed  preset and recipe overrides (fill the form)
+//   kernels=tuned|default, tune_budget=S  GPU kernels per layer shape (tuned on this adapter by
+//                                         default, within S seconds: 10); "KERNELS {line}"
 //   modelfile=URL                         a model file (.toml) to train instead of a preset
 //   data=mnist | URL                      load the shipped MNIST, or the four IDX files in the
 //                                         folder at URL (same server); digits=0: not digits
@@ -226,6 +228,8 @@ function options() {
     epochs: num('epochs', true), batch: num('batch', true), lr: num('lr', false),
     limit: num('limit', true), seed: num('seed', true),
   };
+  if (params.has('kernels')) o.kernels = params.get('kernels');
+  if (params.has('tune_budget')) o.tune_budget = parseFloat(params.get('tune_budget'));
   if (fromLoaded) o.from_loaded = true;
   else if ($('toml').value !== $('toml').dataset.preset) o.toml = $('toml').value;
   else o.arch = $('preset').value;
@@ -274,6 +278,7 @@ async function startRun() {
     st = JSON.parse(await call(() => wasm.start(JSON.stringify(o))));
   } catch (e) { training = false; throw e; }
   log(st.lines);
+  for (const l of st.lines) if (l.startsWith('kernels:')) console.log('KERNELS ' + l);
   running = true;
   progress(`epoch 1/${st.epochs}: the first step (${st.steps} in the epoch; kernels are built on first use)…`,
     { phase: 'training', epoch: 1, epochs: st.epochs, step: 0, steps: st.steps });

@@ -374,8 +374,10 @@ pub async fn tune_with(
             continue;
         }
         if !fresh && let Some(c) = cache.get(&device, &key).cloned() {
-            // A cached winner runs only after it checks out again on this run's inputs.
-            match check(gpu, &key, c.choice).await {
+            // A cached winner runs only after it checks out again on this run's inputs (the
+            // default needs no check: it is what runs anyway).
+            let verdict = if c.choice == default { Ok(()) } else { check(gpu, &key, c.choice).await };
+            match verdict {
                 Ok(()) => {
                     cached += 1;
                     gpu.set_choice(key.clone(), c.choice);

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use gpu_train::data::source::{self, LoadOptions, Splits};
 use gpu_train::data::{DataInfo, Dataset, Resize, folder, idx};
-use gpu_train::gpu::GpuBackend;
+use gpu_train::gpu::{GpuBackend, tune};
 use gpu_train::model::{Arch, ModelSpec, presets};
 use gpu_train::modelfile::{self, Loaded};
-use gpu_train::network::{DeviceData, Network};
+use gpu_train::network::{DeviceData, Member, Members, Network};
 use gpu_train::plot::{self, LineChart, Series, Stroke};
 use gpu_train::predict::{self, Prep};
 use gpu_train::train::{EVAL_BATCH, EpochReport, Host, TrainConfig, Trainer};
@@ -103,6 +103,11 @@ pub struct RunOptions {
     pub resize: Option<Resize>,
     /// A folder of classes without train/ and test/: the share held out as the test set.
     pub val_split: Option<f32>,
+    /// GPU kernels per layer shape: "tuned" (the default: timed on this adapter before the
+    /// first step, kept for the page session) or "default".
+    pub kernels: Option<String>,
+    /// Seconds tuning may take (default 10); shapes left keep the default kernel.
+    pub tune_budget: Option<f64>,
 }
 
 /// A run's start, for the page.
@@ -262,11 +267,21 @@ pub struct Session {
     model: Option<Ready>,
     /// The last run's pictures' data, kept after it finishes.
     history: (Vec<(f64, f64)>, Vec<EpochReport>),
+    /// The kernels tuning chose on this adapter, for the page session (the command line
+    /// keeps them in a file).
+    kernel_cache: tune::Cache,
 }
 
 impl Session {
     pub fn new(gpu: GpuBackend) -> Session {
-        Session { gpu, data: None, run: None, model: None, history: (Vec::new(), Vec::new()) }
+        Session {
+            gpu,
+            data: None,
+            run: None,
+            model: None,
+            history: (Vec::new(), Vec::new()),
+            kernel_cache: tune::Cache::default(),
+        }
     }
 
     /// The adapter, in words.
@@ -420,6 +435,31 @@ impl Session {
                 .to_string(),
         );
         cfg.run_info.insert("device".into(), self.adapter());
+        // Each layer shape's kernel, tuned on this adapter as the command line does (bounded,
+        // shown, kept for the session) and recorded with the model.
+        let kernels = match o.kernels.as_deref().unwrap_or("tuned") {
+            "default" => {
+                self.gpu.clear_choices();
+                lines.push("kernels: the default tiling for every layer".into());
+                tune::defaults(&self.gpu)
+            }
+            "tuned" => {
+                gpu_train::progress::stage("tuning the kernels");
+                let members = Members::new(vec![Member { seed, spec: cfg.members[0].spec.clone() }])?;
+                let budget = o.tune_budget.unwrap_or(10.0);
+                if !(budget >= 0.0 && budget.is_finite()) {
+                    return Err(Error::Config(format!("the tuning budget must be seconds, at least 0 (got {budget})")));
+                }
+                let budget = std::time::Duration::from_secs_f64(budget);
+                let t =
+                    tune::tune_with(&mut self.gpu, &members, &train, r.batch, budget, false, &mut self.kernel_cache)
+                        .await?;
+                lines.push(t.line());
+                t.set
+            }
+            other => return Err(Error::Config(format!("kernels: '{other}' is neither 'tuned' nor 'default'"))),
+        };
+        cfg.run_info.insert("kernels".into(), kernels.to_json());
         let mut host = PageHost::default();
         let train_len = train.len();
         gpu_train::progress::stage("preparing the run");
