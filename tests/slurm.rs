@@ -80,8 +80,9 @@ fn a_sweep_on_a_slurm_job_array_gathers_into_the_unsharded_arrays_manifest() {
     .unwrap();
     // Ids 5 and 7 of a job array: parts 0 and 1 (3 members each). The unsharded run goes on
     // meanwhile.
-    let sbatch = Command::new("sbatch")
-        .args(["--wait", "--array=5-7:2", p(&script)])
+    // Bounded: a cluster that never runs the tasks fails the test instead of hanging CI.
+    let sbatch = Command::new("timeout")
+        .args(["300", "sbatch", "--wait", "--array=5-7:2", p(&script)])
         .env("SLURM_CONF", &slurm.conf)
         .current_dir(tmp.path())
         .stdout(std::process::Stdio::null())

@@ -47,7 +47,9 @@ CONF
 : >"$dir/cgroup.conf"
 export SLURM_CONF="$dir/slurm.conf"
 # munged: Debian's package made a key; its socket folder may not exist on a fresh machine.
-if ! pgrep -x munged >/dev/null; then
+# A munged whose socket is gone (its package reinstalled under it) is no munged: start anew.
+if ! munge -n </dev/null >/dev/null 2>&1; then
+    pkill -x munged 2>/dev/null && sleep 0.5
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge 2>/dev/null || true
     if [ "$(id -u)" = 0 ] && id munge >/dev/null 2>&1; then
@@ -58,9 +60,9 @@ if ! pgrep -x munged >/dev/null; then
 fi
 slurmctld -f "$SLURM_CONF"
 slurmd -f "$SLURM_CONF"
-# Ready when the node takes jobs.
+# Ready when the node takes jobs (at most 30 s).
 for _ in $(seq 1 60); do
-    if sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix)'; then
+    if timeout 5 sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix)'; then
         echo "export SLURM_CONF=$SLURM_CONF"
         exit 0
     fi
