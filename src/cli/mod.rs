@@ -79,8 +79,9 @@ pub struct DataArgs {
     /// How pictures of another size are brought to the model's input size
     #[arg(long, value_enum, default_value_t = Resize::Stretch)]
     pub resize: Resize,
-    /// With a single folder of classes: the share of its pictures held out as the test set,
-    /// drawn with the run's seed [default: 0.2]
+    /// With a single folder of classes (or Parquet/WebDataset shards without a test split):
+    /// the share of its pictures held out as the test set, drawn with the run's seed
+    /// [default: 0.2]
     #[arg(long, value_name = "F")]
     pub val_split: Option<f32>,
     /// Leave out pictures that cannot be decoded (and list them) instead of stopping
