@@ -26,6 +26,10 @@ fi
 # A target folder of its own: the wasm build never waits on (or for) the native one's lock,
 # so the browser tests can build the page while `cargo test` holds target/.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/web}"
+# No debug line tables in the page's build (the native release profile keeps them for
+# profilers): wasm-bindgen strips them from the page anyway, and they cost 9% of a cold build
+# (169.2 s against 154.0 s on the 2-core EPYC).
+export CARGO_PROFILE_RELEASE_DEBUG="${CARGO_PROFILE_RELEASE_DEBUG:-false}"
 flag=--release
 [ "$profile" = release ] || flag=
 cargo build -p gpu-train-web --target wasm32-unknown-unknown $flag
