@@ -40,6 +40,12 @@ pub fn numbered_classes(k: usize) -> Vec<String> {
 }
 
 impl Dataset {
+    /// Pictures of `shape` (channels, height, width) decoded into one buffer, with their labels
+    /// and the class names.
+    pub fn of_shape((images, labels): (Vec<u8>, Vec<u32>), [c, h, w]: [usize; 3], classes: Vec<String>) -> Dataset {
+        Dataset { images, labels, channels: c, height: h, width: w, classes }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }

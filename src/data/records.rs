@@ -236,14 +236,7 @@ pub fn load(root: &Path, kind: Kind, shards: Vec<PathBuf>, o: &LoadOptions, note
         None
     };
     let (packed, classes) = source::cached(root, key, o, notes, || decode(&*reader, &train, &test, o))?;
-    let make = |(images, labels): (Vec<u8>, Vec<u32>)| Dataset {
-        images,
-        labels,
-        channels: o.shape[0],
-        height: o.shape[1],
-        width: o.shape[2],
-        classes: classes.clone(),
-    };
+    let make = |split| Dataset::of_shape(split, o.shape, classes.clone());
     let (train_set, test_set) = (make(packed.train), make(packed.test));
     let (train_set, test_set) = if test.is_empty() {
         if o.val_split.is_none() {

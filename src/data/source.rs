@@ -339,14 +339,7 @@ fn decode_cached(
         let skipped = tr.skipped.into_iter().chain(te.skipped).collect();
         Ok((Packed { train: (tr.images, tr.labels), test: (te.images, te.labels) }, train.classes.clone(), skipped))
     })?;
-    let make = |(images, labels): (Vec<u8>, Vec<u32>)| Dataset {
-        images,
-        labels,
-        channels: o.shape[0],
-        height: o.shape[1],
-        width: o.shape[2],
-        classes: classes.clone(),
-    };
+    let make = |split| Dataset::of_shape(split, o.shape, classes.clone());
     Ok((make(packed.train), make(packed.test)))
 }
 
