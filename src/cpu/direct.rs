@@ -1,25 +1,34 @@
 //! Direct convolution for stride-1 layers on x86-64 CPUs with AVX-512 or AVX2 + FMA (detected
-//! at run time); everything else uses the im2col + GEMM path in `conv2d.rs`, which stays the
-//! reference these kernels are tested against.
+//! at run time, or named by `GPU_TRAIN_CPU_ISA`); everything else uses the im2col + GEMM path
+//! in `conv2d.rs`, which stays the reference these kernels are tested against.
 //!
-//! Each example's input is copied once into a zero-padded plane stack (C, Hp, Wp), so the
-//! input values a kernel tap needs for 16 neighbouring output columns are 16 consecutive
-//! floats: no column matrix is built. An output tile is 8 channels x 32 columns (one row of
-//! up to 32 columns, or two rows of up to 16). With AVX-512 it is held in 16 zmm accumulators
-//! and per kernel tap the tile loads two input vectors and broadcasts 8 weights (16 FMAs);
-//! with AVX2 (16 ymm registers) the tile is done as four 8-channel x 8-column quarters, each
-//! in 8 accumulators.
+//! Each example's input is copied once into a zero-padded plane stack (C, Hp, Wp), so a kernel
+//! tap of any output position is one fixed offset away: no column matrix is built.
+//!
+//! AVX-512 (32 zmm registers): an output tile is 8 channels x 32 columns (one row of up to 32
+//! columns, or two rows of up to 16), in 16 accumulators; per tap it loads two input vectors
+//! and broadcasts 8 weights. The weight gradient sums dout[co] . x_pad shifted by the tap
+//! lane-wise in a 4 x 4 (channel x tap) tile and across lanes at the end.
+//!
+//! AVX2 (16 ymm registers) works in outer products with the channels in the lanes, so no lane
+//! is spent on padding columns whatever the plane's width:
+//! - forward and backward-input: a tile is 16 output channels (two registers of packed
+//!   weights per tap) x 6 output positions (one broadcast input value each), 12 sums in
+//!   registers, 256 taps at a time so that the weights and the input rows they read stay in L1;
+//! - backward-weight: a tile is 16 output channels (two registers of the output gradient,
+//!   packed [position][16]) x 6 taps (one broadcast input value each), over chunks of 256
+//!   positions that stay in L1 while a group of tiles runs over them.
 //!
 //! - forward: out = W * x_pad (+ bias, activation)
 //! - backward-input: the forward of dout padded by k-1-pad with W transposed and flipped
-//! - backward-weight: dW[co][tap] = sum over examples, rows and 16-column chunks of
-//!   dout[co] . x_pad shifted by the tap, as lane-wise FMAs in a 4 x 4 (channel x tap) tile
-//!   (AVX2: two 4 x 2 halves, the two 8-lane halves of a chunk into the same lanes), summed
-//!   across lanes at the end.
+//! - backward-weight: dW[co][tap] = sum over examples and positions of dout[co] * x_pad at the
+//!   position shifted by the tap
 //!
 //! Work is split by example (forward, backward-input) or by output tile (backward-weight);
 //! each output is produced by one task in a fixed order, so results do not depend on the
-//! number of threads (they do on the instruction set: the sums run in another order).
+//! number of threads (they do on the instruction set: the weight gradient's sums run in
+//! another order; forward and backward-input sum each output's taps in order from zero on
+//! both).
 
 use rayon::prelude::*;
 
@@ -68,10 +77,33 @@ pub fn isas() -> Vec<Isa> {
     v
 }
 
-/// The instruction set the CPU backend's convolutions use, if the direct path runs here.
+/// The instruction set the CPU backend's convolutions use, if the direct path runs here: the
+/// best of `isas()`, or the one `GPU_TRAIN_CPU_ISA` names (`avx2` on an AVX-512 machine
+/// measures the AVX2 kernels there; `gemm` turns the direct path off). A name this CPU cannot
+/// run, or an unknown one, is refused with a message and the best is used.
 pub fn best() -> Option<Isa> {
     static BEST: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
-    *BEST.get_or_init(|| isas().first().copied())
+    *BEST.get_or_init(|| {
+        let have = isas();
+        let Ok(want) = std::env::var("GPU_TRAIN_CPU_ISA") else {
+            return have.first().copied();
+        };
+        match want.to_ascii_lowercase().as_str() {
+            "gemm" | "none" => None,
+            name => match have.iter().find(|i| i.name() == name) {
+                Some(&isa) => Some(isa),
+                None => {
+                    let ran: Vec<&str> = have.iter().map(|i| i.name()).collect();
+                    eprintln!(
+                        "warning: GPU_TRAIN_CPU_ISA={want}: this CPU runs {} (or gemm); using {}",
+                        if ran.is_empty() { "none of the direct kernels".to_string() } else { ran.join(", ") },
+                        have.first().map_or("gemm", |i| i.name())
+                    );
+                    have.first().copied()
+                }
+            },
+        }
+    })
 }
 
 /// Layers the direct path handles (on a CPU with one of `isas()`): stride 1 (and, for the
@@ -130,17 +162,102 @@ impl Padded {
     }
 }
 
-/// Weights packed as [channel block][tap][MR], zero rows past the last channel.
-fn pack_weights(rows: usize, taps: usize, get: impl Fn(usize, usize) -> f32) -> Vec<f32> {
-    let blocks = rows.div_ceil(MR);
-    let mut a = vec![0f32; blocks * taps * MR];
+/// Weights packed as [channel block][tap][mr], zero rows past the last channel.
+fn pack_weights(rows: usize, taps: usize, mr: usize, get: impl Fn(usize, usize) -> f32) -> Vec<f32> {
+    let blocks = rows.div_ceil(mr);
+    let mut a = vec![0f32; blocks * taps * mr];
     for r in 0..rows {
-        let (b, i) = (r / MR, r % MR);
+        let (b, i) = (r / mr, r % mr);
         for k in 0..taps {
-            a[(b * taps + k) * MR + i] = get(r, k);
+            a[(b * taps + k) * mr + i] = get(r, k);
         }
     }
     a
+}
+
+/// The channels of a packed weight block on `isa`: 8 for the AVX-512 tiles, 16 (two ymm
+/// registers) for AVX2's outer products.
+fn block_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => MR,
+        Isa::Avx2 => OCO,
+    }
+}
+
+/// Output positions per AVX2 forward/backward-input tile.
+const OP: usize = 6;
+/// Taps per pass of the AVX2 forward/backward-input tiles: 16 KiB of packed weights.
+const KC: usize = 256;
+
+/// `convolve` for AVX2, as outer products: a tile is 16 output channels (two ymm registers of
+/// packed weights per tap) x 6 output positions (each an x value broadcast per tap), its 12
+/// sums in registers over every tap. Positions run through the output plane in order, so no
+/// lane is spent on padding columns whatever the width (a 14-wide row used 14 of 16 lanes, a
+/// 20-wide one 20 of 32). Each output is the sum over taps in order from zero, as in the
+/// AVX-512 tile, and the epilogue runs on each block's 16 planes once they are written.
+#[allow(clippy::too_many_arguments)]
+fn convolve_outer<'x, I, P, E>(
+    out: &mut [f32],
+    out_len: usize,
+    units: usize,
+    input: I,
+    pad: &Padded,
+    taps: &[u32],
+    a: P,
+    m: usize,
+    ho: usize,
+    wo: usize,
+    epilogue: E,
+) where
+    I: Fn(usize) -> &'x [f32] + Sync,
+    P: Fn(usize) -> &'x [f32] + Sync,
+    E: Fn(usize, usize, &mut [f32]) + Sync,
+{
+    let (k, plane) = (taps.len(), ho * wo);
+    let tiles = plane.div_ceil(OP);
+    // Each tile's positions in the padded plane; a last tile short of positions repeats its
+    // last one.
+    let offs: Vec<[usize; OP]> = (0..tiles)
+        .map(|t| {
+            std::array::from_fn(|j| {
+                let p = (t * OP + j).min(plane - 1);
+                (p / wo) * pad.wp + p % wo
+            })
+        })
+        .collect();
+    out[..units * out_len].par_chunks_mut(out_len).enumerate().for_each_init(
+        || (vec![0f32; pad.len()], vec![[[0f32; OCO]; OP]; tiles]),
+        |(xp, acc), (s, y)| {
+            pad.fill(xp, input(s));
+            let a = a(s);
+            for cb in 0..m.div_ceil(OCO) {
+                let chans = cb * OCO..((cb + 1) * OCO).min(m);
+                acc.iter_mut().for_each(|t| *t = [[0.0; OCO]; OP]);
+                // KC taps at a time over every tile: that block's packed weights (16 KiB) and
+                // the input rows it reads stay in L1. The sums carry on from one block to the
+                // next in tap order, so the blocking does not change a bit of the result.
+                for k0 in (0..k).step_by(KC) {
+                    let k1 = (k0 + KC).min(k);
+                    let ab = &a[(cb * k + k0) * OCO..(cb * k + k1) * OCO];
+                    for (o, t) in offs.iter().zip(acc.iter_mut()) {
+                        // SAFETY: Isa::Avx2 runs on this CPU (the caller's choice); `ab` holds
+                        // k1 - k0 taps of 16, and every position plus tap is inside the padded
+                        // stack `xp`.
+                        unsafe { x86::conv_outer_avx2(ab.as_ptr(), xp.as_ptr(), o, &taps[k0..k1], t) };
+                    }
+                }
+                for co in chans.clone() {
+                    let i = co - cb * OCO;
+                    for (p, v) in y[co * plane..][..plane].iter_mut().enumerate() {
+                        *v = acc[p / OP][p % OP][i];
+                    }
+                }
+                for co in chans {
+                    epilogue(s, co, &mut y[co * plane..][..plane]);
+                }
+            }
+        },
+    );
 }
 
 /// One "convolution" y (m, ho, wo) = A (m, taps) * x_pad over taps, per unit (an example, or
@@ -150,7 +267,6 @@ fn pack_weights(rows: usize, taps: usize, get: impl Fn(usize, usize) -> f32) -> 
 /// place.
 #[allow(clippy::too_many_arguments)]
 fn convolve<'x, I, P, E>(
-    isa: Isa,
     out: &mut [f32],
     out_len: usize,
     units: usize,
@@ -191,11 +307,11 @@ fn convolve<'x, I, P, E>(
                         };
                         for blk in f0 / MR..f1.div_ceil(MR) {
                             let mut acc = [[0f32; L]; 2 * MR];
-                            // SAFETY: the caller's `isa` runs on this CPU; the padded buffer has
-                            // room for every load (see `Padded::len`), and `a` holds `k` taps of MR.
+                            // SAFETY: the caller checked that AVX-512 runs on this CPU; the padded
+                            // buffer has room for every load (see `Padded::len`), and `a` holds `k`
+                            // taps of MR.
                             unsafe {
-                                kernel(
-                                    isa,
+                                x86::kernel_avx512(
                                     a[blk * k * MR..].as_ptr(),
                                     xp.as_ptr().add(b0),
                                     xp.as_ptr().add(b1),
@@ -231,21 +347,6 @@ fn convolve<'x, I, P, E>(
     );
 }
 
-/// acc[2i + v] = sum over taps t of a[t][i] * x[b_v + taps[t] .. +16], for i < MR, v < 2.
-///
-/// # Safety
-/// `isa` must run on this CPU; `a` must hold `taps.len() * MR` floats, and every
-/// `b_v + taps[t] + 15` must be inside the buffer `b0` and `b1` point into.
-unsafe fn kernel(isa: Isa, a: *const f32, b0: *const f32, b1: *const f32, taps: &[u32], acc: &mut [[f32; L]; 2 * MR]) {
-    // SAFETY: passed on from the caller.
-    unsafe {
-        match isa {
-            Isa::Avx512 => x86::kernel_avx512(a, b0, b1, taps, acc),
-            Isa::Avx2 => x86::kernel_avx2(a, b0, b1, taps, acc),
-        }
-    }
-}
-
 pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, epi: &Epi) {
     let (cg, fg, groups) = (l.group_in(), l.group_out(), l.groups);
     let pad = Padded {
@@ -262,7 +363,7 @@ pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l:
     let packs: Vec<Vec<f32>> = (0..groups)
         .map(|g| {
             let w_off = l.group(g).w_off;
-            pack_weights(fg, k, |co, t| params[w_off + co * k + t])
+            pack_weights(fg, k, block_rows(isa), |co, t| params[w_off + co * k + t])
         })
         .collect();
     let bias: Vec<f32> = (0..l.c_out).map(|co| l.b_off.map_or(0.0, |b| params[b + co])).collect();
@@ -273,7 +374,10 @@ pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l:
     };
     let input = |u: usize| group_input(inp, l, u / groups, u % groups);
     let a = |u: usize| packs[u % groups].as_slice();
-    convolve(isa, out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue);
+    match isa {
+        Isa::Avx2 => convolve_outer(out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue),
+        Isa::Avx512 => convolve(out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue),
+    }
 }
 
 pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &[f32], l: &Conv2d, n: usize) {
@@ -288,7 +392,7 @@ pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &
     let packs: Vec<Vec<f32>> = (0..groups)
         .map(|g| {
             let w_off = l.group(g).w_off;
-            pack_weights(cg, taps.len(), |ci, t| {
+            pack_weights(cg, taps.len(), block_rows(isa), |ci, t| {
                 let (co, r) = (t / khw, t % khw);
                 let (ky, kx) = (r / l.kw, r % l.kw);
                 params[w_off + ((co * cg + ci) * l.kh + (l.kh - 1 - ky)) * l.kw + (l.kw - 1 - kx)]
@@ -298,7 +402,11 @@ pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &
     let input = |u: usize| group_output(dout, l, u / groups, u % groups);
     let a = |u: usize| packs[u % groups].as_slice();
     let slab = cg * l.h_in * l.w_in;
-    convolve(isa, dinp, slab, n * groups, input, &pad, &taps, a, cg, l.h_in, l.w_in, |_, _, _| {});
+    let (h, w) = (l.h_in, l.w_in);
+    match isa {
+        Isa::Avx2 => convolve_outer(dinp, slab, n * groups, input, &pad, &taps, a, cg, h, w, |_, _, _| {}),
+        Isa::Avx512 => convolve(dinp, slab, n * groups, input, &pad, &taps, a, cg, h, w, |_, _, _| {}),
+    }
 }
 
 /// Channels and taps per backward-weight tile.
@@ -309,7 +417,10 @@ const WCHUNK: usize = 16;
 
 pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, n: usize) {
     for g in 0..l.groups {
-        group_backward_weight(isa, grads, dout, inp, l, g, n);
+        match isa {
+            Isa::Avx2 => group_backward_weight_outer(grads, dout, inp, l, g, n),
+            Isa::Avx512 => group_backward_weight(grads, dout, inp, l, g, n),
+        }
     }
     if let Some(b) = l.b_off {
         let (ho, wo) = (l.h_out, l.w_out);
@@ -321,8 +432,8 @@ pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[
     }
 }
 
-/// dW of group g's filters.
-fn group_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, g: usize, n: usize) {
+/// dW of group g's filters with AVX-512.
+fn group_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, g: usize, n: usize) {
     let (cg, fg) = (l.group_in(), l.group_out());
     let pad = Padded {
         c: cg,
@@ -367,11 +478,10 @@ fn group_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[f32],
         dw.par_chunks_mut(WM * WN).enumerate().for_each(|(t, acc)| {
             let (tm, tn) = (t / tiles_n, t % tiles_n);
             let mut sums = [[0f32; L]; WM * WN];
-            // SAFETY: the caller's `isa` runs on this CPU; all reads are inside xs and ds (the
-            // padded buffers have tail room), rows and taps past the layer's are skipped.
-            unsafe {
-                wgrad_kernel(isa, &xs, xlen, &ds, dlen, cnt, &pad, &taps, tm * WM, tn * WN, fg, ho, wq, &mut sums)
-            };
+            // SAFETY: the caller checked that AVX-512 runs on this CPU; all reads are inside xs
+            // and ds (the padded buffers have tail room), rows and taps past the layer's are
+            // skipped.
+            unsafe { wgrad_kernel(&xs, xlen, &ds, dlen, cnt, &pad, &taps, tm * WM, tn * WN, fg, ho, wq, &mut sums) };
             for (a, s) in acc.iter_mut().zip(&sums) {
                 *a += s.iter().sum::<f32>();
             }
@@ -387,15 +497,120 @@ fn group_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[f32],
     }
 }
 
+/// Output channels (two ymm registers) and taps per AVX2 backward-weight tile.
+const OCO: usize = 16;
+const OT: usize = 6;
+/// Positions of a chunk (whole output rows of one example) whose packed gradient, 16 channels
+/// of each, stays in L1 while a group of tiles runs over it: 256 positions are 16 KiB.
+const OCHUNK: usize = 256;
+/// Tap tiles per task: each task runs its tiles one after another over every chunk.
+const OGROUP: usize = 8;
+
+/// dW of group g's filters with AVX2, as outer products: the output gradient is packed with
+/// 16 channels side by side ([example][block][position][16]), so a tile of 16 channels x 6
+/// taps keeps its 12 sums in registers across a chunk of positions (no sums across lanes, no
+/// padding columns: each position is one x value broadcast against 16 channels' gradients).
+/// A task is one channel block and up to 8 tap tiles; for each chunk of positions, in order,
+/// its tiles run one after another while the chunk's packed gradient is in L1. Each sum runs
+/// over the examples and positions in order within one task: the result does not depend on
+/// the number of threads.
+fn group_backward_weight_outer(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, g: usize, n: usize) {
+    let (cg, fg) = (l.group_in(), l.group_out());
+    let pad = Padded {
+        c: cg,
+        h: l.h_in,
+        w: l.w_in,
+        hp: l.h_in + 2 * l.pad_h,
+        wp: l.w_in + 2 * l.pad_w,
+        pad_h: l.pad_h,
+        pad_w: l.pad_w,
+    };
+    let taps = pad.taps(l.kh, l.kw);
+    let k = taps.len();
+    let (ho, wo) = (l.h_out, l.w_out);
+    let plane = ho * wo;
+    let (cblocks, tblocks) = (fg.div_ceil(OCO), k.div_ceil(OT));
+    // Groups of tap tiles, fewer per task where that leaves too few tasks to share.
+    let threads = rayon::current_num_threads();
+    let group = OGROUP.min((cblocks * tblocks).div_ceil(4 * threads)).max(1);
+    let groups = tblocks.div_ceil(group);
+    let (xlen, dlen) = (pad.len(), cblocks * plane * OCO);
+    let mut xs = vec![0f32; n * xlen];
+    let mut ds = vec![0f32; n * dlen];
+    xs.par_chunks_mut(xlen).zip(ds.par_chunks_mut(dlen)).enumerate().for_each(|(s, (xp, dp))| {
+        pad.fill(xp, group_input(inp, l, s, g));
+        let dy = group_output(dout, l, s, g);
+        for (cb, dst) in dp.chunks_mut(plane * OCO).enumerate() {
+            for i in 0..OCO {
+                let co = cb * OCO + i;
+                if co < fg {
+                    for (p, &v) in dy[co * plane..][..plane].iter().enumerate() {
+                        dst[p * OCO + i] = v;
+                    }
+                } else {
+                    (0..plane).for_each(|p| dst[p * OCO + i] = 0.0);
+                }
+            }
+        }
+    });
+    let rows = (OCHUNK / wo).clamp(1, ho);
+    let tile = OT * OCO;
+    let mut acc = vec![0f32; cblocks * groups * group * tile];
+    acc.par_chunks_mut(group * tile).enumerate().for_each(|(w, a)| {
+        let (cb, g0) = (w / groups, (w % groups) * group);
+        // Taps past the layer's read tap 0; their sums are not results.
+        let tap: Vec<[usize; OT]> = (g0..(g0 + group).min(tblocks))
+            .map(|tb| std::array::from_fn(|j| taps.get(tb * OT + j).map_or(0, |&v| v as usize)))
+            .collect();
+        for s in 0..n {
+            for r0 in (0..ho).step_by(rows) {
+                let g = OGeometry {
+                    x: s * xlen,
+                    d: s * dlen + (cb * plane + r0 * wo) * OCO,
+                    rows: r0..(r0 + rows).min(ho),
+                    wo,
+                    wp: pad.wp,
+                };
+                for (t, a) in tap.iter().zip(a.chunks_mut(tile)) {
+                    // SAFETY: the caller picked Isa::Avx2, which runs on this CPU; every read
+                    // is inside xs (positions inside the padded planes plus taps inside the
+                    // stack) and ds (the chunk's rows of this block).
+                    unsafe { x86::wgrad_outer_avx2(&xs, &ds, &g, t, a) };
+                }
+            }
+        }
+    });
+    let w_off = l.group(g).w_off;
+    let dst = &mut grads[w_off..w_off + fg * k];
+    for co in 0..fg {
+        for t in 0..k {
+            let tile_at = ((co / OCO) * groups * group + t / OT) * tile;
+            dst[co * k + t] = acc[tile_at + (t % OT) * OCO + co % OCO];
+        }
+    }
+}
+
+/// One AVX2 backward-weight tile's chunk (see `group_backward_weight_outer`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct OGeometry {
+    /// The example's padded input in xs.
+    x: usize,
+    /// The chunk's first position of the tile's channel block in ds.
+    d: usize,
+    /// Output rows of the chunk.
+    rows: std::ops::Range<usize>,
+    wo: usize,
+    wp: usize,
+}
+
 /// sums[i * WN + j] (lane-wise) += sum over examples, rows and chunks of
 /// dout[co0 + i][row][chunk] * x_pad[row + tap(t0 + j)][chunk].
 ///
 /// # Safety
-/// `isa` must run on this CPU and the buffers be laid out as `conv2d_backward_weight` makes
+/// AVX-512 must run on this CPU and the buffers be laid out as `group_backward_weight` makes
 /// them.
 #[allow(clippy::too_many_arguments)]
 unsafe fn wgrad_kernel(
-    isa: Isa,
     xs: &[f32],
     xlen: usize,
     ds: &[f32],
@@ -419,12 +634,7 @@ unsafe fn wgrad_kernel(
     }
     let g = WGeometry { xlen, dlen, cnt, wp: pad.wp, co0, mi, ho, wq };
     // SAFETY: passed on from the caller.
-    unsafe {
-        match isa {
-            Isa::Avx512 => x86::wgrad_avx512(xs, ds, &g, &tap, sums),
-            Isa::Avx2 => x86::wgrad_avx2(xs, ds, &g, &tap, sums),
-        }
-    }
+    unsafe { x86::wgrad_avx512(xs, ds, &g, &tap, sums) };
     // Rows and taps past the layer's are not results.
     for (idx, v) in sums.iter_mut().enumerate() {
         if idx / WN >= mi || idx % WN >= nj {
@@ -449,10 +659,83 @@ struct WGeometry {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{L, MR, WGeometry, WM, WN};
+    use super::{L, MR, OCO, OGeometry, OP, OT, WGeometry, WM, WN};
     use std::arch::x86_64::*;
 
-    /// See `kernel`.
+    /// See `convolve_outer`: acc[j][i] += sum over taps t of a[t][i] * x[offs[j] + taps[t]],
+    /// in tap order.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn conv_outer_avx2(
+        a: *const f32,
+        x: *const f32,
+        offs: &[usize; OP],
+        taps: &[u32],
+        acc: &mut [[f32; OCO]; OP],
+    ) {
+        // SAFETY: the caller guarantees every read; acc rows hold 16 floats.
+        unsafe {
+            let mut c = [[_mm256_setzero_ps(); 2]; OP];
+            for (cj, src) in c.iter_mut().zip(acc.iter()) {
+                cj[0] = _mm256_loadu_ps(src.as_ptr());
+                cj[1] = _mm256_loadu_ps(src.as_ptr().add(8));
+            }
+            let ptr: [*const f32; OP] = std::array::from_fn(|j| x.add(offs[j]));
+            for (t, &off) in taps.iter().enumerate() {
+                let w0 = _mm256_loadu_ps(a.add(t * OCO));
+                let w1 = _mm256_loadu_ps(a.add(t * OCO + 8));
+                for j in 0..OP {
+                    let b = _mm256_broadcast_ss(&*ptr[j].add(off as usize));
+                    c[j][0] = _mm256_fmadd_ps(w0, b, c[j][0]);
+                    c[j][1] = _mm256_fmadd_ps(w1, b, c[j][1]);
+                }
+            }
+            for (dst, cj) in acc.iter_mut().zip(c) {
+                _mm256_storeu_ps(dst.as_mut_ptr(), cj[0]);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8), cj[1]);
+            }
+        }
+    }
+
+    /// See `group_backward_weight_outer`: acc[j * 16 + i] += sum over the chunk's positions p
+    /// of dout[channel i][p] * x_pad[p + tap j], in position order.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn wgrad_outer_avx2(xs: &[f32], ds: &[f32], g: &OGeometry, tap: &[usize; OT], acc: &mut [f32]) {
+        assert!(acc.len() >= OT * OCO && g.d + g.rows.len() * g.wo * OCO <= ds.len());
+        // SAFETY: acc and the chunk's gradient are asserted above; xs as the caller guarantees.
+        unsafe {
+            let mut c = [[_mm256_setzero_ps(); 2]; OT];
+            for (j, cj) in c.iter_mut().enumerate() {
+                cj[0] = _mm256_loadu_ps(acc.as_ptr().add(j * OCO));
+                cj[1] = _mm256_loadu_ps(acc.as_ptr().add(j * OCO + 8));
+            }
+            let x = xs.as_ptr().add(g.x);
+            let mut d = ds.as_ptr().add(g.d);
+            for oy in g.rows.clone() {
+                let row = x.add(oy * g.wp);
+                let ptr: [*const f32; OT] = std::array::from_fn(|j| row.add(tap[j]));
+                for ox in 0..g.wo {
+                    let d0 = _mm256_loadu_ps(d);
+                    let d1 = _mm256_loadu_ps(d.add(8));
+                    d = d.add(OCO);
+                    for j in 0..OT {
+                        let b = _mm256_broadcast_ss(&*ptr[j].add(ox));
+                        c[j][0] = _mm256_fmadd_ps(d0, b, c[j][0]);
+                        c[j][1] = _mm256_fmadd_ps(d1, b, c[j][1]);
+                    }
+                }
+            }
+            for (j, cj) in c.iter().enumerate() {
+                _mm256_storeu_ps(acc.as_mut_ptr().add(j * OCO), cj[0]);
+                _mm256_storeu_ps(acc.as_mut_ptr().add(j * OCO + 8), cj[1]);
+            }
+        }
+    }
+
+    /// acc[2i + v] = sum over taps t of a[t][i] * x[b_v + taps[t] .. +16], for i < MR, v < 2.
+    ///
+    /// # Safety
+    /// AVX-512 must run on this CPU; `a` must hold `taps.len() * MR` floats, and every
+    /// `b_v + taps[t] + 15` must be inside the buffer `b0` and `b1` point into.
     #[target_feature(enable = "avx512f,fma")]
     pub unsafe fn kernel_avx512(
         a: *const f32,
@@ -478,38 +761,6 @@ mod x86 {
         for (dst, v) in acc.iter_mut().zip(c) {
             // SAFETY: dst holds 16 floats.
             unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
-        }
-    }
-
-    /// See `kernel`: the tile as four quarters (b0 or b1, low or high 8 columns), each 8
-    /// channels in 8 ymm accumulators.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_avx2(
-        a: *const f32,
-        b0: *const f32,
-        b1: *const f32,
-        taps: &[u32],
-        acc: &mut [[f32; L]; 2 * MR],
-    ) {
-        for q in 0..4 {
-            let (v, half) = (q / 2, q % 2);
-            // SAFETY: inside the 16 floats at b_v + tap that the caller guarantees.
-            let base = unsafe { if v == 0 { b0 } else { b1 }.add(8 * half) };
-            let mut c = [_mm256_setzero_ps(); MR];
-            for (t, &off) in taps.iter().enumerate() {
-                // SAFETY: as above.
-                unsafe {
-                    let x = _mm256_loadu_ps(base.add(off as usize));
-                    let w = a.add(t * MR);
-                    for (i, ci) in c.iter_mut().enumerate() {
-                        *ci = _mm256_fmadd_ps(_mm256_set1_ps(*w.add(i)), x, *ci);
-                    }
-                }
-            }
-            for (i, ci) in c.iter().enumerate() {
-                // SAFETY: the row holds 16 floats.
-                unsafe { _mm256_storeu_ps(acc[2 * i + v][8 * half..].as_mut_ptr(), *ci) };
-            }
         }
     }
 
@@ -550,56 +801,22 @@ mod x86 {
             unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) };
         }
     }
-
-    /// See `wgrad_kernel`: two passes of 2 taps (4 x 2 ymm accumulators); both 8-lane halves
-    /// of a chunk add into lanes 0-7, lanes 8-15 stay zero.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn wgrad_avx2(xs: &[f32], ds: &[f32], g: &WGeometry, tap: &[usize; WN], sums: &mut [[f32; L]; WM * WN]) {
-        for jp in 0..WN / 2 {
-            let mut c = [_mm256_setzero_ps(); WM * 2];
-            for s in 0..g.cnt {
-                let x = xs[s * g.xlen..].as_ptr();
-                let d = ds[s * g.dlen..].as_ptr();
-                for oy in 0..g.ho {
-                    for col in (0..g.wq).step_by(8) {
-                        // SAFETY: inside xs and ds (see `conv2d_backward_weight`).
-                        unsafe {
-                            let mut dv = [_mm256_setzero_ps(); WM];
-                            for (i, v) in dv.iter_mut().enumerate().take(g.mi) {
-                                *v = _mm256_loadu_ps(d.add(((g.co0 + i) * g.ho + oy) * g.wq + col));
-                            }
-                            let base = x.add(oy * g.wp + col);
-                            for jj in 0..2 {
-                                let xv = _mm256_loadu_ps(base.add(tap[2 * jp + jj]));
-                                for i in 0..WM {
-                                    c[i * 2 + jj] = _mm256_fmadd_ps(dv[i], xv, c[i * 2 + jj]);
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            for (idx, v) in c.iter().enumerate() {
-                let (i, jj) = (idx / 2, idx % 2);
-                let dst = &mut sums[i * WN + 2 * jp + jj];
-                // SAFETY: dst holds 16 floats.
-                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), *v) };
-                dst[8..].fill(0.0);
-            }
-        }
-    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
     //! No direct kernels off x86-64: `isas()` is empty there, so none of these is called.
-    use super::{L, MR, WGeometry, WM, WN};
+    use super::{L, MR, OCO, OGeometry, OP, OT, WGeometry, WM, WN};
+    pub unsafe fn conv_outer_avx2(_: *const f32, _: *const f32, _: &[usize; OP], _: &[u32], _: &mut [[f32; OCO]; OP]) {
+        unreachable!()
+    }
+    pub unsafe fn wgrad_outer_avx2(_: &[f32], _: &[f32], _: &OGeometry, _: &[usize; OT], _: &mut [f32]) {
+        unreachable!()
+    }
     pub unsafe fn kernel_avx512(_: *const f32, _: *const f32, _: *const f32, _: &[u32], _: &mut [[f32; L]; 2 * MR]) {
         unreachable!()
     }
-    pub use kernel_avx512 as kernel_avx2;
     pub unsafe fn wgrad_avx512(_: &[f32], _: &[f32], _: &WGeometry, _: &[usize; WN], _: &mut [[f32; L]; WM * WN]) {
         unreachable!()
     }
-    pub use wgrad_avx512 as wgrad_avx2;
 }
