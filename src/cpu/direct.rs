@@ -501,19 +501,20 @@ fn group_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2
 const OCO: usize = 16;
 const OT: usize = 6;
 /// Positions of a chunk (whole output rows of one example) whose packed gradient, 16 channels
-/// of each, stays in L1 while a group of tiles runs over it: 256 positions are 16 KiB.
+/// of each, stays in L1 while the tiles run over it: 256 positions are 16 KiB.
 const OCHUNK: usize = 256;
-/// Tap tiles per task: each task runs its tiles one after another over every chunk.
-const OGROUP: usize = 8;
+/// The examples are cut into at most this many fixed parts, each summing its own partial
+/// weight gradient; the partials are then added in part order (as in the GEMM path's
+/// `WEIGHT_GRAD_CHUNKS`), so the result does not depend on the number of threads.
+const OPARTS: usize = 8;
 
-/// dW of group g's filters with AVX2, as outer products: the output gradient is packed with
-/// 16 channels side by side ([example][block][position][16]), so a tile of 16 channels x 6
-/// taps keeps its 12 sums in registers across a chunk of positions (no sums across lanes, no
-/// padding columns: each position is one x value broadcast against 16 channels' gradients).
-/// A task is one channel block and up to 8 tap tiles; for each chunk of positions, in order,
-/// its tiles run one after another while the chunk's packed gradient is in L1. Each sum runs
-/// over the examples and positions in order within one task: the result does not depend on
-/// the number of threads.
+/// dW of group g's filters with AVX2, as outer products: a tile is 16 output channels x 6
+/// taps, its 12 sums in registers over a chunk of positions (no sums across lanes, no padding
+/// columns: each position is one x value broadcast against 16 channels' gradients). A task is
+/// one channel block and one part of the examples: for each chunk of its examples' positions
+/// it packs the block's output gradient ([position][16], in L1) and runs every tap tile over
+/// it, so the gradient is read from memory once whatever the number of taps (a first layer of
+/// one input channel has 5 tiles to a wide layer's 200).
 fn group_backward_weight_outer(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, g: usize, n: usize) {
     let (cg, fg) = (l.group_in(), l.group_out());
     let pad = Padded {
@@ -530,62 +531,54 @@ fn group_backward_weight_outer(grads: &mut [f32], dout: &[f32], inp: &[f32], l: 
     let (ho, wo) = (l.h_out, l.w_out);
     let plane = ho * wo;
     let (cblocks, tblocks) = (fg.div_ceil(OCO), k.div_ceil(OT));
-    // Groups of tap tiles, fewer per task where that leaves too few tasks to share.
-    let threads = rayon::current_num_threads();
-    let group = OGROUP.min((cblocks * tblocks).div_ceil(4 * threads)).max(1);
-    let groups = tblocks.div_ceil(group);
-    let (xlen, dlen) = (pad.len(), cblocks * plane * OCO);
+    let parts = OPARTS.min(n).max(1);
+    let xlen = pad.len();
     let mut xs = vec![0f32; n * xlen];
-    let mut ds = vec![0f32; n * dlen];
-    xs.par_chunks_mut(xlen).zip(ds.par_chunks_mut(dlen)).enumerate().for_each(|(s, (xp, dp))| {
-        pad.fill(xp, group_input(inp, l, s, g));
-        let dy = group_output(dout, l, s, g);
-        for (cb, dst) in dp.chunks_mut(plane * OCO).enumerate() {
-            for i in 0..OCO {
-                let co = cb * OCO + i;
-                if co < fg {
-                    for (p, &v) in dy[co * plane..][..plane].iter().enumerate() {
-                        dst[p * OCO + i] = v;
-                    }
-                } else {
-                    (0..plane).for_each(|p| dst[p * OCO + i] = 0.0);
-                }
-            }
-        }
-    });
+    xs.par_chunks_mut(xlen).enumerate().for_each(|(s, xp)| pad.fill(xp, group_input(inp, l, s, g)));
+    // Taps past the layer's read tap 0; their sums are not results.
+    let tap: Vec<[usize; OT]> =
+        (0..tblocks).map(|tb| std::array::from_fn(|j| taps.get(tb * OT + j).map_or(0, |&v| v as usize))).collect();
     let rows = (OCHUNK / wo).clamp(1, ho);
     let tile = OT * OCO;
-    let mut acc = vec![0f32; cblocks * groups * group * tile];
-    acc.par_chunks_mut(group * tile).enumerate().for_each(|(w, a)| {
-        let (cb, g0) = (w / groups, (w % groups) * group);
-        // Taps past the layer's read tap 0; their sums are not results.
-        let tap: Vec<[usize; OT]> = (g0..(g0 + group).min(tblocks))
-            .map(|tb| std::array::from_fn(|j| taps.get(tb * OT + j).map_or(0, |&v| v as usize)))
-            .collect();
-        for s in 0..n {
-            for r0 in (0..ho).step_by(rows) {
-                let g = OGeometry {
-                    x: s * xlen,
-                    d: s * dlen + (cb * plane + r0 * wo) * OCO,
-                    rows: r0..(r0 + rows).min(ho),
-                    wo,
-                    wp: pad.wp,
-                };
-                for (t, a) in tap.iter().zip(a.chunks_mut(tile)) {
-                    // SAFETY: the caller picked Isa::Avx2, which runs on this CPU; every read
-                    // is inside xs (positions inside the padded planes plus taps inside the
-                    // stack) and ds (the chunk's rows of this block).
-                    unsafe { x86::wgrad_outer_avx2(&xs, &ds, &g, t, a) };
+    // Partial sums [part][block][tap tile][tile], one task per (part, block).
+    let mut acc = vec![0f32; parts * cblocks * tblocks * tile];
+    acc.par_chunks_mut(tblocks * tile).enumerate().for_each_init(
+        || vec![0f32; rows * wo * OCO],
+        |dp, (w, a)| {
+            let (part, cb) = (w / cblocks, w % cblocks);
+            for s in part * n / parts..(part + 1) * n / parts {
+                let dy = group_output(dout, l, s, g);
+                for r0 in (0..ho).step_by(rows) {
+                    let r1 = (r0 + rows).min(ho);
+                    let (p0, np) = (r0 * wo, (r1 - r0) * wo);
+                    for i in 0..OCO {
+                        let co = cb * OCO + i;
+                        if co < fg {
+                            for (p, &v) in dy[co * plane + p0..][..np].iter().enumerate() {
+                                dp[p * OCO + i] = v;
+                            }
+                        } else {
+                            (0..np).for_each(|p| dp[p * OCO + i] = 0.0);
+                        }
+                    }
+                    let geo = OGeometry { x: s * xlen, rows: r0..r1, wo, wp: pad.wp };
+                    for (t, a) in tap.iter().zip(a.chunks_mut(tile)) {
+                        // SAFETY: the caller picked Isa::Avx2, which runs on this CPU; every
+                        // read is inside xs (positions inside the padded planes plus taps
+                        // inside the stack) and dp (the chunk's positions, asserted).
+                        unsafe { x86::wgrad_outer_avx2(&xs, &dp[..np * OCO], &geo, t, a) };
+                    }
                 }
             }
-        }
-    });
+        },
+    );
     let w_off = l.group(g).w_off;
     let dst = &mut grads[w_off..w_off + fg * k];
+    let stride = cblocks * tblocks * tile;
     for co in 0..fg {
         for t in 0..k {
-            let tile_at = ((co / OCO) * groups * group + t / OT) * tile;
-            dst[co * k + t] = acc[tile_at + (t % OT) * OCO + co % OCO];
+            let at = ((co / OCO) * tblocks + t / OT) * tile + (t % OT) * OCO + co % OCO;
+            dst[co * k + t] = (1..parts).fold(acc[at], |sum, part| sum + acc[part * stride + at]);
         }
     }
 }
@@ -595,8 +588,6 @@ fn group_backward_weight_outer(grads: &mut [f32], dout: &[f32], inp: &[f32], l: 
 struct OGeometry {
     /// The example's padded input in xs.
     x: usize,
-    /// The chunk's first position of the tile's channel block in ds.
-    d: usize,
     /// Output rows of the chunk.
     rows: std::ops::Range<usize>,
     wo: usize,
@@ -697,10 +688,10 @@ mod x86 {
     }
 
     /// See `group_backward_weight_outer`: acc[j * 16 + i] += sum over the chunk's positions p
-    /// of dout[channel i][p] * x_pad[p + tap j], in position order.
+    /// of ds[p][i] (channel i's gradient) * x_pad[p + tap j], in position order.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn wgrad_outer_avx2(xs: &[f32], ds: &[f32], g: &OGeometry, tap: &[usize; OT], acc: &mut [f32]) {
-        assert!(acc.len() >= OT * OCO && g.d + g.rows.len() * g.wo * OCO <= ds.len());
+        assert!(acc.len() >= OT * OCO && g.rows.len() * g.wo * OCO <= ds.len());
         // SAFETY: acc and the chunk's gradient are asserted above; xs as the caller guarantees.
         unsafe {
             let mut c = [[_mm256_setzero_ps(); 2]; OT];
@@ -709,7 +700,7 @@ mod x86 {
                 cj[1] = _mm256_loadu_ps(acc.as_ptr().add(j * OCO + 8));
             }
             let x = xs.as_ptr().add(g.x);
-            let mut d = ds.as_ptr().add(g.d);
+            let mut d = ds.as_ptr();
             for oy in g.rows.clone() {
                 let row = x.add(oy * g.wp);
                 let ptr: [*const f32; OT] = std::array::from_fn(|j| row.add(tap[j]));
