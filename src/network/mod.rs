@@ -14,6 +14,7 @@ mod fits;
 mod members;
 mod plan;
 mod step;
+mod traffic;
 
 pub use data::{DeviceData, Shard, Stream, pack};
 pub use eval::{EvalResult, Evaluation, ensemble_of};
