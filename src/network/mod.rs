@@ -12,7 +12,7 @@ mod data;
 mod eval;
 mod fits;
 mod members;
-mod plan;
+pub mod plan;
 mod step;
 mod traffic;
 
