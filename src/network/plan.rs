@@ -60,8 +60,9 @@ impl Plan {
 /// One step of the backward, over gradient slots (`Backward::slots`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Node `node`'s fused activation (and dropout): slot `to` = the pre-activation gradient
-    /// from the output gradient in slot `from`.
+    /// Node `node`'s fused activation (and dropout) after a conv or dense op: slot `to` = the
+    /// pre-activation gradient from the output gradient in slot `from` (batch norm's backward
+    /// takes its activation's output gradient itself).
     Epilogue { node: usize, from: usize, to: usize },
     /// Node `node`'s own backward from its output gradient in slot `dy`: its parameters'
     /// gradients, and its input's gradient into slot `dx` when given.
