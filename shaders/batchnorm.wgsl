@@ -2,6 +2,11 @@
 // the backward's sums use one workgroup per channel with a fixed-order tree reduction.
 // saved holds (mean, 1/sqrt(var + eps)) per channel for the backward; state holds the
 // running mean and variance (unbiased, as torch) at their offsets.
+//
+// An activation after the normalisation (any act_any code; a dropout too after a relu) is
+// fused in: the forward writes act(y) (dropped out) instead of y, and the backward takes the
+// gradient of that output through the activation as activation_backward does, in each of its
+// two passes, so neither y nor its gradient is ever written.
 
 struct Params {
     n: u32,
@@ -14,6 +19,15 @@ struct Params {
     mean_off: u32,
     var_off: u32,
     train: u32,
+    // the fused epilogue: activation code (0: none), leaky relu's slope, dropout after relu
+    act: u32,
+    slope: f32,
+    has_dropout: u32,
+    drop_members: u32,
+    drop_len: u32,
+    drop_stream: u32,
+    drop_step: u32,
+    drop_at: u32,
 }
 
 @group(1) @binding(0) var<uniform> prm: Params;
@@ -22,7 +36,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> saved: array<f32>;
 @group(0) @binding(3) var<storage, read_write> state: array<f32>;  // running stats; grads in the backward
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(5) var<storage, read> params: array<f32>;
+@group(0) @binding(5) var<storage, read> params: array<f32>;       // backward
+@group(0) @binding(6) var<storage, read> post: array<f32>;         // backward: the epilogue's output
 
 var<workgroup> red_a: array<f32, 256>;
 var<workgroup> red_b: array<f32, 256>;
@@ -43,6 +58,33 @@ fn reduce2(lid: u32, a: f32, b: f32) {
         }
         workgroupBarrier();
     }
+}
+
+// The forward's epilogue on the normalised value y of element i (members.wgsl's dropout).
+fn epilogue_forward(y: f32, i: u32) -> f32 {
+    let z = act_any(y, prm.act, prm.slope);
+    if prm.has_dropout == 1u {
+        return member_dropout(z, i, prm.drop_members, prm.drop_len, prm.drop_stream, prm.drop_step, prm.drop_at);
+    }
+    return z;
+}
+
+// The gradient of the normalised value y of element j of channel c: the output's gradient
+// (src), through the epilogue where there is one, act' from its output (post), or for gelu
+// and silu from y, recomputed from the input (aux) as batchnorm_forward computed it.
+fn dy_at(j: u32, c: u32, mean: f32, invstd: f32) -> f32 {
+    if prm.act == 0u {
+        return src[j];
+    }
+    var scale = 1.0;
+    if prm.has_dropout == 1u {
+        scale = member_dropout_scale(j, prm.drop_members, prm.drop_len, prm.drop_at);
+    }
+    var v = post[j];
+    if prm.act == 5u || prm.act == 6u {
+        v = (aux[j] - mean) * invstd * params[prm.gamma_off + c] + params[prm.beta_off + c];
+    }
+    return src[j] * act_any_grad(v, prm.act, prm.slope) * scale;
 }
 
 // One workgroup per channel: mean and biased variance (two passes), saved stats, running stats.
@@ -96,7 +138,7 @@ fn batchnorm_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
         mean = state[prm.mean_off + c];
         invstd = 1.0 / sqrt(state[prm.var_off + c] + prm.eps);
     }
-    dst[i] = (src[i] - mean) * invstd * aux[prm.gamma_off + c] + aux[prm.beta_off + c];
+    dst[i] = epilogue_forward((src[i] - mean) * invstd * aux[prm.gamma_off + c] + aux[prm.beta_off + c], i);
 }
 
 // One workgroup per channel: dgamma = sum dy * xhat, dbeta = sum dy, into the gradients.
@@ -116,8 +158,9 @@ fn batchnorm_backward_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     var db = 0.0;
     for (var k = lid; k < m; k += WG) {
         let j = at(k, c);
-        dg += src[j] * (aux[j] - mean) * invstd;
-        db += src[j];
+        let dy = dy_at(j, c, mean, invstd);
+        dg += dy * (aux[j] - mean) * invstd;
+        db += dy;
     }
     reduce2(lid, dg, db);
     if lid == 0u {
@@ -140,5 +183,5 @@ fn batchnorm_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(nu
     let xhat = (aux[i] - mean) * invstd;
     let dg = state[prm.gamma_off + c];
     let db = state[prm.beta_off + c];
-    dst[i] = params[prm.gamma_off + c] * invstd / m * (m * src[i] - db - xhat * dg);
+    dst[i] = params[prm.gamma_off + c] * invstd / m * (m * dy_at(i, c, mean, invstd) - db - xhat * dg);
 }

@@ -87,7 +87,8 @@ impl Dropout {
     }
 }
 
-/// What `conv2d_forward` and `dense_forward` apply to each output after the bias.
+/// What `conv2d_forward` and `dense_forward` apply to each output after the bias (an
+/// activation whose `Act::fuses` holds), and `batchnorm_forward` after normalising (any).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Epilogue {
     pub act: Option<Act>,
@@ -427,7 +428,8 @@ pub trait Backend {
 
     /// Batch norm. Training: normalise by the batch's statistics, save (mean, 1/std) per
     /// channel in `saved` (2c) and update the running statistics in `state`. Evaluation:
-    /// normalise by the running statistics.
+    /// normalise by the running statistics. Then `epi`: any activation, and after a relu a
+    /// dropout (`table` is the member table, for its mask), as the separate ops compute them.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_forward(
         &mut self,
@@ -436,10 +438,18 @@ pub trait Backend {
         state: &mut Self::Buf,
         inp: &Self::Buf,
         params: &Self::Buf,
+        table: &Self::IBuf,
         l: &BatchNorm,
         n: usize,
         train: bool,
+        epi: Epilogue,
     );
+    /// dinp (n, c, h, w) and dgamma, dbeta (into `grads`) from dout, the gradient of the
+    /// forward's output `out`. With an epilogue, dout is that of the epilogue's output and
+    /// is first taken through it as `activation_backward` would (dout * act'(.) * the dropout
+    /// scale, act' from `out`, or for gelu and silu from the normalised input, recomputed
+    /// from `inp` as the forward computed it) without writing that gradient out; without
+    /// one, `out` is not read.
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_backward(
         &mut self,
@@ -447,10 +457,13 @@ pub trait Backend {
         grads: &mut Self::Buf,
         dout: &Self::Buf,
         inp: &Self::Buf,
+        out: &Self::Buf,
         saved: &Self::Buf,
         params: &Self::Buf,
+        table: &Self::IBuf,
         l: &BatchNorm,
         n: usize,
+        epi: Epilogue,
     );
 
     /// Softmax + cross-entropy, fused, one per member: logits (n, members, classes), each

@@ -44,6 +44,12 @@ pub struct BenchResult {
     pub dispatches_per_step: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_seconds_per_step: Option<f64>,
+    /// GPU: bytes one step moves, estimated from the plan as the launchers dispatch it: per
+    /// dispatch, each operand it reads and each it writes counted once at the length it
+    /// covers (4 bytes an element, packed images 1 a pixel), without re-reads inside a
+    /// dispatch, split-K partials or per-channel scalars (`Network::bytes_per_step`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_per_step: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dispatches_per_member_step: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +142,7 @@ pub async fn bench<B: Backend>(
         augment,
         dispatches_per_step: host.map(|h| h.0),
         host_seconds_per_step: host.map(|h| h.1),
+        bytes_per_step: host.map(|_| net.bytes_per_step(batch)),
         dispatches_per_member_step: host.map(|h| h.0 / k as f64),
         host_seconds_per_member_step: host.map(|h| h.1 / k as f64),
         footprint,

@@ -502,6 +502,7 @@ async fn dropout_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
 async fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
     let mut out = Vec::new();
     let bn_tol = (1e-4, 1e-4);
+    let table = up_u32(b, &test_table(1).words)?;
     for (i, (n, c, hw)) in [(4usize, 3usize, 10usize), (1, 5, 49), (7, 300, 1)].into_iter().enumerate() {
         let l = BatchNorm { c, hw, eps: 1e-5, momentum: 0.1, gamma_off: 0, beta_off: 320, mean_off: 0, var_off: 320 };
         let tag = format!("n={n} c={c} hw={hw}");
@@ -514,8 +515,9 @@ async fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let mut state = up(b, &state0)?;
         let mut saved = b.alloc(2 * c)?;
         let mut y = b.alloc(n * c * hw)?;
+        let none = Epilogue::default();
         for train in [true, false] {
-            b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &l, n, train);
+            b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &table, &l, n, train, none);
             let mode = if train { "train" } else { "eval" };
             out.push(Out::new(
                 format!("batchnorm_forward {mode} {tag}"),
@@ -527,11 +529,11 @@ async fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
         let stats = b.download(&state, 640).await?;
         out.push(Out::new(format!("batchnorm_forward {tag} running stats"), stats, (1e-5, 1e-4), (1e-5, 1e-4)));
         // Backward, from the training forward's saved statistics.
-        b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &l, n, true);
+        b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &table, &l, n, true, none);
         let d = up(b, &random(113 + i as u64, n * c * hw, -1.0, 1.0))?;
         let mut dx = b.alloc(n * c * hw)?;
         let mut g = b.alloc(640)?;
-        b.batchnorm_backward(&mut dx, &mut g, &d, &x, &saved, &p, &l, n);
+        b.batchnorm_backward(&mut dx, &mut g, &d, &x, &y, &saved, &p, &table, &l, n, none);
         out.push(Out::new(format!("batchnorm_backward {tag} dx"), b.download(&dx, n * c * hw).await?, bn_tol, bn_tol));
         out.push(Out::new(
             format!("batchnorm_backward {tag} dgamma/dbeta"),
@@ -539,6 +541,53 @@ async fn batchnorm_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
             bn_tol,
             bn_tol,
         ));
+    }
+    out.extend(batchnorm_epilogue_cases(b).await?);
+    Ok(out)
+}
+
+/// Batch norm with every activation fused after it (and relu + dropout, over 2 members), on
+/// batch 1 and on odd sizes: the training forward, and the backward from the output's
+/// gradient. The backward reads the fused output (the derivative of relu, sigmoid, tanh and
+/// leaky relu comes from it), so every side gets the CPU's, as in `activation_cases`: a
+/// value within rounding of a relu's kink would otherwise flip the derivative on one side.
+async fn batchnorm_epilogue_cases<B: Backend>(b: &mut B) -> Result<Vec<Out>> {
+    let mut out = Vec::new();
+    let bn_tol = (1e-4, 1e-4);
+    let mut t = test_table(2);
+    let at = t.dropout(&[0.3, 0.6]);
+    let table = up_u32(b, &t.words)?;
+    let acts = [Act::Relu, Act::Sigmoid, Act::Tanh, Act::LeakyRelu(0.1), Act::Gelu, Act::Silu];
+    for (i, (n, c, hw)) in [(1usize, 6usize, 49usize), (3, 6, 13)].into_iter().enumerate() {
+        let l = BatchNorm { c, hw, eps: 1e-5, momentum: 0.1, gamma_off: 0, beta_off: c, mean_off: 0, var_off: c };
+        let len = n * c * hw;
+        let mut params = random(120 + i as u64, 2 * c, 0.5, 1.5);
+        params[c..].copy_from_slice(&random(121 + i as u64, c, -0.5, 0.5));
+        let x_host = random(122 + i as u64, len, -2.0, 3.0);
+        let d_host = random(123 + i as u64, len, -1.0, 1.0);
+        let (p, x, d) = (up(b, &params)?, up(b, &x_host)?, up(b, &d_host)?);
+        let dropout = Dropout { members: 2, len: c / 2 * hw, stream: 0x107, step: 5, at };
+        let epilogues = acts.iter().map(|&a| Epilogue::act(Some(a)));
+        for epi in epilogues.chain([Epilogue { act: Some(Act::Relu), dropout: Some(dropout) }]) {
+            let act = epi.act.map_or(String::new(), |a| format!("{a:?}"));
+            let tag = format!("+{act}{} n={n} c={c} hw={hw}", if epi.dropout.is_some() { "+dropout x2" } else { "" });
+            // running mean 0, variance 1
+            let state0: Vec<f32> = (0..2 * c).map(|k| if k < c { 0.0 } else { 1.0 }).collect();
+            let mut state = up(b, &state0)?;
+            let (mut saved, mut y) = (b.alloc(2 * c)?, b.alloc(len)?);
+            b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &table, &l, n, true, epi);
+            out.push(Out::new(format!("batchnorm_forward {tag}"), b.download(&y, len).await?, bn_tol, bn_tol));
+            let mut z = vec![0f32; len];
+            let (mut s_host, mut st_host) = (vec![0f32; 2 * c], vec![0f32; 2 * c]);
+            let host = crate::cpu::batchnorm::batchnorm_forward;
+            host(&mut z, &mut s_host, &mut st_host, &x_host, &params, &t.words, &l, n, true, epi);
+            let z = up(b, &z)?;
+            let (mut dx, mut g) = (b.alloc(len)?, b.alloc(2 * c)?);
+            b.batchnorm_backward(&mut dx, &mut g, &d, &x, &z, &saved, &p, &table, &l, n, epi);
+            out.push(Out::new(format!("batchnorm_backward {tag} dx"), b.download(&dx, len).await?, bn_tol, bn_tol));
+            let name = format!("batchnorm_backward {tag} dgamma/dbeta");
+            out.push(Out::new(name, b.download(&g, 2 * c).await?, bn_tol, bn_tol));
+        }
     }
     Ok(out)
 }

@@ -288,9 +288,13 @@ fn dropout_backward_matches_finite_differences_and_drops_about_p() {
     }
 }
 
+/// Batch norm's backward, on its own and with an activation fused after it (the fused
+/// backward takes the activation's output gradient: gelu's derivative from the normalised
+/// input it recomputes, tanh's from the output).
 #[test]
 fn batchnorm_backward_matches_finite_differences() {
-    for (c, hw, n) in [(3, 10, 4), (5, 1, 6)] {
+    let epilogues = [None, Some(Act::Gelu), Some(Act::Tanh)].map(Epilogue::act);
+    for ((c, hw, n), epi) in [(3, 10, 4), (5, 1, 6)].into_iter().flat_map(|s| epilogues.map(|e| (s, e))) {
         let l = BatchNorm { c, hw, eps: 1e-5, momentum: 0.1, gamma_off: 0, beta_off: 8, mean_off: 0, var_off: 8 };
         let mut params = uniform(11, 16, 0.5, 1.5);
         params[8..].copy_from_slice(&uniform(12, 8, -0.5, 0.5));
@@ -299,20 +303,22 @@ fn batchnorm_backward_matches_finite_differences() {
         let fwd = |x: &[f32], p: &[f32]| {
             let mut y = vec![0.0; x.len()];
             let (mut saved, mut state) = (vec![0.0; 2 * c], vec![0.0; 16]);
-            batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, x, p, &l, n, true);
+            batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, x, p, &[], &l, n, true, epi);
             dot(&r, &y)
         };
         let mut y = vec![0.0; x.len()];
         let (mut saved, mut state) = (vec![0.0; 2 * c], vec![0.0; 16]);
-        batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, &x, &params, &l, n, true);
+        batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, &x, &params, &[], &l, n, true, epi);
         let mut dx = vec![0.0; x.len()];
         let mut g = vec![0.0; 16];
-        batchnorm::batchnorm_backward(&mut dx, &mut g, &r, &x, &saved, &params, &l, n);
+        batchnorm::batchnorm_backward(&mut dx, &mut g, &r, &x, &y, &saved, &params, &[], &l, n, epi);
+        let tag = format!("batchnorm {:?}", epi.act);
         let idx: Vec<usize> = (0..x.len()).collect();
-        assert_close("batchnorm dx", &dx, &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)), ATOL, RTOL);
+        assert_close(&format!("{tag} dx"), &dx, &numeric_grad(&x, &idx, EPS, |x| fwd(x, &params)), ATOL, RTOL);
         let pidx: Vec<usize> = (0..c).chain(8..8 + c).collect();
         let ana: Vec<f32> = pidx.iter().map(|&i| g[i]).collect();
-        assert_close("batchnorm dgamma/dbeta", &ana, &numeric_grad(&params, &pidx, EPS, |p| fwd(&x, p)), ATOL, RTOL);
+        let num = numeric_grad(&params, &pidx, EPS, |p| fwd(&x, p));
+        assert_close(&format!("{tag} dgamma/dbeta"), &ana, &num, ATOL, RTOL);
     }
 }
 

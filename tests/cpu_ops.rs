@@ -214,13 +214,13 @@ fn batchnorm_normalises_and_tracks_running_statistics_like_torch() {
     let x = [1.0, 3.0, 5.0, 7.0]; // mean 4, biased var 5, unbiased 20/3
     let params = [2.0, 1.0];
     let (mut y, mut saved, mut state) = (vec![0.0; 4], vec![0.0; 2], vec![0.0, 1.0]);
-    batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, &x, &params, &l, 2, true);
+    batchnorm::batchnorm_forward(&mut y, &mut saved, &mut state, &x, &params, &[], &l, 2, true, Default::default());
     let s = 5f32.sqrt();
     assert_close("bn train", &y, &[-6.0 / s + 1.0, -2.0 / s + 1.0, 2.0 / s + 1.0, 6.0 / s + 1.0], 1e-5, 1e-5);
     assert_close("running", &state, &[0.4, 0.9 + 0.1 * 20.0 / 3.0], 1e-6, 1e-6);
     // Evaluation uses the running statistics.
     let mut ye = vec![0.0; 4];
-    batchnorm::batchnorm_forward(&mut ye, &mut saved, &mut state, &x, &params, &l, 2, false);
+    batchnorm::batchnorm_forward(&mut ye, &mut saved, &mut state, &x, &params, &[], &l, 2, false, Default::default());
     let sd = state[1].sqrt();
     assert!((ye[0] - (2.0 * (1.0 - state[0]) / sd + 1.0)).abs() < 1e-5);
 }

@@ -99,6 +99,12 @@ fn whole_models_match_the_cpu_reference() {
         .map(|n| (presets::load(n).unwrap(), digits.clone()))
         .collect();
     specs.push((presets::parse(bn, "bn").unwrap(), digits.clone()));
+    // Batch norm with relu + dropout, gelu and leaky relu fused after it.
+    let bn_act = "name = 'bn-act'\nlayers = [{ type = 'conv2d', filters = 3, kernel = 3, bias = false }, { type = 'batch_norm' }, \
+                  { type = 'relu' }, { type = 'dropout', p = 0.3 }, { type = 'conv2d', filters = 3, kernel = 3, bias = false }, \
+                  { type = 'batch_norm' }, { type = 'gelu' }, { type = 'conv2d', filters = 3, kernel = 3, bias = false }, \
+                  { type = 'batch_norm' }, { type = 'leaky_relu', slope = 0.1 }, { type = 'flatten' }, { type = 'dense', units = 10 }]\n";
+    specs.push((presets::parse(bn_act, "bn-act").unwrap(), digits.clone()));
     // RGB: the VGG-style preset on random 32x32 colour pictures, flipped and shifted.
     let mut vgg = presets::load("vgg").unwrap();
     vgg.train.normalize = gpu_train::model::spec::Normalize::values(vec![0.49, 0.48, 0.45], vec![0.25, 0.24, 0.26]);
@@ -665,4 +671,84 @@ fn kernel_variants_replay_validate_and_time() {
     assert!(!ran.iter().any(|r| defaults.contains(&r.as_str())), "{ran:?}");
     g.clear_choices();
     assert!(g.choices().is_empty());
+}
+
+/// Batch norm with an activation fused after it against batch norm, the activation and (after
+/// relu) dropout as separate ops, as the unfused plan ran them (the backward: dropout's, the
+/// activation's from its output, or gelu's and silu's from its input, then batch norm's), on
+/// `b`: 3 examples of 2 members x 3 channels of 13. Returns the mismatches. The forward must
+/// agree bit for bit; the backward as numbers: where dropout dropped an element, the separate
+/// ops' gradient is +0 and the fused one dout * 0, which is -0 for a negative dout.
+fn fused_batchnorm_mismatches<B: Backend>(b: &mut B) -> Vec<String> {
+    use gpu_train::backend::{Dropout, Epilogue, TableBuilder};
+    use gpu_train::model::BatchNorm;
+    let (n, c, hw) = (3, 6, 13);
+    let len = n * c * hw;
+    let l = BatchNorm { c, hw, eps: 1e-5, momentum: 0.1, gamma_off: 0, beta_off: c, mean_off: 0, var_off: c };
+    let mut t = TableBuilder::new(&[3, 4]);
+    let at = t.dropout(&[0.3, 0.6]);
+    let mut up = |v: &[f32]| {
+        let mut x = b.alloc(v.len()).unwrap();
+        b.upload(&mut x, v).unwrap();
+        x
+    };
+    let (x, p, dout) =
+        (up(&uniform(1, len, -2.0, 3.0)), up(&uniform(2, 2 * c, 0.5, 1.5)), up(&uniform(3, len, -1.0, 1.0)));
+    let mut table = b.alloc_u32(t.words.len()).unwrap();
+    b.upload_u32(&mut table, &t.words).unwrap();
+    let d = Dropout { members: 2, len: 3 * hw, stream: 0x109, step: 2, at };
+    let acts = [Act::Relu, Act::Sigmoid, Act::Tanh, Act::LeakyRelu(0.1), Act::Gelu, Act::Silu];
+    let cases =
+        acts.map(|a| Epilogue::act(Some(a))).into_iter().chain([Epilogue { act: Some(Act::Relu), dropout: Some(d) }]);
+    let mut bad = Vec::new();
+    for epi in cases {
+        let a = epi.act.unwrap();
+        let mut buf = || b.alloc(len).unwrap();
+        let (mut y, mut z, mut w, mut fused, mut dz, mut dy, mut dx, mut dx_fused) =
+            (buf(), buf(), buf(), buf(), buf(), buf(), buf(), buf());
+        let (mut saved, mut state, mut g, mut g_fused) =
+            (b.alloc(2 * c).unwrap(), b.alloc(2 * c).unwrap(), b.alloc(2 * c).unwrap(), b.alloc(2 * c).unwrap());
+        // Separate ops.
+        b.batchnorm_forward(&mut y, &mut saved, &mut state, &x, &p, &table, &l, n, true, Epilogue::default());
+        b.activation_forward(&mut z, &y, len, a);
+        let out = match epi.dropout {
+            Some(d) => {
+                b.dropout_forward(&mut w, &z, &table, len, &d);
+                b.dropout_backward(&mut dz, &dout, &table, len, &d);
+                &w
+            }
+            None => &z,
+        };
+        let dz_in = if epi.dropout.is_some() { &dz } else { &dout };
+        b.activation_backward(&mut dy, dz_in, if a.grad_from_output() { &z } else { &y }, &table, len, a, None);
+        b.batchnorm_backward(&mut dx, &mut g, &dy, &x, &y, &saved, &p, &table, &l, n, Epilogue::default());
+        // Fused.
+        b.batchnorm_forward(&mut fused, &mut saved, &mut state, &x, &p, &table, &l, n, true, epi);
+        b.batchnorm_backward(&mut dx_fused, &mut g_fused, &dout, &x, &fused, &saved, &p, &table, &l, n, epi);
+        let mut read = |v: &B::Buf, k: usize| pollster::block_on(b.download(v, k)).unwrap();
+        let tag = format!("{a:?}{}", if epi.dropout.is_some() { "+dropout" } else { "" });
+        let (f, s) = (read(&fused, len), read(out, len));
+        if f.iter().zip(&s).any(|(f, s)| f.to_bits() != s.to_bits()) {
+            bad.push(format!("{tag} forward"));
+        }
+        for (what, f, s) in
+            [("dx", read(&dx_fused, len), read(&dx, len)), ("dgamma/dbeta", read(&g_fused, 2 * c), read(&g, 2 * c))]
+        {
+            if let Some(i) = (0..f.len()).find(|&i| f[i] != s[i]) {
+                bad.push(format!("{tag} {what}: [{i}] fused {} separate {}", f[i], s[i]));
+            }
+        }
+    }
+    bad
+}
+
+/// Fusing batch norm with its activation (and dropout) changes no result: the fused ops
+/// against the separate ones, on the CPU and on the GPU (`fused_batchnorm_mismatches`).
+#[test]
+fn fused_batchnorm_equals_the_separate_ops() {
+    let cpu = fused_batchnorm_mismatches(&mut CpuBackend::new());
+    assert!(cpu.is_empty(), "cpu: {cpu:?}");
+    let Some(mut g) = gpu() else { return };
+    let gpu = fused_batchnorm_mismatches(&mut g);
+    assert!(gpu.is_empty(), "gpu: {gpu:?}");
 }

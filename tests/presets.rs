@@ -1,6 +1,7 @@
 //! Model files and presets: every file in models/ is a preset and resolves; the seed models
 //! have the seeds' shapes; tensors are named as torch.nn.Sequential names them; malformed
-//! files fail with messages that say what is wrong.
+//! files fail with messages that say what is wrong. The presets' plans fuse batch norm with
+//! the activation after it only where nothing else reads batch norm's output.
 
 use crate::common::*;
 use gpu_train::model::{Arch, Layer, Shape, presets};
@@ -222,4 +223,48 @@ fn malformed_model_files_fail_with_a_reason() {
     }
     let err = presets::load("no-such-model").unwrap_err().to_string();
     assert!(err.contains("unknown preset") && err.contains("cnn4"), "{err}");
+}
+
+/// Batch norm fuses the activation after it (and a dropout after a relu, in training) where
+/// nothing else reads its output, and its backward then runs no epilogue step; in a residual
+/// block a batch norm before the `Add` stays unfused, and so does the relu after the `Add`.
+#[test]
+fn batch_norm_fuses_its_activation_only_where_nothing_else_reads_it() {
+    use gpu_train::network::plan::{Step, backward, plan};
+    let bn_nodes = |a: &Arch, train: bool| {
+        let p = plan(a, train);
+        p.nodes.into_iter().filter(|n| matches!(a.layers[n.layer], Layer::BatchNorm(_))).collect::<Vec<_>>()
+    };
+    // cnn6: five conv, BN, relu and a last BN on the logits (nothing after it).
+    let cnn6 = arch("cnn6");
+    let fused: Vec<bool> = bn_nodes(&cnn6, true).iter().map(|n| n.fused.is_some()).collect();
+    assert_eq!(fused, [true, true, true, true, true, false]);
+    let train = plan(&cnn6, true);
+    assert!(train.nodes.iter().all(|n| !matches!(cnn6.layers[n.layer], Layer::Act(_))));
+    let steps = backward(&cnn6, &train).steps;
+    assert!(steps.iter().all(|s| !matches!(s, Step::Epilogue { .. })), "{steps:?}");
+    // resnet20: a block's first BN fuses its relu; the BN before the Add (and the
+    // projection's) stays unfused, the relu after the Add runs on its own.
+    let res = arch("resnet20");
+    let p = plan(&res, true);
+    for n in bn_nodes(&res, true) {
+        let next = res.layers.get(n.layer + 1);
+        assert_eq!(
+            n.fused.is_some(),
+            matches!(next, Some(Layer::Act(_))),
+            "layer {} ({})",
+            n.layer,
+            res.names[n.layer]
+        );
+    }
+    let adds = p.nodes.iter().filter(|n| matches!(res.layers[n.layer], Layer::Add { .. })).count();
+    let relus = p.nodes.iter().filter(|n| matches!(res.layers[n.layer], Layer::Act(_))).count();
+    assert_eq!((adds, relus), (9, 9), "every block's relu after its Add stays an op of its own");
+    // Dropout after BN + relu joins the fusion in training; evaluation skips it.
+    let spec = "name = 'bnd'\ninput = [1, 8, 8]\nlayers = [{ type = 'conv2d', filters = 3, kernel = 3 }, { type = 'batch_norm' }, \
+                { type = 'relu' }, { type = 'dropout', p = 0.3 }, { type = 'flatten' }, { type = 'dense', units = 10 }]\n";
+    let bnd = Arch::new(presets::parse(spec, "bnd").unwrap()).unwrap();
+    let (t, e) = (bn_nodes(&bnd, true)[0], bn_nodes(&bnd, false)[0]);
+    assert_eq!((t.fused, t.dropout, t.out), (Some(gpu_train::model::Act::Relu), Some(3), 4));
+    assert_eq!((e.fused, e.dropout, e.out), (Some(gpu_train::model::Act::Relu), None, 4));
 }

@@ -128,6 +128,27 @@ pub fn apply_epilogue<T: Real>(v: &mut [T], base: usize, bias: T, epi: &Epi) {
     }
 }
 
+/// v = epilogue(v), in place, for outputs `base..base + v.len()` of a batch buffer: batch
+/// norm's fused activation (any) and dropout (after relu), with `activation_forward`'s and
+/// `dropout_forward`'s arithmetic exactly.
+#[inline(never)]
+pub fn apply_act<T: Real>(v: &mut [T], base: usize, epi: &Epi) {
+    match (epi.act, &epi.masks) {
+        (None, _) => {}
+        (Some(a), None) => v.iter_mut().for_each(|x| *x = act_scalar(*x, a)),
+        (Some(a), Some(masks)) => {
+            for (at, count, r) in masks.runs(base, v.len()) {
+                let scale = T::of(r.scale);
+                for (i, x) in v[at..at + count].iter_mut().enumerate() {
+                    let y = act_scalar(*x, a) * scale;
+                    let h = mix32(r.key ^ mix32(r.first + i as u32)) >> 8;
+                    *x = if h >= r.threshold { y } else { T::zero() };
+                }
+            }
+        }
+    }
+}
+
 /// Dropout's keep test in integers, and its scale: draw(key, i) = (h >> 8) / 2^24 >= p
 /// exactly when (h >> 8) >= ceil(p * 2^24).
 pub fn dropout_threshold(p: f32) -> (u32, f32) {

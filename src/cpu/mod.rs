@@ -233,13 +233,15 @@ impl<T: Real> Backend for Cpu<T> {
         state: &mut Vec<T>,
         inp: &Vec<T>,
         params: &Vec<T>,
+        table: &Vec<u32>,
         l: &BatchNorm,
         n: usize,
         train: bool,
+        epi: Epilogue,
     ) {
         self.timed(
             || "batchnorm_forward".to_string(),
-            || batchnorm::batchnorm_forward(out, saved, state, inp, params, l, n, train),
+            || batchnorm::batchnorm_forward(out, saved, state, inp, params, table, l, n, train, epi),
         )
     }
 
@@ -249,14 +251,17 @@ impl<T: Real> Backend for Cpu<T> {
         grads: &mut Vec<T>,
         dout: &Vec<T>,
         inp: &Vec<T>,
+        out: &Vec<T>,
         saved: &Vec<T>,
         params: &Vec<T>,
+        table: &Vec<u32>,
         l: &BatchNorm,
         n: usize,
+        epi: Epilogue,
     ) {
         self.timed(
             || "batchnorm_backward".to_string(),
-            || batchnorm::batchnorm_backward(dinp, grads, dout, inp, saved, params, l, n),
+            || batchnorm::batchnorm_backward(dinp, grads, dout, inp, out, saved, params, table, l, n, epi),
         )
     }
 

@@ -157,11 +157,13 @@ impl Backend for GpuBackend {
         state: &mut GpuBuf,
         inp: &GpuBuf,
         params: &GpuBuf,
+        table: &GpuBuf,
         l: &BatchNorm,
         n: usize,
         train: bool,
+        epi: Epilogue,
     ) {
-        batchnorm::batchnorm_forward(self, out, saved, state, inp, params, l, n, train)
+        batchnorm::batchnorm_forward(self, out, saved, state, inp, params, table, l, n, train, epi)
     }
 
     fn batchnorm_backward(
@@ -170,12 +172,15 @@ impl Backend for GpuBackend {
         grads: &mut GpuBuf,
         dout: &GpuBuf,
         inp: &GpuBuf,
+        out: &GpuBuf,
         saved: &GpuBuf,
         params: &GpuBuf,
+        table: &GpuBuf,
         l: &BatchNorm,
         n: usize,
+        epi: Epilogue,
     ) {
-        batchnorm::batchnorm_backward(self, dinp, grads, dout, inp, saved, params, l, n)
+        batchnorm::batchnorm_backward(self, dinp, grads, dout, inp, out, saved, params, table, l, n, epi)
     }
 
     fn softmax_xent_forward_backward(

@@ -39,7 +39,7 @@ pub fn is_tiled(family: &str) -> bool {
 /// The member table (binding 7) and what reads it, put after COMMON in the families whose
 /// kernels take per-member values: dropout masks and rates, learning rates.
 pub const MEMBERS: &str = include_str!("../../shaders/members.wgsl");
-const WITH_MEMBERS: &[&str] = &["activation", "conv2d", "dropout", "gemm", "loss", "optim"];
+const WITH_MEMBERS: &[&str] = &["activation", "batchnorm", "conv2d", "dropout", "gemm", "loss", "optim"];
 
 /// The binding of the member table in the families that have it.
 pub const MEMBER_TABLE: u32 = 7;
@@ -84,9 +84,9 @@ pub const KERNELS: &[Kernel] = &[
     k("activation_forward", "activation", &[(0, R), (2, W)]),
     k("activation_backward", "activation", &[(0, R), (1, R), (2, W), (7, R)]),
     k("batchnorm_stats", "batchnorm", &[(0, R), (2, W), (3, W)]),
-    k("batchnorm_forward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W)]),
-    k("batchnorm_backward_reduce", "batchnorm", &[(0, R), (1, R), (2, W), (3, W)]),
-    k("batchnorm_backward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W), (5, R)]),
+    k("batchnorm_forward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W), (7, R)]),
+    k("batchnorm_backward_reduce", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (5, R), (6, R), (7, R)]),
+    k("batchnorm_backward", "batchnorm", &[(0, R), (1, R), (2, W), (3, W), (4, W), (5, R), (6, R), (7, R)]),
     k("conv2d_forward", "conv2d", &[(0, R), (1, R), (2, W), (7, R)]),
     k("conv2d_backward_input", "conv2d", &[(0, R), (1, R), (2, W), (7, R)]),
     k("conv2d_backward_weight", "conv2d", &[(0, R), (1, R), (2, W), (7, R)]),

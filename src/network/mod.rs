@@ -12,8 +12,9 @@ mod data;
 mod eval;
 mod fits;
 mod members;
-mod plan;
+pub mod plan;
 mod step;
+mod traffic;
 
 pub use data::{DeviceData, Shard, Stream, pack};
 pub use eval::{EvalResult, Evaluation, ensemble_of};

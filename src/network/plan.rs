@@ -4,7 +4,12 @@
 //! Activation buffers are indexed by layer boundary (`model::Arch`): boundary k + 1 holds the
 //! output of flat layer k, boundary 0 the batch. An activation right after a conv or dense
 //! layer is fused into it (written straight to the activation's output) when nothing else
-//! reads the conv's output, and so is a dropout after a relu in training. Flatten needs no
+//! reads the conv's output, and so is a dropout after a relu in training. Batch norm fuses
+//! any activation after it the same way (and a dropout after a relu), forward and backward:
+//! its backward takes the activation's output gradient itself, so no epilogue step runs
+//! for it. A batch norm whose output another layer also reads (or that an `Add` follows, as
+//! in a residual block's body) stays unfused, and so does the activation after that `Add`.
+//! Flatten needs no
 //! buffer (NCHW is already C, H, W order) and in evaluation dropout is skipped, so a boundary
 //! may live in another's buffer (`buf`), and a plan records which buffers each op reads.
 //!
@@ -19,7 +24,7 @@
 use crate::model::{Act, Arch, Layer};
 
 /// One op of a plan: layer `layer` reads buffer `inp` (and an `Add` also `other`) and writes
-/// buffer `out`. A conv or dense op may carry the activation after it (`fused`) and, in
+/// buffer `out`. A conv, dense or batch-norm op may carry the activation after it (`fused`) and, in
 /// training, a dropout after a relu (`dropout`, that layer's index); `pre` is then the
 /// boundary of its pre-activation output (which no buffer holds). `need_dx` (`need_dother`):
 /// whether the gradient of `inp` (`other`) is needed, i.e. whether a layer with parameters
@@ -55,8 +60,9 @@ impl Plan {
 /// One step of the backward, over gradient slots (`Backward::slots`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Node `node`'s fused activation (and dropout): slot `to` = the pre-activation gradient
-    /// from the output gradient in slot `from`.
+    /// Node `node`'s fused activation (and dropout) after a conv or dense op: slot `to` = the
+    /// pre-activation gradient from the output gradient in slot `from` (batch norm's backward
+    /// takes its activation's output gradient itself).
     Epilogue { node: usize, from: usize, to: usize },
     /// Node `node`'s own backward from its output gradient in slot `dy`: its parameters'
     /// gradients, and its input's gradient into slot `dx` when given.
@@ -130,10 +136,16 @@ pub fn plan(arch: &Arch, train: bool) -> Plan {
             node.other = buf[other];
             node.need_dother = need[other];
         }
-        if matches!(layers[k], Layer::Conv2d(_) | Layer::Dense(_))
-            && sole(k + 1, k + 1)
+        // Conv and dense epilogues take the activations that need no argument; batch norm's
+        // takes any (`backend::Epilogue`).
+        let epilogue = |a: Act| match layers[k] {
+            Layer::Conv2d(_) | Layer::Dense(_) => a.fuses(),
+            Layer::BatchNorm(_) => true,
+            _ => false,
+        };
+        if sole(k + 1, k + 1)
             && let Layer::Act(a) = layers[k + 1]
-            && a.fuses()
+            && epilogue(a)
         {
             node.fused = Some(a);
             node.out = k + 2;
@@ -233,14 +245,15 @@ pub fn backward(arch: &Arch, plan: &Plan) -> Backward {
     for (i, node) in plan.nodes.iter().enumerate().rev() {
         // Every op's output reaches the loss, so its gradient is complete by now.
         let Some(mut dy) = w.held.remove(&node.out) else { continue };
-        if node.fused.is_some() {
+        let layer = &arch.layers[node.layer];
+        // Batch norm's backward takes its fused activation's output gradient itself.
+        if node.fused.is_some() && !matches!(layer, Layer::BatchNorm(_)) {
             let pre_len = w.len(node.pre);
             let pre = w.slots.take(pre_len);
             w.steps.push(Step::Epilogue { node: i, from: dy, to: pre });
             w.slots.release(dy);
             dy = pre;
         }
-        let layer = &arch.layers[node.layer];
         if let Layer::Add { .. } = layer {
             // d(body + shortcut) is dy for each branch: both read the same slot.
             for (b, needed) in [(node.inp, node.need_dx), (node.other, node.need_dother)] {

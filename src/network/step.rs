@@ -104,9 +104,11 @@ impl<B: Backend> Network<B> {
                     &mut self.state,
                     inp,
                     &self.params,
+                    &self.table,
                     &l,
                     n,
                     train,
+                    epi,
                 ),
                 Layer::Add { .. } => b.residual_add(out, inp, other, n * shape_len),
                 Layer::Flatten => unreachable!("flatten has no op"),
@@ -154,8 +156,24 @@ impl<B: Backend> Network<B> {
                     }
                 }
                 (Layer::BatchNorm(l), Some(dx)) => {
+                    // dy is the gradient of node.out: after a fused activation, of its output.
+                    let dropout = node.dropout.map(|d| self.dropout(d, global_step));
+                    let epi = Epilogue { act: node.fused, dropout };
                     let (dx, dy) = split(&mut self.grad, dx, dy);
-                    b.batchnorm_backward(dx, &mut self.grads, dy, inp, &self.saved[node.layer], &self.params, &l, n);
+                    let (out, saved) = (&self.acts[node.out], &self.saved[node.layer]);
+                    b.batchnorm_backward(
+                        dx,
+                        &mut self.grads,
+                        dy,
+                        inp,
+                        out,
+                        saved,
+                        &self.params,
+                        &self.table,
+                        &l,
+                        n,
+                        epi,
+                    );
                 }
                 (_, None) => {}
                 (Layer::Act(a), Some(dx)) => {

@@ -48,7 +48,8 @@ fn put<'a>(dst: &mut [f64], at: usize, src: impl IntoIterator<Item = &'a f64>) {
     }
 }
 
-/// Bias, activation and dropout after a conv or dense forward, over the batch's flat output.
+/// Activation and dropout after a conv, dense or batch-norm forward, over the batch's flat
+/// output.
 fn epilogue(y: &mut [f64], table: &[u32], epi: Epilogue) {
     if let Some(a) = epi.act {
         let v = activation_forward(ArrayView1::from(&*y), a);
@@ -296,9 +297,11 @@ impl Backend for Reference {
         state: &mut Vec<f64>,
         inp: &Vec<f64>,
         params: &Vec<f64>,
+        table: &Vec<u32>,
         l: &BatchNorm,
         n: usize,
         train: bool,
+        epi: Epilogue,
     ) {
         let x = view3(inp, (n, l.c, l.hw));
         let (gamma, beta) = (view1(params, l.gamma_off, l.c), view1(params, l.beta_off, l.c));
@@ -308,6 +311,7 @@ impl Backend for Reference {
             (view1(state, l.mean_off, l.c).to_owned(), view1(state, l.var_off, l.c).to_owned())
         };
         put(out, 0, &batchnorm_forward(x, gamma, beta, mean.view(), var.view(), l.eps as f64));
+        epilogue(&mut out[..n * l.c * l.hw], table, epi);
         if train {
             for c in 0..l.c {
                 saved[2 * c] = mean[c];
@@ -326,16 +330,39 @@ impl Backend for Reference {
         grads: &mut Vec<f64>,
         dout: &Vec<f64>,
         inp: &Vec<f64>,
+        out: &Vec<f64>,
         _saved: &Vec<f64>,
         params: &Vec<f64>,
+        table: &Vec<u32>,
         l: &BatchNorm,
         n: usize,
+        epi: Epilogue,
     ) {
         // The definition recomputes the batch statistics from the input instead of trusting
-        // the forward's saved copy.
+        // the forward's saved copy (and, for gelu and silu, the normalised input).
         let shape = (n, l.c, l.hw);
-        let (dx, dgamma, dbeta) =
-            batchnorm_backward(view3(dout, shape), view3(inp, shape), view1(params, l.gamma_off, l.c), l.eps as f64);
+        let len = n * l.c * l.hw;
+        let (x, gamma) = (view3(inp, shape), view1(params, l.gamma_off, l.c));
+        let dy = match epi.act {
+            None => view1(dout, 0, len).to_owned(),
+            Some(a) => {
+                let scale = match epi.dropout {
+                    Some(d) => dropout_scale(len, table, &d),
+                    None => Array1::ones(len),
+                };
+                let saved = if a.grad_from_output() {
+                    view1(out, 0, len).to_owned()
+                } else {
+                    let (mean, var) = channel_moments(x);
+                    let beta = view1(params, l.beta_off, l.c);
+                    let y = batchnorm_forward(x, gamma, beta, mean.view(), var.view(), l.eps as f64);
+                    Array1::from_iter(y.iter().copied())
+                };
+                activation_backward(view1(dout, 0, len), saved.view(), a, scale.view())
+            }
+        };
+        let dy = ArrayView3::from_shape(shape, dy.as_slice().expect("contiguous")).expect("buffer holds the tensor");
+        let (dx, dgamma, dbeta) = batchnorm_backward(dy, x, gamma, l.eps as f64);
         put(dinp, 0, &dx);
         put(grads, l.gamma_off, &dgamma);
         put(grads, l.beta_off, &dbeta);
