@@ -202,7 +202,7 @@ fn convolve_outer<'x, I, P, E>(
     units: usize,
     input: I,
     pad: &Padded,
-    taps: &[u32],
+    (kh, kw): (usize, usize),
     a: P,
     m: usize,
     ho: usize,
@@ -213,7 +213,7 @@ fn convolve_outer<'x, I, P, E>(
     P: Fn(usize) -> &'x [f32] + Sync,
     E: Fn(usize, usize, &mut [f32]) + Sync,
 {
-    let (k, plane) = (taps.len(), ho * wo);
+    let (k, plane) = (pad.c * kh * kw, ho * wo);
     let tiles = plane.div_ceil(OP);
     // Each tile's positions in the padded plane; a last tile short of positions repeats its
     // last one.
@@ -225,6 +225,44 @@ fn convolve_outer<'x, I, P, E>(
             })
         })
         .collect();
+    // Kernel rows whose input rows are all padding for every output row of a tile add only
+    // zeros: each tile runs the kernel rows [lo, hi) that reach its rows' input, channel by
+    // channel (a "valid" layer's backward-input pads by k - 1: a third of its taps hit zeros).
+    // Leaving out products with zero changes no sum. One tap list per distinct range: (offset
+    // in the padded stack, the tap's packed weights).
+    let rows = |t: usize| {
+        let (r0, r1) = ((t * OP) / wo, ((t * OP + OP).min(plane) - 1) / wo);
+        let lo = pad.pad_h.saturating_sub(r1).min(kh);
+        (lo, (pad.pad_h + pad.h).saturating_sub(r0).clamp(lo, kh))
+    };
+    let list = |(lo, hi): (usize, usize)| -> Vec<[u32; 2]> {
+        let mut v = Vec::with_capacity(pad.c * (hi - lo) * kw);
+        for ci in 0..pad.c {
+            for ky in lo..hi {
+                for kx in 0..kw {
+                    v.push([((ci * pad.hp + ky) * pad.wp + kx) as u32, (((ci * kh + ky) * kw + kx) * OCO) as u32]);
+                }
+            }
+        }
+        v
+    };
+    let ranges: Vec<(usize, usize)> = (0..tiles).map(rows).collect();
+    let mut distinct = ranges.clone();
+    distinct.dedup();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let lists: Vec<Vec<[u32; 2]>> = distinct.iter().map(|&r| list(r)).collect();
+    let tile_list: Vec<(&[[u32; 2]], usize)> = ranges
+        .iter()
+        .map(|r| {
+            let at = distinct.binary_search(r).expect("every range is listed");
+            (lists[at].as_slice(), (r.1 - r.0) * kw)
+        })
+        .collect();
+    // Input channels per pass: about KC taps, whose packed weights (16 KiB) and the input rows
+    // they read stay in L1 while every tile runs over them. Each sum carries on from one pass
+    // to the next in tap order, so the passes change no bit of the result.
+    let cpass = (KC / (kh * kw)).max(1);
     out[..units * out_len].par_chunks_mut(out_len).enumerate().for_each_init(
         || (vec![0f32; pad.len()], vec![[[0f32; OCO]; OP]; tiles]),
         |(xp, acc), (s, y)| {
@@ -233,17 +271,14 @@ fn convolve_outer<'x, I, P, E>(
             for cb in 0..m.div_ceil(OCO) {
                 let chans = cb * OCO..((cb + 1) * OCO).min(m);
                 acc.iter_mut().for_each(|t| *t = [[0.0; OCO]; OP]);
-                // KC taps at a time over every tile: that block's packed weights (16 KiB) and
-                // the input rows it reads stay in L1. The sums carry on from one block to the
-                // next in tap order, so the blocking does not change a bit of the result.
-                for k0 in (0..k).step_by(KC) {
-                    let k1 = (k0 + KC).min(k);
-                    let ab = &a[(cb * k + k0) * OCO..(cb * k + k1) * OCO];
-                    for (o, t) in offs.iter().zip(acc.iter_mut()) {
-                        // SAFETY: Isa::Avx2 runs on this CPU (the caller's choice); `ab` holds
-                        // k1 - k0 taps of 16, and every position plus tap is inside the padded
-                        // stack `xp`.
-                        unsafe { x86::conv_outer_avx2(ab.as_ptr(), xp.as_ptr(), o, &taps[k0..k1], t) };
+                let ab = &a[cb * k * OCO..][..k * OCO];
+                for c0 in (0..pad.c).step_by(cpass) {
+                    let c1 = (c0 + cpass).min(pad.c);
+                    for ((o, t), &(taps, per)) in offs.iter().zip(acc.iter_mut()).zip(&tile_list) {
+                        // SAFETY: Isa::Avx2 runs on this CPU (the caller's choice); every
+                        // weight index is inside `ab` (k taps of 16) and every position plus
+                        // tap offset inside the padded stack `xp`.
+                        unsafe { x86::conv_outer_avx2(ab.as_ptr(), xp.as_ptr(), o, &taps[c0 * per..c1 * per], t) };
                     }
                 }
                 for co in chans.clone() {
@@ -375,7 +410,10 @@ pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l:
     let input = |u: usize| group_input(inp, l, u / groups, u % groups);
     let a = |u: usize| packs[u % groups].as_slice();
     match isa {
-        Isa::Avx2 => convolve_outer(out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue),
+        Isa::Avx2 => {
+            let kernel = (l.kh, l.kw);
+            convolve_outer(out, fg * plane, n * groups, input, &pad, kernel, a, fg, l.h_out, l.w_out, epilogue)
+        }
         Isa::Avx512 => convolve(out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue),
     }
 }
@@ -404,7 +442,7 @@ pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &
     let slab = cg * l.h_in * l.w_in;
     let (h, w) = (l.h_in, l.w_in);
     match isa {
-        Isa::Avx2 => convolve_outer(dinp, slab, n * groups, input, &pad, &taps, a, cg, h, w, |_, _, _| {}),
+        Isa::Avx2 => convolve_outer(dinp, slab, n * groups, input, &pad, (l.kh, l.kw), a, cg, h, w, |_, _, _| {}),
         Isa::Avx512 => convolve(dinp, slab, n * groups, input, &pad, &taps, a, cg, h, w, |_, _, _| {}),
     }
 }
@@ -653,14 +691,14 @@ mod x86 {
     use super::{L, MR, OCO, OGeometry, OP, OT, WGeometry, WM, WN};
     use std::arch::x86_64::*;
 
-    /// See `convolve_outer`: acc[j][i] += sum over taps t of a[t][i] * x[offs[j] + taps[t]],
-    /// in tap order.
+    /// See `convolve_outer`: acc[j][i] += sum over the listed taps [offset, weights] of
+    /// a[weights + i] * x[offs[j] + offset], in list order.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn conv_outer_avx2(
         a: *const f32,
         x: *const f32,
         offs: &[usize; OP],
-        taps: &[u32],
+        taps: &[[u32; 2]],
         acc: &mut [[f32; OCO]; OP],
     ) {
         // SAFETY: the caller guarantees every read; acc rows hold 16 floats.
@@ -671,9 +709,10 @@ mod x86 {
                 cj[1] = _mm256_loadu_ps(src.as_ptr().add(8));
             }
             let ptr: [*const f32; OP] = std::array::from_fn(|j| x.add(offs[j]));
-            for (t, &off) in taps.iter().enumerate() {
-                let w0 = _mm256_loadu_ps(a.add(t * OCO));
-                let w1 = _mm256_loadu_ps(a.add(t * OCO + 8));
+            for &[off, w] in taps {
+                let w = a.add(w as usize);
+                let w0 = _mm256_loadu_ps(w);
+                let w1 = _mm256_loadu_ps(w.add(8));
                 for j in 0..OP {
                     let b = _mm256_broadcast_ss(&*ptr[j].add(off as usize));
                     c[j][0] = _mm256_fmadd_ps(w0, b, c[j][0]);
@@ -798,7 +837,13 @@ mod x86 {
 mod x86 {
     //! No direct kernels off x86-64: `isas()` is empty there, so none of these is called.
     use super::{L, MR, OCO, OGeometry, OP, OT, WGeometry, WM, WN};
-    pub unsafe fn conv_outer_avx2(_: *const f32, _: *const f32, _: &[usize; OP], _: &[u32], _: &mut [[f32; OCO]; OP]) {
+    pub unsafe fn conv_outer_avx2(
+        _: *const f32,
+        _: *const f32,
+        _: &[usize; OP],
+        _: &[[u32; 2]],
+        _: &mut [[f32; OCO]; OP],
+    ) {
         unreachable!()
     }
     pub unsafe fn wgrad_outer_avx2(_: &[f32], _: &[f32], _: &OGeometry, _: &[usize; OT], _: &mut [f32]) {
