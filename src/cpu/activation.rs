@@ -180,15 +180,21 @@ pub fn activation_backward<T: Real>(
         .zip(dout[..len].par_chunks(PAR_CHUNK))
         .zip(out[..len].par_chunks(PAR_CHUNK))
         .enumerate()
-        .for_each(|(c, ((d, g), y))| match &masks {
-            None => backward_chunk(d, g, y, a, T::one()),
-            Some(m) => {
-                for (at, count, r) in m.runs(c * PAR_CHUNK, d.len()) {
-                    let r2 = at..at + count;
-                    backward_chunk(&mut d[r2.clone()], &g[r2.clone()], &y[r2], a, T::of(r.scale));
-                }
+        .for_each(|(c, ((d, g), y))| backward_span(d, g, y, c * PAR_CHUNK, a, masks.as_ref()));
+}
+
+/// `activation_backward` on elements `base..base + d.len()` of the buffers (the base places
+/// dropout's draws).
+pub fn backward_span<T: Real>(d: &mut [T], g: &[T], y: &[T], base: usize, a: Act, masks: Option<&Masks>) {
+    match masks {
+        None => backward_chunk(d, g, y, a, T::one()),
+        Some(m) => {
+            for (at, count, r) in m.runs(base, d.len()) {
+                let r2 = at..at + count;
+                backward_chunk(&mut d[r2.clone()], &g[r2.clone()], &y[r2], a, T::of(r.scale));
             }
-        });
+        }
+    }
 }
 
 /// One chunk, one loop per activation, in a function of its own so that each vectorizes

@@ -10,8 +10,9 @@
 use rayon::prelude::*;
 
 use super::activation::{self, Epi, act_grad_from_input};
+use super::dropout::Masks;
 use super::real::Real;
-use crate::backend::{Dropout, Epilogue};
+use crate::backend::Epilogue;
 use crate::model::BatchNorm;
 
 const LANES: usize = 8;
@@ -48,35 +49,48 @@ fn plane<'a, T>(x: &'a [T], l: &BatchNorm, s: usize, c: usize) -> &'a [T] {
     &x[(s * l.c + c) * l.hw..][..l.hw]
 }
 
-/// Per channel: f summed over every example's plane.
-fn per_channel(l: &BatchNorm, n: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
-    (0..l.c).into_par_iter().map(|c| (0..n).map(|s| f(s, c)).sum()).collect()
+/// Channel planes of a (n, c, h, w) buffer written by one task per channel: each (example,
+/// channel) plane belongs to its channel's task alone.
+struct ChannelPlanes<T> {
+    ptr: *mut T,
+    l: BatchNorm,
 }
 
-/// (mean, biased variance) per channel of the batch, in f64.
-fn moments<T: Real>(inp: &[T], l: &BatchNorm, n: usize) -> Vec<(f64, f64)> {
+// SAFETY: tasks only reach the planes of their own channel (see `plane`).
+unsafe impl<T: Send> Send for ChannelPlanes<T> {}
+unsafe impl<T: Send> Sync for ChannelPlanes<T> {}
+
+impl<T> ChannelPlanes<T> {
+    fn new(buf: &mut [T], l: &BatchNorm, n: usize) -> Self {
+        assert!(buf.len() >= n * l.c * l.hw, "batch norm buffer too short");
+        ChannelPlanes { ptr: buf.as_mut_ptr(), l: *l }
+    }
+
+    /// Channel c's plane of example s.
+    ///
+    /// # Safety
+    /// Only the task of channel c may call this with c, once per plane at a time, and `s`
+    /// must be below the `n` the buffer was checked for.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn plane(&self, s: usize, c: usize) -> &mut [T] {
+        // SAFETY: inside the buffer (checked in `new`) and used by one task (the caller's).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add((s * self.l.c + c) * self.l.hw), self.l.hw) }
+    }
+}
+
+/// Channel c's (mean, biased variance) over the batch, in f64, the variance from the mean in a
+/// second pass.
+fn channel_moments<T: Real>(inp: &[T], l: &BatchNorm, n: usize, c: usize) -> (f64, f64) {
     let m = (n * l.hw) as f64;
-    let means = per_channel(l, n, |s, c| lane_sum(plane(inp, l, s, c), |x| x));
-    let means: Vec<f64> = means.iter().map(|s| s / m).collect();
-    let vars = per_channel(l, n, |s, c| {
-        let mean = means[c];
-        lane_sum(plane(inp, l, s, c), |x| (x - mean) * (x - mean))
-    });
-    means.into_iter().zip(vars).map(|(mean, q)| (mean, q / m)).collect()
+    let mean = (0..n).map(|s| lane_sum(plane(inp, l, s, c), |x| x)).sum::<f64>() / m;
+    let q: f64 = (0..n).map(|s| lane_sum(plane(inp, l, s, c), |x| (x - mean) * (x - mean))).sum();
+    (mean, q / m)
 }
 
-/// y = x * a + b per channel, with a = gamma / std, b = beta - mean * a.
-fn coefficients<T: Real>(moments: &[(f64, f64)], params: &[T], l: &BatchNorm) -> Vec<(T, T)> {
-    moments
-        .iter()
-        .enumerate()
-        .map(|(c, &(mean, var))| {
-            let a = params[l.gamma_off + c].to64() / (var + l.eps as f64).sqrt();
-            (T::of64(a), T::of64(params[l.beta_off + c].to64() - mean * a))
-        })
-        .collect()
-}
-
+/// One task per channel runs every pass over that channel's planes (statistics, then the
+/// normalisation and its activation), while they are still in cache from the pass before: a
+/// channel of a batch is at most a few hundred KiB, where the whole layer's output is many
+/// MiB (an array of 8 speedrun models: 115 MB).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward<T: Real>(
     out: &mut [T],
@@ -91,12 +105,26 @@ pub fn batchnorm_forward<T: Real>(
     epi: Epilogue,
 ) {
     let m = (n * l.hw) as f64;
+    let epi = Epi::new(table, &epi);
+    let outs = ChannelPlanes::new(out, l, n);
+    let running: Vec<(f64, f64)> =
+        (0..l.c).map(|c| (state[l.mean_off + c].to64(), state[l.var_off + c].to64())).collect();
     // (mean, biased variance) per channel
-    let moments: Vec<(f64, f64)> = if train {
-        moments(inp, l, n)
-    } else {
-        (0..l.c).map(|c| (state[l.mean_off + c].to64(), state[l.var_off + c].to64())).collect()
-    };
+    let moments: Vec<(f64, f64)> = (0..l.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mean, var) = if train { channel_moments(inp, l, n, c) } else { running[c] };
+            let a = params[l.gamma_off + c].to64() / (var + l.eps as f64).sqrt();
+            let (a, b) = (T::of64(a), T::of64(params[l.beta_off + c].to64() - mean * a));
+            for s in 0..n {
+                // SAFETY: this task is channel c's.
+                let y = unsafe { outs.plane(s, c) };
+                y.iter_mut().zip(plane(inp, l, s, c)).for_each(|(y, &x)| *y = x * a + b);
+                activation::apply_act(y, (s * l.c + c) * l.hw, &epi);
+            }
+            (mean, var)
+        })
+        .collect();
     if train {
         for (c, &(mean, var)) in moments.iter().enumerate() {
             saved[2 * c] = T::of64(mean);
@@ -107,54 +135,12 @@ pub fn batchnorm_forward<T: Real>(
             state[l.var_off + c] = T::of64((1.0 - mom) * state[l.var_off + c].to64() + mom * unbiased);
         }
     }
-    let ab = coefficients(&moments, params, l);
-    let epi = Epi::new(table, &epi);
-    out[..n * l.c * l.hw].par_chunks_mut(l.hw).zip(inp[..n * l.c * l.hw].par_chunks(l.hw)).enumerate().for_each(
-        |(p, (y, x))| {
-            let (a, b) = ab[p % l.c];
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
-            activation::apply_act(y, p * l.hw, &epi);
-        },
-    );
-}
-
-/// The output's gradient through a fused activation (and dropout) into `dinp`: dout *
-/// act'(.) (* the dropout scale), act' from the output `out`, or for gelu and silu from the
-/// normalised input, recomputed as the forward computed it.
-#[allow(clippy::too_many_arguments)]
-fn epilogue_backward<T: Real>(
-    dinp: &mut [T],
-    dout: &[T],
-    inp: &[T],
-    out: &[T],
-    params: &[T],
-    table: &[u32],
-    l: &BatchNorm,
-    n: usize,
-    act: crate::model::Act,
-    dropout: Option<&Dropout>,
-) {
-    let len = n * l.c * l.hw;
-    if act.grad_from_output() {
-        activation::activation_backward(dinp, dout, out, table, len, act, dropout);
-        return;
-    }
-    let ab = coefficients(&moments(inp, l, n), params, l);
-    dinp[..len]
-        .par_chunks_mut(l.hw)
-        .zip(dout[..len].par_chunks(l.hw))
-        .zip(inp[..len].par_chunks(l.hw))
-        .enumerate()
-        .for_each(|(p, ((d, g), x))| {
-            let (a, b) = ab[p % l.c];
-            for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
-                *d = g * act_grad_from_input(x * a + b, act);
-            }
-        });
 }
 
 /// dinp and the parameters' gradients from dout, the gradient of the output `out`; with an
-/// epilogue, of the epilogue's output (see the module comment).
+/// epilogue, of the epilogue's output (see the module comment). One task per channel, as the
+/// forward: the gradient through the epilogue (into dinp) and the two sums in one pass over
+/// the channel's planes, then dinp from the planes still in cache.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward<T: Real>(
     dinp: &mut [T],
@@ -169,51 +155,68 @@ pub fn batchnorm_backward<T: Real>(
     n: usize,
     epi: Epilogue,
 ) {
-    let fused =
-        epi.act.map(|act| epilogue_backward(dinp, dout, inp, out, params, table, l, n, act, epi.dropout.as_ref()));
     let m = (n * l.hw) as f64;
-    // dbeta = sum dy; dgamma = sum dy * xhat = invstd * (sum dy x - mean sum dy)
-    let (db, dyx) = {
-        let dy: &[T] = if fused.is_some() { dinp } else { dout };
-        let db = per_channel(l, n, |s, c| lane_sum(plane(dy, l, s, c), |g| g));
-        let dyx = per_channel(l, n, |s, c| lane_sum2(plane(dy, l, s, c), plane(inp, l, s, c), |g, x| g * x));
-        (db, dyx)
-    };
-    let dg: Vec<f64> = (0..l.c)
+    let masks = epi.dropout.as_ref().map(|d| Masks::new(table, d));
+    let dxs = ChannelPlanes::new(dinp, l, n);
+    let sums: Vec<(f64, f64)> = (0..l.c)
+        .into_par_iter()
         .map(|c| {
+            // The output's gradient through the epilogue, into dinp; for gelu and silu from
+            // the normalised input, recomputed as the forward computed it.
+            let from_input = epi.act.filter(|a| !a.grad_from_output()).map(|act| {
+                let (mean, var) = channel_moments(inp, l, n, c);
+                let a = params[l.gamma_off + c].to64() / (var + l.eps as f64).sqrt();
+                (act, T::of64(a), T::of64(params[l.beta_off + c].to64() - mean * a))
+            });
+            let mut db = 0f64;
+            let mut dyx = 0f64;
+            for s in 0..n {
+                let (x, at) = (plane(inp, l, s, c), (s * l.c + c) * l.hw);
+                let dy: &[T] = match (epi.act, from_input) {
+                    (None, _) => plane(dout, l, s, c),
+                    (Some(_), Some((act, a, b))) => {
+                        // SAFETY: this task is channel c's.
+                        let d = unsafe { dxs.plane(s, c) };
+                        for ((d, &g), &x) in d.iter_mut().zip(plane(dout, l, s, c)).zip(x) {
+                            *d = g * act_grad_from_input(x * a + b, act);
+                        }
+                        d
+                    }
+                    (Some(act), None) => {
+                        // SAFETY: this task is channel c's.
+                        let d = unsafe { dxs.plane(s, c) };
+                        let (g, y) = (plane(dout, l, s, c), plane(out, l, s, c));
+                        activation::backward_span(d, g, y, at, act, masks.as_ref());
+                        d
+                    }
+                };
+                // dbeta = sum dy; dgamma = sum dy * xhat = invstd * (sum dy x - mean sum dy)
+                db += lane_sum(dy, |g| g);
+                dyx += lane_sum2(dy, x, |g, x| g * x);
+            }
             let (mean, invstd) = (saved[2 * c].to64(), saved[2 * c + 1].to64());
-            invstd * (dyx[c] - mean * db[c])
-        })
-        .collect();
-    for c in 0..l.c {
-        grads[l.gamma_off + c] = T::of64(dg[c]);
-        grads[l.beta_off + c] = T::of64(db[c]);
-    }
-    // dx = gamma invstd / m (m dy - dbeta - xhat dgamma) = p dy + q x + r per channel
-    let pqr: Vec<(T, T, T)> = (0..l.c)
-        .map(|c| {
-            let (mean, invstd) = (saved[2 * c].to64(), saved[2 * c + 1].to64());
+            let dg = invstd * (dyx - mean * db);
+            // dx = gamma invstd / m (m dy - dbeta - xhat dgamma) = p dy + q x + r
             let k = params[l.gamma_off + c].to64() * invstd / m;
-            let q = -k * invstd * dg[c];
-            (T::of64(k * m), T::of64(q), T::of64(-k * db[c] - q * mean))
+            let q = -k * invstd * dg;
+            let (a, q, r) = (T::of64(k * m), T::of64(q), T::of64(-k * db - q * mean));
+            for s in 0..n {
+                let x = plane(inp, l, s, c);
+                // SAFETY: this task is channel c's.
+                let dx = unsafe { dxs.plane(s, c) };
+                if epi.act.is_some() {
+                    // dy is in dinp already.
+                    dx.iter_mut().zip(x).for_each(|(dx, &x)| *dx = a * *dx + q * x + r);
+                } else {
+                    let dy = plane(dout, l, s, c);
+                    dx.iter_mut().zip(dy).zip(x).for_each(|((dx, &dy), &x)| *dx = a * dy + q * x + r);
+                }
+            }
+            (dg, db)
         })
         .collect();
-    let len = n * l.c * l.hw;
-    let planes = dinp[..len].par_chunks_mut(l.hw).zip(inp[..len].par_chunks(l.hw)).enumerate();
-    if fused.is_some() {
-        // dy is in dinp already.
-        planes.for_each(|(p, (dx, x))| {
-            let (a, q, r) = pqr[p % l.c];
-            for (dx, &x) in dx.iter_mut().zip(x) {
-                *dx = a * *dx + q * x + r;
-            }
-        });
-    } else {
-        planes.zip(dout[..len].par_chunks(l.hw)).for_each(|((p, (dx, x)), dy)| {
-            let (a, q, r) = pqr[p % l.c];
-            for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
-                *dx = a * dy + q * x + r;
-            }
-        });
+    for (c, &(dg, db)) in sums.iter().enumerate() {
+        grads[l.gamma_off + c] = T::of64(dg);
+        grads[l.beta_off + c] = T::of64(db);
     }
 }
