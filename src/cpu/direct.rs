@@ -125,6 +125,19 @@ struct Padded {
 }
 
 impl Padded {
+    /// A group's input channels of layer `l`, padded by the layer's padding.
+    fn input(l: &Conv2d) -> Padded {
+        Padded {
+            c: l.group_in(),
+            h: l.h_in,
+            w: l.w_in,
+            hp: l.h_in + 2 * l.pad_h,
+            wp: l.w_in + 2 * l.pad_w,
+            pad_h: l.pad_h,
+            pad_w: l.pad_w,
+        }
+    }
+
     fn len(&self) -> usize {
         // Tail room: a tile may read up to two rows and 32 columns past the last plane.
         self.c * self.hp * self.wp + 2 * self.wp + 2 * L + 16
@@ -383,16 +396,8 @@ fn convolve<'x, I, P, E>(
 }
 
 pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, epi: &Epi) {
-    let (cg, fg, groups) = (l.group_in(), l.group_out(), l.groups);
-    let pad = Padded {
-        c: cg,
-        h: l.h_in,
-        w: l.w_in,
-        hp: l.h_in + 2 * l.pad_h,
-        wp: l.w_in + 2 * l.pad_w,
-        pad_h: l.pad_h,
-        pad_w: l.pad_w,
-    };
+    let (fg, groups) = (l.group_out(), l.groups);
+    let pad = Padded::input(l);
     let taps = pad.taps(l.kh, l.kw);
     let k = taps.len();
     let packs: Vec<Vec<f32>> = (0..groups)
@@ -472,16 +477,8 @@ pub fn conv2d_backward_weight(isa: Isa, grads: &mut [f32], dout: &[f32], inp: &[
 
 /// dW of group g's filters with AVX-512.
 fn group_backward_weight(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, g: usize, n: usize) {
-    let (cg, fg) = (l.group_in(), l.group_out());
-    let pad = Padded {
-        c: cg,
-        h: l.h_in,
-        w: l.w_in,
-        hp: l.h_in + 2 * l.pad_h,
-        wp: l.w_in + 2 * l.pad_w,
-        pad_h: l.pad_h,
-        pad_w: l.pad_w,
-    };
+    let fg = l.group_out();
+    let pad = Padded::input(l);
     let taps = pad.taps(l.kh, l.kw);
     let k = taps.len();
     let (ho, wo) = (l.h_out, l.w_out);
@@ -554,16 +551,8 @@ const OPARTS: usize = 8;
 /// it, so the gradient is read from memory once whatever the number of taps (a first layer of
 /// one input channel has 5 tiles to a wide layer's 200).
 fn group_backward_weight_outer(grads: &mut [f32], dout: &[f32], inp: &[f32], l: &Conv2d, g: usize, n: usize) {
-    let (cg, fg) = (l.group_in(), l.group_out());
-    let pad = Padded {
-        c: cg,
-        h: l.h_in,
-        w: l.w_in,
-        hp: l.h_in + 2 * l.pad_h,
-        wp: l.w_in + 2 * l.pad_w,
-        pad_h: l.pad_h,
-        pad_w: l.pad_w,
-    };
+    let fg = l.group_out();
+    let pad = Padded::input(l);
     let taps = pad.taps(l.kh, l.kw);
     let k = taps.len();
     let (ho, wo) = (l.h_out, l.w_out);
