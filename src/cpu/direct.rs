@@ -162,12 +162,17 @@ impl Padded {
     }
 
     /// Offset of tap (ci, ky, kx) relative to an output position's top-left source.
+    fn tap(&self, ci: usize, ky: usize, kx: usize) -> u32 {
+        ((ci * self.hp + ky) * self.wp + kx) as u32
+    }
+
+    /// Every tap's offset, channel, then kernel row, then column.
     fn taps(&self, kh: usize, kw: usize) -> Vec<u32> {
         let mut t = Vec::with_capacity(self.c * kh * kw);
         for ci in 0..self.c {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    t.push(((ci * self.hp + ky) * self.wp + kx) as u32);
+                    t.push(self.tap(ci, ky, kx));
                 }
             }
         }
@@ -253,7 +258,7 @@ fn convolve_outer<'x, I, P, E>(
         for ci in 0..pad.c {
             for ky in lo..hi {
                 for kx in 0..kw {
-                    v.push([((ci * pad.hp + ky) * pad.wp + kx) as u32, (((ci * kh + ky) * kw + kx) * OCO) as u32]);
+                    v.push([pad.tap(ci, ky, kx), (((ci * kh + ky) * kw + kx) * OCO) as u32]);
                 }
             }
         }
@@ -261,7 +266,6 @@ fn convolve_outer<'x, I, P, E>(
     };
     let ranges: Vec<(usize, usize)> = (0..tiles).map(rows).collect();
     let mut distinct = ranges.clone();
-    distinct.dedup();
     distinct.sort_unstable();
     distinct.dedup();
     let lists: Vec<Vec<[u32; 2]>> = distinct.iter().map(|&r| list(r)).collect();
@@ -398,8 +402,7 @@ fn convolve<'x, I, P, E>(
 pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l: &Conv2d, n: usize, epi: &Epi) {
     let (fg, groups) = (l.group_out(), l.groups);
     let pad = Padded::input(l);
-    let taps = pad.taps(l.kh, l.kw);
-    let k = taps.len();
+    let k = pad.c * l.kh * l.kw;
     let packs: Vec<Vec<f32>> = (0..groups)
         .map(|g| {
             let w_off = l.group(g).w_off;
@@ -419,7 +422,10 @@ pub fn conv2d_forward(isa: Isa, out: &mut [f32], inp: &[f32], params: &[f32], l:
             let kernel = (l.kh, l.kw);
             convolve_outer(out, fg * plane, n * groups, input, &pad, kernel, a, fg, l.h_out, l.w_out, epilogue)
         }
-        Isa::Avx512 => convolve(out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue),
+        Isa::Avx512 => {
+            let taps = pad.taps(l.kh, l.kw);
+            convolve(out, fg * plane, n * groups, input, &pad, &taps, a, fg, l.h_out, l.w_out, epilogue)
+        }
     }
 }
 
@@ -430,12 +436,11 @@ pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &
     let (ph, pw) = (l.kh - 1 - l.pad_h, l.kw - 1 - l.pad_w);
     let pad =
         Padded { c: fg, h: l.h_out, w: l.w_out, hp: l.h_out + 2 * ph, wp: l.w_out + 2 * pw, pad_h: ph, pad_w: pw };
-    let taps = pad.taps(l.kh, l.kw);
     let khw = l.kh * l.kw;
     let packs: Vec<Vec<f32>> = (0..groups)
         .map(|g| {
             let w_off = l.group(g).w_off;
-            pack_weights(cg, taps.len(), block_rows(isa), |ci, t| {
+            pack_weights(cg, fg * khw, block_rows(isa), |ci, t| {
                 let (co, r) = (t / khw, t % khw);
                 let (ky, kx) = (r / l.kw, r % l.kw);
                 params[w_off + ((co * cg + ci) * l.kh + (l.kh - 1 - ky)) * l.kw + (l.kw - 1 - kx)]
@@ -448,7 +453,10 @@ pub fn conv2d_backward_input(isa: Isa, dinp: &mut [f32], dout: &[f32], params: &
     let (h, w) = (l.h_in, l.w_in);
     match isa {
         Isa::Avx2 => convolve_outer(dinp, slab, n * groups, input, &pad, (l.kh, l.kw), a, cg, h, w, |_, _, _| {}),
-        Isa::Avx512 => convolve(dinp, slab, n * groups, input, &pad, &taps, a, cg, h, w, |_, _, _| {}),
+        Isa::Avx512 => {
+            let taps = pad.taps(l.kh, l.kw);
+            convolve(dinp, slab, n * groups, input, &pad, &taps, a, cg, h, w, |_, _, _| {})
+        }
     }
 }
 
