@@ -243,11 +243,15 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
         cb = col_decode(mode, n0 + bn);
     }
     var acc: Acc;
+    // Two barriers per K step, one on the last: the next step's K table is written while
+    // the tiles are multiplied (nothing reads it then), and the barrier after the multiply
+    // both frees the tiles and publishes it. On CPU adapters (SwiftShader, llvmpipe) every
+    // barrier switches each of a workgroup's invocations out and back, so they count.
+    if lid < TK {
+        ktab[lid] = k_decode(mode, k_begin + lid);
+    }
+    workgroupBarrier();
     for (var k0 = k_begin; k0 < k_end; k0 += TK) {
-        if lid < TK {
-            ktab[lid] = k_decode(mode, k0 + lid);
-        }
-        workgroupBarrier();
         let a_ok = k0 + ka < k_end;
         let kta = ktab[ka];
         for (var r = 0u; r < A_LOADS; r++) {
@@ -267,8 +271,14 @@ fn conv_tile(mode: u32, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
             b_put(kb, bn, bv);
         }
         workgroupBarrier();
+        let more = k0 + TK < k_end;
+        if more && lid < TK {
+            ktab[lid] = k_decode(mode, k0 + TK + lid);
+        }
         tile_multiply(tx, ty, &acc);
-        workgroupBarrier();
+        if more {
+            workgroupBarrier();
+        }
     }
     for (var i = 0u; i < 4u; i++) {
         let row = m0 + ty + TY * i;

@@ -107,7 +107,11 @@ fn gemm_tile(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
         }
         workgroupBarrier();
         tile_multiply(tx, ty, &acc);
-        workgroupBarrier();
+        // The tiles are refilled only if there is another K step (uniform: the same for
+        // the whole workgroup): a barrier fewer per workgroup, which CPU adapters feel.
+        if k0 + TK < prm.k {
+            workgroupBarrier();
+        }
     }
     for (var i = 0u; i < 4u; i++) {
         let row = m0 + ty + TY * i;
