@@ -398,12 +398,26 @@ fn the_page_trains_a_residual_model_file_like_the_cli() {
     std::fs::copy(repo().join("tests/fixtures/residual_small.toml"), tmp.path().join("residual.toml")).unwrap();
     let (port, _) = serve_with(root, Some(tmp.path().to_path_buf()));
     let url = format!(
-        "http://127.0.0.1:{port}/?data=/extra/&modelfile=/extra/residual.toml&epochs=1&batch=32&seed=3&autostart=1&estimate=1&kernels=default"
+        "http://127.0.0.1:{port}/?data=/extra/&modelfile=/extra/residual.toml&epochs=1&batch=32&seed=3&autostart=1&estimate=1&kernels=default&profile=1"
     );
     let flags = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--use-webgpu-adapter=swiftshader"];
     let lines = console(&bin, &url, &flags, &["RESULT "], Duration::from_secs(600));
     let page = json_after(&lines, "RESULT ").unwrap_or_else(|| panic!("no RESULT line:\n{}", lines.join("\n")));
     assert_eq!(page["arch"], "residual-small", "{page}");
+    // profile=1: every training step's kernels timed (the epoch's test left out), the
+    // steps' wall time beside them.
+    let prof = &page["profile"];
+    assert_eq!((f(prof, "steps"), f(prof, "untimed")), (2.0, 0.0), "{prof}");
+    let kernels = prof["kernels"].as_array().unwrap_or_else(|| panic!("no kernels in {prof}"));
+    let names: Vec<&str> = kernels.iter().filter_map(|k| k[0].as_str()).collect();
+    for k in ["conv2d_forward", "conv2d_backward_weight", "residual_add"] {
+        assert!(names.iter().any(|n| n.starts_with(k)), "{k} not in {names:?}");
+    }
+    // The test's loss without a gradient is not a training step's.
+    assert!(!names.contains(&"softmax_xent_forward"), "the test's kernels were timed: {names:?}");
+    let kernel_sum: f64 = kernels.iter().map(|k| k[1].as_f64().unwrap()).sum();
+    assert!((kernel_sum - f(prof, "kernel_seconds_per_step")).abs() < 1e-9 && kernel_sum > 0.0, "{prof}");
+    assert!(f(&page, "seconds_per_step") > 0.0, "{page}");
     // Before training, the time per epoch measured on a few steps of this adapter.
     let e = json_after(&lines, "ESTIMATE ").unwrap_or_else(|| panic!("no ESTIMATE line:\n{}", lines.join("\n")));
     assert_eq!(

@@ -6,6 +6,9 @@
 //   arch, epochs, batch, lr, limit, seed  preset and recipe overrides (fill the form)
 //   kernels=tuned|default, tune_budget=S  GPU kernels per layer shape (tuned on this adapter by
 //                                         default, within S seconds: 10); "KERNELS {line}"
+//   profile=1                             time every kernel of the training steps (timestamp
+//                                         queries): RESULT's "profile", GPU seconds per step
+//                                         by kernel beside the step's time in the page
 //   modelfile=URL                         a model file (.toml) to train instead of a preset
 //   data=mnist | URL                      load the shipped MNIST, or the four IDX files in the
 //                                         folder at URL (same server); digits=0: not digits
@@ -230,6 +233,7 @@ function options() {
   };
   if (params.has('kernels')) o.kernels = params.get('kernels');
   if (params.has('tune_budget')) o.tune_budget = parseFloat(params.get('tune_budget'));
+  if (params.get('profile') === '1') o.profile = true;
   if (fromLoaded) o.from_loaded = true;
   else if ($('toml').value !== $('toml').dataset.preset) o.toml = $('toml').value;
   else o.arch = $('preset').value;

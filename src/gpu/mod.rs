@@ -86,8 +86,8 @@ const ARENA_SLOTS: usize = 8192;
 /// each; a kernel with more is refused rather than cached under a shorter key).
 const MAX_BINDINGS: usize = 8;
 
-/// Per-kernel GPU time from timestamp queries (`bench --profile`).
-struct Profiler {
+/// Per-kernel GPU time from timestamp queries (`bench --profile`, the page's `profile=1`).
+pub struct Profiler {
     queries: wgpu::QuerySet,
     resolve: wgpu::Buffer,
     readback: wgpu::Buffer,
@@ -97,6 +97,9 @@ struct Profiler {
     /// Nanoseconds and dispatch count per kernel and tile shape.
     totals: HashMap<(&'static str, TileShape), (f64, u64)>,
     period_ns: f32,
+    /// Dispatches left untimed because every query was in use (in a browser, where timings
+    /// are read only when the page awaits `read_profile`).
+    untimed: u64,
 }
 
 pub struct GpuBackend {
@@ -514,7 +517,10 @@ impl GpuBackend {
             self.groups.insert((entry, key), group);
         }
         let profiler_full = self.profiler.as_ref().is_some_and(|p| 2 * p.pending.len() as u32 >= p.capacity);
-        if self.arena.len() + SLOT > SLOT * ARENA_SLOTS || profiler_full {
+        // Natively a full query set is read at the next submit; a browser cannot wait there,
+        // so its further dispatches go untimed until the page reads the timings.
+        let force_submit = profiler_full && cfg!(not(target_arch = "wasm32"));
+        if self.arena.len() + SLOT > SLOT * ARENA_SLOTS || force_submit {
             // Submit what is recorded (and, when profiling, read its timings), then go on.
             if let Err(e) = self.submit_recorded() {
                 self.fail(e.to_string());
@@ -528,7 +534,13 @@ impl GpuBackend {
         if self.encoder.is_none() {
             self.encoder = Some(self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
         }
-        let profiling = self.profiler.is_some();
+        let profiling = match self.profiler.as_mut() {
+            Some(p) if 2 * p.pending.len() as u32 >= p.capacity => {
+                p.untimed += 1;
+                false
+            }
+            p => p.is_some(),
+        };
         if profiling {
             // One pass per dispatch, timed at its start and end.
             self.pass = None;
@@ -585,8 +597,9 @@ impl GpuBackend {
                 self.arena.clear();
             }
             self.queue.submit([enc.finish()]);
+            #[cfg(not(target_arch = "wasm32"))]
             if self.profiler.as_ref().is_some_and(|p| !p.pending.is_empty()) {
-                self.collect_profile()?;
+                pollster::block_on(self.read_profile())?;
             }
         }
         self.check_errors()
@@ -689,15 +702,24 @@ impl GpuBackend {
             pending: Vec::new(),
             totals: HashMap::new(),
             period_ns: self.queue.get_timestamp_period(),
+            untimed: 0,
         });
         Ok(())
     }
 
-    fn collect_profile(&mut self) -> Result<()> {
+    /// Adds the timings of the dispatches submitted so far to the totals. Natively every
+    /// submit does this; a browser's page awaits it between chunks of steps (each submit
+    /// there copies all the chunk's timings to the read-back buffer, so the last holds them).
+    pub async fn read_profile(&mut self) -> Result<()> {
+        if self.encoder.is_some() {
+            self.submit()?;
+        }
         let Some(p) = self.profiler.as_ref() else { return Ok(()) };
         let n = p.pending.len();
-        // Profiling is native only (`enable_profiling`): blocking here is allowed.
-        let bytes = pollster::block_on(self.read_mapped(&p.readback, n as u64 * 16))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let bytes = self.read_mapped(&p.readback, n as u64 * 16).await?;
         let p = self.profiler.as_mut().expect("checked");
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);
         for (i, name) in p.pending.drain(..).enumerate() {
@@ -707,6 +729,26 @@ impl GpuBackend {
             e.1 += 1;
         }
         Ok(())
+    }
+
+    /// Stops timing (the timings so far kept in what it returns) until `resume_profiling`:
+    /// the page's tests between epochs are left out of its training steps' profile.
+    pub fn pause_profiling(&mut self) -> Option<Profiler> {
+        self.profiler.take()
+    }
+
+    pub fn resume_profiling(&mut self, p: Option<Profiler>) {
+        self.profiler = p;
+    }
+
+    /// Whether dispatches are being timed (`enable_profiling`).
+    pub fn profiling(&self) -> bool {
+        self.profiler.is_some()
+    }
+
+    /// Dispatches that went untimed (see `Profiler::untimed`).
+    pub fn profile_untimed(&self) -> u64 {
+        self.profiler.as_ref().map_or(0, |p| p.untimed)
     }
 
     /// (kernel, total seconds, dispatches) since profiling began, slowest first; a GEMM

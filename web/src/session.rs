@@ -108,6 +108,10 @@ pub struct RunOptions {
     pub kernels: Option<String>,
     /// Seconds tuning may take (default 10); shapes left keep the default kernel.
     pub tune_budget: Option<f64>,
+    /// Time every kernel of the training steps with timestamp queries (the adapter must
+    /// offer them): the run's end reports GPU seconds per step by kernel, as `gpu-train
+    /// bench --profile` does natively, to compare the page with the command line.
+    pub profile: Option<bool>,
 }
 
 /// A run's start, for the page.
@@ -169,9 +173,28 @@ pub struct Finished {
     pub epoch_test_images: usize,
     pub train_loss: Option<f64>,
     pub seconds: f64,
+    /// The training steps' mean wall time (recording, submitting, and waiting for each
+    /// chunk's read-back; the tests between epochs apart): `gpu-train bench`'s figure.
+    pub seconds_per_step: f64,
     pub stopped_early: bool,
     /// Lines to show (a restored best epoch, say).
     pub lines: Vec<String>,
+    /// With `profile`: the training steps' time per step, on the GPU by kernel and in all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// GPU seconds per training step by kernel (timestamp queries) beside the step's wall time
+/// in the page (recording, submitting and waiting for the chunk's read-back).
+#[derive(Debug, Clone, Serialize)]
+pub struct Profile {
+    pub steps: usize,
+    pub seconds_per_step: f64,
+    pub kernel_seconds_per_step: f64,
+    /// (kernel, seconds per step, dispatches per step), slowest first.
+    pub kernels: Vec<(String, f64, f64)>,
+    /// Dispatches left untimed (every query in use before the page read them).
+    pub untimed: u64,
 }
 
 /// A run in progress.
@@ -460,6 +483,9 @@ impl Session {
             other => return Err(Error::Config(format!("kernels: '{other}' is neither 'tuned' nor 'default'"))),
         };
         cfg.run_info.insert("kernels".into(), kernels.to_json());
+        if o.profile == Some(true) {
+            self.gpu.enable_profiling()?;
+        }
         let mut host = PageHost::default();
         let train_len = train.len();
         gpu_train::progress::stage("preparing the run");
@@ -520,6 +546,8 @@ impl Session {
         // The read-back waits for the chunk's steps: the clock then holds their time.
         let figures = t.running_figures(&mut self.gpu).await?;
         let took = clock.elapsed().as_secs_f64();
+        // Profiling: the chunk's kernel timings, read now that its steps are done.
+        self.gpu.read_profile().await?;
         let did = step.saturating_sub(before).max(1);
         run.step_seconds += took;
         run.steps_done += did;
@@ -564,6 +592,8 @@ impl Session {
         };
         run.loss_points.push((index as f64 + step as f64 / steps as f64, loss));
         if ended {
+            // The epoch's test is not a training step: left out of the profile.
+            let profiler = self.gpu.pause_profiling();
             let figures = t.end_epoch(&mut self.gpu).await?;
             gpu_train::progress::stage(&format!("testing epoch {} on {} pictures", index + 1, run.epoch_test_images));
             let clock = Instant::now();
@@ -571,6 +601,7 @@ impl Session {
             run.test_seconds += clock.elapsed().as_secs_f64();
             run.tests_done += 1;
             let stop = t.early_stop(&mut self.gpu, &mut run.host, &reports).await?;
+            self.gpu.resume_profiling(profiler);
             report.epoch_report = reports.members.first().cloned().flatten();
             if let Some(r) = &report.epoch_report {
                 run.reports.push(r.clone());
@@ -595,6 +626,25 @@ impl Session {
     pub async fn finish(&mut self) -> Result<Finished> {
         let mut run = self.run.take().ok_or_else(|| Error::Config("no run in progress".into()))?;
         let train_loss = run.reports.last().map(|r| r.train_loss);
+        let profile = match self.gpu.profiling() {
+            true => {
+                self.gpu.read_profile().await?;
+                let steps = run.steps_done.max(1);
+                let per = |x: f64| x / steps as f64;
+                let kernels: Vec<(String, f64, f64)> =
+                    self.gpu.profile_report()?.into_iter().map(|(k, s, n)| (k, per(s), per(n as f64))).collect();
+                let untimed = self.gpu.profile_untimed();
+                drop(self.gpu.pause_profiling());
+                Some(Profile {
+                    steps,
+                    seconds_per_step: per(run.step_seconds),
+                    kernel_seconds_per_step: kernels.iter().map(|k| k.1).sum(),
+                    kernels,
+                    untimed,
+                })
+            }
+            false => None,
+        };
         gpu_train::progress::stage(&format!("testing the final model on {} pictures", run.epoch_test_images));
         let summary = run.trainer.finish(&mut self.gpu, &mut run.host, run.stopped_early).await?;
         let mut bytes = run
@@ -635,7 +685,9 @@ impl Session {
             epoch_test_images: sampled.count,
             train_loss,
             seconds: summary.seconds,
+            seconds_per_step: run.step_seconds / run.steps_done.max(1) as f64,
             stopped_early: summary.stopped_early,
+            profile,
         })
     }
 
