@@ -33,7 +33,7 @@ use crate::model::{Conv2d, Dense};
 
 /// Bumped whenever a kernel's code or the candidate list changes (tuning results keyed by an
 /// older version are stale).
-pub const KERNEL_SET_VERSION: u32 = 1;
+pub const KERNEL_SET_VERSION: u32 = 2;
 
 /// K step of every tile shape; split-K chunks are multiples of it.
 const TK: u32 = 16;
