@@ -116,3 +116,22 @@ fn kernels_are_tuned_cached_revalidated_recorded_and_repeated() {
     let (code, _, err) = run(&cache, &["--arch", p(&model), "--backend", "gpu", "--kernels", "/nonexistent/k.json"]);
     assert!(code != 0 && err.lines().count() == 1 && err.contains("--kernels"), "{err}");
 }
+
+/// Under a budget, tuning reaches first the op shapes whose default 64 x 64 tile is idlest:
+/// cnn4's first convolution (16 filters: 16 of 64 rows) before its 64-filter layers.
+#[test]
+fn tuning_reaches_the_idlest_tiles_first() {
+    use gpu_train::gpu::variants::{GemmOp, OpKey};
+    let key = |op, m, n, k| OpKey { op, m, n, k, batches: 1, geometry: Vec::new() };
+    let mut keys = vec![
+        key(GemmOp::ConvForward, 64, 4096, 576),        // fills the tile
+        key(GemmOp::ConvBackwardWeight, 64, 576, 4096), // 576 = 9 tiles: fills it
+        key(GemmOp::DenseForward, 128, 10, 1024),       // 10 of 64 columns
+        key(GemmOp::ConvForward, 16, 100352, 25),       // 16 of 64 rows (and 100352 = 1568 x 64)
+        key(GemmOp::ConvForward, 32, 4096, 400),        // half the rows
+        key(GemmOp::DenseBackwardWeight, 10, 50, 16),   // 10 x 50 of 64 x 64
+    ];
+    gpu_train::gpu::tune::by_idle_share(&mut keys);
+    let order: Vec<(u32, u32)> = keys.iter().map(|k| (k.m, k.n)).collect();
+    assert_eq!(order, [(10, 50), (128, 10), (16, 100352), (32, 4096), (64, 4096), (64, 576)]);
+}

@@ -284,6 +284,19 @@ pub fn describe(key: &OpKey) -> String {
     format!("{op} {}x{}x{}{groups}", key.m, key.n, key.k)
 }
 
+/// Orders op shapes for tuning: first those whose default 64 x 64 output tile is idlest
+/// (few rows or columns: a small layer, a weight gradient of few filters), where the other
+/// candidates gain most; shapes that fill the tile last. Timing a shape costs about as many of
+/// its own runs as it has candidates whatever its size, so when the budget runs out (a large
+/// batch on a slow adapter) it has gone where it saves the most per second spent. Ties keep
+/// their order.
+pub fn by_idle_share(keys: &mut [OpKey]) {
+    let tile = 4 * super::shaders::DEFAULT_TILE.ty;
+    let used = |d: u32| d as f64 / (d.div_ceil(tile).max(1) * tile) as f64;
+    let idle = |k: &OpKey| 1.0 - used(k.m) * used(k.n);
+    keys.sort_by(|a, b| idle(b).total_cmp(&idle(a)));
+}
+
 /// The op shapes one training step of `members` at `batch` dispatches, recorded on a copy of
 /// the network (its own buffers; the real one is untouched) for `time_op` to replay.
 async fn record_step(
@@ -361,6 +374,7 @@ pub async fn tune_with(
     let mut keys = gpu.recorded_ops();
     keys.sort();
     keys.dedup();
+    by_idle_share(&mut keys);
     let (mut timed, mut cached, mut over_budget) = (0, 0, 0);
     let mut rejected = Vec::new();
     let mut choices = Vec::new();
