@@ -102,6 +102,13 @@ pub struct Profiler {
     untimed: u64,
 }
 
+impl Profiler {
+    /// Every query holds a timing not yet read.
+    fn full(&self) -> bool {
+        2 * self.pending.len() as u32 >= self.capacity
+    }
+}
+
 pub struct GpuBackend {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -516,10 +523,9 @@ impl GpuBackend {
             });
             self.groups.insert((entry, key), group);
         }
-        let profiler_full = self.profiler.as_ref().is_some_and(|p| 2 * p.pending.len() as u32 >= p.capacity);
         // Natively a full query set is read at the next submit; a browser cannot wait there,
         // so its further dispatches go untimed until the page reads the timings.
-        let force_submit = profiler_full && cfg!(not(target_arch = "wasm32"));
+        let force_submit = cfg!(not(target_arch = "wasm32")) && self.profiler.as_ref().is_some_and(Profiler::full);
         if self.arena.len() + SLOT > SLOT * ARENA_SLOTS || force_submit {
             // Submit what is recorded (and, when profiling, read its timings), then go on.
             if let Err(e) = self.submit_recorded() {
@@ -535,7 +541,7 @@ impl GpuBackend {
             self.encoder = Some(self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
         }
         let profiling = match self.profiler.as_mut() {
-            Some(p) if 2 * p.pending.len() as u32 >= p.capacity => {
+            Some(p) if p.full() => {
                 p.untimed += 1;
                 false
             }
@@ -711,14 +717,14 @@ impl GpuBackend {
     /// submit does this; a browser's page awaits it between chunks of steps (each submit
     /// there copies all the chunk's timings to the read-back buffer, so the last holds them).
     pub async fn read_profile(&mut self) -> Result<()> {
+        if self.profiler.is_none() {
+            return Ok(());
+        }
         if self.encoder.is_some() {
             self.submit()?;
         }
-        let Some(p) = self.profiler.as_ref() else { return Ok(()) };
+        let Some(p) = self.profiler.as_ref().filter(|p| !p.pending.is_empty()) else { return Ok(()) };
         let n = p.pending.len();
-        if n == 0 {
-            return Ok(());
-        }
         let bytes = self.read_mapped(&p.readback, n as u64 * 16).await?;
         let p = self.profiler.as_mut().expect("checked");
         let ticks: &[u64] = bytemuck::cast_slice(&bytes);

@@ -626,24 +626,24 @@ impl Session {
     pub async fn finish(&mut self) -> Result<Finished> {
         let mut run = self.run.take().ok_or_else(|| Error::Config("no run in progress".into()))?;
         let train_loss = run.reports.last().map(|r| r.train_loss);
-        let profile = match self.gpu.profiling() {
-            true => {
-                self.gpu.read_profile().await?;
-                let steps = run.steps_done.max(1);
-                let per = |x: f64| x / steps as f64;
-                let kernels: Vec<(String, f64, f64)> =
-                    self.gpu.profile_report()?.into_iter().map(|(k, s, n)| (k, per(s), per(n as f64))).collect();
-                let untimed = self.gpu.profile_untimed();
-                drop(self.gpu.pause_profiling());
-                Some(Profile {
-                    steps,
-                    seconds_per_step: per(run.step_seconds),
-                    kernel_seconds_per_step: kernels.iter().map(|k| k.1).sum(),
-                    kernels,
-                    untimed,
-                })
-            }
-            false => None,
+        let steps = run.steps_done.max(1);
+        let per = |x: f64| x / steps as f64;
+        let seconds_per_step = per(run.step_seconds);
+        let profile = if self.gpu.profiling() {
+            self.gpu.read_profile().await?;
+            let kernels: Vec<(String, f64, f64)> =
+                self.gpu.profile_report()?.into_iter().map(|(k, s, n)| (k, per(s), per(n as f64))).collect();
+            let untimed = self.gpu.profile_untimed();
+            drop(self.gpu.pause_profiling());
+            Some(Profile {
+                steps,
+                seconds_per_step,
+                kernel_seconds_per_step: kernels.iter().map(|k| k.1).sum(),
+                kernels,
+                untimed,
+            })
+        } else {
+            None
         };
         gpu_train::progress::stage(&format!("testing the final model on {} pictures", run.epoch_test_images));
         let summary = run.trainer.finish(&mut self.gpu, &mut run.host, run.stopped_early).await?;
@@ -685,7 +685,7 @@ impl Session {
             epoch_test_images: sampled.count,
             train_loss,
             seconds: summary.seconds,
-            seconds_per_step: run.step_seconds / run.steps_done.max(1) as f64,
+            seconds_per_step,
             stopped_early: summary.stopped_early,
             profile,
         })
